@@ -1,0 +1,169 @@
+//! Building a batch: the producer side of the format.
+
+use rkyv::util::AlignedVec;
+
+use super::header::{
+    padded_length, Attributes, BatchHeader, BodyFormat, Compression, TimestampType,
+    BATCH_ALIGNMENT_BYTES, BATCH_HEADER_BYTES, BATCH_LENGTH_MAX_BYTES, CRC_COVERED_FROM, MAGIC,
+};
+use super::{BatchError, Header, Record};
+
+/// Collects records and encodes them as one batch.
+///
+/// The builder keeps the records it is given until [`BatchBuilder::build`], then writes the
+/// header and the rkyv body into one 16-byte-aligned buffer and computes the CRC. Offsets
+/// in the result start at 0; the broker assigns the real base offset on append.
+///
+/// ```
+/// use flumen_protocol::record::{BatchBuilder, BatchView};
+///
+/// let mut builder = BatchBuilder::new(1_700_000_000_000);
+/// builder.push(1_700_000_000_000, Some(b"key"), Some(b"hello"), &[("trace", b"abc")]);
+/// let batch = builder.build().unwrap();
+/// let view = BatchView::validate(batch.as_bytes()).unwrap();
+/// let record = view.records().next().unwrap();
+/// assert_eq!(record.value(), Some(&b"hello"[..]));
+/// ```
+#[derive(Debug)]
+pub struct BatchBuilder {
+    first_timestamp: i64,
+    max_timestamp: i64,
+    records: Vec<Record>,
+    payload_bytes: usize,
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+}
+
+/// An encoded batch: header, body and padding in one 16-byte-aligned buffer.
+#[derive(Debug, Clone)]
+pub struct BuiltBatch {
+    bytes: AlignedVec<BATCH_ALIGNMENT_BYTES>,
+}
+
+impl BuiltBatch {
+    /// The batch bytes, padding included (`len` is a multiple of 16).
+    pub fn as_bytes(&self) -> &[u8] {
+        self.bytes.as_slice()
+    }
+
+    /// Mutable access, for tests that corrupt batches and for header patching.
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        self.bytes.as_mut_slice()
+    }
+
+    /// Length in bytes, padding included.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Always false: a batch has at least a header.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+impl BatchBuilder {
+    /// A builder whose batch's first timestamp is `first_timestamp_ms`.
+    pub fn new(first_timestamp_ms: i64) -> Self {
+        Self {
+            first_timestamp: first_timestamp_ms,
+            max_timestamp: first_timestamp_ms,
+            records: Vec::new(),
+            payload_bytes: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+        }
+    }
+
+    /// Sets the idempotent-producer fields.
+    pub fn producer(&mut self, producer_id: i64, producer_epoch: i16, base_sequence: i32) {
+        self.producer_id = producer_id;
+        self.producer_epoch = producer_epoch;
+        self.base_sequence = base_sequence;
+    }
+
+    /// Adds a record with its timestamp (milliseconds since the Unix epoch).
+    pub fn push(
+        &mut self,
+        timestamp_ms: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&str, &[u8])],
+    ) {
+        let offset_delta = u32::try_from(self.records.len()).expect("record count fits u32");
+        self.max_timestamp = self.max_timestamp.max(timestamp_ms);
+        self.payload_bytes += key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len);
+        self.records.push(Record {
+            offset_delta,
+            timestamp_delta: timestamp_ms - self.first_timestamp,
+            key: key.map(<[u8]>::to_vec),
+            value: value.map(<[u8]>::to_vec),
+            headers: headers
+                .iter()
+                .map(|(name, value)| Header {
+                    key: (*name).to_owned(),
+                    value: value.to_vec(),
+                })
+                .collect(),
+        });
+    }
+
+    /// Number of records pushed so far.
+    pub fn record_count(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Key and value bytes pushed so far: a cheap estimate of the batch size.
+    pub fn payload_bytes(&self) -> usize {
+        self.payload_bytes
+    }
+
+    /// Encodes the batch. Fails if it has no records or would exceed the format limit.
+    pub fn build(&self) -> Result<BuiltBatch, BatchError> {
+        if self.records.is_empty() {
+            return Err(BatchError::Empty);
+        }
+        let mut bytes = AlignedVec::<BATCH_ALIGNMENT_BYTES>::with_capacity(
+            BATCH_HEADER_BYTES + self.payload_bytes + 64 * self.records.len() + 64,
+        );
+        bytes.extend_from_slice(&[0u8; BATCH_HEADER_BYTES]);
+        let mut bytes =
+            rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(&self.records, bytes)
+                .map_err(|error| BatchError::InvalidArchive(error.to_string()))?;
+        let batch_length = bytes.len();
+        if batch_length > BATCH_LENGTH_MAX_BYTES {
+            return Err(BatchError::TooLarge {
+                length_bytes: batch_length,
+                limit_bytes: BATCH_LENGTH_MAX_BYTES,
+            });
+        }
+        bytes.resize(padded_length(batch_length), 0);
+        let record_count = self.records.len() as u32;
+        let mut header = BatchHeader {
+            base_offset: 0,
+            batch_length: batch_length as u32,
+            partition_leader_epoch: 0,
+            magic: MAGIC,
+            reserved: [0; 3],
+            crc: 0,
+            attributes: Attributes::new(
+                Compression::None,
+                TimestampType::CreateTime,
+                BodyFormat::Rkyv,
+            ),
+            producer_epoch: self.producer_epoch,
+            last_offset_delta: record_count - 1,
+            first_timestamp: self.first_timestamp,
+            max_timestamp: self.max_timestamp,
+            producer_id: self.producer_id,
+            base_sequence: self.base_sequence,
+            record_count,
+        };
+        header.encode(bytes.as_mut_slice());
+        header.crc = crc32fast::hash(&bytes[CRC_COVERED_FROM..batch_length]);
+        header.encode(bytes.as_mut_slice());
+        Ok(BuiltBatch { bytes })
+    }
+}
