@@ -42,6 +42,14 @@ pub struct BuiltBatch {
 }
 
 impl BuiltBatch {
+    /// Copies `bytes` into a new 16-byte-aligned buffer, so records can be read in place
+    /// from bytes that arrived unaligned. The bytes are not validated.
+    pub fn copy_from(bytes: &[u8]) -> Self {
+        let mut aligned = AlignedVec::<BATCH_ALIGNMENT_BYTES>::with_capacity(bytes.len());
+        aligned.extend_from_slice(bytes);
+        Self { bytes: aligned }
+    }
+
     /// The batch bytes, padding included (`len` is a multiple of 16).
     pub fn as_bytes(&self) -> &[u8] {
         self.bytes.as_slice()

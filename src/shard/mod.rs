@@ -1,0 +1,34 @@
+//! Shard-level primitives: what code running on one shard (one glommio executor pinned
+//! to one core) needs from its executor.
+//!
+//! Everything here is `!Send` by design: state owned by a shard is only touched by that
+//! shard, so it uses `Rc`, `Cell` and `RefCell`, never locks or atomics. Waiting is done
+//! with [`Notify`] and [`LocalMutex`], which are cheap because they never cross threads.
+//!
+//! This module and the storage DMA adapter are the only places that name glommio, so the
+//! executor stays replaceable.
+
+mod clock;
+mod sync;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use sync::{LocalMutex, LocalMutexGuard, Notify};
+
+use std::future::Future;
+
+/// Runs `future` to completion in the background on the current shard.
+///
+/// Must be called from inside a shard's executor. The task is detached: it keeps running
+/// when the caller moves on, and reports its outcome through shared state.
+pub fn spawn_detached<F>(future: F)
+where
+    F: Future<Output = ()> + 'static,
+{
+    glommio::spawn_local(future).detach();
+}
+
+/// Lets other tasks on this shard run: long loops call this so one task cannot starve
+/// the shard.
+pub async fn yield_now() {
+    glommio::yield_if_needed().await;
+}

@@ -1,0 +1,208 @@
+//! The direct-I/O file adapter: the only storage code that names glommio.
+//!
+//! Segment, index and metadata files are opened with `O_DIRECT` through glommio's
+//! `DmaFile`, so reads and writes go between our buffers and the device over io_uring
+//! with no page cache in between. The price is alignment: positions, lengths and buffers
+//! of writes must be multiples of the device's logical block size, which this adapter
+//! checks against [`IO_ALIGNMENT_BYTES`]. Why direct I/O rather than buffered: buffered
+//! writes settle near 400 MiB/s on our reference VM while direct writes reach the device's
+//! bandwidth, and the page cache would double-cache what the tail cache already holds.
+//!
+//! The rest of the storage layer sees only [`DirectFile`], [`AlignedBuffer`],
+//! [`ReadBytes`] and a few path helpers, so the executor can be swapped out here.
+
+use std::io;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
+use glommio::GlommioError;
+
+use super::config::IO_ALIGNMENT_BYTES;
+
+fn to_io_error<T>(error: GlommioError<T>) -> io::Error {
+    match error {
+        // Keep the original error so its errno (ENOSPC) survives.
+        GlommioError::EnhancedIoError { source, .. } => source,
+        GlommioError::IoError(source) => source,
+        other => other.into(),
+    }
+}
+
+/// A buffer whose address and length suit direct I/O.
+#[derive(Debug)]
+pub(crate) struct AlignedBuffer(DmaBuffer);
+
+impl AlignedBuffer {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    pub(crate) fn as_bytes_mut(&mut self) -> &mut [u8] {
+        self.0.as_bytes_mut()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Shortens the buffer to `len` bytes, which must stay aligned.
+    pub(crate) fn trim_to(&mut self, len: usize) {
+        assert!(len as u64 % IO_ALIGNMENT_BYTES == 0 && len <= self.0.len());
+        self.0.trim_to_size(len);
+    }
+}
+
+/// Bytes read from a file: an aligned buffer shared by every slice taken from it.
+#[derive(Debug, Clone)]
+pub struct ReadBytes(ReadResult);
+
+impl ReadBytes {
+    /// A sub-range of these bytes sharing the same buffer, or `None` if out of range.
+    pub(crate) fn slice(&self, offset: usize, len: usize) -> Option<ReadBytes> {
+        ReadResult::slice(&self.0, offset, len).map(ReadBytes)
+    }
+}
+
+impl Deref for ReadBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// An `O_DIRECT` file, shared by the tasks of one shard.
+#[derive(Debug, Clone)]
+pub(crate) struct DirectFile {
+    file: Rc<DmaFile>,
+    path: Rc<PathBuf>,
+}
+
+impl DirectFile {
+    /// Opens `path` for reading and writing, creating it if `create` and it is missing.
+    pub(crate) async fn open(path: &Path, create: bool) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .dma_open(path)
+            .await
+            .map_err(to_io_error)?;
+        if file.alignment() > IO_ALIGNMENT_BYTES || IO_ALIGNMENT_BYTES % file.alignment() != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "device block size {} is not a divisor of {IO_ALIGNMENT_BYTES}",
+                    file.alignment()
+                ),
+            ));
+        }
+        Ok(Self {
+            file: Rc::new(file),
+            path: Rc::new(path.to_path_buf()),
+        })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A zeroed buffer of `len` bytes (a multiple of the alignment) for writes.
+    pub(crate) fn alloc(&self, len: usize) -> AlignedBuffer {
+        assert!(len as u64 % IO_ALIGNMENT_BYTES == 0);
+        let mut buffer = self.file.alloc_dma_buffer(len);
+        buffer.as_bytes_mut().fill(0);
+        AlignedBuffer(buffer)
+    }
+
+    /// Writes the whole buffer at the aligned position `position`.
+    pub(crate) async fn write_all_at(&self, buffer: AlignedBuffer, position: u64) -> io::Result<()> {
+        assert!(position % IO_ALIGNMENT_BYTES == 0, "unaligned write at {position}");
+        let len = buffer.len();
+        let written = self.file.write_at(buffer.0, position).await.map_err(to_io_error)?;
+        if written != len {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short write: {written} of {len} bytes at {position}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads up to `len` bytes from `position` (any alignment). Fewer come back at the end
+    /// of the file.
+    pub(crate) async fn read_at(&self, position: u64, len: usize) -> io::Result<ReadBytes> {
+        let result = if position % IO_ALIGNMENT_BYTES == 0 && len as u64 % IO_ALIGNMENT_BYTES == 0
+        {
+            self.file.read_at_aligned(position, len).await
+        } else {
+            self.file.read_at(position, len).await
+        };
+        result.map(ReadBytes).map_err(to_io_error)
+    }
+
+    pub(crate) async fn fdatasync(&self) -> io::Result<()> {
+        self.file.fdatasync().await.map_err(to_io_error)
+    }
+
+    /// Reserves blocks so that the file is at least `size` bytes (the size grows; the new
+    /// range reads as zeros).
+    pub(crate) async fn preallocate(&self, size: u64) -> io::Result<()> {
+        self.file.pre_allocate(size, false).await.map_err(to_io_error)
+    }
+
+    pub(crate) async fn truncate(&self, size: u64) -> io::Result<()> {
+        self.file.truncate(size).await.map_err(to_io_error)
+    }
+
+    pub(crate) async fn size(&self) -> io::Result<u64> {
+        self.file.file_size().await.map_err(to_io_error)
+    }
+}
+
+/// Removes a file; a file that is already gone is not an error.
+pub(crate) async fn remove_file(path: &Path) -> io::Result<()> {
+    match glommio::io::remove(path).await.map_err(to_io_error) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Makes directory entry changes (creations, renames, removals) in `dir` durable.
+pub(crate) async fn sync_dir(dir: &Path) -> io::Result<()> {
+    let directory = glommio::io::Directory::open(dir).await.map_err(to_io_error)?;
+    directory.sync().await.map_err(to_io_error)?;
+    directory.close().await.map_err(to_io_error)
+}
+
+/// Reads a small file whole; `None` if it does not exist.
+pub(crate) async fn read_small_file(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    let file = match DirectFile::open(path, false).await {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    let size = file.size().await? as usize;
+    let bytes = file.read_at(0, size).await?;
+    Ok(Some(bytes[..size.min(bytes.len())].to_vec()))
+}
+
+/// Replaces `path` with `contents` atomically and durably: write a temporary file, sync
+/// it, rename it over `path`, sync the directory. A crash leaves the old or the new
+/// contents, never a mix.
+pub(crate) async fn write_file_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let temporary = path.with_extension("tmp");
+    let file = DirectFile::open(&temporary, true).await?;
+    let aligned_len = (contents.len() as u64).div_ceil(IO_ALIGNMENT_BYTES) * IO_ALIGNMENT_BYTES;
+    let mut buffer = file.alloc(aligned_len.max(IO_ALIGNMENT_BYTES) as usize);
+    buffer.as_bytes_mut()[..contents.len()].copy_from_slice(contents);
+    file.write_all_at(buffer, 0).await?;
+    file.truncate(contents.len() as u64).await?;
+    file.fdatasync().await?;
+    drop(file);
+    glommio::io::rename(&temporary, path).await.map_err(to_io_error)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    sync_dir(dir).await
+}

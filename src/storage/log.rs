@@ -1,0 +1,928 @@
+//! The per-partition log: an ordered set of segments, of which the last is active.
+//!
+//! Ownership: a [`Log`] belongs to the shard that owns its partition; it is `!Send` and
+//! shares the shard's [`TailCache`]. Appends are serialised by an async lock (offsets are
+//! assigned in append order); reads and flushes run concurrently with appends.
+//!
+//! Durability contract (see `writer.rs` for the byte-level meaning):
+//! - [`Log::append`] returns once the batch is part of the log: offsets assigned, bytes
+//!   staged for writing, visible to readers. It never waits for `fdatasync`.
+//! - [`Log::flush`] returns once every batch appended before the call is on disk and
+//!   covered by `fdatasync`; it returns the offset below which everything is durable.
+//!   Concurrent flushes share one `fdatasync` (group commit).
+//! - After a crash, [`Log::open`] restores every flushed batch and cuts the log at the
+//!   first batch that fails validation; nothing that failed validation is ever served.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use flumen_protocol::record::{
+    patch_base_offset, patch_partition_leader_epoch, BatchHeader, BatchView, BuiltBatch,
+};
+
+use super::cache::{CacheKey, CachedBatch, TailCache};
+use super::config::LogConfig;
+use super::file::{self, ReadBytes};
+use super::meta::{Checkpoint, EpochEntry, PartitionMeta};
+use super::recovery::{list_segments, read_meta, recover};
+use super::segment::{segment_path, Segment, SegmentState};
+use super::writer::WriterLimits;
+use super::error::context;
+use super::{Result, StorageError};
+use crate::shard::{Clock, LocalMutex};
+
+const META_FILE: &str = "partition.meta";
+
+/// Where an appended batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset of the batch's first record.
+    pub base_offset: u64,
+    /// Offset of the batch's last record.
+    pub last_offset: u64,
+}
+
+/// A batch returned by a read: validated, with offsets assigned, read in place.
+#[derive(Debug, Clone)]
+pub struct StoredBatch {
+    header: BatchHeader,
+    bytes: StoredBytes,
+}
+
+#[derive(Debug, Clone)]
+enum StoredBytes {
+    Memory(Bytes),
+    Disk(ReadBytes),
+}
+
+impl StoredBatch {
+    /// The batch header.
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
+
+    /// The batch bytes, padding included, exactly as appended.
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.bytes {
+            StoredBytes::Memory(bytes) => bytes,
+            StoredBytes::Disk(bytes) => bytes,
+        }
+    }
+
+    /// Whether this batch came from the tail cache.
+    pub fn from_cache(&self) -> bool {
+        matches!(self.bytes, StoredBytes::Memory(_))
+    }
+}
+
+/// What recovery found when the log was opened.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryReport {
+    /// Segments in the log after recovery.
+    pub segments: usize,
+    /// Batches checked by scanning.
+    pub batches_scanned: u64,
+    /// Index files rebuilt because they were missing or damaged.
+    pub indexes_rebuilt: usize,
+    /// Non-zero bytes discarded because they did not form valid batches.
+    pub bytes_cut: u64,
+    /// One line per cut: file, position, reason.
+    pub cuts: Vec<String>,
+    /// First offset in the log.
+    pub log_start_offset: u64,
+    /// Offset the next batch will get.
+    pub next_offset: u64,
+}
+
+/// What one retention pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// Segments deleted.
+    pub segments_deleted: usize,
+    /// Bytes deleted.
+    pub bytes_deleted: u64,
+    /// The log start offset afterwards.
+    pub log_start_offset: u64,
+}
+
+/// One partition's log. See the module documentation.
+pub struct Log {
+    dir: PathBuf,
+    config: LogConfig,
+    clock: Rc<dyn Clock>,
+    cache: Rc<TailCache>,
+    cache_key: CacheKey,
+    append_lock: LocalMutex,
+    state: RefCell<LogState>,
+}
+
+struct LogState {
+    segments: BTreeMap<u64, Rc<Segment>>,
+    log_start_offset: u64,
+    next_offset: u64,
+    durable_offset: u64,
+    epochs: Vec<EpochEntry>,
+    checkpoint: Checkpoint,
+    closed: bool,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.state.borrow();
+        formatter
+            .debug_struct("Log")
+            .field("dir", &self.dir)
+            .field("log_start_offset", &state.log_start_offset)
+            .field("next_offset", &state.next_offset)
+            .field("segments", &state.segments.len())
+            .finish()
+    }
+}
+
+impl Log {
+    /// Opens the log in `dir` (created if missing), running recovery.
+    pub async fn open(
+        dir: &Path,
+        config: LogConfig,
+        clock: Rc<dyn Clock>,
+        cache: Rc<TailCache>,
+    ) -> Result<(Self, RecoveryReport)> {
+        config.validate()?;
+        std::fs::create_dir_all(dir).map_err(|error| StorageError::io("creating", dir, error))?;
+        let bases = list_segments(dir)?;
+        let meta = read_meta(dir).await?;
+        let now = clock.now_ms();
+        let (segments, report, checkpoint) = recover(dir, &config, &bases, meta.as_ref(), now).await?;
+        let log = Self::assemble(dir, config, clock, cache, segments, meta, checkpoint);
+        let report = log.finish_open(report).await?;
+        Ok((log, report))
+    }
+
+    fn assemble(
+        dir: &Path,
+        config: LogConfig,
+        clock: Rc<dyn Clock>,
+        cache: Rc<TailCache>,
+        segments: BTreeMap<u64, Rc<Segment>>,
+        meta: Option<PartitionMeta>,
+        checkpoint: Checkpoint,
+    ) -> Self {
+        let log_start_offset = *segments.keys().next().expect("at least one segment");
+        let next_offset = segments.values().next_back().expect("one segment").next_offset();
+        let mut epochs = meta.map(|meta| meta.epochs).unwrap_or_default();
+        epochs.retain(|entry| entry.start_offset <= next_offset);
+        let cache_key = cache.register();
+        Self {
+            dir: dir.to_path_buf(),
+            config,
+            clock,
+            cache,
+            cache_key,
+            append_lock: LocalMutex::new(),
+            state: RefCell::new(LogState {
+                segments,
+                log_start_offset,
+                next_offset,
+                durable_offset: next_offset,
+                epochs,
+                checkpoint,
+                closed: false,
+            }),
+        }
+    }
+
+    /// Activates the last segment, makes the recovered state durable and records it.
+    async fn finish_open(&self, mut report: RecoveryReport) -> Result<RecoveryReport> {
+        let active = self.active_segment();
+        let writer = active
+            .activate(self.writer_limits())
+            .await
+            .map_err(|error| StorageError::io("activating", active.path(), error))?;
+        active
+            .file
+            .fdatasync()
+            .await
+            .map_err(|error| StorageError::io("syncing", active.path(), error))?;
+        debug_assert_eq!(writer.end(), active.size());
+        let checkpoint = Checkpoint {
+            segment_base: active.base_offset,
+            position: active.size(),
+            next_offset: active.next_offset(),
+            max_timestamp: active.state().max_timestamp,
+        };
+        self.state.borrow_mut().checkpoint = checkpoint;
+        self.write_meta().await?;
+        let state = self.state.borrow();
+        report.segments = state.segments.len();
+        report.log_start_offset = state.log_start_offset;
+        report.next_offset = state.next_offset;
+        if report.bytes_cut > 0 {
+            tracing::warn!(dir = %self.dir.display(), bytes_cut = report.bytes_cut,
+                cuts = ?report.cuts, "recovery cut invalid data");
+        }
+        Ok(report)
+    }
+
+    fn writer_limits(&self) -> WriterLimits {
+        WriterLimits {
+            buffer_bytes: self.config.write_buffer_bytes,
+            in_flight_max: self.config.writes_in_flight_max,
+            preallocate_bytes: self.config.preallocate_bytes,
+        }
+    }
+
+    fn active_segment(&self) -> Rc<Segment> {
+        let state = self.state.borrow();
+        Rc::clone(state.segments.values().next_back().expect("a log has a segment"))
+    }
+
+    /// The partition directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// First offset still in the log.
+    pub fn log_start_offset(&self) -> u64 {
+        self.state.borrow().log_start_offset
+    }
+
+    /// Offset the next appended record will get.
+    pub fn next_offset(&self) -> u64 {
+        self.state.borrow().next_offset
+    }
+
+    /// Every offset below this is known to be durable.
+    pub fn durable_offset(&self) -> u64 {
+        self.state.borrow().durable_offset
+    }
+
+    /// Total logical bytes in all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.state.borrow().segments.values().map(|segment| segment.size()).sum()
+    }
+
+    /// Number of segments.
+    pub fn segment_count(&self) -> usize {
+        self.state.borrow().segments.len()
+    }
+
+    /// Base offsets of the segments, oldest first.
+    pub fn segment_base_offsets(&self) -> Vec<u64> {
+        self.state.borrow().segments.keys().copied().collect()
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.state.borrow().closed {
+            return Err(StorageError::Closed(self.dir.clone()));
+        }
+        Ok(())
+    }
+
+    fn poisoned(&self, cause: String) -> StorageError {
+        StorageError::Poisoned {
+            path: self.dir.clone(),
+            cause,
+        }
+    }
+
+    /// Validates `batch` (header, CRC, records), assigns its offsets and leader epoch, and
+    /// appends it. Invalid or oversized batches are rejected with nothing written; a full
+    /// disk is reported before anything changes.
+    pub async fn append(&self, mut batch: BytesMut) -> Result<AppendInfo> {
+        if batch.len() > self.config.batch_bytes_max {
+            return Err(StorageError::BatchTooLarge {
+                length_bytes: batch.len(),
+                limit_bytes: self.config.batch_bytes_max,
+            });
+        }
+        let header = *BatchView::validate(&batch)?.header();
+        let _guard = self.append_lock.lock().await;
+        self.check_open()?;
+        let segment = self.segment_for_append(batch.len(), header.record_count).await?;
+        let writer = segment.writer().expect("the active segment has a writer");
+        if let Some(cause) = writer.failure() {
+            return Err(self.poisoned(cause));
+        }
+        writer
+            .reserve(batch.len())
+            .await
+            .map_err(|error| StorageError::io("reserving space in", segment.path(), error))?;
+        // From here to the end nothing awaits: offset assignment and staging are atomic.
+        let (base_offset, epoch) = {
+            let state = self.state.borrow();
+            (state.next_offset, state.epochs.last().map_or(0, |entry| entry.epoch))
+        };
+        patch_base_offset(&mut batch, base_offset);
+        patch_partition_leader_epoch(&mut batch, epoch);
+        let position = writer.append(&batch);
+        let padded = batch.len() as u64;
+        let last_offset = base_offset + u64::from(header.last_offset_delta);
+        {
+            let mut segment_state = segment.state_mut();
+            assert_eq!(segment_state.size, position, "segment size tracks the writer");
+            segment_state.index.on_append(
+                (base_offset - segment.base_offset) as u32,
+                position,
+                padded,
+                header.max_timestamp,
+                self.config.index_interval_bytes,
+            );
+            segment_state.size += padded;
+            segment_state.next_offset = last_offset + 1;
+            segment_state.max_timestamp = segment_state.max_timestamp.max(header.max_timestamp);
+        }
+        self.state.borrow_mut().next_offset = last_offset + 1;
+        self.cache.insert(self.cache_key, CachedBatch {
+            base_offset,
+            next_offset: last_offset + 1,
+            bytes: batch.freeze(),
+        });
+        Ok(AppendInfo {
+            base_offset,
+            last_offset,
+        })
+    }
+
+    /// The active segment, rolled first if this batch must not go into the current one.
+    async fn segment_for_append(&self, len: usize, record_count: u32) -> Result<Rc<Segment>> {
+        let active = self.active_segment();
+        let now = self.clock.now_ms();
+        let (size, next_offset) = (active.size(), active.next_offset());
+        let too_big = size > 0 && size + len as u64 > self.config.segment_bytes_max;
+        let too_old = size > 0
+            && self
+                .config
+                .segment_age_ms_max
+                .is_some_and(|age| now - active.created_ms >= age);
+        let offsets_full =
+            next_offset - active.base_offset + u64::from(record_count) > u64::from(u32::MAX);
+        if too_big || too_old || offsets_full || active.writer().is_none() {
+            return self.roll_locked(now).await;
+        }
+        Ok(active)
+    }
+
+    /// Seals the active segment and starts a new one at the next offset. Forces a roll even
+    /// if the active segment is not full (it must not be empty).
+    pub async fn roll(&self) -> Result<()> {
+        let _guard = self.append_lock.lock().await;
+        self.check_open()?;
+        if self.active_segment().size() > 0 {
+            self.roll_locked(self.clock.now_ms()).await?;
+        }
+        Ok(())
+    }
+
+    async fn roll_locked(&self, now: i64) -> Result<Rc<Segment>> {
+        let active = self.active_segment();
+        if active.writer().is_some() && active.size() == 0 {
+            return Ok(active);
+        }
+        active
+            .seal()
+            .await
+            .map_err(|error| StorageError::io("sealing", active.path(), error))?;
+        let next_offset = self.next_offset();
+        let segment = if active.size() == 0 {
+            active
+        } else {
+            let created = Segment::create(&self.dir, next_offset, now)
+                .await
+                .map_err(|error| {
+                    StorageError::io("creating", segment_path(&self.dir, next_offset, "log"), error)
+                })?;
+            Rc::new(created)
+        };
+        segment
+            .activate(self.writer_limits())
+            .await
+            .map_err(|error| StorageError::io("activating", segment.path(), error))?;
+        file::sync_dir(&self.dir)
+            .await
+            .map_err(|error| StorageError::io("syncing", &self.dir, error))?;
+        {
+            let mut state = self.state.borrow_mut();
+            state.segments.insert(segment.base_offset, Rc::clone(&segment));
+            state.checkpoint = Checkpoint {
+                segment_base: segment.base_offset,
+                position: 0,
+                next_offset,
+                max_timestamp: i64::MIN,
+            };
+            state.durable_offset = state.durable_offset.max(next_offset);
+        }
+        self.write_meta().await?;
+        Ok(segment)
+    }
+
+    /// Makes every batch appended before the call durable; returns the offset below which
+    /// everything is durable. Concurrent calls share `fdatasync`s.
+    pub async fn flush(&self) -> Result<u64> {
+        self.check_open()?;
+        let target = self.next_offset();
+        let active = self.active_segment();
+        if let Some(writer) = active.writer() {
+            writer.flush().await.map_err(|error| match writer.failure() {
+                Some(cause) => self.poisoned(cause),
+                None => StorageError::io("flushing", active.path(), error),
+            })?;
+        }
+        let mut state = self.state.borrow_mut();
+        state.durable_offset = state.durable_offset.max(target);
+        Ok(state.durable_offset)
+    }
+
+    /// Reads batches starting with the one that contains `offset`, up to about `max_bytes`
+    /// (always at least one batch, so a consumer can make progress past a large batch).
+    /// Returns nothing at the end of the log.
+    pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<StoredBatch>> {
+        self.check_open()?;
+        let (log_start_offset, next_offset) = {
+            let state = self.state.borrow();
+            (state.log_start_offset, state.next_offset)
+        };
+        if offset < log_start_offset || offset > next_offset {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                log_start_offset,
+                next_offset,
+            });
+        }
+        if offset == next_offset {
+            return Ok(Vec::new());
+        }
+        if let Some(cached) = self.cache.read(self.cache_key, offset, max_bytes) {
+            return Ok(cached
+                .into_iter()
+                .map(|batch| StoredBatch {
+                    header: BatchHeader::decode(&batch.bytes).expect("cached batches are valid"),
+                    bytes: StoredBytes::Memory(batch.bytes),
+                })
+                .collect());
+        }
+        let mut segment = self.segment_containing(offset);
+        while let Some(current) = segment {
+            let position = {
+                let state = current.state();
+                if offset >= state.next_offset {
+                    None
+                } else {
+                    let relative = offset.saturating_sub(current.base_offset) as u32;
+                    Some(state.index.position_for_offset(relative))
+                }
+            };
+            if let Some(position) = position {
+                return self.read_segment(&current, position, offset, max_bytes).await;
+            }
+            segment = self.segment_after(current.base_offset);
+        }
+        Ok(Vec::new())
+    }
+
+    fn segment_containing(&self, offset: u64) -> Option<Rc<Segment>> {
+        let state = self.state.borrow();
+        state.segments.range(..=offset).next_back().map(|(_, segment)| Rc::clone(segment))
+    }
+
+    fn segment_after(&self, base_offset: u64) -> Option<Rc<Segment>> {
+        let state = self.state.borrow();
+        state
+            .segments
+            .range(base_offset + 1..)
+            .next()
+            .map(|(_, segment)| Rc::clone(segment))
+    }
+
+    /// Reads from `position` in `segment`, skipping batches before `offset`.
+    async fn read_segment(
+        &self,
+        segment: &Segment,
+        mut position: u64,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredBatch>> {
+        let end = segment.size();
+        let mut batches = Vec::new();
+        let mut taken = 0usize;
+        let mut chunk: Option<(u64, ReadBytes)> = None;
+        while position < end {
+            let header = self.batch_header_at(segment, &mut chunk, position, end).await?;
+            let padded = header.padded_length();
+            if !batches.is_empty() && taken + padded > max_bytes {
+                break;
+            }
+            let (chunk_start, bytes) = match &chunk {
+                Some((start, bytes)) if position + padded as u64 <= start + bytes.len() as u64 => {
+                    (*start, bytes.clone())
+                }
+                _ => {
+                    let want = padded.max(max_bytes.min(self.config.read_chunk_bytes));
+                    let want = want.min((end - position) as usize);
+                    let bytes = self.read_bytes(segment, position, want).await?;
+                    chunk = Some((position, bytes.clone()));
+                    (position, bytes)
+                }
+            };
+            let slice = bytes
+                .slice((position - chunk_start) as usize, padded)
+                .ok_or_else(|| self.corrupt(segment, position, "batch runs past the data read"))?;
+            if let Err(error) = BatchView::validate_header_and_crc(&slice) {
+                return Err(self.corrupt(segment, position, &error.to_string()));
+            }
+            position += padded as u64;
+            if header.next_offset() <= offset {
+                continue;
+            }
+            taken += padded;
+            batches.push(StoredBatch {
+                header,
+                bytes: StoredBytes::Disk(slice),
+            });
+        }
+        Ok(batches)
+    }
+
+    async fn batch_header_at(
+        &self,
+        segment: &Segment,
+        chunk: &mut Option<(u64, ReadBytes)>,
+        position: u64,
+        end: u64,
+    ) -> Result<BatchHeader> {
+        let header_bytes = flumen_protocol::record::BATCH_HEADER_BYTES;
+        let in_chunk = chunk.as_ref().and_then(|(start, bytes)| {
+            let offset = position.checked_sub(*start)? as usize;
+            bytes.slice(offset, header_bytes)
+        });
+        let bytes = match in_chunk {
+            Some(bytes) => bytes,
+            None => {
+                let want = self.config.read_chunk_bytes.min((end - position) as usize);
+                let bytes = self.read_bytes(segment, position, want.max(header_bytes)).await?;
+                *chunk = Some((position, bytes.clone()));
+                bytes
+            }
+        };
+        let header = BatchHeader::decode(&bytes).map_err(|error| {
+            self.corrupt(segment, position, &error.to_string())
+        })?;
+        if position + header.padded_length() as u64 > end {
+            return Err(self.corrupt(segment, position, "batch runs past the segment end"));
+        }
+        Ok(header)
+    }
+
+    async fn read_bytes(&self, segment: &Segment, position: u64, len: usize) -> Result<ReadBytes> {
+        let bytes = segment
+            .read(position, len)
+            .await
+            .map_err(|error| StorageError::io("reading", segment.path(), error))?;
+        if bytes.len() < len {
+            return Err(self.corrupt(segment, position, "segment file is shorter than its log"));
+        }
+        Ok(bytes)
+    }
+
+    fn corrupt(&self, segment: &Segment, position: u64, reason: &str) -> StorageError {
+        tracing::error!(path = %segment.path().display(), position, reason, "corrupt batch on read");
+        StorageError::Corrupt {
+            path: segment.path().to_path_buf(),
+            position,
+            reason: reason.to_owned(),
+        }
+    }
+
+    /// Offset of the first record whose timestamp is `>= timestamp_ms`, or `None` if every
+    /// record is older.
+    pub async fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<u64>> {
+        self.check_open()?;
+        let segments: Vec<Rc<Segment>> = self.state.borrow().segments.values().cloned().collect();
+        for segment in segments {
+            let (position, first_offset) = {
+                let state = segment.state();
+                if state.max_timestamp < timestamp_ms || state.size == 0 {
+                    continue;
+                }
+                (state.index.position_for_timestamp(timestamp_ms), segment.base_offset)
+            };
+            let batches = self
+                .read_segment(&segment, position, first_offset, self.scan_window_bytes())
+                .await?;
+            for batch in batches {
+                if batch.header().max_timestamp < timestamp_ms {
+                    continue;
+                }
+                return Ok(Some(first_record_at_or_after(&batch, timestamp_ms)?));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The offset of the first record in `batch` with a timestamp `>= timestamp_ms`.
+fn first_record_at_or_after(batch: &StoredBatch, timestamp_ms: i64) -> Result<u64> {
+    // Rare operation: copy the one batch into an aligned buffer and fully validate it.
+    let aligned = BuiltBatch::copy_from(batch.as_bytes());
+    let view = BatchView::validate(aligned.as_bytes())?;
+    let found = view
+        .records()
+        .find(|record| record.timestamp_ms() >= timestamp_ms)
+        .map(|record| record.offset());
+    Ok(found.unwrap_or(batch.header().base_offset))
+}
+
+impl Log {
+    /// Deletes whole segments, oldest first, while the log exceeds `retention_bytes` or a
+    /// segment's newest record is older than `retention_ms`. The active segment is never
+    /// deleted. Advances the log start offset.
+    pub async fn apply_retention(&self) -> Result<RetentionReport> {
+        let _guard = self.append_lock.lock().await;
+        self.check_open()?;
+        let now = self.clock.now_ms();
+        let mut report = RetentionReport::default();
+        loop {
+            let (candidate, total) = {
+                let state = self.state.borrow();
+                let total: u64 = state.segments.values().map(|segment| segment.size()).sum();
+                let candidate = (state.segments.len() > 1)
+                    .then(|| Rc::clone(state.segments.values().next().expect("non-empty")));
+                (candidate, total)
+            };
+            let Some(oldest) = candidate else { break };
+            let over_size = self
+                .config
+                .retention_bytes
+                .is_some_and(|limit| total - oldest.size() >= limit);
+            let expired = self
+                .config
+                .retention_ms
+                .is_some_and(|limit| oldest.state().max_timestamp < now - limit);
+            if !over_size && !expired {
+                break;
+            }
+            report.segments_deleted += 1;
+            report.bytes_deleted += oldest.size();
+            self.delete_oldest(&oldest).await?;
+        }
+        report.log_start_offset = self.log_start_offset();
+        if report.segments_deleted > 0 {
+            tracing::info!(dir = %self.dir.display(), ?report, "retention deleted segments");
+        }
+        Ok(report)
+    }
+
+    async fn delete_oldest(&self, oldest: &Segment) -> Result<()> {
+        let new_start = {
+            let mut state = self.state.borrow_mut();
+            state.segments.remove(&oldest.base_offset);
+            let new_start = *state.segments.keys().next().expect("the active segment remains");
+            state.log_start_offset = new_start;
+            // Kafka's truncate-from-start: the epoch in force at the new start begins there.
+            let in_force = state.epochs.iter().rposition(|entry| entry.start_offset <= new_start);
+            if let Some(index) = in_force {
+                state.epochs.drain(..index);
+                state.epochs[0].start_offset = new_start;
+            }
+            new_start
+        };
+        self.cache.remove_before(self.cache_key, new_start);
+        self.write_meta().await?;
+        oldest
+            .remove_files()
+            .await
+            .map_err(|error| StorageError::io("deleting", oldest.path(), error))
+    }
+
+    /// Removes every batch that contains an offset `>= offset`, so the log ends at or
+    /// below `offset` (a batch is never split). Used by replication when a follower's log
+    /// diverged from the leader's. Truncated data never reappears, even after a crash.
+    pub async fn truncate_to(&self, offset: u64) -> Result<u64> {
+        let _guard = self.append_lock.lock().await;
+        self.check_open()?;
+        let (log_start_offset, next_offset) = (self.log_start_offset(), self.next_offset());
+        if offset >= next_offset {
+            return Ok(next_offset);
+        }
+        if offset < log_start_offset {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                log_start_offset,
+                next_offset,
+            });
+        }
+        self.flush().await?;
+        let target = self.segment_containing(offset).expect("offset is in the log");
+        self.drop_segments_after(target.base_offset).await?;
+        let cut = self.find_cut(&target, offset).await?;
+        self.cut_segment(&target, cut).await?;
+        let new_next = self.next_offset();
+        self.cache.truncate_from(self.cache_key, new_next);
+        {
+            let mut state = self.state.borrow_mut();
+            state.epochs.retain(|entry| entry.start_offset < new_next);
+            state.durable_offset = new_next;
+        }
+        self.write_meta().await?;
+        tracing::info!(dir = %self.dir.display(), offset, new_next, "log truncated");
+        Ok(new_next)
+    }
+
+    async fn drop_segments_after(&self, base_offset: u64) -> Result<()> {
+        loop {
+            let last = self.active_segment();
+            if last.base_offset <= base_offset {
+                return Ok(());
+            }
+            self.state.borrow_mut().segments.remove(&last.base_offset);
+            last.deactivate();
+            last.remove_files()
+                .await
+                .map_err(|error| StorageError::io("deleting", last.path(), error))?;
+        }
+    }
+
+    /// The position of the first batch that ends after `offset`, and the segment state at
+    /// that position.
+    async fn find_cut(&self, segment: &Segment, offset: u64) -> Result<SegmentState> {
+        let (entry, mut index) = {
+            let state = segment.state();
+            let relative = (offset - segment.base_offset) as u32;
+            (state.index.entry_for_offset(relative), state.index.clone())
+        };
+        let (start, start_offset, max_before) = entry.map_or((0, segment.base_offset, i64::MIN), |entry| {
+            (
+                u64::from(entry.position),
+                segment.base_offset + u64::from(entry.relative_offset),
+                entry.max_timestamp_before,
+            )
+        });
+        // Rebuild the index from the entry before the cut by scanning forward; the batch
+        // containing `offset` lies within one index interval plus one batch of the entry.
+        index.truncate_to(start, max_before, 0);
+        let mut state = SegmentState {
+            size: start,
+            next_offset: start_offset,
+            max_timestamp: max_before,
+            index,
+        };
+        let window = self.scan_window_bytes();
+        let batches = self.read_segment(segment, start, start_offset, window).await?;
+        for batch in batches {
+            let header = batch.header();
+            if header.next_offset() > offset {
+                break;
+            }
+            let padded = header.padded_length() as u64;
+            state.index.on_append(
+                (header.base_offset - segment.base_offset) as u32,
+                state.size,
+                padded,
+                header.max_timestamp,
+                self.config.index_interval_bytes,
+            );
+            state.size += padded;
+            state.next_offset = header.next_offset();
+            state.max_timestamp = state.max_timestamp.max(header.max_timestamp);
+        }
+        Ok(state)
+    }
+
+    /// Bytes after a sparse index entry within which the batch sought is sure to start.
+    fn scan_window_bytes(&self) -> usize {
+        self.config.index_interval_bytes as usize + self.config.batch_bytes_max
+    }
+
+    /// Shrinks `segment` to `cut` on disk and in memory and makes it the active segment.
+    async fn cut_segment(&self, segment: &Rc<Segment>, cut: SegmentState) -> Result<()> {
+        segment.deactivate();
+        segment.remove_index().await.map_err(context("deleting index of", segment.path()))?;
+        segment.file.truncate(cut.size).await.map_err(context("truncating", segment.path()))?;
+        segment.file.fdatasync().await.map_err(context("syncing", segment.path()))?;
+        let next_offset = cut.next_offset;
+        *segment.state_mut() = cut;
+        segment
+            .activate(self.writer_limits())
+            .await
+            .map_err(context("activating", segment.path()))?;
+        let mut state = self.state.borrow_mut();
+        state.next_offset = next_offset;
+        state.checkpoint = Checkpoint {
+            segment_base: segment.base_offset,
+            position: segment.size(),
+            next_offset,
+            max_timestamp: segment.state().max_timestamp,
+        };
+        Ok(())
+    }
+
+    /// Starts leader epoch `epoch` at the current end of the log. Batches appended from
+    /// now on carry it. Persisted before returning.
+    pub async fn assign_leader_epoch(&self, epoch: u32) -> Result<()> {
+        let _guard = self.append_lock.lock().await;
+        self.check_open()?;
+        {
+            let mut state = self.state.borrow_mut();
+            let start_offset = state.next_offset;
+            match state.epochs.last() {
+                Some(last) if epoch < last.epoch => {
+                    return Err(StorageError::StaleEpoch {
+                        requested: epoch,
+                        current: last.epoch,
+                    })
+                }
+                Some(last) if epoch == last.epoch => return Ok(()),
+                _ => {}
+            }
+            if state.epochs.last().is_some_and(|last| last.start_offset == start_offset) {
+                // The previous epoch wrote nothing; it is superseded.
+                state.epochs.pop();
+            }
+            state.epochs.push(EpochEntry {
+                epoch,
+                start_offset,
+            });
+        }
+        self.write_meta().await
+    }
+
+    /// The latest leader epoch, if one was assigned.
+    pub fn leader_epoch(&self) -> Option<u32> {
+        self.state.borrow().epochs.last().map(|entry| entry.epoch)
+    }
+
+    /// The leader-epoch history, oldest first.
+    pub fn epoch_history(&self) -> Vec<EpochEntry> {
+        self.state.borrow().epochs.clone()
+    }
+
+    /// For a follower at `epoch`: the largest epoch `<= epoch` this log knows and the offset
+    /// where it ended (the start of the next epoch, or the log end for the latest), as in
+    /// Kafka's OffsetsForLeaderEpoch. `None` if `epoch` is older than every known epoch.
+    pub fn epoch_end_offset(&self, epoch: u32) -> Option<(u32, u64)> {
+        let state = self.state.borrow();
+        let index = state.epochs.iter().rposition(|entry| entry.epoch <= epoch)?;
+        let end = state
+            .epochs
+            .get(index + 1)
+            .map_or(state.next_offset, |next| next.start_offset);
+        Some((state.epochs[index].epoch, end))
+    }
+
+    /// Flushes, writes the active segment's index and a checkpoint at the log end, and
+    /// releases the files. The next open trusts everything and scans nothing.
+    pub async fn close(&self) -> Result<()> {
+        let _guard = self.append_lock.lock().await;
+        if self.state.borrow().closed {
+            return Ok(());
+        }
+        self.flush().await?;
+        let active = self.active_segment();
+        active.file.truncate(active.size()).await.map_err(context("truncating", active.path()))?;
+        active.file.fdatasync().await.map_err(context("syncing", active.path()))?;
+        active.persist_index().await.map_err(context("writing index of", active.path()))?;
+        active.deactivate();
+        {
+            let mut state = self.state.borrow_mut();
+            state.checkpoint = Checkpoint {
+                segment_base: active.base_offset,
+                position: active.size(),
+                next_offset: active.next_offset(),
+                max_timestamp: active.state().max_timestamp,
+            };
+        }
+        self.write_meta().await?;
+        let mut state = self.state.borrow_mut();
+        state.closed = true;
+        state.segments.clear();
+        self.cache.unregister(self.cache_key);
+        Ok(())
+    }
+
+    async fn write_meta(&self) -> Result<()> {
+        let meta = {
+            let state = self.state.borrow();
+            PartitionMeta {
+                checkpoint: state.checkpoint,
+                epochs: state.epochs.clone(),
+            }
+        };
+        let path = self.dir.join(META_FILE);
+        file::write_file_atomically(&path, &meta.encode())
+            .await
+            .map_err(|error| StorageError::io("writing", path, error))
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        self.cache.unregister(self.cache_key);
+    }
+}

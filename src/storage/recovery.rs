@@ -1,0 +1,218 @@
+//! Opening a log after a clean shutdown or a crash.
+//!
+//! The algorithm (see `docs/STORAGE.md` for the full story):
+//! 1. List the `*.log` files; remove leftover `*.tmp` files of interrupted atomic writes.
+//! 2. Read `partition.meta`. Its checkpoint names a segment and a position up to which the
+//!    log was durable and checked. Without a readable checkpoint, nothing is trusted.
+//! 3. Segments before the checkpoint segment are trusted: their index files are loaded if
+//!    their CRC is good and the size they record equals the file size; otherwise the
+//!    segment is scanned to rebuild them.
+//! 4. The checkpoint segment is scanned from the checkpoint position, and every later
+//!    segment from its start. Scanning checks every batch's header, CRC, padding and
+//!    offset continuity (see `scan.rs`) and stops at the first invalid byte.
+//! 5. At the first cut, the segment file is truncated there and all later segments are
+//!    deleted: offsets must stay dense, and bytes after a cut were never acknowledged as
+//!    durable (a durable batch is never followed by a torn one in an earlier position).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::rc::Rc;
+
+use super::config::LogConfig;
+use super::file;
+use super::index::SegmentIndex;
+use super::log::RecoveryReport;
+use super::meta::{Checkpoint, PartitionMeta};
+use super::scan::{scan_segment, ScanStart};
+use super::segment::{Segment, SegmentState};
+use super::error::context;
+use super::{Result, StorageError};
+
+/// The base offsets of the segment files in `dir`, ascending.
+pub(crate) fn list_segments(dir: &Path) -> Result<Vec<u64>> {
+    let entries = std::fs::read_dir(dir).map_err(|error| StorageError::io("listing", dir, error))?;
+    let mut bases = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|error| StorageError::io("listing", dir, error))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(".tmp") {
+            let _ = std::fs::remove_file(entry.path());
+            continue;
+        }
+        if let Some(stem) = name.strip_suffix(".log") {
+            match stem.parse::<u64>() {
+                Ok(base) if stem.len() == 20 => bases.push(base),
+                _ => tracing::warn!(file = %entry.path().display(), "ignoring unexpected file"),
+            }
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+/// The partition metadata, or `None` if it is missing or unreadable (then nothing is
+/// trusted and every segment is scanned).
+pub(crate) async fn read_meta(dir: &Path) -> Result<Option<PartitionMeta>> {
+    let path = dir.join("partition.meta");
+    let bytes = file::read_small_file(&path)
+        .await
+        .map_err(|error| StorageError::io("reading", &path, error))?;
+    Ok(bytes.and_then(|bytes| match PartitionMeta::decode(&bytes) {
+        Ok(meta) => Some(meta),
+        Err(reason) => {
+            tracing::warn!(path = %path.display(), reason, "ignoring damaged partition.meta");
+            None
+        }
+    }))
+}
+
+/// Opens, checks and (where needed) repairs every segment. Returns the segments, the
+/// report, and the checkpoint in force.
+pub(crate) async fn recover(
+    dir: &Path,
+    config: &LogConfig,
+    bases: &[u64],
+    meta: Option<&PartitionMeta>,
+    now_ms: i64,
+) -> Result<(BTreeMap<u64, Rc<Segment>>, RecoveryReport, Checkpoint)> {
+    let mut report = RecoveryReport::default();
+    let mut segments = BTreeMap::new();
+    let checkpoint = meta.map(|meta| meta.checkpoint).filter(|checkpoint| {
+        bases.contains(&checkpoint.segment_base)
+    });
+    let mut previous_next_offset = None;
+    for (number, &base) in bases.iter().enumerate() {
+        let (segment, cut) = open_segment(dir, config, base, checkpoint, previous_next_offset, now_ms, &mut report).await?;
+        previous_next_offset = Some(segment.next_offset());
+        segments.insert(base, Rc::new(segment));
+        if cut {
+            for &later in &bases[number + 1..] {
+                remove_segment_files(dir, later).await?;
+                report.cuts.push(format!("deleted segment {later:020}.log after the cut"));
+            }
+            break;
+        }
+    }
+    if segments.is_empty() {
+        let start = meta.map_or(0, |meta| meta.checkpoint.next_offset);
+        let segment = Segment::create(dir, start, now_ms)
+            .await
+            .map_err(|error| StorageError::io("creating first segment in", dir, error))?;
+        file::sync_dir(dir)
+            .await
+            .map_err(|error| StorageError::io("syncing", dir, error))?;
+        segments.insert(start, Rc::new(segment));
+    }
+    let last = segments.values().next_back().expect("one segment");
+    let checkpoint = Checkpoint {
+        segment_base: last.base_offset,
+        position: last.size(),
+        next_offset: last.next_offset(),
+        max_timestamp: last.state().max_timestamp,
+    };
+    Ok((segments, report, checkpoint))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn open_segment(
+    dir: &Path,
+    config: &LogConfig,
+    base: u64,
+    checkpoint: Option<Checkpoint>,
+    previous_next_offset: Option<u64>,
+    now_ms: i64,
+    report: &mut RecoveryReport,
+) -> Result<(Segment, bool)> {
+    let file = Segment::open_file(dir, base)
+        .await
+        .map_err(|error| StorageError::io("opening", dir, error))?;
+    let path = file.path().to_path_buf();
+    let file_size = file.size().await.map_err(context("sizing", &path))?;
+    let loaded = Segment::load_index(dir, base, file_size)
+        .await
+        .map_err(context("reading index of", &path))?;
+    if let Some(previous) = previous_next_offset {
+        if previous != base {
+            tracing::warn!(segment = base, previous, "segment does not continue the previous one");
+        }
+    }
+    let trusted = checkpoint.is_some_and(|checkpoint| base < checkpoint.segment_base);
+    let (mut index, start) = match (&loaded, trusted, checkpoint) {
+        (Ok((index, summary)), true, _) if summary.size_bytes == file_size => {
+            let state = SegmentState {
+                size: summary.size_bytes,
+                next_offset: summary.next_offset,
+                max_timestamp: summary.max_timestamp,
+                index: index.clone(),
+            };
+            return Ok((Segment::new(dir, base, file, now_ms, state), false));
+        }
+        (Ok((index, _)), false, Some(checkpoint))
+            if checkpoint.segment_base == base && checkpoint.position <= file_size =>
+        {
+            let mut index = index.clone();
+            let entries_before = index.last_entry_position();
+            index.truncate_to(checkpoint.position, checkpoint.max_timestamp, 0);
+            let _ = entries_before;
+            let start = ScanStart {
+                position: checkpoint.position,
+                next_offset: checkpoint.next_offset,
+                max_timestamp: checkpoint.max_timestamp,
+            };
+            (index, start)
+        }
+        _ => {
+            if loaded.is_err() || trusted {
+                report.indexes_rebuilt += 1;
+            }
+            let start = ScanStart {
+                position: 0,
+                next_offset: base,
+                max_timestamp: i64::MIN,
+            };
+            (SegmentIndex::new(), start)
+        }
+    };
+    let outcome = scan_segment(
+        &file,
+        base,
+        start,
+        &mut index,
+        config.index_interval_bytes,
+        config.read_chunk_bytes,
+    )
+    .await
+    .map_err(context("scanning", &path))?;
+    report.batches_scanned += outcome.batches;
+    let cut = outcome.cut.is_some();
+    if let Some(cut) = &outcome.cut {
+        report.bytes_cut += cut.discarded_bytes;
+        report.cuts.push(format!(
+            "{}: cut {} bytes at position {}: {}",
+            file.path().display(),
+            cut.discarded_bytes,
+            cut.position,
+            cut.reason
+        ));
+        file.truncate(cut.position).await.map_err(context("truncating", &path))?;
+        file.fdatasync().await.map_err(context("syncing", &path))?;
+    }
+    let state = SegmentState {
+        size: outcome.end_position,
+        next_offset: outcome.next_offset,
+        max_timestamp: outcome.max_timestamp,
+        index,
+    };
+    Ok((Segment::new(dir, base, file, now_ms, state), cut))
+}
+
+async fn remove_segment_files(dir: &Path, base: u64) -> Result<()> {
+    for extension in ["log", "index", "timeindex"] {
+        let path = super::segment::segment_path(dir, base, extension);
+        file::remove_file(&path)
+            .await
+            .map_err(|error| StorageError::io("deleting", path, error))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,190 @@
+//! Recovery scanning: walk a segment's batches from a trusted position, check each one,
+//! and find where the valid log ends.
+//!
+//! A batch is accepted only if its header decodes, its CRC matches, its padding is zero
+//! and its base offset continues the previous batch exactly. The scan stops at the first
+//! position that is
+//! - all zeros (the normal end: preallocated or never-written space), or
+//! - anything else that is not an acceptable batch: a torn write (the batch runs past the
+//!   end of the file), a zero-filled or garbled block, a flipped bit, an offset that does
+//!   not continue the log.
+//!
+//! In the second case the bytes from that position on are cut, and the outcome says how
+//! many non-zero bytes were discarded and why.
+
+use std::io;
+
+use flumen_protocol::record::{BatchHeader, BatchView, BATCH_HEADER_BYTES};
+
+use super::config::IO_ALIGNMENT_BYTES;
+use super::file::{DirectFile, ReadBytes};
+use super::index::SegmentIndex;
+
+/// Where a scan starts: a position known to be a batch boundary and the log state there.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ScanStart {
+    pub position: u64,
+    pub next_offset: u64,
+    pub max_timestamp: i64,
+}
+
+/// What a scan found.
+#[derive(Debug, Clone)]
+pub(crate) struct ScanOutcome {
+    /// Logical end of the valid data.
+    pub end_position: u64,
+    pub next_offset: u64,
+    pub max_timestamp: i64,
+    pub batches: u64,
+    /// Set when invalid data (not just zeros) followed the valid data.
+    pub cut: Option<Cut>,
+}
+
+/// Invalid data found after the valid prefix of a segment.
+#[derive(Debug, Clone)]
+pub(crate) struct Cut {
+    pub position: u64,
+    pub discarded_bytes: u64,
+    pub reason: String,
+}
+
+/// Scans `file` from `start`, adding index entries for every accepted batch.
+pub(crate) async fn scan_segment(
+    file: &DirectFile,
+    base_offset: u64,
+    start: ScanStart,
+    index: &mut SegmentIndex,
+    index_interval_bytes: u64,
+    chunk_bytes: usize,
+) -> io::Result<ScanOutcome> {
+    let file_size = file.size().await?;
+    let mut outcome = ScanOutcome {
+        end_position: start.position,
+        next_offset: start.next_offset,
+        max_timestamp: start.max_timestamp,
+        batches: 0,
+        cut: None,
+    };
+    let mut chunk = Chunk::default();
+    let mut position = start.position;
+    loop {
+        if position + BATCH_HEADER_BYTES as u64 > file_size {
+            if position < file_size {
+                outcome.cut = cut_here(file, position, file_size, "torn batch header").await?;
+            }
+            break;
+        }
+        let header_bytes = chunk.bytes(file, position, BATCH_HEADER_BYTES, chunk_bytes).await?;
+        if header_bytes.iter().all(|&byte| byte == 0) {
+            // Zeros where a header should be: the end of written data, unless something
+            // non-zero follows (then a block was zero-filled in the middle of the log).
+            outcome.cut = cut_here(file, position, file_size, "zero-filled block").await?;
+            break;
+        }
+        let header = match BatchHeader::decode(&header_bytes) {
+            Ok(header) => header,
+            Err(error) => {
+                outcome.cut = cut_here(file, position, file_size, &error.to_string()).await?;
+                break;
+            }
+        };
+        let padded = header.padded_length() as u64;
+        if position + padded > file_size {
+            outcome.cut = cut_here(file, position, file_size, "torn batch").await?;
+            break;
+        }
+        let batch = chunk.bytes(file, position, padded as usize, chunk_bytes).await?;
+        let problem = match BatchView::validate_header_and_crc(&batch) {
+            Err(error) => Some(error.to_string()),
+            Ok(_) if header.base_offset != outcome.next_offset => Some(format!(
+                "batch offset {} does not continue the log at {}",
+                header.base_offset, outcome.next_offset
+            )),
+            Ok(_) => None,
+        };
+        if let Some(reason) = problem {
+            outcome.cut = cut_here(file, position, file_size, &reason).await?;
+            break;
+        }
+        let relative_offset = u32::try_from(header.base_offset - base_offset)
+            .expect("segment offsets fit u32");
+        index.on_append(relative_offset, position, padded, header.max_timestamp, index_interval_bytes);
+        outcome.next_offset = header.next_offset();
+        outcome.max_timestamp = outcome.max_timestamp.max(header.max_timestamp);
+        outcome.batches += 1;
+        position += padded;
+        outcome.end_position = position;
+        if outcome.batches % 1024 == 0 {
+            crate::shard::yield_now().await;
+        }
+    }
+    Ok(outcome)
+}
+
+/// Reports a cut at `position` if any non-zero byte lies at or after it.
+async fn cut_here(
+    file: &DirectFile,
+    position: u64,
+    file_size: u64,
+    reason: &str,
+) -> io::Result<Option<Cut>> {
+    let last_nonzero = last_nonzero_byte(file, position, file_size).await?;
+    Ok(last_nonzero.map(|last| Cut {
+        position,
+        discarded_bytes: last + 1 - position,
+        reason: reason.to_owned(),
+    }))
+}
+
+async fn last_nonzero_byte(file: &DirectFile, from: u64, file_size: u64) -> io::Result<Option<u64>> {
+    const STEP: u64 = 1 << 20;
+    let mut last = None;
+    let mut position = from - from % IO_ALIGNMENT_BYTES;
+    while position < file_size {
+        let bytes = file.read_at(position, STEP as usize).await?;
+        if bytes.is_empty() {
+            break;
+        }
+        if let Some(index) = bytes.iter().rposition(|&byte| byte != 0) {
+            let absolute = position + index as u64;
+            if absolute >= from {
+                last = Some(absolute);
+            }
+        }
+        position += bytes.len() as u64;
+    }
+    Ok(last)
+}
+
+/// A window of file bytes kept between lookups, so a scan reads each chunk once.
+#[derive(Default)]
+struct Chunk {
+    start: u64,
+    bytes: Option<ReadBytes>,
+}
+
+impl Chunk {
+    async fn bytes(
+        &mut self,
+        file: &DirectFile,
+        position: u64,
+        len: usize,
+        chunk_bytes: usize,
+    ) -> io::Result<ReadBytes> {
+        let covered = self.bytes.as_ref().is_some_and(|bytes| {
+            position >= self.start && position + len as u64 <= self.start + bytes.len() as u64
+        });
+        if !covered {
+            let start = position - position % IO_ALIGNMENT_BYTES;
+            let want = ((position - start) as usize + len).max(chunk_bytes);
+            let want = want.div_ceil(IO_ALIGNMENT_BYTES as usize) * IO_ALIGNMENT_BYTES as usize;
+            self.bytes = Some(file.read_at(start, want).await?);
+            self.start = start;
+        }
+        let bytes = self.bytes.as_ref().expect("chunk loaded");
+        let offset = (position - self.start) as usize;
+        bytes.slice(offset, len).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::UnexpectedEof, format!("short read at {position}"))
+        })
+    }
+}

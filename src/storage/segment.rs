@@ -1,0 +1,188 @@
+//! One segment: a `.log` file of consecutive batches starting at `base_offset`, with its
+//! sparse index and, while it is the active segment, its writer.
+//!
+//! Lifecycle: created (or reopened) as the active segment with a [`SegmentWriter`];
+//! sealed when the log rolls (flushed, truncated to its logical size, index written);
+//! deleted whole by retention or truncation. Only the owning shard touches it.
+
+use std::cell::{Ref, RefCell, RefMut};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::file::{self, DirectFile, ReadBytes};
+use super::index::{SegmentIndex, SegmentSummary};
+use super::writer::{SegmentWriter, WriterLimits};
+
+/// File name of a segment's `extension` file: the base offset in 20 digits.
+pub(crate) fn segment_path(dir: &Path, base_offset: u64, extension: &str) -> PathBuf {
+    dir.join(format!("{base_offset:020}.{extension}"))
+}
+
+/// Mutable bookkeeping of a segment.
+#[derive(Debug, Clone)]
+pub(crate) struct SegmentState {
+    /// Logical size: bytes of valid batches (the file may be larger).
+    pub size: u64,
+    pub next_offset: u64,
+    pub max_timestamp: i64,
+    pub index: SegmentIndex,
+}
+
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub base_offset: u64,
+    pub file: DirectFile,
+    dir: PathBuf,
+    pub created_ms: i64,
+    state: RefCell<SegmentState>,
+    writer: RefCell<Option<SegmentWriter>>,
+}
+
+impl Segment {
+    /// Creates an empty segment file.
+    pub(crate) async fn create(dir: &Path, base_offset: u64, created_ms: i64) -> io::Result<Self> {
+        let path = segment_path(dir, base_offset, "log");
+        let file = DirectFile::open(&path, true).await?;
+        file.truncate(0).await?;
+        Ok(Self::new(dir, base_offset, file, created_ms, SegmentState {
+            size: 0,
+            next_offset: base_offset,
+            max_timestamp: i64::MIN,
+            index: SegmentIndex::new(),
+        }))
+    }
+
+    pub(crate) fn new(
+        dir: &Path,
+        base_offset: u64,
+        file: DirectFile,
+        created_ms: i64,
+        state: SegmentState,
+    ) -> Self {
+        Self {
+            base_offset,
+            file,
+            dir: dir.to_path_buf(),
+            created_ms,
+            state: RefCell::new(state),
+            writer: RefCell::new(None),
+        }
+    }
+
+    /// Opens an existing segment file.
+    pub(crate) async fn open_file(dir: &Path, base_offset: u64) -> io::Result<DirectFile> {
+        DirectFile::open(&segment_path(dir, base_offset, "log"), false).await
+    }
+
+    /// Loads the persisted index if it exists and still matches the segment file.
+    pub(crate) async fn load_index(
+        dir: &Path,
+        base_offset: u64,
+        file_size: u64,
+    ) -> io::Result<Result<(SegmentIndex, SegmentSummary), String>> {
+        let offsets = file::read_small_file(&segment_path(dir, base_offset, "index")).await?;
+        let times = file::read_small_file(&segment_path(dir, base_offset, "timeindex")).await?;
+        let (Some(offsets), Some(times)) = (offsets, times) else {
+            return Ok(Err("index file missing".into()));
+        };
+        match SegmentIndex::decode(&offsets, &times) {
+            Err(reason) => Ok(Err(reason.into())),
+            Ok((_, summary)) if summary.size_bytes > file_size => {
+                Ok(Err("index describes more data than the segment holds".into()))
+            }
+            Ok(loaded) => Ok(Ok(loaded)),
+        }
+    }
+
+    pub(crate) fn state(&self) -> Ref<'_, SegmentState> {
+        self.state.borrow()
+    }
+
+    pub(crate) fn state_mut(&self) -> RefMut<'_, SegmentState> {
+        self.state.borrow_mut()
+    }
+
+    pub(crate) fn size(&self) -> u64 {
+        self.state.borrow().size
+    }
+
+    pub(crate) fn next_offset(&self) -> u64 {
+        self.state.borrow().next_offset
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    pub(crate) fn writer(&self) -> Option<SegmentWriter> {
+        self.writer.borrow().clone()
+    }
+
+    /// Makes this the active segment, appending after its current logical size.
+    pub(crate) async fn activate(&self, limits: WriterLimits) -> io::Result<SegmentWriter> {
+        if let Some(writer) = self.writer() {
+            return Ok(writer);
+        }
+        let writer = SegmentWriter::resume(self.file.clone(), self.size(), limits).await?;
+        *self.writer.borrow_mut() = Some(writer.clone());
+        Ok(writer)
+    }
+
+    /// Ends the segment's active life: flush, drop preallocated space, write the index.
+    /// Idempotent.
+    pub(crate) async fn seal(&self) -> io::Result<()> {
+        let Some(writer) = self.writer() else {
+            return Ok(());
+        };
+        writer.flush().await?;
+        self.file.truncate(self.size()).await?;
+        self.file.fdatasync().await?;
+        self.persist_index().await?;
+        *self.writer.borrow_mut() = None;
+        Ok(())
+    }
+
+    /// Drops the writer without flushing (used before truncation, after a flush).
+    pub(crate) fn deactivate(&self) {
+        *self.writer.borrow_mut() = None;
+    }
+
+    /// Writes the `.index` and `.timeindex` files for the current state.
+    pub(crate) async fn persist_index(&self) -> io::Result<()> {
+        let (offsets, times) = {
+            let state = self.state.borrow();
+            state.index.encode(SegmentSummary {
+                size_bytes: state.size,
+                next_offset: state.next_offset,
+                max_timestamp: state.max_timestamp,
+            })
+        };
+        file::write_file_atomically(&segment_path(&self.dir, self.base_offset, "index"), &offsets)
+            .await?;
+        file::write_file_atomically(&segment_path(&self.dir, self.base_offset, "timeindex"), &times)
+            .await
+    }
+
+    /// Removes the index files (they no longer describe the segment).
+    pub(crate) async fn remove_index(&self) -> io::Result<()> {
+        file::remove_file(&segment_path(&self.dir, self.base_offset, "index")).await?;
+        file::remove_file(&segment_path(&self.dir, self.base_offset, "timeindex")).await
+    }
+
+    /// Removes all the segment's files. Open handles keep working until dropped.
+    pub(crate) async fn remove_files(&self) -> io::Result<()> {
+        self.remove_index().await?;
+        file::remove_file(&segment_path(&self.dir, self.base_offset, "log")).await
+    }
+
+    /// Reads `len` bytes at `position`, first writing out any of them still in memory.
+    pub(crate) async fn read(&self, position: u64, len: usize) -> io::Result<ReadBytes> {
+        let end = position + len as u64;
+        if let Some(writer) = self.writer() {
+            if writer.written_end() < end {
+                writer.write_out(end).await?;
+            }
+        }
+        self.file.read_at(position, len).await
+    }
+}

@@ -1,0 +1,393 @@
+//! The segment writer: turns appends into large aligned direct writes, and flushes into
+//! coalesced `fdatasync`s (group commit).
+//!
+//! # What "appended", "written" and "flushed" mean
+//!
+//! - **Appended** (`end`): the bytes were copied into a staging buffer and belong to the
+//!   log. Readers see them (through the tail cache, or after a write-out). Nothing is on
+//!   disk yet; a crash loses them. This is where `acks=1` answers.
+//! - **Written** (`written_end`): every byte below it was handed to the device by a
+//!   completed `O_DIRECT` write. It survives a crash of the process but not necessarily a
+//!   power loss.
+//! - **Flushed** (`durable_end`): every byte below it was written and covered by a
+//!   completed `fdatasync`. It survives power loss. This is where `acks=all` answers.
+//!
+//! Invariant: `durable_end <= written_end <= end`, checked on every transition.
+//!
+//! # How
+//!
+//! Appends copy into a staging buffer of `write_buffer_bytes`. A full buffer is submitted
+//! at once as one write, in the background; up to `writes_in_flight_max` writes overlap, so
+//! the device sees a deep queue while appends never wait for the disk unless the window is
+//! full. [`SegmentWriter::flush`] submits the partially filled buffer rounded up to the
+//! block size (the padding is zeros), keeps its last partial block as the start of the
+//! next staging buffer, waits for every earlier write, and calls `fdatasync`. The next
+//! write of that block rewrites it with more data; it is issued only after the previous
+//! write of the same block completed, so the newer contents always land last.
+//!
+//! Concurrent `flush` calls coalesce: while one `fdatasync` runs, later callers wait and
+//! are all covered by the next single round, which flushes everything appended so far.
+//!
+//! Space is reserved ahead of the write position with `fallocate`, so a full disk is
+//! discovered by `reserve`, before an append is accepted, rather than by a background
+//! write after it was acknowledged.
+//!
+//! Ownership: one writer per active segment, owned by the shard that owns the partition.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io;
+use std::rc::Rc;
+
+use super::config::IO_ALIGNMENT_BYTES;
+use super::file::{AlignedBuffer, DirectFile};
+use crate::shard::{spawn_detached, Notify};
+
+/// Limits for one writer, taken from the log configuration.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriterLimits {
+    pub buffer_bytes: usize,
+    pub in_flight_max: usize,
+    pub preallocate_bytes: u64,
+}
+
+/// Writes one segment file. Cheap to clone (shared handle).
+#[derive(Debug, Clone)]
+pub(crate) struct SegmentWriter {
+    shared: Rc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    file: DirectFile,
+    limits: WriterLimits,
+    state: RefCell<State>,
+    changed: Notify,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Buffer holding file bytes `[staging_start, end)`; `None` when that range is empty.
+    staging: Option<AlignedBuffer>,
+    /// Aligned file position of `staging[0]`.
+    staging_start: u64,
+    end: u64,
+    /// Logical end covered by writes submitted so far.
+    submitted_end: u64,
+    written_end: u64,
+    durable_end: u64,
+    /// File bytes reserved by `fallocate` (or the file size).
+    allocated_end: u64,
+    preallocate: bool,
+    slots: VecDeque<WriteSlot>,
+    next_slot_id: u64,
+    /// Aligned end of the last submitted write, and its slot, for overlap ordering.
+    last_submitted: Option<(u64, u64)>,
+    failure: Option<String>,
+    flushing: bool,
+}
+
+#[derive(Debug)]
+struct WriteSlot {
+    id: u64,
+    logical_end: u64,
+    done: bool,
+}
+
+fn align_down(value: u64) -> u64 {
+    value - value % IO_ALIGNMENT_BYTES
+}
+
+fn align_up(value: u64) -> u64 {
+    value.div_ceil(IO_ALIGNMENT_BYTES) * IO_ALIGNMENT_BYTES
+}
+
+impl SegmentWriter {
+    /// A writer that continues the file at logical position `end`, everything below which
+    /// is already on disk and durable. The partial last block is read back.
+    pub(crate) async fn resume(file: DirectFile, end: u64, limits: WriterLimits) -> io::Result<Self> {
+        assert!(limits.buffer_bytes as u64 % IO_ALIGNMENT_BYTES == 0);
+        let staging_start = align_down(end);
+        let staging = if end > staging_start {
+            let block = file.read_at(staging_start, IO_ALIGNMENT_BYTES as usize).await?;
+            let tail = (end - staging_start) as usize;
+            if block.len() < tail {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("segment is shorter than its logical end {end}"),
+                ));
+            }
+            let mut buffer = file.alloc(limits.buffer_bytes);
+            buffer.as_bytes_mut()[..tail].copy_from_slice(&block[..tail]);
+            Some(buffer)
+        } else {
+            None
+        };
+        let allocated_end = file.size().await?;
+        Ok(Self {
+            shared: Rc::new(Shared {
+                file,
+                limits,
+                state: RefCell::new(State {
+                    staging,
+                    staging_start,
+                    end,
+                    submitted_end: end,
+                    written_end: end,
+                    durable_end: end,
+                    allocated_end,
+                    preallocate: limits.preallocate_bytes > 0,
+                    slots: VecDeque::new(),
+                    next_slot_id: 0,
+                    last_submitted: None,
+                    failure: None,
+                    flushing: false,
+                }),
+                changed: Notify::new(),
+            }),
+        })
+    }
+
+    /// Logical end: bytes appended so far.
+    pub(crate) fn end(&self) -> u64 {
+        self.shared.state.borrow().end
+    }
+
+    /// Everything below this is on the device (not necessarily synced).
+    pub(crate) fn written_end(&self) -> u64 {
+        self.shared.state.borrow().written_end
+    }
+
+    /// The first background failure, if any.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.shared.state.borrow().failure.clone()
+    }
+
+    /// Waits until `len` more bytes can be appended without exceeding the in-flight window,
+    /// and reserves disk space for them. After it returns, the caller must append without
+    /// awaiting in between. A full disk is reported here, before anything changes.
+    pub(crate) async fn reserve(&self, len: usize) -> io::Result<()> {
+        let buffers = len.div_ceil(self.shared.limits.buffer_bytes) + 1;
+        loop {
+            let listener = self.shared.changed.listen();
+            let (needed_end, allocated_end, preallocate) = {
+                let state = self.shared.state.borrow();
+                if let Some(failure) = &state.failure {
+                    return Err(io::Error::other(failure.clone()));
+                }
+                if state.slots.len() + buffers > self.shared.limits.in_flight_max {
+                    drop(state);
+                    listener.await;
+                    continue;
+                }
+                (align_up(state.end + len as u64), state.allocated_end, state.preallocate)
+            };
+            if !preallocate || needed_end <= allocated_end {
+                return Ok(());
+            }
+            let target = needed_end + self.shared.limits.preallocate_bytes;
+            match self.shared.file.preallocate(target).await {
+                Ok(()) => {
+                    let mut state = self.shared.state.borrow_mut();
+                    state.allocated_end = state.allocated_end.max(target);
+                }
+                Err(error) if error.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                    self.shared.state.borrow_mut().preallocate = false;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Appends `bytes` at the logical end, submitting every staging buffer it fills.
+    /// Returns the position the bytes start at. Call right after [`Self::reserve`].
+    pub(crate) fn append(&self, mut bytes: &[u8]) -> u64 {
+        let buffer_bytes = self.shared.limits.buffer_bytes;
+        let position = self.end();
+        while !bytes.is_empty() {
+            let mut state = self.shared.state.borrow_mut();
+            if state.staging.is_none() {
+                state.staging = Some(self.shared.file.alloc(buffer_bytes));
+            }
+            let used = (state.end - state.staging_start) as usize;
+            let take = bytes.len().min(buffer_bytes - used);
+            let staging = state.staging.as_mut().expect("staging allocated above");
+            staging.as_bytes_mut()[used..used + take].copy_from_slice(&bytes[..take]);
+            state.end += take as u64;
+            bytes = &bytes[take..];
+            if used + take == buffer_bytes {
+                let buffer = state.staging.take().expect("staging is full");
+                let start = state.staging_start;
+                state.staging_start += buffer_bytes as u64;
+                let logical_end = state.end;
+                drop(state);
+                self.submit(buffer, start, logical_end);
+            }
+        }
+        position
+    }
+
+    /// Hands the partially filled staging buffer to the device without syncing. The last
+    /// partial block stays in memory as the start of the next staging buffer.
+    fn submit_partial(&self) {
+        let mut state = self.shared.state.borrow_mut();
+        let Some(mut buffer) = state.staging.take() else {
+            return;
+        };
+        let used = (state.end - state.staging_start) as usize;
+        if used == 0 {
+            state.staging = Some(buffer);
+            return;
+        }
+        let start = state.staging_start;
+        let tail = used % IO_ALIGNMENT_BYTES as usize;
+        if tail > 0 {
+            let block_start = used - tail;
+            let mut next = self.shared.file.alloc(self.shared.limits.buffer_bytes);
+            next.as_bytes_mut()[..tail]
+                .copy_from_slice(&buffer.as_bytes()[block_start..block_start + tail]);
+            state.staging = Some(next);
+            state.staging_start = start + block_start as u64;
+        } else {
+            state.staging_start = state.end;
+        }
+        buffer.trim_to(align_up(used as u64) as usize);
+        let logical_end = state.end;
+        drop(state);
+        self.submit(buffer, start, logical_end);
+    }
+
+    /// Starts a background write of `buffer` at `start`. If the previous write covers the
+    /// same block, this one waits for it, so the newer block contents land last.
+    fn submit(&self, buffer: AlignedBuffer, start: u64, logical_end: u64) {
+        let aligned_end = start + buffer.len() as u64;
+        let (id, depends_on) = {
+            let mut state = self.shared.state.borrow_mut();
+            let id = state.next_slot_id;
+            state.next_slot_id += 1;
+            let depends_on = match state.last_submitted {
+                Some((previous_end, previous_id)) if previous_end > start => Some(previous_id),
+                _ => None,
+            };
+            state.last_submitted = Some((aligned_end, id));
+            state.submitted_end = logical_end;
+            state.slots.push_back(WriteSlot {
+                id,
+                logical_end,
+                done: false,
+            });
+            (id, depends_on)
+        };
+        let shared = Rc::clone(&self.shared);
+        spawn_detached(async move {
+            if let Some(previous) = depends_on {
+                shared.wait_slot_done(previous).await;
+            }
+            let failed = shared.state.borrow().failure.is_some();
+            let result = if failed {
+                Err(io::Error::other("an earlier write failed"))
+            } else {
+                shared.file.write_all_at(buffer, start).await
+            };
+            shared.complete(id, result);
+        });
+    }
+
+    /// Makes everything appended before the call durable. Concurrent calls share rounds.
+    pub(crate) async fn flush(&self) -> io::Result<u64> {
+        let target = self.end();
+        loop {
+            let listener = self.shared.changed.listen();
+            {
+                let state = self.shared.state.borrow();
+                if let Some(failure) = &state.failure {
+                    return Err(io::Error::other(failure.clone()));
+                }
+                if state.durable_end >= target {
+                    return Ok(state.durable_end);
+                }
+                if state.flushing {
+                    drop(state);
+                    listener.await;
+                    continue;
+                }
+            }
+            self.shared.state.borrow_mut().flushing = true;
+            let result = self.flush_round().await;
+            self.shared.state.borrow_mut().flushing = false;
+            self.shared.changed.notify_all();
+            result?;
+        }
+    }
+
+    async fn flush_round(&self) -> io::Result<()> {
+        let round_target = self.end();
+        self.write_out(round_target).await?;
+        self.shared.file.fdatasync().await?;
+        let mut state = self.shared.state.borrow_mut();
+        assert!(state.written_end >= round_target, "fdatasync before the writes it covers");
+        state.durable_end = state.durable_end.max(round_target);
+        Ok(())
+    }
+
+    /// Waits until every byte below `target` is written, submitting the staging buffer if
+    /// it holds some of them.
+    pub(crate) async fn write_out(&self, target: u64) -> io::Result<()> {
+        let submitted_end = self.shared.state.borrow().submitted_end;
+        if submitted_end < target {
+            self.submit_partial();
+        }
+        loop {
+            let listener = self.shared.changed.listen();
+            {
+                let state = self.shared.state.borrow();
+                if let Some(failure) = &state.failure {
+                    return Err(io::Error::other(failure.clone()));
+                }
+                if state.written_end >= target {
+                    return Ok(());
+                }
+            }
+            listener.await;
+        }
+    }
+}
+
+impl Shared {
+    async fn wait_slot_done(&self, id: u64) {
+        loop {
+            let listener = self.changed.listen();
+            {
+                let state = self.state.borrow();
+                let pending = state.slots.iter().any(|slot| slot.id == id && !slot.done);
+                if !pending || state.failure.is_some() {
+                    return;
+                }
+            }
+            listener.await;
+        }
+    }
+
+    fn complete(&self, id: u64, result: io::Result<()>) {
+        let mut state = self.state.borrow_mut();
+        if let Err(error) = result {
+            if state.failure.is_none() {
+                tracing::error!(path = %self.file.path().display(), %error, "segment write failed");
+                state.failure = Some(format!("write to {} failed: {error}", self.file.path().display()));
+            }
+        }
+        if let Some(slot) = state.slots.iter_mut().find(|slot| slot.id == id) {
+            slot.done = true;
+        }
+        while state.slots.front().is_some_and(|slot| slot.done) {
+            let slot = state.slots.pop_front().expect("front exists");
+            if state.failure.is_none() {
+                assert!(slot.logical_end >= state.written_end, "writes complete out of order");
+                state.written_end = slot.logical_end;
+            }
+        }
+        assert!(state.durable_end <= state.written_end && state.written_end <= state.end);
+        drop(state);
+        self.changed.notify_all();
+    }
+}
