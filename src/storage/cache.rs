@@ -100,7 +100,11 @@ impl TailCache {
         let size = batch.bytes.len() as u64;
         if size > inner.budget_bytes {
             // Too big to cache: drop the log's suffix so it stays contiguous.
-            let stale = inner.logs.get_mut(&key).map(std::mem::take).unwrap_or_default();
+            let stale = inner
+                .logs
+                .get_mut(&key)
+                .map(std::mem::take)
+                .unwrap_or_default();
             inner.forget(&stale);
             return;
         }
@@ -108,7 +112,10 @@ impl TailCache {
             return;
         };
         if let Some(last) = batches.back() {
-            assert_eq!(last.next_offset, batch.base_offset, "cache suffix must be contiguous");
+            assert_eq!(
+                last.next_offset, batch.base_offset,
+                "cache suffix must be contiguous"
+            );
         }
         let base_offset = batch.base_offset;
         batches.push_back(batch);
@@ -120,7 +127,12 @@ impl TailCache {
 
     /// Cached batches starting with the one containing `offset`, up to `max_bytes` (at
     /// least one batch). `None` if `offset` is older than the cached suffix.
-    pub(crate) fn read(&self, key: CacheKey, offset: u64, max_bytes: usize) -> Option<Vec<CachedBatch>> {
+    pub(crate) fn read(
+        &self,
+        key: CacheKey,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Option<Vec<CachedBatch>> {
         let mut inner = self.inner.borrow_mut();
         let found = inner.logs.get(&key).and_then(|batches| {
             let first = batches.front()?;
@@ -151,7 +163,10 @@ impl TailCache {
         let mut inner = self.inner.borrow_mut();
         let mut removed = Vec::new();
         if let Some(batches) = inner.logs.get_mut(&key) {
-            while batches.back().is_some_and(|batch| batch.next_offset > offset) {
+            while batches
+                .back()
+                .is_some_and(|batch| batch.next_offset > offset)
+            {
                 removed.push(batches.pop_back().expect("checked"));
             }
         }
@@ -163,7 +178,10 @@ impl TailCache {
         let mut inner = self.inner.borrow_mut();
         let mut removed = Vec::new();
         if let Some(batches) = inner.logs.get_mut(&key) {
-            while batches.front().is_some_and(|batch| batch.next_offset <= offset) {
+            while batches
+                .front()
+                .is_some_and(|batch| batch.next_offset <= offset)
+            {
                 removed.push(batches.pop_front().expect("checked"));
             }
         }
@@ -189,7 +207,10 @@ impl Inner {
             let Some(batches) = self.logs.get_mut(&key) else {
                 continue;
             };
-            if batches.front().is_some_and(|batch| batch.base_offset == base_offset) {
+            if batches
+                .front()
+                .is_some_and(|batch| batch.base_offset == base_offset)
+            {
                 let batch = batches.pop_front().expect("checked");
                 self.stats.cached_bytes -= batch.bytes.len() as u64;
                 self.stats.cached_batches -= 1;
@@ -200,8 +221,11 @@ impl Inner {
         if self.order.len() > 2 * self.stats.cached_batches as usize + 1024 {
             let logs = &self.logs;
             self.order.retain(|(key, base_offset)| {
-                logs.get(key)
-                    .is_some_and(|batches| batches.iter().any(|batch| batch.base_offset == *base_offset))
+                logs.get(key).is_some_and(|batches| {
+                    batches
+                        .iter()
+                        .any(|batch| batch.base_offset == *base_offset)
+                })
             });
         }
     }

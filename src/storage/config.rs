@@ -55,10 +55,14 @@ impl LogConfig {
         let fail = |why: String| Err(StorageError::InvalidConfig(why));
         let align = IO_ALIGNMENT_BYTES as usize;
         if self.write_buffer_bytes == 0 || self.write_buffer_bytes % align != 0 {
-            return fail(format!("write_buffer_bytes must be a positive multiple of {align}"));
+            return fail(format!(
+                "write_buffer_bytes must be a positive multiple of {align}"
+            ));
         }
         if self.read_chunk_bytes == 0 || self.read_chunk_bytes % align != 0 {
-            return fail(format!("read_chunk_bytes must be a positive multiple of {align}"));
+            return fail(format!(
+                "read_chunk_bytes must be a positive multiple of {align}"
+            ));
         }
         if self.segment_bytes_max > u64::from(u32::MAX) {
             return fail("segment_bytes_max must fit the index's 32-bit positions".into());

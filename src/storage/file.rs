@@ -83,6 +83,7 @@ pub(crate) struct DirectFile {
 impl DirectFile {
     /// Opens `path` for reading and writing, creating it if `create` and it is missing.
     pub(crate) async fn open(path: &Path, create: bool) -> io::Result<Self> {
+        probe_device_once(path).await?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -118,10 +119,21 @@ impl DirectFile {
     }
 
     /// Writes the whole buffer at the aligned position `position`.
-    pub(crate) async fn write_all_at(&self, buffer: AlignedBuffer, position: u64) -> io::Result<()> {
-        assert!(position % IO_ALIGNMENT_BYTES == 0, "unaligned write at {position}");
+    pub(crate) async fn write_all_at(
+        &self,
+        buffer: AlignedBuffer,
+        position: u64,
+    ) -> io::Result<()> {
+        assert!(
+            position % IO_ALIGNMENT_BYTES == 0,
+            "unaligned write at {position}"
+        );
         let len = buffer.len();
-        let written = self.file.write_at(buffer.0, position).await.map_err(to_io_error)?;
+        let written = self
+            .file
+            .write_at(buffer.0, position)
+            .await
+            .map_err(to_io_error)?;
         if written != len {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
@@ -134,8 +146,7 @@ impl DirectFile {
     /// Reads up to `len` bytes from `position` (any alignment). Fewer come back at the end
     /// of the file.
     pub(crate) async fn read_at(&self, position: u64, len: usize) -> io::Result<ReadBytes> {
-        let result = if position % IO_ALIGNMENT_BYTES == 0 && len as u64 % IO_ALIGNMENT_BYTES == 0
-        {
+        let result = if position % IO_ALIGNMENT_BYTES == 0 && len as u64 % IO_ALIGNMENT_BYTES == 0 {
             self.file.read_at_aligned(position, len).await
         } else {
             self.file.read_at(position, len).await
@@ -150,7 +161,10 @@ impl DirectFile {
     /// Reserves blocks so that the file is at least `size` bytes (the size grows; the new
     /// range reads as zeros).
     pub(crate) async fn preallocate(&self, size: u64) -> io::Result<()> {
-        self.file.pre_allocate(size, false).await.map_err(to_io_error)
+        self.file
+            .pre_allocate(size, false)
+            .await
+            .map_err(to_io_error)
     }
 
     pub(crate) async fn truncate(&self, size: u64) -> io::Result<()> {
@@ -160,6 +174,43 @@ impl DirectFile {
     pub(crate) async fn size(&self) -> io::Result<u64> {
         self.file.file_size().await.map_err(to_io_error)
     }
+}
+
+thread_local! {
+    /// Devices whose polled-I/O support glommio has probed correctly on this thread.
+    static PROBED_DEVICES: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Makes glommio's per-thread, per-device probe for polled I/O (`IORING_SETUP_IOPOLL`)
+/// run against a file that has data.
+///
+/// glommio probes the first time a thread opens a file on a device by reading its first
+/// block through the polled ring. When that file is empty, the kernel answers the read
+/// at end-of-file before reaching the polled path, the probe wrongly concludes that
+/// polling works, and every later read on that device fails with `EOPNOTSUPP` on devices
+/// without poll queues (virtio disks, for one). A brand-new log opens only empty files,
+/// so we open a one-block scratch file first.
+async fn probe_device_once(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let device = std::fs::metadata(dir)?.dev();
+    if PROBED_DEVICES.with(|probed| probed.borrow().contains(&device)) {
+        return Ok(());
+    }
+    let thread: String = format!("{:?}", std::thread::current().id())
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    let probe = dir.join(format!(".iopoll-probe-{}-{thread}.tmp", std::process::id()));
+    std::fs::write(&probe, vec![0u8; IO_ALIGNMENT_BYTES as usize])?;
+    let opened = DmaFile::open(&probe).await.map_err(to_io_error);
+    let _ = std::fs::remove_file(&probe);
+    opened?.close().await.map_err(to_io_error)?;
+    PROBED_DEVICES.with(|probed| probed.borrow_mut().push(device));
+    Ok(())
 }
 
 /// Removes a file; a file that is already gone is not an error.
@@ -172,7 +223,9 @@ pub(crate) async fn remove_file(path: &Path) -> io::Result<()> {
 
 /// Makes directory entry changes (creations, renames, removals) in `dir` durable.
 pub(crate) async fn sync_dir(dir: &Path) -> io::Result<()> {
-    let directory = glommio::io::Directory::open(dir).await.map_err(to_io_error)?;
+    let directory = glommio::io::Directory::open(dir)
+        .await
+        .map_err(to_io_error)?;
     directory.sync().await.map_err(to_io_error)?;
     directory.close().await.map_err(to_io_error)
 }
@@ -202,7 +255,9 @@ pub(crate) async fn write_file_atomically(path: &Path, contents: &[u8]) -> io::R
     file.truncate(contents.len() as u64).await?;
     file.fdatasync().await?;
     drop(file);
-    glommio::io::rename(&temporary, path).await.map_err(to_io_error)?;
+    glommio::io::rename(&temporary, path)
+        .await
+        .map_err(to_io_error)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     sync_dir(dir).await
 }

@@ -71,7 +71,10 @@ impl SegmentIndex {
     ) {
         if position > 0 && self.bytes_since_entry >= interval_bytes {
             let position = u32::try_from(position).expect("segment positions fit u32");
-            debug_assert!(self.entries.last().is_none_or(|last| last.position < position));
+            debug_assert!(self
+                .entries
+                .last()
+                .is_none_or(|last| last.position < position));
             self.entries.push(IndexEntry {
                 relative_offset,
                 position,
@@ -102,14 +105,17 @@ impl SegmentIndex {
         let after = self
             .entries
             .partition_point(|entry| entry.max_timestamp_before < timestamp);
-        after.checked_sub(1).map_or(0, |index| u64::from(self.entries[index].position))
+        after
+            .checked_sub(1)
+            .map_or(0, |index| u64::from(self.entries[index].position))
     }
 
     /// Forgets entries at or beyond `position` (after a truncation), leaving the index as if
     /// only the batches before it had been appended, except that `max_timestamp` must be
     /// supplied by the caller, who knows the remaining batches.
     pub(crate) fn truncate_to(&mut self, position: u64, max_timestamp: i64, last_entry_bytes: u64) {
-        self.entries.retain(|entry| u64::from(entry.position) < position);
+        self.entries
+            .retain(|entry| u64::from(entry.position) < position);
         self.max_timestamp = max_timestamp;
         self.bytes_since_entry = last_entry_bytes;
     }
@@ -120,12 +126,19 @@ impl SegmentIndex {
     }
 
     pub(crate) fn last_entry_position(&self) -> u64 {
-        self.entries.last().map_or(0, |entry| u64::from(entry.position))
+        self.entries
+            .last()
+            .map_or(0, |entry| u64::from(entry.position))
     }
 
     /// Encodes the `.index` and `.timeindex` files.
     pub(crate) fn encode(&self, summary: SegmentSummary) -> (Vec<u8>, Vec<u8>) {
-        let mut offsets = header(OFFSET_MAGIC, OFFSET_ENTRY_BYTES, self.entries.len(), summary);
+        let mut offsets = header(
+            OFFSET_MAGIC,
+            OFFSET_ENTRY_BYTES,
+            self.entries.len(),
+            summary,
+        );
         let mut times = header(TIME_MAGIC, TIME_ENTRY_BYTES, self.entries.len(), summary);
         for entry in &self.entries {
             offsets.extend_from_slice(&entry.relative_offset.to_le_bytes());
@@ -179,7 +192,9 @@ impl SegmentIndex {
         }
         let index = Self {
             bytes_since_entry: summary.size_bytes
-                - entries.last().map_or(0, |entry: &IndexEntry| u64::from(entry.position)),
+                - entries
+                    .last()
+                    .map_or(0, |entry: &IndexEntry| u64::from(entry.position)),
             max_timestamp: summary.max_timestamp,
             entries,
         };
@@ -253,7 +268,13 @@ mod tests {
     fn sample() -> SegmentIndex {
         let mut index = SegmentIndex::new();
         for batch in 0..100u64 {
-            index.on_append(batch as u32 * 10, batch * 1024, 1024, 1_000 + batch as i64, 4096);
+            index.on_append(
+                batch as u32 * 10,
+                batch * 1024,
+                1024,
+                1_000 + batch as i64,
+                4096,
+            );
         }
         index
     }
@@ -286,7 +307,10 @@ mod tests {
         for byte in 0..offsets.len() {
             let mut damaged = offsets.clone();
             damaged[byte] ^= 0x04;
-            assert!(SegmentIndex::decode(&damaged, &times).is_err(), "byte {byte}");
+            assert!(
+                SegmentIndex::decode(&damaged, &times).is_err(),
+                "byte {byte}"
+            );
         }
         assert!(SegmentIndex::decode(&offsets[..offsets.len() - 8], &times).is_err());
         assert!(SegmentIndex::decode(&offsets, &offsets).is_err());

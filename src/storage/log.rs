@@ -13,7 +13,7 @@
 //! - After a crash, [`Log::open`] restores every flushed batch and cuts the log at the
 //!   first batch that fails validation; nothing that failed validation is ever served.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -25,12 +25,12 @@ use flumen_protocol::record::{
 
 use super::cache::{CacheKey, CachedBatch, TailCache};
 use super::config::LogConfig;
+use super::error::context;
 use super::file::{self, ReadBytes};
 use super::meta::{Checkpoint, EpochEntry, PartitionMeta};
 use super::recovery::{list_segments, read_meta, recover};
 use super::segment::{segment_path, Segment, SegmentState};
 use super::writer::WriterLimits;
-use super::error::context;
 use super::{Result, StorageError};
 use crate::shard::{Clock, LocalMutex};
 
@@ -116,6 +116,7 @@ pub struct Log {
     cache: Rc<TailCache>,
     cache_key: CacheKey,
     append_lock: LocalMutex,
+    syncs: Rc<Cell<u64>>,
     state: RefCell<LogState>,
 }
 
@@ -155,7 +156,8 @@ impl Log {
         let bases = list_segments(dir)?;
         let meta = read_meta(dir).await?;
         let now = clock.now_ms();
-        let (segments, report, checkpoint) = recover(dir, &config, &bases, meta.as_ref(), now).await?;
+        let (segments, report, checkpoint) =
+            recover(dir, &config, &bases, meta.as_ref(), now).await?;
         let log = Self::assemble(dir, config, clock, cache, segments, meta, checkpoint);
         let report = log.finish_open(report).await?;
         Ok((log, report))
@@ -171,7 +173,11 @@ impl Log {
         checkpoint: Checkpoint,
     ) -> Self {
         let log_start_offset = *segments.keys().next().expect("at least one segment");
-        let next_offset = segments.values().next_back().expect("one segment").next_offset();
+        let next_offset = segments
+            .values()
+            .next_back()
+            .expect("one segment")
+            .next_offset();
         let mut epochs = meta.map(|meta| meta.epochs).unwrap_or_default();
         epochs.retain(|entry| entry.start_offset <= next_offset);
         let cache_key = cache.register();
@@ -182,6 +188,7 @@ impl Log {
             cache,
             cache_key,
             append_lock: LocalMutex::new(),
+            syncs: Rc::new(Cell::new(0)),
             state: RefCell::new(LogState {
                 segments,
                 log_start_offset,
@@ -198,7 +205,7 @@ impl Log {
     async fn finish_open(&self, mut report: RecoveryReport) -> Result<RecoveryReport> {
         let active = self.active_segment();
         let writer = active
-            .activate(self.writer_limits())
+            .activate(self.writer_limits(), Rc::clone(&self.syncs))
             .await
             .map_err(|error| StorageError::io("activating", active.path(), error))?;
         active
@@ -236,7 +243,13 @@ impl Log {
 
     fn active_segment(&self) -> Rc<Segment> {
         let state = self.state.borrow();
-        Rc::clone(state.segments.values().next_back().expect("a log has a segment"))
+        Rc::clone(
+            state
+                .segments
+                .values()
+                .next_back()
+                .expect("a log has a segment"),
+        )
     }
 
     /// The partition directory.
@@ -266,7 +279,23 @@ impl Log {
 
     /// Total logical bytes in all segments.
     pub fn size_bytes(&self) -> u64 {
-        self.state.borrow().segments.values().map(|segment| segment.size()).sum()
+        self.state
+            .borrow()
+            .segments
+            .values()
+            .map(|segment| segment.size())
+            .sum()
+    }
+
+    /// `fdatasync` calls made for appended data since the log was opened; with group
+    /// commit this grows slower than the number of flush calls.
+    pub fn fdatasync_count(&self) -> u64 {
+        self.syncs.get()
+    }
+
+    /// Tail cache counters of this log's shard.
+    pub fn cache_stats(&self) -> crate::storage::CacheStats {
+        self.cache.stats()
     }
 
     /// Number of segments.
@@ -306,7 +335,9 @@ impl Log {
         let header = *BatchView::validate(&batch)?.header();
         let _guard = self.append_lock.lock().await;
         self.check_open()?;
-        let segment = self.segment_for_append(batch.len(), header.record_count).await?;
+        let segment = self
+            .segment_for_append(batch.len(), header.record_count)
+            .await?;
         let writer = segment.writer().expect("the active segment has a writer");
         if let Some(cause) = writer.failure() {
             return Err(self.poisoned(cause));
@@ -318,7 +349,10 @@ impl Log {
         // From here to the end nothing awaits: offset assignment and staging are atomic.
         let (base_offset, epoch) = {
             let state = self.state.borrow();
-            (state.next_offset, state.epochs.last().map_or(0, |entry| entry.epoch))
+            (
+                state.next_offset,
+                state.epochs.last().map_or(0, |entry| entry.epoch),
+            )
         };
         patch_base_offset(&mut batch, base_offset);
         patch_partition_leader_epoch(&mut batch, epoch);
@@ -327,7 +361,10 @@ impl Log {
         let last_offset = base_offset + u64::from(header.last_offset_delta);
         {
             let mut segment_state = segment.state_mut();
-            assert_eq!(segment_state.size, position, "segment size tracks the writer");
+            assert_eq!(
+                segment_state.size, position,
+                "segment size tracks the writer"
+            );
             segment_state.index.on_append(
                 (base_offset - segment.base_offset) as u32,
                 position,
@@ -340,11 +377,14 @@ impl Log {
             segment_state.max_timestamp = segment_state.max_timestamp.max(header.max_timestamp);
         }
         self.state.borrow_mut().next_offset = last_offset + 1;
-        self.cache.insert(self.cache_key, CachedBatch {
-            base_offset,
-            next_offset: last_offset + 1,
-            bytes: batch.freeze(),
-        });
+        self.cache.insert(
+            self.cache_key,
+            CachedBatch {
+                base_offset,
+                next_offset: last_offset + 1,
+                bytes: batch.freeze(),
+            },
+        );
         Ok(AppendInfo {
             base_offset,
             last_offset,
@@ -397,12 +437,16 @@ impl Log {
             let created = Segment::create(&self.dir, next_offset, now)
                 .await
                 .map_err(|error| {
-                    StorageError::io("creating", segment_path(&self.dir, next_offset, "log"), error)
+                    StorageError::io(
+                        "creating",
+                        segment_path(&self.dir, next_offset, "log"),
+                        error,
+                    )
                 })?;
             Rc::new(created)
         };
         segment
-            .activate(self.writer_limits())
+            .activate(self.writer_limits(), Rc::clone(&self.syncs))
             .await
             .map_err(|error| StorageError::io("activating", segment.path(), error))?;
         file::sync_dir(&self.dir)
@@ -410,7 +454,9 @@ impl Log {
             .map_err(|error| StorageError::io("syncing", &self.dir, error))?;
         {
             let mut state = self.state.borrow_mut();
-            state.segments.insert(segment.base_offset, Rc::clone(&segment));
+            state
+                .segments
+                .insert(segment.base_offset, Rc::clone(&segment));
             state.checkpoint = Checkpoint {
                 segment_base: segment.base_offset,
                 position: 0,
@@ -430,10 +476,13 @@ impl Log {
         let target = self.next_offset();
         let active = self.active_segment();
         if let Some(writer) = active.writer() {
-            writer.flush().await.map_err(|error| match writer.failure() {
-                Some(cause) => self.poisoned(cause),
-                None => StorageError::io("flushing", active.path(), error),
-            })?;
+            writer
+                .flush()
+                .await
+                .map_err(|error| match writer.failure() {
+                    Some(cause) => self.poisoned(cause),
+                    None => StorageError::io("flushing", active.path(), error),
+                })?;
         }
         let mut state = self.state.borrow_mut();
         state.durable_offset = state.durable_offset.max(target);
@@ -480,7 +529,9 @@ impl Log {
                 }
             };
             if let Some(position) = position {
-                return self.read_segment(&current, position, offset, max_bytes).await;
+                return self
+                    .read_segment(&current, position, offset, max_bytes)
+                    .await;
             }
             segment = self.segment_after(current.base_offset);
         }
@@ -489,7 +540,11 @@ impl Log {
 
     fn segment_containing(&self, offset: u64) -> Option<Rc<Segment>> {
         let state = self.state.borrow();
-        state.segments.range(..=offset).next_back().map(|(_, segment)| Rc::clone(segment))
+        state
+            .segments
+            .range(..=offset)
+            .next_back()
+            .map(|(_, segment)| Rc::clone(segment))
     }
 
     fn segment_after(&self, base_offset: u64) -> Option<Rc<Segment>> {
@@ -514,7 +569,9 @@ impl Log {
         let mut taken = 0usize;
         let mut chunk: Option<(u64, ReadBytes)> = None;
         while position < end {
-            let header = self.batch_header_at(segment, &mut chunk, position, end).await?;
+            let header = self
+                .batch_header_at(segment, &mut chunk, position, end)
+                .await?;
             let padded = header.padded_length();
             if !batches.is_empty() && taken + padded > max_bytes {
                 break;
@@ -566,14 +623,15 @@ impl Log {
             Some(bytes) => bytes,
             None => {
                 let want = self.config.read_chunk_bytes.min((end - position) as usize);
-                let bytes = self.read_bytes(segment, position, want.max(header_bytes)).await?;
+                let bytes = self
+                    .read_bytes(segment, position, want.max(header_bytes))
+                    .await?;
                 *chunk = Some((position, bytes.clone()));
                 bytes
             }
         };
-        let header = BatchHeader::decode(&bytes).map_err(|error| {
-            self.corrupt(segment, position, &error.to_string())
-        })?;
+        let header = BatchHeader::decode(&bytes)
+            .map_err(|error| self.corrupt(segment, position, &error.to_string()))?;
         if position + header.padded_length() as u64 > end {
             return Err(self.corrupt(segment, position, "batch runs past the segment end"));
         }
@@ -611,7 +669,10 @@ impl Log {
                 if state.max_timestamp < timestamp_ms || state.size == 0 {
                     continue;
                 }
-                (state.index.position_for_timestamp(timestamp_ms), segment.base_offset)
+                (
+                    state.index.position_for_timestamp(timestamp_ms),
+                    segment.base_offset,
+                )
             };
             let batches = self
                 .read_segment(&segment, position, first_offset, self.scan_window_bytes())
@@ -683,10 +744,17 @@ impl Log {
         let new_start = {
             let mut state = self.state.borrow_mut();
             state.segments.remove(&oldest.base_offset);
-            let new_start = *state.segments.keys().next().expect("the active segment remains");
+            let new_start = *state
+                .segments
+                .keys()
+                .next()
+                .expect("the active segment remains");
             state.log_start_offset = new_start;
             // Kafka's truncate-from-start: the epoch in force at the new start begins there.
-            let in_force = state.epochs.iter().rposition(|entry| entry.start_offset <= new_start);
+            let in_force = state
+                .epochs
+                .iter()
+                .rposition(|entry| entry.start_offset <= new_start);
             if let Some(index) = in_force {
                 state.epochs.drain(..index);
                 state.epochs[0].start_offset = new_start;
@@ -719,7 +787,9 @@ impl Log {
             });
         }
         self.flush().await?;
-        let target = self.segment_containing(offset).expect("offset is in the log");
+        let target = self
+            .segment_containing(offset)
+            .expect("offset is in the log");
         self.drop_segments_after(target.base_offset).await?;
         let cut = self.find_cut(&target, offset).await?;
         self.cut_segment(&target, cut).await?;
@@ -757,13 +827,14 @@ impl Log {
             let relative = (offset - segment.base_offset) as u32;
             (state.index.entry_for_offset(relative), state.index.clone())
         };
-        let (start, start_offset, max_before) = entry.map_or((0, segment.base_offset, i64::MIN), |entry| {
-            (
-                u64::from(entry.position),
-                segment.base_offset + u64::from(entry.relative_offset),
-                entry.max_timestamp_before,
-            )
-        });
+        let (start, start_offset, max_before) =
+            entry.map_or((0, segment.base_offset, i64::MIN), |entry| {
+                (
+                    u64::from(entry.position),
+                    segment.base_offset + u64::from(entry.relative_offset),
+                    entry.max_timestamp_before,
+                )
+            });
         // Rebuild the index from the entry before the cut by scanning forward; the batch
         // containing `offset` lies within one index interval plus one batch of the entry.
         index.truncate_to(start, max_before, 0);
@@ -774,7 +845,9 @@ impl Log {
             index,
         };
         let window = self.scan_window_bytes();
-        let batches = self.read_segment(segment, start, start_offset, window).await?;
+        let batches = self
+            .read_segment(segment, start, start_offset, window)
+            .await?;
         for batch in batches {
             let header = batch.header();
             if header.next_offset() > offset {
@@ -803,13 +876,24 @@ impl Log {
     /// Shrinks `segment` to `cut` on disk and in memory and makes it the active segment.
     async fn cut_segment(&self, segment: &Rc<Segment>, cut: SegmentState) -> Result<()> {
         segment.deactivate();
-        segment.remove_index().await.map_err(context("deleting index of", segment.path()))?;
-        segment.file.truncate(cut.size).await.map_err(context("truncating", segment.path()))?;
-        segment.file.fdatasync().await.map_err(context("syncing", segment.path()))?;
+        segment
+            .remove_index()
+            .await
+            .map_err(context("deleting index of", segment.path()))?;
+        segment
+            .file
+            .truncate(cut.size)
+            .await
+            .map_err(context("truncating", segment.path()))?;
+        segment
+            .file
+            .fdatasync()
+            .await
+            .map_err(context("syncing", segment.path()))?;
         let next_offset = cut.next_offset;
         *segment.state_mut() = cut;
         segment
-            .activate(self.writer_limits())
+            .activate(self.writer_limits(), Rc::clone(&self.syncs))
             .await
             .map_err(context("activating", segment.path()))?;
         let mut state = self.state.borrow_mut();
@@ -841,7 +925,11 @@ impl Log {
                 Some(last) if epoch == last.epoch => return Ok(()),
                 _ => {}
             }
-            if state.epochs.last().is_some_and(|last| last.start_offset == start_offset) {
+            if state
+                .epochs
+                .last()
+                .is_some_and(|last| last.start_offset == start_offset)
+            {
                 // The previous epoch wrote nothing; it is superseded.
                 state.epochs.pop();
             }
@@ -868,7 +956,10 @@ impl Log {
     /// Kafka's OffsetsForLeaderEpoch. `None` if `epoch` is older than every known epoch.
     pub fn epoch_end_offset(&self, epoch: u32) -> Option<(u32, u64)> {
         let state = self.state.borrow();
-        let index = state.epochs.iter().rposition(|entry| entry.epoch <= epoch)?;
+        let index = state
+            .epochs
+            .iter()
+            .rposition(|entry| entry.epoch <= epoch)?;
         let end = state
             .epochs
             .get(index + 1)
@@ -885,9 +976,20 @@ impl Log {
         }
         self.flush().await?;
         let active = self.active_segment();
-        active.file.truncate(active.size()).await.map_err(context("truncating", active.path()))?;
-        active.file.fdatasync().await.map_err(context("syncing", active.path()))?;
-        active.persist_index().await.map_err(context("writing index of", active.path()))?;
+        active
+            .file
+            .truncate(active.size())
+            .await
+            .map_err(context("truncating", active.path()))?;
+        active
+            .file
+            .fdatasync()
+            .await
+            .map_err(context("syncing", active.path()))?;
+        active
+            .persist_index()
+            .await
+            .map_err(context("writing index of", active.path()))?;
         active.deactivate();
         {
             let mut state = self.state.borrow_mut();

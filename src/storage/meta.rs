@@ -92,10 +92,9 @@ impl PartitionMeta {
                 }
             })
             .collect();
-        if epochs
-            .windows(2)
-            .any(|pair| pair[1].epoch <= pair[0].epoch || pair[1].start_offset < pair[0].start_offset)
-        {
+        if epochs.windows(2).any(|pair| {
+            pair[1].epoch <= pair[0].epoch || pair[1].start_offset < pair[0].start_offset
+        }) {
             return Err("partition.meta epochs are not increasing");
         }
         Ok(Self {
@@ -132,8 +131,14 @@ mod tests {
                 max_timestamp: 77,
             },
             epochs: vec![
-                EpochEntry { epoch: 1, start_offset: 0 },
-                EpochEntry { epoch: 3, start_offset: 120 },
+                EpochEntry {
+                    epoch: 1,
+                    start_offset: 0,
+                },
+                EpochEntry {
+                    epoch: 3,
+                    start_offset: 120,
+                },
             ],
         };
         let bytes = meta.encode();

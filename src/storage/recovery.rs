@@ -19,18 +19,19 @@ use std::path::Path;
 use std::rc::Rc;
 
 use super::config::LogConfig;
+use super::error::context;
 use super::file;
 use super::index::SegmentIndex;
 use super::log::RecoveryReport;
 use super::meta::{Checkpoint, PartitionMeta};
 use super::scan::{scan_segment, ScanStart};
 use super::segment::{Segment, SegmentState};
-use super::error::context;
 use super::{Result, StorageError};
 
 /// The base offsets of the segment files in `dir`, ascending.
 pub(crate) fn list_segments(dir: &Path) -> Result<Vec<u64>> {
-    let entries = std::fs::read_dir(dir).map_err(|error| StorageError::io("listing", dir, error))?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|error| StorageError::io("listing", dir, error))?;
     let mut bases = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|error| StorageError::io("listing", dir, error))?;
@@ -78,18 +79,29 @@ pub(crate) async fn recover(
 ) -> Result<(BTreeMap<u64, Rc<Segment>>, RecoveryReport, Checkpoint)> {
     let mut report = RecoveryReport::default();
     let mut segments = BTreeMap::new();
-    let checkpoint = meta.map(|meta| meta.checkpoint).filter(|checkpoint| {
-        bases.contains(&checkpoint.segment_base)
-    });
+    let checkpoint = meta
+        .map(|meta| meta.checkpoint)
+        .filter(|checkpoint| bases.contains(&checkpoint.segment_base));
     let mut previous_next_offset = None;
     for (number, &base) in bases.iter().enumerate() {
-        let (segment, cut) = open_segment(dir, config, base, checkpoint, previous_next_offset, now_ms, &mut report).await?;
+        let (segment, cut) = open_segment(
+            dir,
+            config,
+            base,
+            checkpoint,
+            previous_next_offset,
+            now_ms,
+            &mut report,
+        )
+        .await?;
         previous_next_offset = Some(segment.next_offset());
         segments.insert(base, Rc::new(segment));
         if cut {
             for &later in &bases[number + 1..] {
                 remove_segment_files(dir, later).await?;
-                report.cuts.push(format!("deleted segment {later:020}.log after the cut"));
+                report
+                    .cuts
+                    .push(format!("deleted segment {later:020}.log after the cut"));
             }
             break;
         }
@@ -134,7 +146,11 @@ async fn open_segment(
         .map_err(context("reading index of", &path))?;
     if let Some(previous) = previous_next_offset {
         if previous != base {
-            tracing::warn!(segment = base, previous, "segment does not continue the previous one");
+            tracing::warn!(
+                segment = base,
+                previous,
+                "segment does not continue the previous one"
+            );
         }
     }
     let trusted = checkpoint.is_some_and(|checkpoint| base < checkpoint.segment_base);
@@ -195,7 +211,9 @@ async fn open_segment(
             cut.position,
             cut.reason
         ));
-        file.truncate(cut.position).await.map_err(context("truncating", &path))?;
+        file.truncate(cut.position)
+            .await
+            .map_err(context("truncating", &path))?;
         file.fdatasync().await.map_err(context("syncing", &path))?;
     }
     let state = SegmentState {

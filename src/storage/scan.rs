@@ -74,7 +74,9 @@ pub(crate) async fn scan_segment(
             }
             break;
         }
-        let header_bytes = chunk.bytes(file, position, BATCH_HEADER_BYTES, chunk_bytes).await?;
+        let header_bytes = chunk
+            .bytes(file, position, BATCH_HEADER_BYTES, chunk_bytes)
+            .await?;
         if header_bytes.iter().all(|&byte| byte == 0) {
             // Zeros where a header should be: the end of written data, unless something
             // non-zero follows (then a block was zero-filled in the middle of the log).
@@ -93,7 +95,9 @@ pub(crate) async fn scan_segment(
             outcome.cut = cut_here(file, position, file_size, "torn batch").await?;
             break;
         }
-        let batch = chunk.bytes(file, position, padded as usize, chunk_bytes).await?;
+        let batch = chunk
+            .bytes(file, position, padded as usize, chunk_bytes)
+            .await?;
         let problem = match BatchView::validate_header_and_crc(&batch) {
             Err(error) => Some(error.to_string()),
             Ok(_) if header.base_offset != outcome.next_offset => Some(format!(
@@ -106,9 +110,15 @@ pub(crate) async fn scan_segment(
             outcome.cut = cut_here(file, position, file_size, &reason).await?;
             break;
         }
-        let relative_offset = u32::try_from(header.base_offset - base_offset)
-            .expect("segment offsets fit u32");
-        index.on_append(relative_offset, position, padded, header.max_timestamp, index_interval_bytes);
+        let relative_offset =
+            u32::try_from(header.base_offset - base_offset).expect("segment offsets fit u32");
+        index.on_append(
+            relative_offset,
+            position,
+            padded,
+            header.max_timestamp,
+            index_interval_bytes,
+        );
         outcome.next_offset = header.next_offset();
         outcome.max_timestamp = outcome.max_timestamp.max(header.max_timestamp);
         outcome.batches += 1;
@@ -136,7 +146,11 @@ async fn cut_here(
     }))
 }
 
-async fn last_nonzero_byte(file: &DirectFile, from: u64, file_size: u64) -> io::Result<Option<u64>> {
+async fn last_nonzero_byte(
+    file: &DirectFile,
+    from: u64,
+    file_size: u64,
+) -> io::Result<Option<u64>> {
     const STEP: u64 = 1 << 20;
     let mut last = None;
     let mut position = from - from % IO_ALIGNMENT_BYTES;
@@ -184,7 +198,10 @@ impl Chunk {
         let bytes = self.bytes.as_ref().expect("chunk loaded");
         let offset = (position - self.start) as usize;
         bytes.slice(offset, len).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::UnexpectedEof, format!("short read at {position}"))
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("short read at {position}"),
+            )
         })
     }
 }

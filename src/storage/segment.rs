@@ -5,9 +5,10 @@
 //! sealed when the log rolls (flushed, truncated to its logical size, index written);
 //! deleted whole by retention or truncation. Only the owning shard touches it.
 
-use std::cell::{Ref, RefCell, RefMut};
+use std::cell::{Cell, Ref, RefCell, RefMut};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use super::file::{self, DirectFile, ReadBytes};
 use super::index::{SegmentIndex, SegmentSummary};
@@ -44,12 +45,18 @@ impl Segment {
         let path = segment_path(dir, base_offset, "log");
         let file = DirectFile::open(&path, true).await?;
         file.truncate(0).await?;
-        Ok(Self::new(dir, base_offset, file, created_ms, SegmentState {
-            size: 0,
-            next_offset: base_offset,
-            max_timestamp: i64::MIN,
-            index: SegmentIndex::new(),
-        }))
+        Ok(Self::new(
+            dir,
+            base_offset,
+            file,
+            created_ms,
+            SegmentState {
+                size: 0,
+                next_offset: base_offset,
+                max_timestamp: i64::MIN,
+                index: SegmentIndex::new(),
+            },
+        ))
     }
 
     pub(crate) fn new(
@@ -87,9 +94,9 @@ impl Segment {
         };
         match SegmentIndex::decode(&offsets, &times) {
             Err(reason) => Ok(Err(reason.into())),
-            Ok((_, summary)) if summary.size_bytes > file_size => {
-                Ok(Err("index describes more data than the segment holds".into()))
-            }
+            Ok((_, summary)) if summary.size_bytes > file_size => Ok(Err(
+                "index describes more data than the segment holds".into(),
+            )),
             Ok(loaded) => Ok(Ok(loaded)),
         }
     }
@@ -119,11 +126,15 @@ impl Segment {
     }
 
     /// Makes this the active segment, appending after its current logical size.
-    pub(crate) async fn activate(&self, limits: WriterLimits) -> io::Result<SegmentWriter> {
+    pub(crate) async fn activate(
+        &self,
+        limits: WriterLimits,
+        syncs: Rc<Cell<u64>>,
+    ) -> io::Result<SegmentWriter> {
         if let Some(writer) = self.writer() {
             return Ok(writer);
         }
-        let writer = SegmentWriter::resume(self.file.clone(), self.size(), limits).await?;
+        let writer = SegmentWriter::resume(self.file.clone(), self.size(), limits, syncs).await?;
         *self.writer.borrow_mut() = Some(writer.clone());
         Ok(writer)
     }
@@ -157,10 +168,16 @@ impl Segment {
                 max_timestamp: state.max_timestamp,
             })
         };
-        file::write_file_atomically(&segment_path(&self.dir, self.base_offset, "index"), &offsets)
-            .await?;
-        file::write_file_atomically(&segment_path(&self.dir, self.base_offset, "timeindex"), &times)
-            .await
+        file::write_file_atomically(
+            &segment_path(&self.dir, self.base_offset, "index"),
+            &offsets,
+        )
+        .await?;
+        file::write_file_atomically(
+            &segment_path(&self.dir, self.base_offset, "timeindex"),
+            &times,
+        )
+        .await
     }
 
     /// Removes the index files (they no longer describe the segment).

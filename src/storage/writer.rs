@@ -34,7 +34,7 @@
 //!
 //! Ownership: one writer per active segment, owned by the shard that owns the partition.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io;
 use std::rc::Rc;
@@ -60,6 +60,8 @@ pub(crate) struct SegmentWriter {
 #[derive(Debug)]
 struct Shared {
     file: DirectFile,
+    /// Counts `fdatasync` calls, shared with the log for its statistics.
+    syncs: Rc<Cell<u64>>,
     limits: WriterLimits,
     state: RefCell<State>,
     changed: Notify,
@@ -105,11 +107,18 @@ fn align_up(value: u64) -> u64 {
 impl SegmentWriter {
     /// A writer that continues the file at logical position `end`, everything below which
     /// is already on disk and durable. The partial last block is read back.
-    pub(crate) async fn resume(file: DirectFile, end: u64, limits: WriterLimits) -> io::Result<Self> {
+    pub(crate) async fn resume(
+        file: DirectFile,
+        end: u64,
+        limits: WriterLimits,
+        syncs: Rc<Cell<u64>>,
+    ) -> io::Result<Self> {
         assert!(limits.buffer_bytes as u64 % IO_ALIGNMENT_BYTES == 0);
         let staging_start = align_down(end);
         let staging = if end > staging_start {
-            let block = file.read_at(staging_start, IO_ALIGNMENT_BYTES as usize).await?;
+            let block = file
+                .read_at(staging_start, IO_ALIGNMENT_BYTES as usize)
+                .await?;
             let tail = (end - staging_start) as usize;
             if block.len() < tail {
                 return Err(io::Error::new(
@@ -127,6 +136,7 @@ impl SegmentWriter {
         Ok(Self {
             shared: Rc::new(Shared {
                 file,
+                syncs,
                 limits,
                 state: RefCell::new(State {
                     staging,
@@ -180,7 +190,11 @@ impl SegmentWriter {
                     listener.await;
                     continue;
                 }
-                (align_up(state.end + len as u64), state.allocated_end, state.preallocate)
+                (
+                    align_up(state.end + len as u64),
+                    state.allocated_end,
+                    state.preallocate,
+                )
             };
             if !preallocate || needed_end <= allocated_end {
                 return Ok(());
@@ -324,8 +338,12 @@ impl SegmentWriter {
         let round_target = self.end();
         self.write_out(round_target).await?;
         self.shared.file.fdatasync().await?;
+        self.shared.syncs.set(self.shared.syncs.get() + 1);
         let mut state = self.shared.state.borrow_mut();
-        assert!(state.written_end >= round_target, "fdatasync before the writes it covers");
+        assert!(
+            state.written_end >= round_target,
+            "fdatasync before the writes it covers"
+        );
         state.durable_end = state.durable_end.max(round_target);
         Ok(())
     }
@@ -373,7 +391,10 @@ impl Shared {
         if let Err(error) = result {
             if state.failure.is_none() {
                 tracing::error!(path = %self.file.path().display(), %error, "segment write failed");
-                state.failure = Some(format!("write to {} failed: {error}", self.file.path().display()));
+                state.failure = Some(format!(
+                    "write to {} failed: {error}",
+                    self.file.path().display()
+                ));
             }
         }
         if let Some(slot) = state.slots.iter_mut().find(|slot| slot.id == id) {
@@ -382,7 +403,10 @@ impl Shared {
         while state.slots.front().is_some_and(|slot| slot.done) {
             let slot = state.slots.pop_front().expect("front exists");
             if state.failure.is_none() {
-                assert!(slot.logical_end >= state.written_end, "writes complete out of order");
+                assert!(
+                    slot.logical_end >= state.written_end,
+                    "writes complete out of order"
+                );
                 state.written_end = slot.logical_end;
             }
         }

@@ -1,0 +1,332 @@
+//! Integration tests of the storage log on real files through io_uring.
+
+mod common;
+
+use std::rc::Rc;
+
+use common::*;
+use flumen::shard::ManualClock;
+use flumen::storage::{LogConfig, StorageError};
+
+#[test]
+fn appended_batches_read_back_from_cache_disk_and_after_reopen() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Rc::new(ManualClock::new(1_000));
+        let (log, report) = open(dir.path(), small_config(), clock.clone()).await;
+        assert_eq!(report.next_offset, 0);
+        let mut expected = Vec::new();
+        for tag in 0..300u64 {
+            let records = 1 + (tag as usize % 7);
+            let info = log
+                .append(batch(
+                    tag,
+                    records,
+                    50 + (tag as usize * 37) % 900,
+                    1_000 + tag as i64,
+                ))
+                .await
+                .unwrap();
+            assert_eq!(info.last_offset - info.base_offset + 1, records as u64);
+            for index in 0..records {
+                expected.push((tag, index as u64));
+            }
+        }
+        assert!(log.segment_count() > 1, "small segments roll");
+        let read: Vec<_> = read_all(&log).await.iter().flat_map(tags).collect();
+        assert_eq!(read, expected);
+        let durable = log.flush().await.unwrap();
+        assert_eq!(durable, log.next_offset());
+        log.close().await.unwrap();
+
+        let (log, report) = open_uncached(dir.path(), small_config()).await;
+        assert_eq!(report.bytes_cut, 0);
+        assert_eq!(
+            report.batches_scanned, 0,
+            "a clean close leaves nothing to scan"
+        );
+        assert_eq!(log.next_offset(), expected.len() as u64);
+        let batches = read_all(&log).await;
+        assert!(batches.iter().all(|batch| !batch.from_cache()));
+        let read: Vec<_> = batches.iter().flat_map(tags).collect();
+        assert_eq!(read, expected);
+        // Random access by offset lands on the batch containing it.
+        for offset in [0, 1, 17, 500, expected.len() as u64 - 1] {
+            let first = log.read(offset, 1).await.unwrap();
+            assert_eq!(first.len(), 1);
+            let header = first[0].header();
+            assert!(header.base_offset <= offset && offset <= header.last_offset());
+        }
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn reads_at_the_tail_hit_the_cache_and_older_reads_miss() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let clock: Rc<dyn flumen::shard::Clock> = Rc::new(ManualClock::new(0));
+        let cache = flumen::storage::TailCache::new(64 << 10);
+        let (log, _) = flumen::storage::Log::open(dir.path(), small_config(), clock, cache)
+            .await
+            .unwrap();
+        for tag in 0..100 {
+            log.append(batch(tag, 4, 1000, 0)).await.unwrap();
+        }
+        let tail = log.read(log.next_offset() - 1, 1 << 20).await.unwrap();
+        assert!(tail[0].from_cache());
+        let old = log.read(0, 1 << 20).await.unwrap();
+        assert!(!old[0].from_cache());
+        let stats = log.cache_stats();
+        assert_eq!((stats.hits, stats.misses), (1, 1));
+        assert!(stats.cached_bytes <= 64 << 10);
+        assert_eq!(tags(&old[0])[0], (0, 0));
+    });
+}
+
+#[test]
+fn a_large_first_batch_is_returned_whole_even_beyond_max_bytes() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open_uncached(dir.path(), small_config()).await;
+        log.append(batch(1, 10, 5000, 0)).await.unwrap();
+        log.append(batch(2, 1, 10, 0)).await.unwrap();
+        let read = log.read(3, 100).await.unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].header().record_count, 10);
+        assert!(log.read(11, 100).await.unwrap().is_empty());
+        assert!(matches!(
+            log.read(12, 100).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+    });
+}
+
+#[test]
+fn invalid_batches_are_rejected_and_nothing_is_written() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open_uncached(dir.path(), small_config()).await;
+        log.append(batch(1, 2, 100, 0)).await.unwrap();
+        let size = log.size_bytes();
+
+        let mut bad_crc = batch(2, 2, 100, 0);
+        let last = bad_crc.len() - 40;
+        bad_crc[last] ^= 0xff;
+        assert!(matches!(
+            log.append(bad_crc).await,
+            Err(StorageError::InvalidBatch(_))
+        ));
+
+        let mut bad_magic = batch(3, 2, 100, 0);
+        bad_magic[16] = 77;
+        assert!(matches!(
+            log.append(bad_magic).await,
+            Err(StorageError::InvalidBatch(_))
+        ));
+
+        let garbage = bytes::BytesMut::from(&[0xabu8; 256][..]);
+        assert!(log.append(garbage).await.is_err());
+
+        let too_big = batch(4, 1, 70 << 10, 0);
+        assert!(matches!(
+            log.append(too_big).await,
+            Err(StorageError::BatchTooLarge { .. })
+        ));
+
+        assert_eq!(log.next_offset(), 2);
+        assert_eq!(log.size_bytes(), size);
+        log.append(batch(5, 1, 100, 0)).await.unwrap();
+        let read: Vec<_> = read_all(&log).await.iter().flat_map(tags).collect();
+        assert_eq!(read, vec![(1, 0), (1, 1), (5, 0)]);
+    });
+}
+
+#[test]
+fn segments_roll_by_age_and_retention_deletes_by_size_and_time() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Rc::new(ManualClock::new(10_000));
+        let config = LogConfig {
+            segment_age_ms_max: Some(1_000),
+            retention_bytes: Some(600 << 10),
+            retention_ms: Some(60_000),
+            ..small_config()
+        };
+        let (log, _) = open(dir.path(), config, clock.clone()).await;
+        log.append(batch(0, 1, 100, 10_000)).await.unwrap();
+        clock.advance(1_000);
+        log.append(batch(1, 1, 100, 11_000)).await.unwrap();
+        assert_eq!(log.segment_base_offsets(), vec![0, 1], "rolled by age");
+
+        for tag in 2..200 {
+            log.append(batch(tag, 4, 2000, 11_000)).await.unwrap();
+        }
+        let before = log.size_bytes();
+        assert!(before > 1 << 20);
+        let report = log.apply_retention().await.unwrap();
+        assert!(report.segments_deleted > 0);
+        // Whole segments go while the rest still holds retention_bytes.
+        assert!(log.size_bytes() >= 600 << 10);
+        assert!(log.size_bytes() < (600 << 10) + (256 << 10));
+        let start = log.log_start_offset();
+        assert_eq!(start, report.log_start_offset);
+        assert_eq!(start, log.segment_base_offsets()[0]);
+        assert!(matches!(
+            log.read(0, 100).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        assert_eq!(
+            log.read(start, 100).await.unwrap()[0].header().base_offset,
+            start
+        );
+
+        // Time: everything but the active segment is older than the retention window.
+        clock.advance(120_000);
+        log.append(batch(999, 1, 10, clock_now(&clock)))
+            .await
+            .unwrap();
+        log.apply_retention().await.unwrap();
+        assert_eq!(log.segment_count(), 1);
+        assert_eq!(log.log_start_offset(), log.segment_base_offsets()[0]);
+        let remaining: Vec<_> = read_all(&log).await.iter().flat_map(tags).collect();
+        assert_eq!(remaining, vec![(999, 0)]);
+        log.close().await.unwrap();
+        let (log, _) = open(dir.path(), small_config(), clock).await;
+        assert_eq!(
+            read_all(&log)
+                .await
+                .iter()
+                .flat_map(tags)
+                .collect::<Vec<_>>(),
+            vec![(999, 0)]
+        );
+    });
+}
+
+fn clock_now(clock: &ManualClock) -> i64 {
+    use flumen::shard::Clock;
+    clock.now_ms()
+}
+
+#[test]
+fn offsets_are_found_by_timestamp() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open_uncached(dir.path(), small_config()).await;
+        for tag in 0..200u64 {
+            // Three records per batch with timestamps 10*tag, 10*tag+1, 10*tag+2.
+            let mut builder = flumen_protocol::record::BatchBuilder::new(10 * tag as i64);
+            for index in 0..3 {
+                builder.push(10 * tag as i64 + index, None, Some(b"v"), &[]);
+            }
+            log.append(bytes::BytesMut::from(builder.build().unwrap().as_bytes()))
+                .await
+                .unwrap();
+        }
+        assert_eq!(log.offset_for_timestamp(0).await.unwrap(), Some(0));
+        assert_eq!(log.offset_for_timestamp(1001).await.unwrap(), Some(301));
+        assert_eq!(log.offset_for_timestamp(1005).await.unwrap(), Some(303));
+        assert_eq!(log.offset_for_timestamp(1992).await.unwrap(), Some(599));
+        assert_eq!(log.offset_for_timestamp(5000).await.unwrap(), None);
+    });
+}
+
+#[test]
+fn truncation_removes_whole_batches_durably() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open_uncached(dir.path(), small_config()).await;
+        for tag in 0..200 {
+            log.append(batch(tag, 5, 1500, 0)).await.unwrap();
+        }
+        log.flush().await.unwrap();
+        assert!(log.segment_count() > 2);
+        // Offset 502 is inside batch 100 (offsets 500..=504): the whole batch goes.
+        assert_eq!(log.truncate_to(502).await.unwrap(), 500);
+        assert_eq!(log.next_offset(), 500);
+        log.append(batch(7777, 2, 10, 0)).await.unwrap();
+        log.flush().await.unwrap();
+        let read: Vec<_> = read_all(&log).await.iter().flat_map(tags).collect();
+        assert_eq!(read.len(), 502);
+        assert_eq!(read[499], (99, 4));
+        assert_eq!(read[500], (7777, 0));
+        drop(log); // crash: no clean close
+
+        let (log, report) = open_uncached(dir.path(), small_config()).await;
+        assert_eq!(report.bytes_cut, 0);
+        assert_eq!(log.next_offset(), 502);
+        let read: Vec<_> = read_all(&log).await.iter().flat_map(tags).collect();
+        assert_eq!(read[500], (7777, 0));
+        assert!(log.truncate_to(0).await.is_ok());
+        assert_eq!(log.next_offset(), 0);
+        assert!(read_all(&log).await.is_empty());
+    });
+}
+
+#[test]
+fn leader_epochs_are_recorded_persisted_and_truncated() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open_uncached(dir.path(), small_config()).await;
+        log.assign_leader_epoch(1).await.unwrap();
+        log.append(batch(1, 10, 10, 0)).await.unwrap();
+        log.assign_leader_epoch(3).await.unwrap();
+        log.append(batch(2, 10, 10, 0)).await.unwrap();
+        assert!(matches!(
+            log.assign_leader_epoch(2).await,
+            Err(StorageError::StaleEpoch { .. })
+        ));
+        let stored = log.read(15, 100).await.unwrap();
+        assert_eq!(stored[0].header().partition_leader_epoch, 3);
+        assert_eq!(log.epoch_end_offset(1), Some((1, 10)));
+        assert_eq!(log.epoch_end_offset(2), Some((1, 10)));
+        assert_eq!(log.epoch_end_offset(3), Some((3, 20)));
+        assert_eq!(log.epoch_end_offset(0), None);
+        log.flush().await.unwrap();
+        drop(log);
+
+        let (log, _) = open_uncached(dir.path(), small_config()).await;
+        assert_eq!(log.leader_epoch(), Some(3));
+        assert_eq!(log.epoch_history().len(), 2);
+        log.truncate_to(10).await.unwrap();
+        assert_eq!(log.leader_epoch(), Some(1));
+        assert_eq!(log.epoch_end_offset(3), Some((1, 10)));
+    });
+}
+
+#[test]
+fn concurrent_flushes_share_fdatasyncs() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open_uncached(dir.path(), small_config()).await;
+        let log = Rc::new(log);
+        let mut tasks = Vec::new();
+        for task in 0..8u64 {
+            let log = Rc::clone(&log);
+            tasks.push(glommio::spawn_local(async move {
+                for round in 0..25u64 {
+                    let info = log
+                        .append(batch(task * 1000 + round, 1, 4000, 0))
+                        .await
+                        .unwrap();
+                    let durable = log.flush().await.unwrap();
+                    assert!(
+                        durable > info.last_offset,
+                        "flush covers the caller's batch"
+                    );
+                }
+            }));
+        }
+        for task in tasks {
+            task.await;
+        }
+        let syncs = log.fdatasync_count();
+        assert!(syncs > 0);
+        assert!(
+            syncs <= 100,
+            "200 flush calls took {syncs} fdatasyncs: no group commit"
+        );
+        assert_eq!(read_all(&log).await.len(), 200);
+    });
+}
