@@ -95,6 +95,9 @@ pub struct RecoveryReport {
     pub log_start_offset: u64,
     /// Offset the next batch will get.
     pub next_offset: u64,
+    /// Leader epochs found in scanned batch headers; the history when `partition.meta`
+    /// was lost.
+    pub epochs_seen: Vec<EpochEntry>,
 }
 
 /// What one retention pass removed.
@@ -158,7 +161,8 @@ impl Log {
         let now = clock.now_ms();
         let (segments, report, checkpoint) =
             recover(dir, &config, &bases, meta.as_ref(), now).await?;
-        let log = Self::assemble(dir, config, clock, cache, segments, meta, checkpoint);
+        let epochs_seen = report.epochs_seen.clone();
+        let log = Self::assemble(dir, config, clock, cache, segments, meta, epochs_seen, checkpoint);
         let report = log.finish_open(report).await?;
         Ok((log, report))
     }
@@ -170,6 +174,7 @@ impl Log {
         cache: Rc<TailCache>,
         segments: BTreeMap<u64, Rc<Segment>>,
         meta: Option<PartitionMeta>,
+        epochs_seen: Vec<EpochEntry>,
         checkpoint: Checkpoint,
     ) -> Self {
         let log_start_offset = *segments.keys().next().expect("at least one segment");
@@ -178,7 +183,10 @@ impl Log {
             .next_back()
             .expect("one segment")
             .next_offset();
-        let mut epochs = meta.map(|meta| meta.epochs).unwrap_or_default();
+        let mut epochs = match meta {
+            Some(meta) => meta.epochs,
+            None => epochs_seen,
+        };
         epochs.retain(|entry| entry.start_offset <= next_offset);
         let cache_key = cache.register();
         Self {

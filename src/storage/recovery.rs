@@ -23,7 +23,7 @@ use super::error::context;
 use super::file;
 use super::index::SegmentIndex;
 use super::log::RecoveryReport;
-use super::meta::{Checkpoint, PartitionMeta};
+use super::meta::{Checkpoint, EpochEntry, PartitionMeta};
 use super::scan::{scan_segment, ScanStart};
 use super::segment::{Segment, SegmentState};
 use super::{Result, StorageError};
@@ -82,6 +82,9 @@ pub(crate) async fn recover(
     let checkpoint = meta
         .map(|meta| meta.checkpoint)
         .filter(|checkpoint| bases.contains(&checkpoint.segment_base));
+    // Without partition.meta the epoch history is rebuilt from the batch headers (every
+    // segment is scanned then, as there is no checkpoint either).
+    let epochs = meta.map(|meta| &meta.epochs[..]);
     let mut previous_next_offset = None;
     for (number, &base) in bases.iter().enumerate() {
         let (segment, cut) = open_segment(
@@ -91,6 +94,7 @@ pub(crate) async fn recover(
             checkpoint,
             previous_next_offset,
             now_ms,
+            epochs,
             &mut report,
         )
         .await?;
@@ -134,6 +138,7 @@ async fn open_segment(
     checkpoint: Option<Checkpoint>,
     previous_next_offset: Option<u64>,
     now_ms: i64,
+    epochs: Option<&[EpochEntry]>,
     report: &mut RecoveryReport,
 ) -> Result<(Segment, bool)> {
     let file = Segment::open_file(dir, base)
@@ -197,10 +202,16 @@ async fn open_segment(
         &mut index,
         config.index_interval_bytes,
         config.read_chunk_bytes,
+        epochs,
     )
     .await
     .map_err(context("scanning", &path))?;
     report.batches_scanned += outcome.batches;
+    for seen in &outcome.epochs_seen {
+        if seen.epoch > 0 && report.epochs_seen.last().is_none_or(|last| last.epoch < seen.epoch) {
+            report.epochs_seen.push(*seen);
+        }
+    }
     let cut = outcome.cut.is_some();
     if let Some(cut) = &outcome.cut {
         report.bytes_cut += cut.discarded_bytes;

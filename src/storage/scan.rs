@@ -1,8 +1,9 @@
 //! Recovery scanning: walk a segment's batches from a trusted position, check each one,
 //! and find where the valid log ends.
 //!
-//! A batch is accepted only if its header decodes, its CRC matches, its padding is zero
-//! and its base offset continues the previous batch exactly. The scan stops at the first
+//! A batch is accepted only if its header decodes, its CRC matches, its padding is zero,
+//! its base offset continues the previous batch exactly, and its leader epoch is the one
+//! the epoch history says was in force at its offset (the epoch is outside the CRC). The scan stops at the first
 //! position that is
 //! - all zeros (the normal end: preallocated or never-written space), or
 //! - anything else that is not an acceptable batch: a torn write (the batch runs past the
@@ -19,6 +20,7 @@ use flumen_protocol::record::{BatchHeader, BatchView, BATCH_HEADER_BYTES};
 use super::config::IO_ALIGNMENT_BYTES;
 use super::file::{DirectFile, ReadBytes};
 use super::index::SegmentIndex;
+use super::meta::EpochEntry;
 
 /// Where a scan starts: a position known to be a batch boundary and the log state there.
 #[derive(Debug, Clone, Copy)]
@@ -36,6 +38,9 @@ pub(crate) struct ScanOutcome {
     pub next_offset: u64,
     pub max_timestamp: i64,
     pub batches: u64,
+    /// Every change of leader epoch seen between consecutive batches (and the first
+    /// batch's epoch), for rebuilding a lost epoch history.
+    pub epochs_seen: Vec<EpochEntry>,
     /// Set when invalid data (not just zeros) followed the valid data.
     pub cut: Option<Cut>,
 }
@@ -56,6 +61,7 @@ pub(crate) async fn scan_segment(
     index: &mut SegmentIndex,
     index_interval_bytes: u64,
     chunk_bytes: usize,
+    epochs: Option<&[EpochEntry]>,
 ) -> io::Result<ScanOutcome> {
     let file_size = file.size().await?;
     let mut outcome = ScanOutcome {
@@ -63,6 +69,7 @@ pub(crate) async fn scan_segment(
         next_offset: start.next_offset,
         max_timestamp: start.max_timestamp,
         batches: 0,
+        epochs_seen: Vec::new(),
         cut: None,
     };
     let mut chunk = Chunk::default();
@@ -104,6 +111,18 @@ pub(crate) async fn scan_segment(
                 "batch offset {} does not continue the log at {}",
                 header.base_offset, outcome.next_offset
             )),
+            // The leader epoch is outside the CRC (the broker assigns it), so check it
+            // against the epoch history instead: it must be the epoch in force.
+            Ok(_)
+                if epochs.is_some_and(|epochs| {
+                    header.partition_leader_epoch != epoch_at(epochs, header.base_offset)
+                }) =>
+            {
+                Some(format!(
+                    "batch epoch {} is not the epoch in force at offset {}",
+                    header.partition_leader_epoch, header.base_offset
+                ))
+            }
             Ok(_) => None,
         };
         if let Some(reason) = problem {
@@ -119,6 +138,12 @@ pub(crate) async fn scan_segment(
             header.max_timestamp,
             index_interval_bytes,
         );
+        if outcome.epochs_seen.last().map(|entry| entry.epoch) != Some(header.partition_leader_epoch) {
+            outcome.epochs_seen.push(EpochEntry {
+                epoch: header.partition_leader_epoch,
+                start_offset: header.base_offset,
+            });
+        }
         outcome.next_offset = header.next_offset();
         outcome.max_timestamp = outcome.max_timestamp.max(header.max_timestamp);
         outcome.batches += 1;
@@ -129,6 +154,13 @@ pub(crate) async fn scan_segment(
         }
     }
     Ok(outcome)
+}
+
+/// The leader epoch in force at `offset`: the latest entry starting at or before it, or 0
+/// before the first epoch was assigned.
+pub(crate) fn epoch_at(epochs: &[EpochEntry], offset: u64) -> u32 {
+    let after = epochs.partition_point(|entry| entry.start_offset <= offset);
+    after.checked_sub(1).map_or(0, |index| epochs[index].epoch)
 }
 
 /// Reports a cut at `position` if any non-zero byte lies at or after it.
