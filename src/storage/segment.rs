@@ -146,9 +146,11 @@ impl Segment {
             return Ok(());
         };
         writer.flush().await?;
+        // The index first: if the disk is full this fails while the segment is still
+        // active with its preallocated space, so nothing changes.
+        self.persist_index().await?;
         self.file.truncate(self.size()).await?;
         self.file.fdatasync().await?;
-        self.persist_index().await?;
         *self.writer.borrow_mut() = None;
         Ok(())
     }

@@ -1,0 +1,118 @@
+//! A full disk, for real: a small ext4 filesystem on a loop device.
+//!
+//! Needs root (CI runs as root). Without root the test says so and passes, unless
+//! `FLUMEN_REQUIRE_ROOT_TESTS=1` is set, as `.ci/run` does, in which case it fails.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use flumen::storage::{LogConfig, StorageError};
+
+struct LoopMount {
+    mount_point: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl LoopMount {
+    fn new(size_mib: u64) -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|error| error.to_string())?;
+        let image = dir.path().join("disk.img");
+        let mount_point = dir.path().join("mnt");
+        std::fs::create_dir(&mount_point).map_err(|error| error.to_string())?;
+        run("truncate", &["-s", &format!("{size_mib}M"), path(&image)])?;
+        run("mkfs.ext4", &["-q", "-m", "0", path(&image)])?;
+        run("mount", &["-o", "loop", path(&image), path(&mount_point)])?;
+        Ok(Self {
+            mount_point,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount_point).status();
+    }
+}
+
+fn path(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|error| format!("{program}: {error}"))?;
+    if !output.status.success() {
+        return Err(format!("{program} {args:?}: {}", String::from_utf8_lossy(&output.stderr)));
+    }
+    Ok(())
+}
+
+fn available_bytes(path: &Path) -> u64 {
+    let output = Command::new("df").args(["-B1", "--output=avail"]).arg(path).output().unwrap();
+    String::from_utf8_lossy(&output.stdout).lines().nth(1).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn a_full_disk_fails_appends_cleanly_and_they_resume_once_space_is_freed() {
+    let mount = match LoopMount::new(48) {
+        Ok(mount) => mount,
+        Err(reason) if std::env::var("FLUMEN_REQUIRE_ROOT_TESTS").as_deref() != Ok("1") => {
+            eprintln!("skipping the disk-full test (needs root and loop devices): {reason}");
+            return;
+        }
+        Err(reason) => panic!("cannot set up the loop filesystem: {reason}"),
+    };
+    let root = mount.mount_point.clone();
+    // Leave about 6 MiB free: a few segments' worth.
+    let ballast = root.join("ballast");
+    let fill = available_bytes(&root) - (6 << 20);
+    run("fallocate", &["-l", &fill.to_string(), path(&ballast)]).unwrap();
+
+    run_on_shard(move || async move {
+        let config = LogConfig {
+            segment_bytes_max: 2 << 20,
+            preallocate_bytes: 512 << 10,
+            ..small_config()
+        };
+        let dir = root.join("topic").join("0");
+        let (log, _) = open_uncached(&dir, config.clone()).await;
+        let mut appended = 0u64;
+        let error = loop {
+            match log.append(batch(appended, 4, 8000, 0)).await {
+                Ok(_) => appended += 1,
+                Err(error) => break error,
+            }
+            if appended % 8 == 0 {
+                log.flush().await.unwrap();
+            }
+            assert!(appended < 10_000, "the disk never filled up");
+        };
+        assert!(matches!(error, StorageError::DiskFull { .. }), "got {error:?}");
+        assert!(appended > 100, "only {appended} batches fit");
+        let next_offset = log.next_offset();
+        assert!(log.append(batch(0, 4, 8000, 0)).await.is_err(), "still full");
+        assert_eq!(log.next_offset(), next_offset, "a failed append changes nothing");
+        log.flush().await.unwrap();
+        let read: Vec<_> = read_all(&log).await.iter().flat_map(tags).collect();
+        assert_eq!(read.len() as u64, appended * 4);
+
+        std::fs::remove_file(&ballast).unwrap();
+        for tag in appended..appended + 50 {
+            log.append(batch(tag, 4, 8000, 0)).await.unwrap();
+        }
+        log.close().await.unwrap();
+        let (log, report) = open_uncached(&dir, config).await;
+        assert_eq!(report.bytes_cut, 0);
+        let read: Vec<_> = read_all(&log).await.iter().flat_map(tags).collect();
+        assert_eq!(read.len() as u64, (appended + 50) * 4);
+        assert_eq!(read.last().unwrap().0, appended + 49);
+        log.close().await.unwrap();
+    });
+    drop(mount);
+}
