@@ -111,6 +111,13 @@ pub struct RetentionReport {
     pub log_start_offset: u64,
 }
 
+/// The state recovery hands to [`Log::assemble`].
+struct Recovered {
+    segments: BTreeMap<u64, Rc<Segment>>,
+    epochs: Vec<EpochEntry>,
+    checkpoint: Checkpoint,
+}
+
 /// One partition's log. See the module documentation.
 pub struct Log {
     dir: PathBuf,
@@ -161,8 +168,15 @@ impl Log {
         let now = clock.now_ms();
         let (segments, report, checkpoint) =
             recover(dir, &config, &bases, meta.as_ref(), now).await?;
-        let epochs_seen = report.epochs_seen.clone();
-        let log = Self::assemble(dir, config, clock, cache, segments, meta, epochs_seen, checkpoint);
+        let recovered = Recovered {
+            segments,
+            epochs: match meta {
+                Some(meta) => meta.epochs,
+                None => report.epochs_seen.clone(),
+            },
+            checkpoint,
+        };
+        let log = Self::assemble(dir, config, clock, cache, recovered);
         let report = log.finish_open(report).await?;
         Ok((log, report))
     }
@@ -172,21 +186,19 @@ impl Log {
         config: LogConfig,
         clock: Rc<dyn Clock>,
         cache: Rc<TailCache>,
-        segments: BTreeMap<u64, Rc<Segment>>,
-        meta: Option<PartitionMeta>,
-        epochs_seen: Vec<EpochEntry>,
-        checkpoint: Checkpoint,
+        recovered: Recovered,
     ) -> Self {
+        let Recovered {
+            segments,
+            mut epochs,
+            checkpoint,
+        } = recovered;
         let log_start_offset = *segments.keys().next().expect("at least one segment");
         let next_offset = segments
             .values()
             .next_back()
             .expect("one segment")
             .next_offset();
-        let mut epochs = match meta {
-            Some(meta) => meta.epochs,
-            None => epochs_seen,
-        };
         epochs.retain(|entry| entry.start_offset <= next_offset);
         let cache_key = cache.register();
         Self {

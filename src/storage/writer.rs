@@ -180,21 +180,22 @@ impl SegmentWriter {
         let buffers = len.div_ceil(self.shared.limits.buffer_bytes) + 1;
         loop {
             let listener = self.shared.changed.listen();
-            let (needed_end, allocated_end, preallocate) = {
+            let room = {
                 let state = self.shared.state.borrow();
                 if let Some(failure) = &state.failure {
                     return Err(io::Error::other(failure.clone()));
                 }
-                if state.slots.len() + buffers > self.shared.limits.in_flight_max {
-                    drop(state);
-                    listener.await;
-                    continue;
-                }
-                (
-                    align_up(state.end + len as u64),
-                    state.allocated_end,
-                    state.preallocate,
-                )
+                (state.slots.len() + buffers <= self.shared.limits.in_flight_max).then(|| {
+                    (
+                        align_up(state.end + len as u64),
+                        state.allocated_end,
+                        state.preallocate,
+                    )
+                })
+            };
+            let Some((needed_end, allocated_end, preallocate)) = room else {
+                listener.await;
+                continue;
             };
             if !preallocate || needed_end <= allocated_end {
                 return Ok(());
@@ -312,7 +313,7 @@ impl SegmentWriter {
         let target = self.end();
         loop {
             let listener = self.shared.changed.listen();
-            {
+            let another_round_running = {
                 let state = self.shared.state.borrow();
                 if let Some(failure) = &state.failure {
                     return Err(io::Error::other(failure.clone()));
@@ -320,11 +321,11 @@ impl SegmentWriter {
                 if state.durable_end >= target {
                     return Ok(state.durable_end);
                 }
-                if state.flushing {
-                    drop(state);
-                    listener.await;
-                    continue;
-                }
+                state.flushing
+            };
+            if another_round_running {
+                listener.await;
+                continue;
             }
             self.shared.state.borrow_mut().flushing = true;
             let result = self.flush_round().await;
