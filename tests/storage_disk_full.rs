@@ -48,14 +48,27 @@ fn run(program: &str, args: &[&str]) -> Result<(), String> {
         .output()
         .map_err(|error| format!("{program}: {error}"))?;
     if !output.status.success() {
-        return Err(format!("{program} {args:?}: {}", String::from_utf8_lossy(&output.stderr)));
+        return Err(format!(
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
     }
     Ok(())
 }
 
 fn available_bytes(path: &Path) -> u64 {
-    let output = Command::new("df").args(["-B1", "--output=avail"]).arg(path).output().unwrap();
-    String::from_utf8_lossy(&output.stdout).lines().nth(1).unwrap().trim().parse().unwrap()
+    let output = Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -93,11 +106,21 @@ fn a_full_disk_fails_appends_cleanly_and_they_resume_once_space_is_freed() {
             }
             assert!(appended < 10_000, "the disk never filled up");
         };
-        assert!(matches!(error, StorageError::DiskFull { .. }), "got {error:?}");
+        assert!(
+            matches!(error, StorageError::DiskFull { .. }),
+            "got {error:?}"
+        );
         assert!(appended > 100, "only {appended} batches fit");
         let next_offset = log.next_offset();
-        assert!(log.append(batch(0, 4, 8000, 0)).await.is_err(), "still full");
-        assert_eq!(log.next_offset(), next_offset, "a failed append changes nothing");
+        assert!(
+            log.append(batch(0, 4, 8000, 0)).await.is_err(),
+            "still full"
+        );
+        assert_eq!(
+            log.next_offset(),
+            next_offset,
+            "a failed append changes nothing"
+        );
         log.flush().await.unwrap();
         let read: Vec<_> = read_all(&log).await.iter().flat_map(tags).collect();
         assert_eq!(read.len() as u64, appended * 4);

@@ -78,11 +78,20 @@ fn check(ops: Vec<Op>) {
         let mut model = Model::default();
         for (step, op) in ops.into_iter().enumerate() {
             match op {
-                Op::Append { records, value_bytes } => {
+                Op::Append {
+                    records,
+                    value_bytes,
+                } => {
                     let tag = step as u64;
-                    let info = log.append(batch(tag, records, value_bytes, 0)).await.unwrap();
+                    let info = log
+                        .append(batch(tag, records, value_bytes, 0))
+                        .await
+                        .unwrap();
                     assert_eq!(info.base_offset, model.next_offset, "step {step}");
-                    model.batches.push((info.base_offset, (0..records as u64).map(|i| (tag, i)).collect()));
+                    model.batches.push((
+                        info.base_offset,
+                        (0..records as u64).map(|i| (tag, i)).collect(),
+                    ));
                     model.next_offset += records as u64;
                 }
                 Op::Flush => {
@@ -129,11 +138,18 @@ fn check(ops: Vec<Op>) {
                 }
             }
             assert_eq!(log.next_offset(), model.next_offset, "step {step}");
-            let start = model.batches.first().map_or(model.next_offset, |(base, _)| *base);
+            let start = model
+                .batches
+                .first()
+                .map_or(model.next_offset, |(base, _)| *base);
             assert!(log.log_start_offset() <= start, "step {step}");
         }
         let read: Vec<_> = read_all(&log).await.iter().flat_map(tags).collect();
-        let expected: Vec<_> = model.batches.iter().flat_map(|(_, tags)| tags.clone()).collect();
+        let expected: Vec<_> = model
+            .batches
+            .iter()
+            .flat_map(|(_, tags)| tags.clone())
+            .collect();
         assert_eq!(read, expected);
     });
 }

@@ -59,7 +59,10 @@ fn write_and_crash(dir: PathBuf, seed: u64) -> Written {
             }
             let records = 1 + rng.below(8) as usize;
             let value_bytes = 16 + rng.below(3000) as usize;
-            let info = log.append(batch(tag, records, value_bytes, tag as i64)).await.unwrap();
+            let info = log
+                .append(batch(tag, records, value_bytes, tag as i64))
+                .await
+                .unwrap();
             batches.push(Appended {
                 base_offset: info.base_offset,
                 tags: (0..records as u64).map(|index| (tag, index)).collect(),
@@ -70,7 +73,12 @@ fn write_and_crash(dir: PathBuf, seed: u64) -> Written {
         }
         // Crash: the log is dropped without close; unflushed writes may or may not land.
         drop(log);
-        sender.send(Written { batches, flushed_next_offset }).unwrap();
+        sender
+            .send(Written {
+                batches,
+                flushed_next_offset,
+            })
+            .unwrap();
     });
     receiver.recv().unwrap()
 }
@@ -105,7 +113,9 @@ fn files_with_extension(dir: &Path, extension: &str) -> Vec<PathBuf> {
 /// damaged (`u64::MAX` if the last segment's data is untouched).
 fn damage(dir: &Path, rng: &mut Rng) -> (u64, String) {
     let last = files_with_extension(dir, "log").pop().unwrap();
-    let data_end = batch_layout(&last).last().map_or(0, |(_, position, len)| position + len);
+    let data_end = batch_layout(&last)
+        .last()
+        .map_or(0, |(_, position, len)| position + len);
     let file_len = std::fs::metadata(&last).unwrap().len();
     let mut bytes = std::fs::read(&last).unwrap();
     let position = rng.below(data_end.max(1) + 1);

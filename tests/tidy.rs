@@ -21,14 +21,22 @@ const LAYERS: &[(&str, u8)] = &[
 /// Files that may name glommio: the executor layer, the DMA adapter and socket code.
 const GLOMMIO_ALLOWED: &[&str] = &["src/shard/", "src/storage/file.rs", "src/server/"];
 
-const BANNED: &[&str] = &["unsafe impl Send", "unbounded(", "todo!(", "dbg!(", "unimplemented!("];
+const BANNED: &[&str] = &[
+    "unsafe impl Send",
+    "unbounded(",
+    "todo!(",
+    "dbg!(",
+    "unimplemented!(",
+];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 fn rust_files(dir: &Path, files: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries {
         let path = entry.unwrap().path();
         if path.is_dir() {
@@ -40,7 +48,10 @@ fn rust_files(dir: &Path, files: &mut Vec<PathBuf>) {
 }
 
 fn relative(path: &Path) -> String {
-    path.strip_prefix(root()).unwrap().to_string_lossy().into_owned()
+    path.strip_prefix(root())
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn layer_of(relative_path: &str) -> Option<(&'static str, u8)> {
@@ -62,7 +73,9 @@ fn modules_only_use_layers_below_them() {
     let mut violations = Vec::new();
     for file in &files {
         let path = relative(file);
-        let Some((module, layer)) = layer_of(&path) else { continue };
+        let Some((module, layer)) = layer_of(&path) else {
+            continue;
+        };
         let text = std::fs::read_to_string(file).unwrap();
         for (number, line) in code_lines(&text) {
             for (other, other_layer) in LAYERS {
@@ -75,7 +88,11 @@ fn modules_only_use_layers_below_them() {
             }
         }
     }
-    assert!(violations.is_empty(), "layering violations:\n{}", violations.join("\n"));
+    assert!(
+        violations.is_empty(),
+        "layering violations:\n{}",
+        violations.join("\n")
+    );
 }
 
 fn names_glommio(text: &str) -> bool {
@@ -90,12 +107,17 @@ fn only_the_executor_adapters_name_glommio() {
     let offenders: Vec<String> = files
         .iter()
         .map(|file| relative(file))
-        .filter(|path| !GLOMMIO_ALLOWED.iter().any(|allowed| path.starts_with(allowed)))
         .filter(|path| {
-            names_glommio(&std::fs::read_to_string(root().join(path)).unwrap())
+            !GLOMMIO_ALLOWED
+                .iter()
+                .any(|allowed| path.starts_with(allowed))
         })
+        .filter(|path| names_glommio(&std::fs::read_to_string(root().join(path)).unwrap()))
         .collect();
-    assert!(offenders.is_empty(), "glommio named outside its adapters: {offenders:?}");
+    assert!(
+        offenders.is_empty(),
+        "glommio named outside its adapters: {offenders:?}"
+    );
 }
 
 #[test]
@@ -104,7 +126,10 @@ fn the_protocol_crate_is_a_leaf_without_io_or_async() {
     let dependencies = manifest.split("[dependencies]").nth(1).unwrap_or("");
     let dependencies = dependencies.split("\n[").next().unwrap_or("");
     for forbidden in ["glommio", "tokio", "flumen ", "futures"] {
-        assert!(!dependencies.contains(forbidden), "protocol depends on {forbidden}");
+        assert!(
+            !dependencies.contains(forbidden),
+            "protocol depends on {forbidden}"
+        );
     }
     let mut files = Vec::new();
     rust_files(&root().join("protocol/src"), &mut files);
@@ -112,7 +137,9 @@ fn the_protocol_crate_is_a_leaf_without_io_or_async() {
         let text = std::fs::read_to_string(&file).unwrap();
         for (number, line) in code_lines(&text) {
             assert!(
-                !line.contains("std::fs") && !line.contains("std::net") && !line.contains("async fn"),
+                !line.contains("std::fs")
+                    && !line.contains("std::net")
+                    && !line.contains("async fn"),
                 "{}:{}: protocol does I/O or async",
                 relative(&file),
                 number + 1
@@ -151,7 +178,10 @@ fn every_module_file_opens_with_a_doc_comment() {
         .filter(|file| !std::fs::read_to_string(file).unwrap().starts_with("//!"))
         .map(|file| relative(file))
         .collect();
-    assert!(undocumented.is_empty(), "files without a //! module doc: {undocumented:?}");
+    assert!(
+        undocumented.is_empty(),
+        "files without a //! module doc: {undocumented:?}"
+    );
 }
 
 fn cargo(args: &[&str]) -> std::process::Output {
@@ -176,7 +206,14 @@ fn code_is_formatted() {
 
 #[test]
 fn clippy_is_clean() {
-    let output = cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+    let output = cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
     assert!(
         output.status.success(),
         "cargo clippy -D warnings failed:\n{}",

@@ -246,7 +246,9 @@ pub(crate) async fn read_small_file(path: &Path) -> io::Result<Option<Vec<u8>>> 
 /// it, rename it over `path`, sync the directory. A crash leaves the old or the new
 /// contents, never a mix.
 pub(crate) async fn write_file_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let temporary = path.with_extension("tmp");
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
     let file = DirectFile::open(&temporary, true).await?;
     let aligned_len = (contents.len() as u64).div_ceil(IO_ALIGNMENT_BYTES) * IO_ALIGNMENT_BYTES;
     let mut buffer = file.alloc(aligned_len.max(IO_ALIGNMENT_BYTES) as usize);

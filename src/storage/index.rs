@@ -125,12 +125,6 @@ impl SegmentIndex {
         self.entries.len()
     }
 
-    pub(crate) fn last_entry_position(&self) -> u64 {
-        self.entries
-            .last()
-            .map_or(0, |entry| u64::from(entry.position))
-    }
-
     /// Encodes the `.index` and `.timeindex` files.
     pub(crate) fn encode(&self, summary: SegmentSummary) -> (Vec<u8>, Vec<u8>) {
         let mut offsets = header(

@@ -241,6 +241,12 @@ impl Log {
             max_timestamp: active.state().max_timestamp,
         };
         self.state.borrow_mut().checkpoint = checkpoint;
+        // The checkpoint segment's index must describe exactly the checkpoint position, so
+        // the next recovery can trust it and scan only what follows.
+        active
+            .persist_index()
+            .await
+            .map_err(|error| StorageError::io("writing index of", active.path(), error))?;
         self.write_meta().await?;
         let state = self.state.borrow();
         report.segments = state.segments.len();
@@ -782,11 +788,13 @@ impl Log {
             new_start
         };
         self.cache.remove_before(self.cache_key, new_start);
-        self.write_meta().await?;
+        // Files first: a crash in between leaves an older epoch history, which is harmless;
+        // the meta write also syncs the directory, making the deletion durable.
         oldest
             .remove_files()
             .await
-            .map_err(|error| StorageError::io("deleting", oldest.path(), error))
+            .map_err(|error| StorageError::io("deleting", oldest.path(), error))?;
+        self.write_meta().await
     }
 
     /// Removes every batch that contains an offset `>= offset`, so the log ends at or
@@ -932,6 +940,7 @@ impl Log {
     pub async fn assign_leader_epoch(&self, epoch: u32) -> Result<()> {
         let _guard = self.append_lock.lock().await;
         self.check_open()?;
+        let previous = self.epoch_history();
         {
             let mut state = self.state.borrow_mut();
             let start_offset = state.next_offset;
@@ -958,7 +967,12 @@ impl Log {
                 start_offset,
             });
         }
-        self.write_meta().await
+        if let Err(error) = self.write_meta().await {
+            // Never stamp batches with an epoch the disk does not know.
+            self.state.borrow_mut().epochs = previous;
+            return Err(error);
+        }
+        Ok(())
     }
 
     /// The latest leader epoch, if one was assigned.

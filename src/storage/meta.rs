@@ -76,6 +76,9 @@ impl PartitionMeta {
         if u16::from_le_bytes([bytes[4], bytes[5]]) != VERSION {
             return Err("unknown partition.meta version");
         }
+        if bytes[6..8] != [0, 0] {
+            return Err("partition.meta reserved bytes are not zero");
+        }
         if crc32fast::hash(&bytes[12..]) != read_u32(bytes, 8) {
             return Err("partition.meta CRC mismatch");
         }

@@ -87,7 +87,7 @@ pub(crate) async fn recover(
     let epochs = meta.map(|meta| &meta.epochs[..]);
     let mut previous_next_offset = None;
     for (number, &base) in bases.iter().enumerate() {
-        let (segment, cut) = open_segment(
+        let (segment, opened) = open_segment(
             dir,
             config,
             base,
@@ -98,9 +98,22 @@ pub(crate) async fn recover(
             &mut report,
         )
         .await?;
+        if opened == Opened::RebuiltIndex {
+            segment
+                .persist_index()
+                .await
+                .map_err(|error| StorageError::io("writing index of", segment.path(), error))?;
+        }
+        if opened == Opened::DamagedBeforeCheckpoint {
+            // Durable data after this segment is kept; reads of the damaged range fail
+            // with `Corrupt` instead of serving it.
+            if let Some(&next_base) = bases.get(number + 1) {
+                segment.state_mut().next_offset = next_base;
+            }
+        }
         previous_next_offset = Some(segment.next_offset());
         segments.insert(base, Rc::new(segment));
-        if cut {
+        if opened == Opened::CutTail {
             for &later in &bases[number + 1..] {
                 remove_segment_files(dir, later).await?;
                 report
@@ -130,6 +143,19 @@ pub(crate) async fn recover(
     Ok((segments, report, checkpoint))
 }
 
+/// How a segment came out of recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opened {
+    /// Its index and summary were trusted, or its scan found only valid data.
+    Intact,
+    /// A trusted segment whose index had to be rebuilt by scanning.
+    RebuiltIndex,
+    /// A segment at or after the checkpoint whose invalid tail was cut.
+    CutTail,
+    /// A segment before the checkpoint (durable, later segments exist) with invalid data.
+    DamagedBeforeCheckpoint,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn open_segment(
     dir: &Path,
@@ -140,7 +166,7 @@ async fn open_segment(
     now_ms: i64,
     epochs: Option<&[EpochEntry]>,
     report: &mut RecoveryReport,
-) -> Result<(Segment, bool)> {
+) -> Result<(Segment, Opened)> {
     let file = Segment::open_file(dir, base)
         .await
         .map_err(|error| StorageError::io("opening", dir, error))?;
@@ -167,15 +193,15 @@ async fn open_segment(
                 max_timestamp: summary.max_timestamp,
                 index: index.clone(),
             };
-            return Ok((Segment::new(dir, base, file, now_ms, state), false));
+            return Ok((Segment::new(dir, base, file, now_ms, state), Opened::Intact));
         }
-        (Ok((index, _)), false, Some(checkpoint))
-            if checkpoint.segment_base == base && checkpoint.position <= file_size =>
+        (Ok((index, summary)), false, Some(checkpoint))
+            if checkpoint.segment_base == base
+                && summary.size_bytes == checkpoint.position
+                && summary.next_offset == checkpoint.next_offset
+                && checkpoint.position <= file_size =>
         {
-            let mut index = index.clone();
-            let entries_before = index.last_entry_position();
-            index.truncate_to(checkpoint.position, checkpoint.max_timestamp, 0);
-            let _ = entries_before;
+            let index = index.clone();
             let start = ScanStart {
                 position: checkpoint.position,
                 next_offset: checkpoint.next_offset,
@@ -208,11 +234,38 @@ async fn open_segment(
     .map_err(context("scanning", &path))?;
     report.batches_scanned += outcome.batches;
     for seen in &outcome.epochs_seen {
-        if seen.epoch > 0 && report.epochs_seen.last().is_none_or(|last| last.epoch < seen.epoch) {
+        if seen.epoch > 0
+            && report
+                .epochs_seen
+                .last()
+                .is_none_or(|last| last.epoch < seen.epoch)
+        {
             report.epochs_seen.push(*seen);
         }
     }
-    let cut = outcome.cut.is_some();
+    if let (Some(cut), true) = (&outcome.cut, trusted) {
+        tracing::error!(path = %path.display(), position = cut.position, reason = %cut.reason,
+            "damaged data in a durable segment; reads of it will fail");
+        report.cuts.push(format!(
+            "{}: damaged at {}: {}",
+            path.display(),
+            cut.position,
+            cut.reason
+        ));
+        let state = SegmentState {
+            size: file_size,
+            next_offset: outcome.next_offset,
+            max_timestamp: outcome.max_timestamp,
+            index,
+        };
+        let segment = Segment::new(dir, base, file, now_ms, state);
+        return Ok((segment, Opened::DamagedBeforeCheckpoint));
+    }
+    let opened = match (&outcome.cut, trusted) {
+        (Some(_), _) => Opened::CutTail,
+        (None, true) => Opened::RebuiltIndex,
+        (None, false) => Opened::Intact,
+    };
     if let Some(cut) = &outcome.cut {
         report.bytes_cut += cut.discarded_bytes;
         report.cuts.push(format!(
@@ -233,7 +286,7 @@ async fn open_segment(
         max_timestamp: outcome.max_timestamp,
         index,
     };
-    Ok((Segment::new(dir, base, file, now_ms, state), cut))
+    Ok((Segment::new(dir, base, file, now_ms, state), opened))
 }
 
 async fn remove_segment_files(dir: &Path, base: u64) -> Result<()> {

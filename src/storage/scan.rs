@@ -114,9 +114,9 @@ pub(crate) async fn scan_segment(
             // The leader epoch is outside the CRC (the broker assigns it), so check it
             // against the epoch history instead: it must be the epoch in force.
             Ok(_)
-                if epochs.is_some_and(|epochs| {
-                    header.partition_leader_epoch != epoch_at(epochs, header.base_offset)
-                }) =>
+                if epochs
+                    .and_then(|epochs| epoch_at(epochs, header.base_offset))
+                    .is_some_and(|epoch| epoch != header.partition_leader_epoch) =>
             {
                 Some(format!(
                     "batch epoch {} is not the epoch in force at offset {}",
@@ -138,7 +138,9 @@ pub(crate) async fn scan_segment(
             header.max_timestamp,
             index_interval_bytes,
         );
-        if outcome.epochs_seen.last().map(|entry| entry.epoch) != Some(header.partition_leader_epoch) {
+        if outcome.epochs_seen.last().map(|entry| entry.epoch)
+            != Some(header.partition_leader_epoch)
+        {
             outcome.epochs_seen.push(EpochEntry {
                 epoch: header.partition_leader_epoch,
                 start_offset: header.base_offset,
@@ -156,11 +158,15 @@ pub(crate) async fn scan_segment(
     Ok(outcome)
 }
 
-/// The leader epoch in force at `offset`: the latest entry starting at or before it, or 0
-/// before the first epoch was assigned.
-pub(crate) fn epoch_at(epochs: &[EpochEntry], offset: u64) -> u32 {
+/// The leader epoch in force at `offset`: the latest entry starting at or before it; 0 if
+/// no epoch was ever assigned; `None` below the first entry, where retention may have
+/// trimmed the history and the epoch is unknown.
+pub(crate) fn epoch_at(epochs: &[EpochEntry], offset: u64) -> Option<u32> {
+    if epochs.is_empty() {
+        return Some(0);
+    }
     let after = epochs.partition_point(|entry| entry.start_offset <= offset);
-    after.checked_sub(1).map_or(0, |index| epochs[index].epoch)
+    after.checked_sub(1).map(|index| epochs[index].epoch)
 }
 
 /// Reports a cut at `position` if any non-zero byte lies at or after it.
