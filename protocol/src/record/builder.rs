@@ -72,7 +72,8 @@ impl BuiltBatch {
 }
 
 impl BatchBuilder {
-    /// A builder whose batch's first timestamp is `first_timestamp_ms`.
+    /// An empty builder. `first_timestamp_ms` is a default only: the batch's first
+    /// timestamp is that of the first record pushed.
     pub fn new(first_timestamp_ms: i64) -> Self {
         Self {
             first_timestamp: first_timestamp_ms,
@@ -101,6 +102,12 @@ impl BatchBuilder {
         headers: &[(&str, &[u8])],
     ) {
         let offset_delta = u32::try_from(self.records.len()).expect("record count fits u32");
+        if self.records.is_empty() {
+            // The header's first timestamp is the first record's, so that the maximum
+            // timestamp, taken over the records, is never before it.
+            self.first_timestamp = timestamp_ms;
+            self.max_timestamp = timestamp_ms;
+        }
         self.max_timestamp = self.max_timestamp.max(timestamp_ms);
         self.payload_bytes += key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len);
         self.records.push(Record {

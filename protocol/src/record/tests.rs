@@ -201,6 +201,19 @@ fn unaligned_bytes_are_validated_through_a_scratch_copy() {
 }
 
 #[test]
+fn records_older_than_the_builder_default_still_build_a_valid_batch() {
+    let mut builder = BatchBuilder::new(10_000);
+    builder.push(5_000, None, Some(b"a"), &[]);
+    builder.push(4_000, None, Some(b"b"), &[]);
+    let batch = builder.build().unwrap();
+    let view = BatchView::validate(batch.as_bytes()).unwrap();
+    assert_eq!(view.header().first_timestamp, 5_000);
+    assert_eq!(view.header().max_timestamp, 5_000);
+    let timestamps: Vec<i64> = view.records().map(|record| record.timestamp_ms()).collect();
+    assert_eq!(timestamps, vec![5_000, 4_000]);
+}
+
+#[test]
 fn an_empty_builder_refuses_to_build() {
     assert_eq!(BatchBuilder::new(0).build().unwrap_err(), BatchError::Empty);
 }
