@@ -6,10 +6,12 @@
 //!   `BatchView::validate` of a batch of 1000 records with 1 KiB values (about 1 MiB),
 //!   reported in bytes per second.
 //! - `append`: ~1 MiB batches appended with no flush until a single final one.
-//!   Prints `append_nofsync_MiBps` (appends plus the final flush; the copies that stand in
-//!   for batches arriving from the network are made outside the timed rounds) and
-//!   `append_nofsync_wall_MiBps` (the same run measured wall to wall, copies included).
-//!   The true figure lies between the two.
+//!   Prints `append_nofsync_MiBps`: appends plus the final flush, with the copies that
+//!   stand in for batches arriving from the network made outside the timed rounds of 64.
+//!   Also `append_nofsync_wall_MiBps`, the same run wall to wall with the copies (the true
+//!   figure lies between the two, since writes progress while copies are made), and
+//!   `append_nofsync_appends_only_MiBps`, without the final flush (whose `fdatasync` may
+//!   push out most of the run when the disk has a volatile write cache).
 //! - `append-fsync`: one ~1 MiB batch appended and flushed at a time. Prints
 //!   `append_fsync_MiBps`, `append_fsync_fdatasyncs` and the mean latency.
 //! - `group-commit`: 8 tasks each append a ~64 KiB batch and flush, in a loop. Prints
@@ -43,10 +45,11 @@ use flumen::storage::{Log, LogConfig, TailCache};
 use flumen_protocol::record::{BatchBuilder, BatchView};
 use glommio::{LocalExecutorBuilder, Placement};
 
-/// Records per large batch, and their value size: about 1 MiB per batch.
+/// Records per large batch: about 1 MiB per batch.
 const LARGE_BATCH_RECORDS: usize = 1000;
 /// Records per group-commit batch: about 64 KiB per batch.
 const SMALL_BATCH_RECORDS: usize = 60;
+/// Value size of every record.
 const VALUE_BYTES: usize = 1024;
 /// Batches copied ahead of each timed round of the `append` benchmark.
 const ROUND_BATCHES: u64 = 64;
@@ -185,6 +188,14 @@ fn mib_per_s(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / f64::from(1 << 20) / elapsed.as_secs_f64()
 }
 
+/// Resets the executor's file I/O counters and returns what they held:
+/// `(reads, bytes read, writes, bytes written)`.
+fn take_file_io() -> (u64, u64, u64, u64) {
+    let stats = glommio::executor().io_stats().all_rings();
+    let ((reads, read), (writes, written)) = (stats.file_reads(), stats.file_writes());
+    (reads, read, writes, written)
+}
+
 fn copies(template: &[u8], count: u64) -> Vec<BytesMut> {
     (0..count).map(|_| BytesMut::from(template)).collect()
 }
@@ -194,6 +205,7 @@ async fn bench_append(dir: PathBuf, total: u64) {
     let template = batch_bytes(LARGE_BATCH_RECORDS);
     let count = batches_for(total, template.len());
     let (mut timed, mut appended) = (Duration::ZERO, 0);
+    take_file_io();
     let wall = Instant::now();
     while appended < count {
         let round = copies(&template, ROUND_BATCHES.min(count - appended));
@@ -208,10 +220,25 @@ async fn bench_append(dir: PathBuf, total: u64) {
     log.flush().await.expect("flush succeeds");
     let flush = start.elapsed();
     let bytes = count * template.len() as u64;
-    println!("append_nofsync_MiBps={:.1}", mib_per_s(bytes, timed + flush));
-    println!("append_nofsync_wall_MiBps={:.1}", mib_per_s(bytes, wall.elapsed()));
+    println!(
+        "append_nofsync_MiBps={:.1}",
+        mib_per_s(bytes, timed + flush)
+    );
+    println!(
+        "append_nofsync_wall_MiBps={:.1}",
+        mib_per_s(bytes, wall.elapsed())
+    );
+    println!(
+        "append_nofsync_appends_only_MiBps={:.1}",
+        mib_per_s(bytes, timed)
+    );
     println!("append_final_flush_ms={:.1}", flush.as_secs_f64() * 1e3);
-    println!("append_batches={count} append_batch_bytes={}", template.len());
+    println!(
+        "append_batches={count} append_batch_bytes={}",
+        template.len()
+    );
+    let (_, _, writes, written) = take_file_io();
+    println!("append_device_writes={writes} append_device_bytes_written={written}");
     log.close().await.expect("log closes");
 }
 
@@ -236,7 +263,10 @@ async fn bench_append_fsync(dir: PathBuf, total: u64) {
         "append_fsync_mean_latency_us={:.0}",
         timed.as_secs_f64() * 1e6 / count as f64
     );
-    println!("append_fsync_batches={count} append_fsync_batch_bytes={}", template.len());
+    println!(
+        "append_fsync_batches={count} append_fsync_batch_bytes={}",
+        template.len()
+    );
     log.close().await.expect("log closes");
 }
 
@@ -247,7 +277,8 @@ async fn bench_group_commit(dir: PathBuf, total: u64) {
     let syncs_before = log.fdatasync_count();
     let start = Instant::now();
     let tasks: Vec<_> = (0..GROUP_COMMIT_TASKS)
-        .map(|_| glommio::spawn_local(commit_loop(Rc::clone(&log), Rc::clone(&template), per_task)))
+        .map(|_| commit_loop(Rc::clone(&log), Rc::clone(&template), per_task))
+        .map(glommio::spawn_local)
         .collect();
     for task in tasks {
         task.await;
@@ -257,12 +288,16 @@ async fn bench_group_commit(dir: PathBuf, total: u64) {
     let syncs = log.fdatasync_count() - syncs_before;
     let bytes = batches * template.len() as u64;
     println!("group_commit_batches_per_s={:.0}", batches as f64 / elapsed);
-    println!("group_commit_fdatasyncs_per_s={:.0}", syncs as f64 / elapsed);
-    println!("group_commit_MiBps={:.1}", bytes as f64 / f64::from(1 << 20) / elapsed);
     println!(
-        "group_commit_batches={batches} group_commit_fdatasyncs={syncs} group_commit_batch_bytes={}",
-        template.len()
+        "group_commit_fdatasyncs_per_s={:.0}",
+        syncs as f64 / elapsed
     );
+    println!(
+        "group_commit_MiBps={:.1}",
+        bytes as f64 / f64::from(1 << 20) / elapsed
+    );
+    println!("group_commit_batches={batches} group_commit_fdatasyncs={syncs}");
+    println!("group_commit_batch_bytes={}", template.len());
     log.close().await.expect("log closes");
 }
 
@@ -280,6 +315,7 @@ async fn bench_read(dir: PathBuf, total: u64) {
     write_and_close(&dir, total).await;
     let log = open_log(&dir, 0).await;
     let (mut offset, mut bytes, mut calls) = (log.log_start_offset(), 0u64, 0u64);
+    take_file_io();
     let start = Instant::now();
     while offset < log.next_offset() {
         let batches = log
@@ -294,9 +330,15 @@ async fn bench_read(dir: PathBuf, total: u64) {
         }
     }
     let elapsed = start.elapsed();
-    assert_eq!(log.cache_stats().hits, 0, "a cold read never hits the cache");
+    assert_eq!(
+        log.cache_stats().hits,
+        0,
+        "a cold read never hits the cache"
+    );
     println!("read_cold_MiBps={:.1}", mib_per_s(bytes, elapsed));
     println!("read_cold_bytes={bytes} read_cold_calls={calls}");
+    let (reads, read, _, _) = take_file_io();
+    println!("read_cold_device_reads={reads} read_cold_device_bytes_read={read}");
     log.close().await.expect("log closes");
 }
 

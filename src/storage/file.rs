@@ -110,12 +110,11 @@ impl DirectFile {
         &self.path
     }
 
-    /// A zeroed buffer of `len` bytes (a multiple of the alignment) for writes.
+    /// A buffer of `len` bytes (a multiple of the alignment) for writes. Its contents are
+    /// unspecified: writers zero whatever they do not fill.
     pub(crate) fn alloc(&self, len: usize) -> AlignedBuffer {
         assert!(len as u64 % IO_ALIGNMENT_BYTES == 0);
-        let mut buffer = self.file.alloc_dma_buffer(len);
-        buffer.as_bytes_mut().fill(0);
-        AlignedBuffer(buffer)
+        AlignedBuffer(self.file.alloc_dma_buffer(len))
     }
 
     /// Writes the whole buffer at the aligned position `position`.
@@ -253,6 +252,7 @@ pub(crate) async fn write_file_atomically(path: &Path, contents: &[u8]) -> io::R
     let aligned_len = (contents.len() as u64).div_ceil(IO_ALIGNMENT_BYTES) * IO_ALIGNMENT_BYTES;
     let mut buffer = file.alloc(aligned_len.max(IO_ALIGNMENT_BYTES) as usize);
     buffer.as_bytes_mut()[..contents.len()].copy_from_slice(contents);
+    buffer.as_bytes_mut()[contents.len()..].fill(0);
     file.write_all_at(buffer, 0).await?;
     file.truncate(contents.len() as u64).await?;
     file.fdatasync().await?;

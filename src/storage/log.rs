@@ -35,6 +35,10 @@ use super::{Result, StorageError};
 use crate::shard::{Clock, LocalMutex};
 
 const META_FILE: &str = "partition.meta";
+/// Bytes read to learn the length of the first batch of a read.
+const HEADER_PEEK_BYTES: usize = 4096;
+/// Largest single direct read serving one `read` call.
+const READ_BYTES_MAX: usize = 16 << 20;
 
 /// Where an appended batch landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -595,6 +599,9 @@ impl Log {
         let mut taken = 0usize;
         let mut chunk: Option<(u64, ReadBytes)> = None;
         while position < end {
+            if !batches.is_empty() && taken >= max_bytes {
+                break;
+            }
             let header = self
                 .batch_header_at(segment, &mut chunk, position, end)
                 .await?;
@@ -607,8 +614,11 @@ impl Log {
                     (*start, bytes.clone())
                 }
                 _ => {
-                    let want = padded.max(max_bytes.min(self.config.read_chunk_bytes));
-                    let want = want.min((end - position) as usize);
+                    // One read for this batch and the ones that fit in `max_bytes` after it.
+                    let window = max_bytes
+                        .min(READ_BYTES_MAX)
+                        .max(self.config.read_chunk_bytes);
+                    let want = padded.max(window).min((end - position) as usize);
                     let bytes = self.read_bytes(segment, position, want).await?;
                     chunk = Some((position, bytes.clone()));
                     (position, bytes)
@@ -648,7 +658,8 @@ impl Log {
         let bytes = match in_chunk {
             Some(bytes) => bytes,
             None => {
-                let want = self.config.read_chunk_bytes.min((end - position) as usize);
+                // A small read: the header says how much the real read must cover.
+                let want = HEADER_PEEK_BYTES.min((end - position) as usize);
                 let bytes = self
                     .read_bytes(segment, position, want.max(header_bytes))
                     .await?;

@@ -266,7 +266,11 @@ impl SegmentWriter {
         } else {
             state.staging_start = state.end;
         }
-        buffer.trim_to(align_up(used as u64) as usize);
+        // The block padding after the data must read as zeros: recovery treats a zero
+        // header as the end of the log.
+        let aligned = align_up(used as u64) as usize;
+        buffer.as_bytes_mut()[used..aligned].fill(0);
+        buffer.trim_to(aligned);
         let logical_end = state.end;
         drop(state);
         self.submit(buffer, start, logical_end);
