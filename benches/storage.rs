@@ -65,10 +65,10 @@ fn main() {
     let mode = args.iter().find(|arg| !arg.starts_with('-'));
     match mode.map(String::as_str) {
         Some("codec") => bench_codec(),
-        Some("append") => run_io(|dir, bytes| bench_append(dir, bytes)),
-        Some("append-fsync") => run_io(|dir, bytes| bench_append_fsync(dir, bytes)),
-        Some("group-commit") => run_io(|dir, bytes| bench_group_commit(dir, bytes)),
-        Some("read") => run_io(|dir, bytes| bench_read(dir, bytes)),
+        Some("append") => run_io(bench_append),
+        Some("append-fsync") => run_io(bench_append_fsync),
+        Some("group-commit") => run_io(bench_group_commit),
+        Some("read") => run_io(bench_read),
         // `cargo bench` with no mode: the quick, disk-free part.
         None if args.iter().any(|arg| arg == "--bench") => bench_codec(),
         // `cargo test --benches` and the like: nothing to do.
