@@ -15,6 +15,8 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use sync::{LocalMutex, LocalMutexGuard, Notify};
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 /// Runs `future` to completion in the background on the current shard.
 ///
@@ -27,8 +29,30 @@ where
     glommio::spawn_local(future).detach();
 }
 
-/// Lets other tasks on this shard run: long loops call this so one task cannot starve
-/// the shard.
+/// Lets other tasks on this shard run if this one has used up its time slice: long loops
+/// call this so one task cannot starve the shard.
 pub async fn yield_now() {
     glommio::yield_if_needed().await;
+}
+
+/// Lets every task that is ready now run before this one continues. Used where waiting
+/// a moment lets more work join a batch (group commit), never for correctness.
+pub async fn yield_to_ready_tasks() {
+    YieldOnce(false).await;
+}
+
+struct YieldOnce(bool);
+
+impl Future for YieldOnce {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        // Re-queue this task behind the ones already ready.
+        context.waker().wake_by_ref();
+        Poll::Pending
+    }
 }

@@ -28,6 +28,7 @@ use super::config::LogConfig;
 use super::error::context;
 use super::file::{self, ReadBytes};
 use super::meta::{Checkpoint, EpochEntry, PartitionMeta};
+use super::readahead::ReadAhead;
 use super::recovery::{list_segments, read_meta, recover};
 use super::segment::{segment_path, Segment, SegmentState};
 use super::writer::WriterLimits;
@@ -115,6 +116,15 @@ pub struct RetentionReport {
     pub log_start_offset: u64,
 }
 
+/// The outcome of reading one segment.
+struct SegmentRead {
+    batches: Vec<StoredBatch>,
+    /// Position after the last batch examined.
+    end_position: u64,
+    /// The largest single read made, the size to read ahead.
+    window_bytes: usize,
+}
+
 /// The state recovery hands to [`Log::assemble`].
 struct Recovered {
     segments: BTreeMap<u64, Rc<Segment>>,
@@ -131,6 +141,7 @@ pub struct Log {
     cache_key: CacheKey,
     append_lock: LocalMutex,
     syncs: Rc<Cell<u64>>,
+    read_ahead: ReadAhead,
     state: RefCell<LogState>,
 }
 
@@ -213,6 +224,7 @@ impl Log {
             cache_key,
             append_lock: LocalMutex::new(),
             syncs: Rc::new(Cell::new(0)),
+            read_ahead: ReadAhead::default(),
             state: RefCell::new(LogState {
                 segments,
                 log_start_offset,
@@ -375,7 +387,10 @@ impl Log {
         writer
             .reserve(batch.len())
             .await
-            .map_err(|error| StorageError::io("reserving space in", segment.path(), error))?;
+            .map_err(|error| match writer.failure() {
+                Some(cause) => self.poisoned(cause),
+                None => StorageError::io("reserving space in", segment.path(), error),
+            })?;
         // From here to the end nothing awaits: offset assignment and staging are atomic.
         let (base_offset, epoch) = {
             let state = self.state.borrow();
@@ -560,7 +575,7 @@ impl Log {
             };
             if let Some(position) = position {
                 return self
-                    .read_segment(&current, position, offset, max_bytes)
+                    .read_sequential(&current, position, offset, max_bytes)
                     .await;
             }
             segment = self.segment_after(current.base_offset);
@@ -586,18 +601,65 @@ impl Log {
             .map(|(_, segment)| Rc::clone(segment))
     }
 
-    /// Reads from `position` in `segment`, skipping batches before `offset`.
+    /// A consumer read: served from the window read ahead when the previous read ended
+    /// exactly at `offset`, and followed by reading ahead the next window.
+    async fn read_sequential(
+        &self,
+        segment: &Segment,
+        index_position: u64,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredBatch>> {
+        let (position, chunk) = match self.read_ahead.take(segment.base_offset, offset).await {
+            Some((position, Ok(bytes))) => (position, Some((position, bytes))),
+            // A failed read-ahead is retried by the read itself.
+            Some((_, Err(_))) | None => (index_position, None),
+        };
+        let read = self
+            .read_segment(segment, position, offset, max_bytes, chunk)
+            .await?;
+        self.read_ahead_after(segment, &read);
+        Ok(read.batches)
+    }
+
+    /// Starts reading the next window if the read stopped inside the written data.
+    fn read_ahead_after(&self, segment: &Segment, read: &SegmentRead) {
+        let Some(last) = read.batches.last() else {
+            return;
+        };
+        let limit = segment.writer().map_or(segment.size(), |writer| {
+            writer.written_end().min(segment.size())
+        });
+        if read.end_position >= limit {
+            return;
+        }
+        let len = (read.window_bytes as u64).min(limit - read.end_position) as usize;
+        self.read_ahead.start(
+            &segment.file,
+            segment.base_offset,
+            read.end_position,
+            last.header().next_offset(),
+            len,
+        );
+    }
+
+    /// Reads from `position` in `segment`, skipping batches before `offset`, starting
+    /// with the bytes of `chunk` if given.
     async fn read_segment(
         &self,
         segment: &Segment,
         mut position: u64,
         offset: u64,
         max_bytes: usize,
-    ) -> Result<Vec<StoredBatch>> {
+        mut chunk: Option<(u64, ReadBytes)>,
+    ) -> Result<SegmentRead> {
         let end = segment.size();
         let mut batches = Vec::new();
         let mut taken = 0usize;
-        let mut chunk: Option<(u64, ReadBytes)> = None;
+        let window = max_bytes
+            .min(READ_BYTES_MAX)
+            .max(self.config.read_chunk_bytes);
+        let mut window_bytes = window;
         while position < end {
             if !batches.is_empty() && taken >= max_bytes {
                 break;
@@ -615,10 +677,8 @@ impl Log {
                 }
                 _ => {
                     // One read for this batch and the ones that fit in `max_bytes` after it.
-                    let window = max_bytes
-                        .min(READ_BYTES_MAX)
-                        .max(self.config.read_chunk_bytes);
                     let want = padded.max(window).min((end - position) as usize);
+                    window_bytes = window_bytes.max(want);
                     let bytes = self.read_bytes(segment, position, want).await?;
                     chunk = Some((position, bytes.clone()));
                     (position, bytes)
@@ -640,7 +700,11 @@ impl Log {
                 bytes: StoredBytes::Disk(slice),
             });
         }
-        Ok(batches)
+        Ok(SegmentRead {
+            batches,
+            end_position: position,
+            window_bytes,
+        })
     }
 
     async fn batch_header_at(
@@ -712,9 +776,15 @@ impl Log {
                 )
             };
             let batches = self
-                .read_segment(&segment, position, first_offset, self.scan_window_bytes())
+                .read_segment(
+                    &segment,
+                    position,
+                    first_offset,
+                    self.scan_window_bytes(),
+                    None,
+                )
                 .await?;
-            for batch in batches {
+            for batch in batches.batches {
                 if batch.header().max_timestamp < timestamp_ms {
                     continue;
                 }
@@ -799,6 +869,7 @@ impl Log {
             new_start
         };
         self.cache.remove_before(self.cache_key, new_start);
+        self.read_ahead.clear();
         // Files first: a crash in between leaves an older epoch history, which is harmless;
         // the meta write also syncs the directory, making the deletion durable.
         oldest
@@ -826,6 +897,7 @@ impl Log {
             });
         }
         self.flush().await?;
+        self.read_ahead.clear();
         let target = self
             .segment_containing(offset)
             .expect("offset is in the log");
@@ -885,9 +957,9 @@ impl Log {
         };
         let window = self.scan_window_bytes();
         let batches = self
-            .read_segment(segment, start, start_offset, window)
+            .read_segment(segment, start, start_offset, window, None)
             .await?;
-        for batch in batches {
+        for batch in batches.batches {
             let header = batch.header();
             if header.next_offset() > offset {
                 break;

@@ -23,6 +23,7 @@ mod file;
 mod index;
 mod log;
 mod meta;
+mod readahead;
 mod recovery;
 mod scan;
 mod segment;

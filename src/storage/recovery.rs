@@ -193,7 +193,11 @@ async fn open_segment(
                 max_timestamp: summary.max_timestamp,
                 index: index.clone(),
             };
-            return Ok((Segment::new(dir, base, file, now_ms, state), Opened::Intact));
+            let created_ms = created_ms(file.path(), now_ms);
+            return Ok((
+                Segment::new(dir, base, file, created_ms, state),
+                Opened::Intact,
+            ));
         }
         (Ok((index, summary)), false, Some(checkpoint))
             if checkpoint.segment_base == base
@@ -258,7 +262,7 @@ async fn open_segment(
             max_timestamp: outcome.max_timestamp,
             index,
         };
-        let segment = Segment::new(dir, base, file, now_ms, state);
+        let segment = Segment::new(dir, base, file, created_ms(&path, now_ms), state);
         return Ok((segment, Opened::DamagedBeforeCheckpoint));
     }
     let opened = match (&outcome.cut, trusted) {
@@ -286,7 +290,18 @@ async fn open_segment(
         max_timestamp: outcome.max_timestamp,
         index,
     };
-    Ok((Segment::new(dir, base, file, now_ms, state), opened))
+    let created_ms = created_ms(&path, now_ms);
+    Ok((Segment::new(dir, base, file, created_ms, state), opened))
+}
+
+/// When the segment file was created (its birth time), so segment age survives restarts;
+/// `now_ms` where the filesystem does not record it.
+fn created_ms(path: &Path, now_ms: i64) -> i64 {
+    std::fs::metadata(path)
+        .and_then(|metadata| metadata.created())
+        .ok()
+        .and_then(|created| created.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(now_ms, |since| (since.as_millis() as i64).min(now_ms))
 }
 
 async fn remove_segment_files(dir: &Path, base: u64) -> Result<()> {

@@ -27,6 +27,8 @@
 //!
 //! Concurrent `flush` calls coalesce: while one `fdatasync` runs, later callers wait and
 //! are all covered by the next single round, which flushes everything appended so far.
+//! Before leading a round, a flusher lets the tasks already ready on the shard run once,
+//! so those released by the previous round can append and join it.
 //!
 //! Space is reserved ahead of the write position with `fallocate`, so a full disk is
 //! discovered by `reserve`, before an append is accepted, rather than by a background
@@ -41,7 +43,7 @@ use std::rc::Rc;
 
 use super::config::IO_ALIGNMENT_BYTES;
 use super::file::{AlignedBuffer, DirectFile};
-use crate::shard::{spawn_detached, Notify};
+use crate::shard::{spawn_detached, yield_to_ready_tasks, Notify};
 
 /// Limits for one writer, taken from the log configuration.
 #[derive(Debug, Clone, Copy)]
@@ -126,7 +128,7 @@ impl SegmentWriter {
                     format!("segment is shorter than its logical end {end}"),
                 ));
             }
-            let mut buffer = file.alloc(limits.buffer_bytes);
+            let mut buffer = file.alloc(IO_ALIGNMENT_BYTES as usize);
             buffer.as_bytes_mut()[..tail].copy_from_slice(&block[..tail]);
             Some(buffer)
         } else {
@@ -221,10 +223,20 @@ impl SegmentWriter {
         let position = self.end();
         while !bytes.is_empty() {
             let mut state = self.shared.state.borrow_mut();
-            if state.staging.is_none() {
-                state.staging = Some(self.shared.file.alloc(buffer_bytes));
-            }
             let used = (state.end - state.staging_start) as usize;
+            let small = state
+                .staging
+                .as_ref()
+                .is_none_or(|staging| staging.len() < buffer_bytes);
+            if small {
+                // An idle log keeps only its partial last block (one small buffer); the
+                // full staging buffer is taken when appends resume.
+                let mut full = self.shared.file.alloc(buffer_bytes);
+                if let Some(partial) = state.staging.take() {
+                    full.as_bytes_mut()[..used].copy_from_slice(&partial.as_bytes()[..used]);
+                }
+                state.staging = Some(full);
+            }
             let take = bytes.len().min(buffer_bytes - used);
             let staging = state.staging.as_mut().expect("staging allocated above");
             staging.as_bytes_mut()[used..used + take].copy_from_slice(&bytes[..take]);
@@ -258,7 +270,7 @@ impl SegmentWriter {
         let tail = used % IO_ALIGNMENT_BYTES as usize;
         if tail > 0 {
             let block_start = used - tail;
-            let mut next = self.shared.file.alloc(self.shared.limits.buffer_bytes);
+            let mut next = self.shared.file.alloc(IO_ALIGNMENT_BYTES as usize);
             next.as_bytes_mut()[..tail]
                 .copy_from_slice(&buffer.as_bytes()[block_start..block_start + tail]);
             state.staging = Some(next);
@@ -315,6 +327,7 @@ impl SegmentWriter {
     /// Makes everything appended before the call durable. Concurrent calls share rounds.
     pub(crate) async fn flush(&self) -> io::Result<u64> {
         let target = self.end();
+        let mut yielded = false;
         loop {
             let listener = self.shared.changed.listen();
             let another_round_running = {
@@ -329,6 +342,13 @@ impl SegmentWriter {
             };
             if another_round_running {
                 listener.await;
+                continue;
+            }
+            if !yielded {
+                // Before leading a round, let the tasks that are ready (often the ones the
+                // previous round just released) append first, so this round covers them.
+                yielded = true;
+                yield_to_ready_tasks().await;
                 continue;
             }
             self.shared.state.borrow_mut().flushing = true;
