@@ -61,6 +61,7 @@ const IO_MEMORY_BYTES: usize = 1 << 20;
 const USAGE: &str = "usage: storage <codec|append|append-fsync|group-commit|read>";
 
 fn main() {
+    flumen::shard::tune_allocator();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = args.iter().find(|arg| !arg.starts_with('-'));
     match mode.map(String::as_str) {

@@ -331,3 +331,44 @@ fn concurrent_flushes_share_fdatasyncs() {
         assert_eq!(read_all(&log).await.len(), 200);
     });
 }
+
+#[test]
+fn sequential_reads_never_see_bytes_replaced_by_truncation() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            segment_bytes_max: 8 << 20,
+            ..small_config()
+        };
+        let (log, _) = open_uncached(dir.path(), config).await;
+        for tag in 0..400 {
+            log.append(batch(tag, 2, 3000, 0)).await.unwrap();
+        }
+        log.flush().await.unwrap();
+        // Read the first half sequentially so windows are read ahead past offset 400.
+        let mut offset = 0;
+        while offset < 400 {
+            let read = log.read(offset, 16 << 10).await.unwrap();
+            offset = read.last().unwrap().header().next_offset();
+        }
+        log.truncate_to(offset).await.unwrap();
+        for tag in 1_000..1_100 {
+            log.append(batch(tag, 2, 3000, 0)).await.unwrap();
+        }
+        log.flush().await.unwrap();
+        let read = log.read(offset, 16 << 10).await.unwrap();
+        assert_eq!(
+            tags(&read[0])[0],
+            (1_000, 0),
+            "served a window from before truncation"
+        );
+        let mut seen = Vec::new();
+        while offset < log.next_offset() {
+            let read = log.read(offset, 16 << 10).await.unwrap();
+            offset = read.last().unwrap().header().next_offset();
+            seen.extend(read.iter().flat_map(tags));
+        }
+        assert_eq!(seen.len(), 200);
+        assert!(seen.iter().all(|(tag, _)| *tag >= 1_000));
+    });
+}

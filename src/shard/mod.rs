@@ -18,6 +18,23 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+/// Keeps large I/O buffers in the allocator instead of returning them to the kernel.
+///
+/// Direct I/O buffers (staging buffers, read windows) are megabytes each. glibc serves
+/// such sizes with `mmap` and unmaps them on free, so every buffer costs fresh page
+/// faults, kernel page zeroing and an `munmap`; profiling a cold read showed more CPU
+/// there than in the reads themselves. Raising the mmap and trim thresholds makes freed
+/// buffers reusable from the heap. Call once at start-up, before the shards start.
+pub fn tune_allocator() {
+    const THRESHOLD_BYTES: libc::c_int = 64 << 20;
+    // SAFETY: `mallopt` only changes allocator parameters; it is called before the shards
+    // allocate I/O buffers, and any value is valid for these two options.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD_BYTES);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 2 * THRESHOLD_BYTES);
+    }
+}
+
 /// Runs `future` to completion in the background on the current shard.
 ///
 /// Must be called from inside a shard's executor. The task is detached: it keeps running

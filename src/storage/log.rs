@@ -28,7 +28,7 @@ use super::config::LogConfig;
 use super::error::context;
 use super::file::{self, ReadBytes};
 use super::meta::{Checkpoint, EpochEntry, PartitionMeta};
-use super::readahead::ReadAhead;
+use super::readahead::{ReadAhead, Source};
 use super::recovery::{list_segments, read_meta, recover};
 use super::segment::{segment_path, Segment, SegmentState};
 use super::writer::WriterLimits;
@@ -121,7 +121,7 @@ struct SegmentRead {
     batches: Vec<StoredBatch>,
     /// Position after the last batch examined.
     end_position: u64,
-    /// The largest single read made, the size to read ahead.
+    /// How much to read ahead: the span of this read, at least one read window.
     window_bytes: usize,
 }
 
@@ -601,8 +601,8 @@ impl Log {
             .map(|(_, segment)| Rc::clone(segment))
     }
 
-    /// A consumer read: served from the window read ahead when the previous read ended
-    /// exactly at `offset`, and followed by reading ahead the next window.
+    /// A consumer read: served from the windows read ahead when the previous read ended
+    /// exactly at `offset`, and feeding the read-ahead with where this one ended.
     async fn read_sequential(
         &self,
         segment: &Segment,
@@ -610,37 +610,28 @@ impl Log {
         offset: u64,
         max_bytes: usize,
     ) -> Result<Vec<StoredBatch>> {
-        let (position, chunk) = match self.read_ahead.take(segment.base_offset, offset).await {
-            Some((position, Ok(bytes))) => (position, Some((position, bytes))),
-            // A failed read-ahead is retried by the read itself.
-            Some((_, Err(_))) | None => (index_position, None),
-        };
-        let read = self
-            .read_segment(segment, position, offset, max_bytes, chunk)
-            .await?;
-        self.read_ahead_after(segment, &read);
-        Ok(read.batches)
-    }
-
-    /// Starts reading the next window if the read stopped inside the written data.
-    fn read_ahead_after(&self, segment: &Segment, read: &SegmentRead) {
-        let Some(last) = read.batches.last() else {
-            return;
-        };
+        // Read ahead only what is on the device: never force the staging buffer out.
         let limit = segment.writer().map_or(segment.size(), |writer| {
             writer.written_end().min(segment.size())
         });
-        if read.end_position >= limit {
-            return;
+        let source = Source {
+            file: &segment.file,
+            segment_base: segment.base_offset,
+            limit,
+        };
+        let chunk = self.read_ahead.chunk_for(&source, offset).await;
+        let position = chunk
+            .as_ref()
+            .map_or(index_position, |(position, _)| *position);
+        let read = self
+            .read_segment(segment, position, offset, max_bytes, chunk)
+            .await?;
+        if let Some(last) = read.batches.last() {
+            let next_offset = last.header().next_offset();
+            self.read_ahead
+                .after_read(&source, read.end_position, next_offset, read.window_bytes);
         }
-        let len = (read.window_bytes as u64).min(limit - read.end_position) as usize;
-        self.read_ahead.start(
-            &segment.file,
-            segment.base_offset,
-            read.end_position,
-            last.header().next_offset(),
-            len,
-        );
+        Ok(read.batches)
     }
 
     /// Reads from `position` in `segment`, skipping batches before `offset`, starting
@@ -659,7 +650,7 @@ impl Log {
         let window = max_bytes
             .min(READ_BYTES_MAX)
             .max(self.config.read_chunk_bytes);
-        let mut window_bytes = window;
+        let start_position = position;
         while position < end {
             if !batches.is_empty() && taken >= max_bytes {
                 break;
@@ -678,7 +669,6 @@ impl Log {
                 _ => {
                     // One read for this batch and the ones that fit in `max_bytes` after it.
                     let want = padded.max(window).min((end - position) as usize);
-                    window_bytes = window_bytes.max(want);
                     let bytes = self.read_bytes(segment, position, want).await?;
                     chunk = Some((position, bytes.clone()));
                     (position, bytes)
@@ -703,7 +693,8 @@ impl Log {
         Ok(SegmentRead {
             batches,
             end_position: position,
-            window_bytes,
+            // The next read will likely span as much as this one did.
+            window_bytes: window.max((position - start_position) as usize),
         })
     }
 
