@@ -34,7 +34,13 @@ impl LoopMount {
 
 impl Drop for LoopMount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mount_point).status();
+        let unmounted = Command::new("umount").arg(&self.mount_point).status();
+        if !unmounted.is_ok_and(|status| status.success()) {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.mount_point)
+                .status();
+        }
     }
 }
 

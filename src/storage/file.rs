@@ -153,6 +153,16 @@ impl DirectFile {
         result.map(ReadBytes).map_err(to_io_error)
     }
 
+    /// Closes the file now if this is the last handle to it. (A dropped handle is closed
+    /// by the executor at its next I/O cycle, which never comes if the executor is
+    /// shutting down.)
+    pub(crate) async fn close(self) -> io::Result<()> {
+        match Rc::try_unwrap(self.file) {
+            Ok(file) => file.close().await.map_err(to_io_error),
+            Err(_) => Ok(()),
+        }
+    }
+
     pub(crate) async fn fdatasync(&self) -> io::Result<()> {
         self.file.fdatasync().await.map_err(to_io_error)
     }
@@ -238,7 +248,10 @@ pub(crate) async fn read_small_file(path: &Path) -> io::Result<Option<Vec<u8>>> 
     };
     let size = file.size().await? as usize;
     let bytes = file.read_at(0, size).await?;
-    Ok(Some(bytes[..size.min(bytes.len())].to_vec()))
+    let contents = bytes[..size.min(bytes.len())].to_vec();
+    drop(bytes);
+    file.close().await?;
+    Ok(Some(contents))
 }
 
 /// Replaces `path` with `contents` atomically and durably: write a temporary file, sync
@@ -256,7 +269,7 @@ pub(crate) async fn write_file_atomically(path: &Path, contents: &[u8]) -> io::R
     file.write_all_at(buffer, 0).await?;
     file.truncate(contents.len() as u64).await?;
     file.fdatasync().await?;
-    drop(file);
+    file.close().await?;
     glommio::io::rename(&temporary, path)
         .await
         .map_err(to_io_error)?;

@@ -1109,10 +1109,24 @@ impl Log {
             };
         }
         self.write_meta().await?;
-        let mut state = self.state.borrow_mut();
-        state.closed = true;
-        state.segments.clear();
+        self.read_ahead.clear();
+        let segments = {
+            let mut state = self.state.borrow_mut();
+            state.closed = true;
+            std::mem::take(&mut state.segments)
+        };
         self.cache.unregister(self.cache_key);
+        drop(active);
+        for (_, segment) in segments {
+            if let Ok(segment) = Rc::try_unwrap(segment) {
+                let path = segment.path().to_path_buf();
+                segment
+                    .file
+                    .close()
+                    .await
+                    .map_err(|error| StorageError::io("closing", path, error))?;
+            }
+        }
         Ok(())
     }
 

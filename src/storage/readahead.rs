@@ -103,7 +103,7 @@ impl ReadAhead {
             inner.cursor.expect("checked").position
         };
         loop {
-            if let Some(chunk) = self.from_current(position) {
+            if let Some(chunk) = self.slice_of_current(position) {
                 return Some(chunk);
             }
             let pending = {
@@ -126,7 +126,7 @@ impl ReadAhead {
         }
     }
 
-    fn from_current(&self, position: u64) -> Option<(u64, ReadBytes)> {
+    fn slice_of_current(&self, position: u64) -> Option<(u64, ReadBytes)> {
         let inner = self.inner.borrow();
         let current = inner.current.as_ref()?;
         if position < current.start || position >= current.boundary {
