@@ -15,3 +15,4 @@
 //! beside `record` by the broker work.
 
 pub mod record;
+pub mod wire;

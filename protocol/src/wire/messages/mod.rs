@@ -1,0 +1,52 @@
+//! Request and response bodies, one file per API. Each is an rkyv archive in the control
+//! section of a frame; batches travel in the data section, named by [`super::DataRange`].
+//!
+//! Conventions: errors are `u16` [`super::ErrorCode`] numbers with an optional message;
+//! offsets are `u64`; timestamps are `i64` milliseconds since the Unix epoch.
+
+mod alter_configs;
+mod api_versions;
+mod create_topics;
+mod delete_topics;
+mod describe_configs;
+mod fetch;
+mod list_offsets;
+mod metadata;
+mod produce;
+
+pub use alter_configs::*;
+pub use api_versions::*;
+pub use create_topics::*;
+pub use delete_topics::*;
+pub use describe_configs::*;
+pub use fetch::*;
+pub use list_offsets::*;
+pub use metadata::*;
+pub use produce::*;
+
+/// A topic-level or partition-level outcome: an error code and an optional message.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug))]
+pub struct Outcome {
+    /// [`super::ErrorCode`] as a number; 0 is success.
+    pub error_code: u16,
+    /// Human-readable detail for errors.
+    pub message: Option<String>,
+}
+
+impl Outcome {
+    /// Success.
+    pub fn ok() -> Self {
+        Self::default()
+    }
+
+    /// An error with a message.
+    pub fn error(code: super::ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            error_code: code.as_u16(),
+            message: Some(message.into()),
+        }
+    }
+}
