@@ -1,5 +1,11 @@
-//! Shard-level primitives: what code running on one shard (one glommio executor pinned
-//! to one core) needs from its executor.
+//! Shards: one glommio executor per core, and the primitives code running on a shard
+//! needs from it.
+//!
+//! - `runtime` — the [`ShardPool`]: executors pinned to CPUs, joined by a full mesh of
+//!   bounded channels for owned messages between shards;
+//! - `placement` — which shard owns a partition ([`shard_for_partition`]);
+//! - `clock` — the [`Clock`] seam for time-based decisions;
+//! - `sync` — shard-local waiting ([`Notify`], [`LocalMutex`]).
 //!
 //! Everything here is `!Send` by design: state owned by a shard is only touched by that
 //! shard, so it uses `Rc`, `Cell` and `RefCell`, never locks or atomics. Waiting is done
@@ -9,9 +15,13 @@
 //! executor stays replaceable.
 
 mod clock;
+mod placement;
+mod runtime;
 mod sync;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use placement::shard_for_partition;
+pub use runtime::{available_cpus, Inbox, MeshSender, ShardContext, ShardPool, ShardPoolConfig};
 pub use sync::{LocalMutex, LocalMutexGuard, Notify};
 
 use std::future::Future;

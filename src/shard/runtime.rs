@@ -1,0 +1,199 @@
+//! The shard pool: one glommio executor per shard, each on its own thread pinned to its
+//! own CPU, joined by a full mesh of bounded channels.
+//!
+//! Shards share nothing. Work reaches another shard only as an owned message sent over
+//! the mesh; each channel holds at most `mesh_channel_capacity` messages, so a slow shard
+//! applies backpressure to its senders instead of letting queues grow.
+//!
+//! Lifecycle: [`ShardPool::start`] spawns the executors and runs the same async body on
+//! each with its [`ShardContext`]; [`ShardPool::join`] waits until every body returned.
+
+use std::future::Future;
+use std::io;
+use std::rc::Rc;
+
+use glommio::channels::channel_mesh::{MeshBuilder, Receivers, Senders};
+use glommio::{LocalExecutorBuilder, Placement};
+
+/// How to start the shards.
+#[derive(Debug, Clone)]
+pub struct ShardPoolConfig {
+    /// Number of shards (executors).
+    pub shards: usize,
+    /// CPUs to pin shard `i` to (`cpus[i % cpus.len()]`); empty for no pinning.
+    pub cpus: Vec<usize>,
+    /// Locked memory per shard for io_uring buffers (counts against `ulimit -l`).
+    pub io_memory_bytes: usize,
+    /// Capacity of each shard-to-shard channel, in messages.
+    pub mesh_channel_capacity: usize,
+    /// Thread name prefix.
+    pub name: String,
+}
+
+impl Default for ShardPoolConfig {
+    fn default() -> Self {
+        let cpus = available_cpus();
+        Self {
+            shards: cpus.len().max(1),
+            cpus,
+            io_memory_bytes: 1 << 20,
+            mesh_channel_capacity: 1024,
+            name: "shard".into(),
+        }
+    }
+}
+
+/// What a shard's body gets: its identity and its end of the mesh.
+pub struct ShardContext<M: Send + 'static> {
+    /// This shard's number, `0..shards`.
+    pub shard: u32,
+    /// Number of shards.
+    pub shards: u32,
+    senders: Rc<Senders<M>>,
+    receivers: Option<Receivers<M>>,
+}
+
+impl<M: Send + 'static> ShardContext<M> {
+    /// A handle for sending to other shards; cheap to clone into tasks.
+    pub fn mesh(&self) -> MeshSender<M> {
+        MeshSender {
+            shard: self.shard,
+            senders: Rc::clone(&self.senders),
+        }
+    }
+
+    /// The receiving ends, one per other shard. Can be taken once.
+    pub fn take_inboxes(&mut self) -> Vec<Inbox<M>> {
+        let Some(mut receivers) = self.receivers.take() else {
+            return Vec::new();
+        };
+        receivers
+            .streams()
+            .into_iter()
+            .map(|(peer, receiver)| Inbox {
+                from_shard: peer as u32,
+                receiver,
+            })
+            .collect()
+    }
+}
+
+/// Sends owned messages to other shards over bounded channels.
+pub struct MeshSender<M: Send + 'static> {
+    shard: u32,
+    senders: Rc<Senders<M>>,
+}
+
+impl<M: Send + 'static> Clone for MeshSender<M> {
+    fn clone(&self) -> Self {
+        Self {
+            shard: self.shard,
+            senders: Rc::clone(&self.senders),
+        }
+    }
+}
+
+impl<M: Send + 'static> MeshSender<M> {
+    /// Sends `message` to shard `to`, waiting while its channel is full. Gives the message
+    /// back if the receiving shard has stopped.
+    pub async fn send(&self, to: u32, message: M) -> Result<(), M> {
+        assert_ne!(to, self.shard, "a shard does not send to itself");
+        self.senders
+            .send_to(to as usize, message)
+            .await
+            .map_err(|error| match error {
+                glommio::GlommioError::Closed(glommio::ResourceType::Channel(message))
+                | glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(message)) => {
+                    message
+                }
+                other => panic!("unexpected mesh send error: {other}"),
+            })
+    }
+}
+
+/// Messages from one other shard.
+pub struct Inbox<M: Send + 'static> {
+    /// The sending shard.
+    pub from_shard: u32,
+    receiver: glommio::channels::shared_channel::ConnectedReceiver<M>,
+}
+
+impl<M: Send + 'static> Inbox<M> {
+    /// The next message, or `None` once the sender is gone.
+    pub async fn recv(&self) -> Option<M> {
+        self.receiver.recv().await
+    }
+}
+
+/// The running shards.
+pub struct ShardPool {
+    handles: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl ShardPool {
+    /// Starts `config.shards` executors and runs `body` on each.
+    pub fn start<M, F, Fut>(config: &ShardPoolConfig, body: F) -> io::Result<Self>
+    where
+        M: Send + 'static,
+        F: Fn(ShardContext<M>) -> Fut + Send + Clone + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        assert!(config.shards > 0, "at least one shard");
+        let mesh = MeshBuilder::<M, _>::full(config.shards, config.mesh_channel_capacity);
+        let mut handles = Vec::with_capacity(config.shards);
+        // Executors are spawned in shard order; the mesh numbers peers by executor id, which
+        // grows in spawn order, so peer `i` is shard `i` (checked on join).
+        for shard in 0..config.shards {
+            let placement = match config.cpus.is_empty() {
+                true => Placement::Unbound,
+                false => Placement::Fixed(config.cpus[shard % config.cpus.len()]),
+            };
+            let mesh = mesh.clone();
+            let body = body.clone();
+            let shards = config.shards as u32;
+            let handle = LocalExecutorBuilder::new(placement)
+                .name(&format!("{}-{shard}", config.name))
+                .io_memory(config.io_memory_bytes)
+                .spawn(move || async move {
+                    let (senders, receivers) = mesh.join().await.expect("joins the shard mesh");
+                    assert_eq!(senders.peer_id(), shard, "mesh peer ids follow shard order");
+                    body(ShardContext {
+                        shard: shard as u32,
+                        shards,
+                        senders: Rc::new(senders),
+                        receivers: Some(receivers),
+                    })
+                    .await;
+                })
+                .map_err(io::Error::from)?;
+            handles.push(handle);
+        }
+        Ok(Self { handles })
+    }
+
+    /// Waits for every shard's body to return. A panicking shard is reported as an error.
+    pub fn join(self) -> io::Result<()> {
+        for handle in self.handles {
+            handle
+                .join()
+                .map_err(|error| io::Error::other(format!("a shard failed: {error:?}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// The CPUs this process may run on (its affinity mask), in ascending order.
+pub fn available_cpus() -> Vec<usize> {
+    // SAFETY: `cpu_set_t` is plain data; zeroed is a valid empty set, and
+    // `sched_getaffinity` writes at most `size_of::<cpu_set_t>()` bytes into it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: `set` is a valid, writable `cpu_set_t` of `size` bytes; pid 0 is this thread.
+    if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
+        return vec![0];
+    }
+    // SAFETY: `CPU_ISSET` reads the initialised set for indices below `CPU_SETSIZE`.
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect()
+}
