@@ -62,6 +62,45 @@ pub async fn yield_now() {
     glommio::yield_if_needed().await;
 }
 
+/// Waits for `duration` without blocking the shard.
+pub async fn sleep(duration: std::time::Duration) {
+    glommio::timer::sleep(duration).await;
+}
+
+/// Runs `future` until it completes or `deadline` passes, whichever comes first; `None`
+/// on timeout (the future is dropped).
+pub async fn with_deadline<F: Future>(
+    future: F,
+    deadline: std::time::Instant,
+) -> Option<F::Output> {
+    let timer =
+        glommio::timer::Timer::new(deadline.saturating_duration_since(std::time::Instant::now()));
+    Race {
+        future: Box::pin(future),
+        timer,
+    }
+    .await
+}
+
+struct Race<F: Future> {
+    future: Pin<Box<F>>,
+    timer: glommio::timer::Timer,
+}
+
+impl<F: Future> Future for Race<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(output) = self.future.as_mut().poll(context) {
+            return Poll::Ready(Some(output));
+        }
+        match Pin::new(&mut self.timer).poll(context) {
+            Poll::Ready(_) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 /// Lets every task that is ready now run before this one continues. Used where waiting
 /// a moment lets more work join a batch (group commit), never for correctness.
 pub async fn yield_to_ready_tasks() {

@@ -50,6 +50,37 @@ pub struct AppendInfo {
     pub last_offset: u64,
 }
 
+/// A batch that passed full validation (header, CRC, padding, records) and may be
+/// appended without checking it again.
+#[derive(Debug)]
+pub struct ValidatedBatch {
+    bytes: BytesMut,
+    header: BatchHeader,
+}
+
+impl ValidatedBatch {
+    /// Validates `bytes`: exactly one padded batch.
+    pub fn new(bytes: BytesMut) -> Result<Self> {
+        let header = *BatchView::validate(&bytes)?.header();
+        Ok(Self { bytes, header })
+    }
+
+    /// The batch header.
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
+
+    /// Length including padding.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Always false: a batch has a header.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
 /// A batch returned by a read: validated, with offsets assigned, read in place.
 #[derive(Debug, Clone)]
 pub struct StoredBatch {
@@ -135,7 +166,7 @@ struct Recovered {
 /// One partition's log. See the module documentation.
 pub struct Log {
     dir: PathBuf,
-    config: LogConfig,
+    config: RefCell<LogConfig>,
     clock: Rc<dyn Clock>,
     cache: Rc<TailCache>,
     cache_key: CacheKey,
@@ -218,7 +249,7 @@ impl Log {
         let cache_key = cache.register();
         Self {
             dir: dir.to_path_buf(),
-            config,
+            config: RefCell::new(config),
             clock,
             cache,
             cache_key,
@@ -277,9 +308,9 @@ impl Log {
 
     fn writer_limits(&self) -> WriterLimits {
         WriterLimits {
-            buffer_bytes: self.config.write_buffer_bytes,
-            in_flight_max: self.config.writes_in_flight_max,
-            preallocate_bytes: self.config.preallocate_bytes,
+            buffer_bytes: self.config().write_buffer_bytes,
+            in_flight_max: self.config().writes_in_flight_max,
+            preallocate_bytes: self.config().preallocate_bytes,
         }
     }
 
@@ -300,8 +331,16 @@ impl Log {
     }
 
     /// The configuration in force.
-    pub fn config(&self) -> &LogConfig {
-        &self.config
+    pub fn config(&self) -> std::cell::Ref<'_, LogConfig> {
+        self.config.borrow()
+    }
+
+    /// Replaces the configuration (a topic's configs changed). Limits apply from the next
+    /// append, roll or retention pass; existing segments are not rewritten.
+    pub fn reconfigure(&self, config: LogConfig) -> Result<()> {
+        config.validate()?;
+        *self.config.borrow_mut() = config;
+        Ok(())
     }
 
     /// First offset still in the log.
@@ -367,14 +406,23 @@ impl Log {
     /// Validates `batch` (header, CRC, records), assigns its offsets and leader epoch, and
     /// appends it. Invalid or oversized batches are rejected with nothing written; a full
     /// disk is reported before anything changes.
-    pub async fn append(&self, mut batch: BytesMut) -> Result<AppendInfo> {
-        if batch.len() > self.config.batch_bytes_max {
+    pub async fn append(&self, batch: BytesMut) -> Result<AppendInfo> {
+        self.append_validated(ValidatedBatch::new(batch)?).await
+    }
+
+    /// Appends a batch validated by [`ValidatedBatch::new`] (callers that validate a group
+    /// of batches before appending any of them). Oversized batches are rejected.
+    pub async fn append_validated(&self, batch: ValidatedBatch) -> Result<AppendInfo> {
+        let ValidatedBatch {
+            bytes: mut batch,
+            header,
+        } = batch;
+        if batch.len() > self.config().batch_bytes_max {
             return Err(StorageError::BatchTooLarge {
                 length_bytes: batch.len(),
-                limit_bytes: self.config.batch_bytes_max,
+                limit_bytes: self.config().batch_bytes_max,
             });
         }
-        let header = *BatchView::validate(&batch)?.header();
         let _guard = self.append_lock.lock().await;
         self.check_open()?;
         let segment = self
@@ -415,7 +463,7 @@ impl Log {
                 position,
                 padded,
                 header.max_timestamp,
-                self.config.index_interval_bytes,
+                self.config().index_interval_bytes,
             );
             segment_state.size += padded;
             segment_state.next_offset = last_offset + 1;
@@ -441,10 +489,10 @@ impl Log {
         let active = self.active_segment();
         let now = self.clock.now_ms();
         let (size, next_offset) = (active.size(), active.next_offset());
-        let too_big = size > 0 && size + len as u64 > self.config.segment_bytes_max;
+        let too_big = size > 0 && size + len as u64 > self.config().segment_bytes_max;
         let too_old = size > 0
             && self
-                .config
+                .config()
                 .segment_age_ms_max
                 .is_some_and(|age| now - active.created_ms >= age);
         let offsets_full =
@@ -649,7 +697,7 @@ impl Log {
         let mut taken = 0usize;
         let window = max_bytes
             .min(READ_BYTES_MAX)
-            .max(self.config.read_chunk_bytes);
+            .max(self.config().read_chunk_bytes);
         let start_position = position;
         while position < end {
             if !batches.is_empty() && taken >= max_bytes {
@@ -817,11 +865,11 @@ impl Log {
             };
             let Some(oldest) = candidate else { break };
             let over_size = self
-                .config
+                .config()
                 .retention_bytes
                 .is_some_and(|limit| total - oldest.size() >= limit);
             let expired = self
-                .config
+                .config()
                 .retention_ms
                 .is_some_and(|limit| oldest.state().max_timestamp < now - limit);
             if !over_size && !expired {
@@ -961,7 +1009,7 @@ impl Log {
                 state.size,
                 padded,
                 header.max_timestamp,
-                self.config.index_interval_bytes,
+                self.config().index_interval_bytes,
             );
             state.size += padded;
             state.next_offset = header.next_offset();
@@ -972,7 +1020,7 @@ impl Log {
 
     /// Bytes after a sparse index entry within which the batch sought is sure to start.
     fn scan_window_bytes(&self) -> usize {
-        self.config.index_interval_bytes as usize + self.config.batch_bytes_max
+        self.config().index_interval_bytes as usize + self.config().batch_bytes_max
     }
 
     /// Shrinks `segment` to `cut` on disk and in memory and makes it the active segment.

@@ -33,5 +33,9 @@ pub use cache::{CacheStats, TailCache};
 pub use config::{LogConfig, IO_ALIGNMENT_BYTES};
 pub use error::{Result, StorageError};
 pub use file::ReadBytes;
-pub use log::{AppendInfo, Log, RecoveryReport, RetentionReport, StoredBatch};
+pub use log::{AppendInfo, Log, RecoveryReport, RetentionReport, StoredBatch, ValidatedBatch};
 pub use meta::EpochEntry;
+
+/// Small metadata files written atomically (write, sync, rename, sync directory) through
+/// the same direct-I/O adapter, for the layers above.
+pub(crate) use file::{read_small_file, write_file_atomically};
