@@ -18,5 +18,6 @@
 
 pub mod cluster;
 pub mod partition;
+pub mod server;
 pub mod shard;
 pub mod storage;

@@ -75,30 +75,44 @@ pub async fn with_deadline<F: Future>(
 ) -> Option<F::Output> {
     let timer =
         glommio::timer::Timer::new(deadline.saturating_duration_since(std::time::Instant::now()));
+    until(future, timer).await
+}
+
+/// Runs `future` until it completes or `stop` completes first; `None` if stopped (the
+/// future is dropped).
+pub async fn until<F: Future, S: Future>(future: F, stop: S) -> Option<F::Output> {
     Race {
         future: Box::pin(future),
-        timer,
+        stop: Box::pin(stop),
     }
     .await
 }
 
-struct Race<F: Future> {
+struct Race<F: Future, S: Future> {
     future: Pin<Box<F>>,
-    timer: glommio::timer::Timer,
+    stop: Pin<Box<S>>,
 }
 
-impl<F: Future> Future for Race<F> {
+impl<F: Future, S: Future> Future for Race<F, S> {
     type Output = Option<F::Output>;
 
     fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
         if let Poll::Ready(output) = self.future.as_mut().poll(context) {
             return Poll::Ready(Some(output));
         }
-        match Pin::new(&mut self.timer).poll(context) {
+        match self.stop.as_mut().poll(context) {
             Poll::Ready(_) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
     }
+}
+
+/// A task running on this shard; awaiting it gives its output, dropping it cancels it.
+pub type Task<T> = glommio::Task<T>;
+
+/// Starts `future` as a task on this shard.
+pub fn spawn<T: 'static>(future: impl Future<Output = T> + 'static) -> Task<T> {
+    glommio::spawn_local(future)
 }
 
 /// Lets every task that is ready now run before this one continues. Used where waiting

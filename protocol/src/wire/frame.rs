@@ -78,6 +78,32 @@ pub fn frame_length(prefix: [u8; 4], limit_bytes: usize) -> Result<usize, FrameE
     Ok(length)
 }
 
+/// A zeroed, 16-byte-aligned buffer to receive a frame into, so its sections can be read
+/// in place.
+#[derive(Debug, Clone, Default)]
+pub struct FrameBuffer {
+    bytes: AlignedVec<FRAME_ALIGNMENT_BYTES>,
+}
+
+impl FrameBuffer {
+    /// `len` zero bytes.
+    pub fn zeroed(len: usize) -> Self {
+        let mut bytes = AlignedVec::<FRAME_ALIGNMENT_BYTES>::with_capacity(len);
+        bytes.resize(len, 0);
+        Self { bytes }
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        self.bytes.as_slice()
+    }
+
+    /// The bytes, writable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        self.bytes.as_mut_slice()
+    }
+}
+
 /// Where a run of batches lies inside a frame's data section.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
@@ -333,12 +359,46 @@ fn sections(
     ))
 }
 
-/// Encodes a control message as an rkyv archive.
-pub fn encode_control<T>(value: &T) -> AlignedVec
-where
-    T: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
+/// A type that can travel as a frame's control part: every request and response body.
+/// (A named bound, so code that encodes messages need not name rkyv.)
+pub trait ControlMessage:
+    rkyv::Archive<Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>>
+    + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>
 {
+}
+
+impl<T> ControlMessage for T where
+    T: rkyv::Archive<Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>>
+        + for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>
+{
+}
+
+/// Encodes a control message as an rkyv archive.
+pub fn encode_control<T: ControlMessage>(value: &T) -> AlignedVec {
     rkyv::to_bytes::<rancor::Error>(value).expect("serialising into memory cannot fail")
+}
+
+/// An archived message that can be turned back into its owned form `T`.
+pub trait Deserialize<T>:
+    rkyv::Deserialize<T, rancor::Strategy<rkyv::de::Pool, rancor::Error>>
+{
+}
+
+impl<A, T> Deserialize<T> for A where
+    A: rkyv::Deserialize<T, rancor::Strategy<rkyv::de::Pool, rancor::Error>>
+{
+}
+
+/// Validates a control archive and returns an owned copy of the message (for clients,
+/// which keep responses beyond the frame buffer's life).
+pub fn decode_owned<T>(control: &[u8]) -> Result<T, FrameError>
+where
+    T: ControlMessage,
+    T::Archived: Deserialize<T>,
+{
+    let archived = decode_control::<T>(control)?;
+    rkyv::deserialize::<T, rancor::Error>(archived)
+        .map_err(|error| FrameError::InvalidControl(error.to_string()))
 }
 
 /// Validates a control archive (rkyv bytecheck) and returns a view of it. The slice must

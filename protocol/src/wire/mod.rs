@@ -37,9 +37,10 @@ mod tests;
 
 pub use error_code::ErrorCode;
 pub use frame::{
-    decode_control, encode_control, frame_length, DataRange, FrameError, RequestFrame,
-    RequestHeader, ResponseFrame, ResponseHeader, FRAME_ALIGNMENT_BYTES, FRAME_BYTES_MAX_DEFAULT,
-    REQUEST_HEADER_BYTES, RESPONSE_HEADER_BYTES,
+    decode_control, decode_owned, encode_control, frame_length, ControlMessage, DataRange,
+    Deserialize, FrameBuffer, FrameError, RequestFrame, RequestHeader, ResponseFrame,
+    ResponseHeader, FRAME_ALIGNMENT_BYTES, FRAME_BYTES_MAX_DEFAULT, REQUEST_HEADER_BYTES,
+    RESPONSE_HEADER_BYTES,
 };
 
 /// The APIs of the native protocol. Numbers are stable and never reused.

@@ -45,6 +45,12 @@ pub struct ListOffsetsPartitionResult {
     pub outcome: Outcome,
     /// The offset found; for a time after every record, the log end.
     pub offset: u64,
+    /// The partition's first offset.
+    pub log_start_offset: u64,
+    /// The partition's end: the offset the next record will get.
+    pub log_end_offset: u64,
+    /// Bytes the partition occupies on disk.
+    pub size_bytes: u64,
 }
 
 /// One topic's results.

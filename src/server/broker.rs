@@ -1,0 +1,420 @@
+//! Starting and stopping a broker: checks with clear advice, one shard per core, the
+//! listeners, retention, and a graceful shutdown that flushes every partition.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use glommio::net::TcpListener;
+
+use super::config::BrokerConfig;
+use super::connection::serve;
+use super::mesh::MeshMessage;
+use super::state::{load_catalog, ShardState};
+use crate::shard::{
+    available_cpus, sleep, spawn, spawn_detached, until, ShardContext, ShardPool, ShardPoolConfig,
+    SystemClock,
+};
+
+/// What the broker reports once every shard is serving.
+#[derive(Debug, Clone)]
+pub struct StartupSummary {
+    /// Number of shards.
+    pub shards: usize,
+    /// CPUs the shards are pinned to.
+    pub cpus: Vec<usize>,
+    /// The shared address.
+    pub listen: SocketAddr,
+    /// Each shard's own port.
+    pub shard_ports: Vec<u16>,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Partitions opened (recovered).
+    pub partitions: usize,
+    /// Bytes recovery cut from damaged or torn log tails.
+    pub bytes_cut: u64,
+}
+
+/// Why a broker could not start; the message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The configuration is inconsistent.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The listen address is taken.
+    #[error("{addr} is already in use: stop the other process or choose another --listen address")]
+    PortInUse {
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The data directory cannot be written.
+    #[error(
+        "data directory {path} is not writable ({reason}): create it or choose another --data-dir"
+    )]
+    DataDirNotWritable {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The locked-memory limit is below what the shards need.
+    #[error(
+        "locked memory limit (ulimit -l) is {limit_bytes} bytes but {needed_bytes} are needed for \
+         {shards} shards: raise it (ulimit -l, or LimitMEMLOCK= in a systemd unit) or use fewer --shards"
+    )]
+    MemlockTooLow {
+        /// The current limit.
+        limit_bytes: u64,
+        /// What the shards need.
+        needed_bytes: u64,
+        /// Shards requested.
+        shards: usize,
+    },
+    /// io_uring cannot be used here.
+    #[error(
+        "cannot start the io_uring executors ({0}): Flumen needs Linux 5.8+ with io_uring enabled; \
+         containers may block it (seccomp): allow io_uring_setup/io_uring_enter"
+    )]
+    IoUringUnavailable(String),
+    /// A shard failed while starting.
+    #[error("a shard failed to start: {0}")]
+    Shard(String),
+}
+
+/// A running broker.
+pub struct BrokerHandle {
+    stop: Arc<AtomicBool>,
+    pool: Option<ShardPool>,
+    summary: StartupSummary,
+}
+
+impl BrokerHandle {
+    /// What started.
+    pub fn summary(&self) -> &StartupSummary {
+        &self.summary
+    }
+
+    /// Asks every shard to stop: stop accepting, finish in-flight requests, flush and
+    /// close every partition.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// A flag that stops the broker when set (for signal handlers).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.stop)
+    }
+
+    /// Waits until every shard stopped.
+    pub fn join(mut self) -> std::io::Result<()> {
+        self.pool.take().map_or(Ok(()), ShardPool::join)
+    }
+}
+
+impl Drop for BrokerHandle {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            self.stop.store(true, Ordering::SeqCst);
+            let _ = pool.join();
+        }
+    }
+}
+
+/// Resolved addresses: the shared port and each shard's port.
+struct Ports {
+    listen: SocketAddr,
+    shards: Vec<u16>,
+}
+
+/// Starts a broker and returns once every shard serves (or the first failure).
+pub fn run_broker(config: BrokerConfig) -> Result<BrokerHandle, StartupError> {
+    config.validate().map_err(StartupError::Config)?;
+    check_data_dir(&config)?;
+    check_memlock(&config)?;
+    let ports = resolve_ports(&config)?;
+    let cpus = available_cpus();
+    let pool_config = ShardPoolConfig {
+        shards: config.shards,
+        cpus: cpus.clone(),
+        io_memory_bytes: config.io_memory_bytes,
+        mesh_channel_capacity: 1024,
+        name: "flumen-shard".into(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready, readiness) = mpsc::channel::<Result<(usize, u64), String>>();
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        listen: ports.listen,
+        shard_ports: ports.shards.clone(),
+        stop: Arc::clone(&stop),
+        drained: AtomicUsize::new(0),
+        closed: AtomicUsize::new(0),
+    });
+    let pool = ShardPool::start::<MeshMessage, _, _>(&pool_config, move |context| {
+        run_shard(context, Arc::clone(&shared), ready.clone())
+    })
+    .map_err(|error| StartupError::IoUringUnavailable(error.to_string()))?;
+    let mut handle = BrokerHandle {
+        stop,
+        pool: Some(pool),
+        summary: StartupSummary {
+            shards: config.shards,
+            cpus: cpus.into_iter().take(config.shards).collect(),
+            listen: ports.listen,
+            shard_ports: ports.shards,
+            data_dir: config.data_dir.clone(),
+            partitions: 0,
+            bytes_cut: 0,
+        },
+    };
+    for _ in 0..config.shards {
+        match readiness.recv() {
+            Ok(Ok((partitions, bytes_cut))) => {
+                handle.summary.partitions += partitions;
+                handle.summary.bytes_cut += bytes_cut;
+            }
+            Ok(Err(reason)) => {
+                handle.shutdown();
+                return Err(StartupError::Shard(reason));
+            }
+            Err(_) => return Err(StartupError::Shard("a shard exited while starting".into())),
+        }
+    }
+    Ok(handle)
+}
+
+/// What every shard shares: configuration and the stop and shutdown barriers (control
+/// path only).
+struct Shared {
+    config: BrokerConfig,
+    listen: SocketAddr,
+    shard_ports: Vec<u16>,
+    stop: Arc<AtomicBool>,
+    drained: AtomicUsize,
+    closed: AtomicUsize,
+}
+
+async fn run_shard(
+    mut context: ShardContext<MeshMessage>,
+    shared: Arc<Shared>,
+    ready: mpsc::Sender<Result<(usize, u64), String>>,
+) {
+    let config = Rc::new(shared.config.clone());
+    let catalog = match load_catalog(&config).await {
+        Ok(catalog) => catalog,
+        Err(error) => {
+            let _ = ready.send(Err(format!("cannot load the topic catalog: {error}")));
+            return;
+        }
+    };
+    let state = Rc::new(ShardState::new(
+        context.shard,
+        context.shards,
+        Rc::clone(&config),
+        Rc::new(SystemClock),
+        context.mesh(),
+        catalog,
+        shared.listen.port(),
+        shared.shard_ports.clone(),
+    ));
+    for inbox in context.take_inboxes() {
+        spawn_detached(Rc::clone(&state).run_inbox(inbox));
+    }
+    let (mut partitions, mut bytes_cut) = (0, 0);
+    for topic in state.catalog().topics() {
+        let (cut, opened) = state.open_topic(&topic.name).await;
+        bytes_cut += cut;
+        partitions += opened;
+    }
+    let own = SocketAddr::new(
+        shared.listen.ip(),
+        shared.shard_ports[context.shard as usize],
+    );
+    let listeners = match (TcpListener::bind(shared.listen), TcpListener::bind(own)) {
+        (Ok(common), Ok(own)) => [common, own],
+        (Err(error), _) | (_, Err(error)) => {
+            let _ = ready.send(Err(format!("cannot listen: {error}")));
+            return;
+        }
+    };
+    let _ = ready.send(Ok((partitions, bytes_cut)));
+    serve_until_stopped(&state, listeners, &shared).await;
+}
+
+async fn serve_until_stopped(state: &Rc<ShardState>, listeners: [TcpListener; 2], shared: &Shared) {
+    let connections = Rc::new(std::cell::Cell::new(0usize));
+    let acceptors: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| {
+            spawn(accept_loop(
+                Rc::clone(state),
+                listener,
+                Rc::clone(&connections),
+            ))
+        })
+        .collect();
+    let retention = spawn(retention_loop(Rc::clone(state)));
+    while !shared.stop.load(Ordering::SeqCst) {
+        sleep(Duration::from_millis(20)).await;
+    }
+    state.shutting_down.set(true);
+    state.shutdown.notify_all();
+    for acceptor in acceptors {
+        acceptor.await;
+    }
+    drop(retention);
+    // Let connections finish their in-flight requests (they may need other shards, so
+    // every shard keeps serving the mesh until all have drained).
+    while connections.get() > 0 {
+        sleep(Duration::from_millis(5)).await;
+    }
+    barrier(&shared.drained, state.shards).await;
+    let closed = state.close_partitions().await;
+    tracing::info!(shard = state.shard, partitions = closed, "shard stopped");
+    barrier(&shared.closed, state.shards).await;
+}
+
+/// Waits until `shards` shards reached this point (shutdown only, so polling is fine).
+async fn barrier(counter: &AtomicUsize, shards: u32) {
+    counter.fetch_add(1, Ordering::SeqCst);
+    while counter.load(Ordering::SeqCst) < shards as usize {
+        sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn accept_loop(
+    state: Rc<ShardState>,
+    listener: TcpListener,
+    connections: Rc<std::cell::Cell<usize>>,
+) {
+    loop {
+        let accepted = until(listener.accept(), state.shutdown.listen()).await;
+        let stream = match accepted {
+            None => return,
+            Some(Ok(stream)) => stream,
+            Some(Err(error)) => {
+                tracing::warn!(%error, "accept failed");
+                sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if connections.get() >= state.config.connections_max_per_shard {
+            tracing::warn!("connection limit reached; closing a new connection");
+            drop(stream);
+            continue;
+        }
+        let peer = stream
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        connections.set(connections.get() + 1);
+        let (state, connections) = (Rc::clone(&state), Rc::clone(&connections));
+        spawn_detached(async move {
+            serve(state, stream, peer).await;
+            connections.set(connections.get() - 1);
+        });
+    }
+}
+
+async fn retention_loop(state: Rc<ShardState>) {
+    let interval = Duration::from_millis(state.config.retention_check_interval_ms.max(10));
+    loop {
+        sleep(interval).await;
+        for partition in state.local_partitions() {
+            if let Err(error) = partition.log().apply_retention().await {
+                tracing::error!(?partition, %error, "retention failed");
+            }
+        }
+    }
+}
+
+fn check_data_dir(config: &BrokerConfig) -> Result<(), StartupError> {
+    let not_writable = |reason: String| StartupError::DataDirNotWritable {
+        path: config.data_dir.clone(),
+        reason,
+    };
+    std::fs::create_dir_all(&config.data_dir).map_err(|error| not_writable(error.to_string()))?;
+    let probe = config.data_dir.join(".write-probe.tmp");
+    std::fs::write(&probe, b"ok").map_err(|error| not_writable(error.to_string()))?;
+    let _ = std::fs::remove_file(probe);
+    let trash = config.data_dir.join(".trash");
+    if trash.exists() {
+        let _ = std::fs::remove_dir_all(trash);
+    }
+    Ok(())
+}
+
+fn check_memlock(config: &BrokerConfig) -> Result<(), StartupError> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid `rlimit` to write into.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
+        return Ok(());
+    }
+    let needed = (config.io_memory_bytes * config.shards) as u64;
+    if limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < needed {
+        return Err(StartupError::MemlockTooLow {
+            limit_bytes: limit.rlim_cur,
+            needed_bytes: needed,
+            shards: config.shards,
+        });
+    }
+    Ok(())
+}
+
+/// Checks the shared address is free and picks ports: `port 0` means ephemeral (tests
+/// and embedded brokers); shard ports default to the shared port + 1 + shard.
+fn resolve_ports(config: &BrokerConfig) -> Result<Ports, StartupError> {
+    let probe = StdListener::bind(config.listen).map_err(|error| match error.kind() {
+        std::io::ErrorKind::AddrInUse => StartupError::PortInUse {
+            addr: config.listen,
+        },
+        _ => StartupError::Listen {
+            addr: config.listen,
+            reason: error.to_string(),
+        },
+    })?;
+    let listen = probe.local_addr().map_err(|error| StartupError::Listen {
+        addr: config.listen,
+        reason: error.to_string(),
+    })?;
+    drop(probe);
+    let shards = (0..config.shards)
+        .map(|shard| shard_port(config, listen, shard))
+        .collect::<Result<_, _>>()?;
+    Ok(Ports { listen, shards })
+}
+
+fn shard_port(
+    config: &BrokerConfig,
+    listen: SocketAddr,
+    shard: usize,
+) -> Result<u16, StartupError> {
+    let fixed = match (config.shard_port_base, config.listen.port()) {
+        (0, 0) => None,
+        (0, port) => Some(port as usize + 1 + shard),
+        (base, _) => Some(base as usize + shard),
+    };
+    let addr = SocketAddr::new(listen.ip(), fixed.unwrap_or(0).min(65_535) as u16);
+    let probe = StdListener::bind(addr).map_err(|error| match error.kind() {
+        std::io::ErrorKind::AddrInUse => StartupError::PortInUse { addr },
+        _ => StartupError::Listen {
+            addr,
+            reason: error.to_string(),
+        },
+    })?;
+    let port = probe.local_addr().map(|addr| addr.port()).unwrap_or(0);
+    Ok(port)
+}

@@ -1,0 +1,91 @@
+//! The broker's configuration: every option with its default, checked as a whole.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use flumen_protocol::wire::FRAME_BYTES_MAX_DEFAULT;
+
+use crate::storage::LogConfig;
+
+/// Everything a broker needs to start. `docs/OPERATIONS.md` lists every option.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Where partitions and metadata live.
+    pub data_dir: PathBuf,
+    /// The shared address every shard accepts on (SO_REUSEPORT).
+    pub listen: SocketAddr,
+    /// Shard `i` also listens on `shard_port_base + i`; 0 picks ports automatically.
+    pub shard_port_base: u16,
+    /// Host announced to clients in Metadata (default: the listen address's IP).
+    pub advertised_host: Option<String>,
+    /// This broker's id.
+    pub broker_id: u32,
+    /// Number of shards; default: one per CPU the process may run on.
+    pub shards: usize,
+    /// Locked io_uring buffer memory per shard.
+    pub io_memory_bytes: usize,
+    /// Tail cache budget per shard.
+    pub cache_bytes_per_shard: u64,
+    /// Largest frame accepted.
+    pub frame_bytes_max: usize,
+    /// Connections accepted per shard; more are closed at once.
+    pub connections_max_per_shard: usize,
+    /// Request bytes a connection may have in flight before the broker stops reading it.
+    pub in_flight_bytes_per_connection: usize,
+    /// Requests a connection may have in flight.
+    pub in_flight_requests_per_connection: usize,
+    /// Defaults for every partition's log (topic configs override them).
+    pub log: LogConfig,
+    /// How often retention runs, in milliseconds.
+    pub retention_check_interval_ms: u64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("flumen-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 9292)),
+            shard_port_base: 0,
+            advertised_host: None,
+            broker_id: 0,
+            shards: crate::shard::available_cpus().len().max(1),
+            io_memory_bytes: 1 << 20,
+            cache_bytes_per_shard: 256 << 20,
+            frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
+            connections_max_per_shard: 10_000,
+            in_flight_bytes_per_connection: 64 << 20,
+            in_flight_requests_per_connection: 64,
+            log: LogConfig::default(),
+            retention_check_interval_ms: 60_000,
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Checks the options against each other.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.shards == 0 || self.shards > 1024 {
+            return Err("shards must be between 1 and 1024".into());
+        }
+        if self.frame_bytes_max < 1 << 16 {
+            return Err("frame_bytes_max must be at least 64 KiB".into());
+        }
+        if self.frame_bytes_max < self.log.batch_bytes_max + (64 << 10) {
+            return Err("frame_bytes_max must exceed the largest batch by 64 KiB".into());
+        }
+        if self.in_flight_bytes_per_connection < self.frame_bytes_max {
+            return Err("in_flight_bytes_per_connection must hold one largest frame".into());
+        }
+        if self.in_flight_requests_per_connection == 0 || self.connections_max_per_shard == 0 {
+            return Err("connection limits must be positive".into());
+        }
+        self.log.validate().map_err(|error| error.to_string())
+    }
+
+    /// The host announced to clients.
+    pub fn advertised_host(&self) -> String {
+        self.advertised_host
+            .clone()
+            .unwrap_or_else(|| self.listen.ip().to_string())
+    }
+}

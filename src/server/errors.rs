@@ -1,0 +1,43 @@
+//! The one place where internal errors become wire error codes.
+
+use flumen_protocol::wire::ErrorCode;
+
+use crate::cluster::CatalogError;
+use crate::storage::StorageError;
+
+/// A wire error code with a message for the client.
+pub(crate) type WireError = (ErrorCode, String);
+
+pub(crate) fn from_storage(error: &StorageError) -> WireError {
+    let code = match error {
+        StorageError::InvalidBatch(_) => ErrorCode::CorruptBatch,
+        StorageError::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
+        StorageError::DiskFull { .. } => ErrorCode::DiskFull,
+        StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+        StorageError::Corrupt { .. } => ErrorCode::CorruptStoredData,
+        StorageError::Closed(_) => ErrorCode::BrokerShuttingDown,
+        StorageError::InvalidConfig(_) => ErrorCode::InvalidConfig,
+        StorageError::Io { .. }
+        | StorageError::Poisoned { .. }
+        | StorageError::StaleEpoch { .. } => ErrorCode::StorageError,
+    };
+    if code == ErrorCode::StorageError || code == ErrorCode::CorruptStoredData {
+        tracing::error!(%error, "storage error answered to a client");
+    }
+    (code, error.to_string())
+}
+
+pub(crate) fn from_catalog(error: &CatalogError) -> WireError {
+    let code = match error {
+        CatalogError::TopicExists(_) => ErrorCode::TopicAlreadyExists,
+        CatalogError::UnknownTopic(_) => ErrorCode::UnknownTopic,
+        CatalogError::InvalidName { .. } => ErrorCode::InvalidTopicName,
+        CatalogError::ReservedName(_) => ErrorCode::ReservedTopicName,
+        CatalogError::InvalidPartitions(_) => ErrorCode::InvalidPartitions,
+        CatalogError::InvalidReplicationFactor(_) => ErrorCode::InvalidReplicationFactor,
+        CatalogError::InvalidConfig(_) => ErrorCode::InvalidConfig,
+        CatalogError::Storage(inner) => return from_storage(inner),
+        CatalogError::Corrupt { .. } => ErrorCode::StorageError,
+    };
+    (code, error.to_string())
+}

@@ -1,0 +1,206 @@
+//! Fetch: reads every requested partition (on its owning shard, concurrently), and if
+//! fewer than `min_bytes` came back, waits until any of them receives data or
+//! `max_wait_ms` passes, then reads once more.
+//!
+//! Limits: each partition returns at most `partition_max_bytes` and the response at most
+//! `max_bytes`, except that the first batch found is always returned whole so a consumer
+//! can get past a batch larger than its limits. Batches are written to the socket from
+//! the cache's or the read's buffers; nothing is copied on the owning shard.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use flumen_protocol::wire::messages::{
+    FetchPartitionResult, FetchRequest, FetchResponse, FetchTopicResult, Outcome,
+};
+use flumen_protocol::wire::{decode_control, DataRange, ErrorCode, FrameError};
+
+use super::{encode, DataPart, Response};
+use crate::server::errors::WireError;
+use crate::server::mesh::{FetchResult, PartitionOp};
+use crate::server::state::{FetchedBatches, Outcome as ShardOutcome, ShardState};
+use crate::shard::{spawn, with_deadline, Notify};
+
+/// Longest wait a fetch may ask for.
+const MAX_WAIT_MS_LIMIT: u32 = 60_000;
+
+struct Wanted {
+    topic: usize,
+    name: String,
+    partition: u32,
+    offset: u64,
+    max_bytes: usize,
+}
+
+type PartitionFetch = Result<FetchResult<FetchedBatches>, WireError>;
+
+pub(super) async fn handle(state: &Rc<ShardState>, control: &[u8]) -> Result<Response, FrameError> {
+    let request = decode_control::<FetchRequest>(control)?;
+    let wanted: Vec<Wanted> = request
+        .topics
+        .iter()
+        .enumerate()
+        .flat_map(|(topic_index, topic)| {
+            topic.partitions.iter().map(move |partition| Wanted {
+                topic: topic_index,
+                name: topic.name.as_str().to_owned(),
+                partition: partition.partition.to_native(),
+                offset: partition.fetch_offset.to_native(),
+                max_bytes: partition.partition_max_bytes.to_native() as usize,
+            })
+        })
+        .collect();
+    let wait_ms = request.max_wait_ms.to_native().min(MAX_WAIT_MS_LIMIT);
+    let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms));
+    let min_bytes = request.min_bytes.to_native() as usize;
+    let mut results = read_all(state, &wanted).await;
+    if fetched_bytes(&results) < min_bytes.max(1) && wait_ms > 0 {
+        wait_for_any(state, &wanted, deadline).await;
+        results = read_all(state, &wanted).await;
+    }
+    let names = request
+        .topics
+        .iter()
+        .map(|topic| topic.name.as_str().to_owned());
+    Ok(assemble(
+        names.collect(),
+        &wanted,
+        results,
+        request.max_bytes.to_native() as usize,
+    ))
+}
+
+async fn read_all(state: &Rc<ShardState>, wanted: &[Wanted]) -> Vec<PartitionFetch> {
+    let tasks: Vec<_> = wanted
+        .iter()
+        .map(|want| {
+            let catalog = state.catalog();
+            let known = catalog.topic(&want.name).map(|topic| topic.partitions);
+            let (state, name, partition) = (Rc::clone(state), want.name.clone(), want.partition);
+            let op = PartitionOp::Fetch {
+                offset: want.offset,
+                max_bytes: want.max_bytes,
+            };
+            spawn(async move {
+                match known {
+                    None => Err((ErrorCode::UnknownTopic, format!("unknown topic {name}"))),
+                    Some(count) if partition >= count => Err((
+                        ErrorCode::UnknownPartition,
+                        format!("{name} has {count} partitions"),
+                    )),
+                    Some(_) => match state.partition_op(&name, partition, op).await {
+                        ShardOutcome::Fetched(result) => result,
+                        _ => unreachable!("fetch ops answer Fetched"),
+                    },
+                }
+            })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        results.push(task.await);
+    }
+    results
+}
+
+fn fetched_bytes(results: &[PartitionFetch]) -> usize {
+    results
+        .iter()
+        .filter_map(|result| result.as_ref().ok())
+        .map(|fetched| -> usize {
+            match &fetched.batches {
+                FetchedBatches::Stored(batches) => batches.iter().map(|b| b.as_bytes().len()).sum(),
+                FetchedBatches::Copied(batches) => batches.iter().map(|b| b.len()).sum(),
+            }
+        })
+        .sum()
+}
+
+/// Waits until any partition has data past its fetch offset, or the deadline.
+async fn wait_for_any(state: &Rc<ShardState>, wanted: &[Wanted], deadline: Instant) {
+    let woken = Rc::new(Notify::new());
+    let listener = woken.listen();
+    let wait_ms = deadline
+        .saturating_duration_since(Instant::now())
+        .as_millis() as u64;
+    let _waits: Vec<_> = wanted
+        .iter()
+        .map(|want| {
+            let (state, woken) = (Rc::clone(state), Rc::clone(&woken));
+            let (name, partition, offset) = (want.name.clone(), want.partition, want.offset);
+            spawn(async move {
+                let op = PartitionOp::WaitForData { offset, wait_ms };
+                if let ShardOutcome::DataReady(true) =
+                    state.partition_op(&name, partition, op).await
+                {
+                    woken.notify_all();
+                }
+            })
+        })
+        .collect();
+    with_deadline(listener, deadline).await;
+}
+
+fn assemble(
+    names: Vec<String>,
+    wanted: &[Wanted],
+    results: Vec<PartitionFetch>,
+    max_bytes: usize,
+) -> Response {
+    let mut topics: Vec<FetchTopicResult> = names
+        .into_iter()
+        .map(|name| FetchTopicResult {
+            name,
+            partitions: Vec::new(),
+        })
+        .collect();
+    let mut data: Vec<DataPart> = Vec::new();
+    let mut total = 0usize;
+    for (want, result) in wanted.iter().zip(results) {
+        let start = total;
+        let partition = match result {
+            Err((code, message)) => error_result(want.partition, code, message),
+            Ok(fetched) => {
+                for part in parts(fetched.batches) {
+                    let length = part.as_bytes().len();
+                    if total > 0 && total + length > max_bytes {
+                        break;
+                    }
+                    total += length;
+                    data.push(part);
+                }
+                FetchPartitionResult {
+                    partition: want.partition,
+                    outcome: Outcome::ok(),
+                    high_watermark: fetched.high_watermark,
+                    log_start_offset: fetched.log_start_offset,
+                    batches: DataRange {
+                        offset: start as u32,
+                        length: (total - start) as u32,
+                    },
+                }
+            }
+        };
+        topics[want.topic].partitions.push(partition);
+    }
+    let mut response = Response::ok(encode(&FetchResponse { topics }));
+    response.data = data;
+    response
+}
+
+fn parts(batches: FetchedBatches) -> Vec<DataPart> {
+    match batches {
+        FetchedBatches::Stored(batches) => batches.into_iter().map(DataPart::Stored).collect(),
+        FetchedBatches::Copied(batches) => batches.into_iter().map(DataPart::Copied).collect(),
+    }
+}
+
+fn error_result(partition: u32, code: ErrorCode, message: String) -> FetchPartitionResult {
+    FetchPartitionResult {
+        partition,
+        outcome: Outcome::error(code, message),
+        high_watermark: 0,
+        log_start_offset: 0,
+        batches: DataRange::default(),
+    }
+}

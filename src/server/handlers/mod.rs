@@ -1,0 +1,103 @@
+//! One handler per API. Each decodes its control archive (validated with bytecheck at
+//! this trust boundary), does the work through [`ShardState`], and encodes its response.
+//! Internal errors become wire codes only in `server/errors.rs`.
+
+mod alter_configs;
+mod api_versions;
+mod create_topics;
+mod delete_topics;
+mod describe_configs;
+mod fetch;
+mod list_offsets;
+mod metadata;
+mod produce;
+
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use flumen_protocol::wire::messages::Outcome as WireOutcome;
+use flumen_protocol::wire::{encode_control, ApiKey, ControlMessage, ErrorCode};
+
+use super::errors::WireError;
+use super::state::ShardState;
+use crate::storage::StoredBatch;
+
+/// Bytes of a response's data section, written to the socket as they are.
+pub(crate) enum DataPart {
+    Stored(StoredBatch),
+    Copied(Bytes),
+}
+
+impl DataPart {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            DataPart::Stored(batch) => batch.as_bytes(),
+            DataPart::Copied(bytes) => bytes,
+        }
+    }
+}
+
+/// A response ready to be framed.
+pub(crate) struct Response {
+    pub error_code: ErrorCode,
+    pub control: Vec<u8>,
+    pub data: Vec<DataPart>,
+}
+
+impl Response {
+    fn ok(control: Vec<u8>) -> Self {
+        Self {
+            error_code: ErrorCode::None,
+            control,
+            data: Vec::new(),
+        }
+    }
+
+    /// A frame-level error: no control part.
+    pub fn error(code: ErrorCode) -> Self {
+        Self {
+            error_code: code,
+            control: Vec::new(),
+            data: Vec::new(),
+        }
+    }
+}
+
+/// Encodes a response body.
+fn encode<T: ControlMessage>(value: &T) -> Vec<u8> {
+    encode_control(value).to_vec()
+}
+
+fn outcome(result: Result<(), &WireError>) -> WireOutcome {
+    match result {
+        Ok(()) => WireOutcome::ok(),
+        Err((code, message)) => WireOutcome::error(*code, message.clone()),
+    }
+}
+
+/// Runs one request. `None` means no response is sent (acks=0).
+pub(crate) async fn dispatch(
+    state: &Rc<ShardState>,
+    api: ApiKey,
+    control: &[u8],
+    data: BytesMut,
+) -> Option<Response> {
+    let result = match api {
+        ApiKey::ApiVersions => Ok(Some(api_versions::handle())),
+        ApiKey::Metadata => metadata::handle(state, control).map(Some),
+        ApiKey::CreateTopics => create_topics::handle(state, control).await.map(Some),
+        ApiKey::DeleteTopics => delete_topics::handle(state, control).await.map(Some),
+        ApiKey::DescribeConfigs => describe_configs::handle(state, control).map(Some),
+        ApiKey::AlterConfigs => alter_configs::handle(state, control).await.map(Some),
+        ApiKey::Produce => produce::handle(state, control, data).await,
+        ApiKey::Fetch => fetch::handle(state, control).await.map(Some),
+        ApiKey::ListOffsets => list_offsets::handle(state, control).await.map(Some),
+    };
+    match result {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::warn!(?api, %error, "malformed request");
+            Some(Response::error(ErrorCode::MalformedRequest))
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Messages between shards: a request names a partition operation or a catalog change;
+//! the answer comes back over the mesh with the request's id.
+//!
+//! Everything here is owned data (`Send`): batches travel as `BytesMut`/`Bytes`, errors
+//! as wire codes with messages. A request that lands on the wrong shard costs one hop
+//! and, for fetches, one copy of the batches; clients that follow Metadata's shard
+//! endpoints never pay it.
+
+use bytes::{Bytes, BytesMut};
+
+use super::errors::WireError;
+use crate::cluster::Catalog;
+use crate::partition::Acks;
+
+/// What travels on the mesh.
+pub(crate) enum MeshMessage {
+    /// A request from shard `from`, answered with the same `id`.
+    Request {
+        id: u64,
+        from: u32,
+        request: ShardRequest,
+    },
+    /// The answer to request `id`.
+    Response { id: u64, response: ShardResponse },
+}
+
+/// Work for another shard.
+pub(crate) enum ShardRequest {
+    /// To shard 0: change the catalog (it owns the catalog file).
+    ChangeCatalog(CatalogChange),
+    /// From shard 0: the new catalog; open and close partitions to match.
+    ApplyCatalog(Catalog),
+    /// An operation on a partition the receiving shard owns.
+    Partition {
+        topic: String,
+        partition: u32,
+        op: PartitionOp,
+    },
+}
+
+/// A catalog change, applied by shard 0.
+pub(crate) enum CatalogChange {
+    Create {
+        name: String,
+        partitions: u32,
+        replication_factor: u16,
+        configs: Vec<(String, String)>,
+        validate_only: bool,
+    },
+    Delete {
+        name: String,
+    },
+    Alter {
+        name: String,
+        configs: Vec<(String, String)>,
+    },
+}
+
+/// An operation on one partition, run by its owning shard.
+pub(crate) enum PartitionOp {
+    Produce { acks: Acks, batches: BytesMut },
+    Fetch { offset: u64, max_bytes: usize },
+    WaitForData { offset: u64, wait_ms: u64 },
+    ListOffset { timestamp: i64 },
+}
+
+/// Answers.
+pub(crate) enum ShardResponse {
+    Catalog(Result<(), WireError>),
+    Applied,
+    Partition(RemoteOutcome),
+}
+
+/// A partition operation's result in owned form.
+pub(crate) enum RemoteOutcome {
+    Produced(Result<ProduceResult, WireError>),
+    Fetched(Result<FetchResult<Vec<Bytes>>, WireError>),
+    DataReady(bool),
+    Offset(Result<(u64, PartitionStats), WireError>),
+}
+
+/// Where a produce landed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ProduceResult {
+    pub base_offset: u64,
+    pub last_offset: u64,
+    pub log_start_offset: u64,
+}
+
+/// What a fetch found, with batches local (`StoredBatch`) or copied (`Bytes`).
+pub(crate) struct FetchResult<B> {
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+    pub batches: B,
+}
+
+/// A partition's bounds and size, returned with ListOffsets.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PartitionStats {
+    pub log_start_offset: u64,
+    pub log_end_offset: u64,
+    pub size_bytes: u64,
+}

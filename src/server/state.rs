@@ -1,0 +1,483 @@
+//! One shard's broker state: its partitions, its copy of the catalog, and its end of the
+//! mesh. Owned by that shard (`Rc`, `RefCell`), never shared across threads.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flumen_protocol::wire::messages::{EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
+use flumen_protocol::wire::ErrorCode;
+
+use super::config::BrokerConfig;
+use super::errors::{from_catalog, from_storage, WireError};
+use super::mesh::{
+    CatalogChange, FetchResult, MeshMessage, PartitionOp, PartitionStats, ProduceResult,
+    RemoteOutcome, ShardRequest, ShardResponse,
+};
+use crate::cluster::{Catalog, CatalogError};
+use crate::partition::{partition_dir, Partition};
+use crate::shard::{shard_for_partition, Clock, Inbox, LocalMutex, MeshSender, Notify};
+use crate::storage::{StoredBatch, TailCache};
+
+/// Batches of a fetch: read in place on this shard, or copied from another.
+pub(crate) enum FetchedBatches {
+    Stored(Vec<StoredBatch>),
+    Copied(Vec<Bytes>),
+}
+
+/// A partition operation's result on the shard that asked for it.
+pub(crate) enum Outcome {
+    Produced(Result<ProduceResult, WireError>),
+    Fetched(Result<FetchResult<FetchedBatches>, WireError>),
+    DataReady(bool),
+    Offset(Result<(u64, PartitionStats), WireError>),
+}
+
+/// A reply slot for a request sent over the mesh.
+#[derive(Default)]
+struct Reply {
+    response: RefCell<Option<ShardResponse>>,
+    arrived: Notify,
+}
+
+/// The state of one shard of the broker.
+pub(crate) struct ShardState {
+    pub shard: u32,
+    pub shards: u32,
+    pub config: Rc<BrokerConfig>,
+    pub clock: Rc<dyn Clock>,
+    pub cache: Rc<TailCache>,
+    pub shard_ports: Vec<u16>,
+    pub shared_port: u16,
+    catalog: RefCell<Rc<Catalog>>,
+    partitions: RefCell<HashMap<(String, u32), Rc<Partition>>>,
+    mesh: MeshSender<MeshMessage>,
+    pending: RefCell<HashMap<u64, Rc<Reply>>>,
+    next_request_id: Cell<u64>,
+    catalog_lock: LocalMutex,
+    pub shutting_down: Cell<bool>,
+    pub shutdown: Notify,
+}
+
+impl ShardState {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        shard: u32,
+        shards: u32,
+        config: Rc<BrokerConfig>,
+        clock: Rc<dyn Clock>,
+        mesh: MeshSender<MeshMessage>,
+        catalog: Catalog,
+        shared_port: u16,
+        shard_ports: Vec<u16>,
+    ) -> Self {
+        Self {
+            shard,
+            shards,
+            cache: TailCache::new(config.cache_bytes_per_shard),
+            config,
+            clock,
+            shard_ports,
+            shared_port,
+            catalog: RefCell::new(Rc::new(catalog)),
+            partitions: RefCell::new(HashMap::new()),
+            mesh,
+            pending: RefCell::new(HashMap::new()),
+            next_request_id: Cell::new(0),
+            catalog_lock: LocalMutex::new(),
+            shutting_down: Cell::new(false),
+            shutdown: Notify::new(),
+        }
+    }
+
+    /// The current catalog.
+    pub fn catalog(&self) -> Rc<Catalog> {
+        Rc::clone(&self.catalog.borrow())
+    }
+
+    /// The shard owning a partition.
+    pub fn owner(&self, topic: &str, partition: u32) -> u32 {
+        shard_for_partition(topic, partition, self.shards)
+    }
+
+    /// Partitions owned by this shard.
+    pub fn local_partitions(&self) -> Vec<Rc<Partition>> {
+        self.partitions.borrow().values().cloned().collect()
+    }
+
+    fn local_partition(&self, topic: &str, partition: u32) -> Option<Rc<Partition>> {
+        self.partitions
+            .borrow()
+            .get(&(topic.to_owned(), partition))
+            .cloned()
+    }
+
+    /// Sends `request` to shard `to` and waits for its answer.
+    async fn call(&self, to: u32, request: ShardRequest) -> ShardResponse {
+        let id = self.next_request_id.get();
+        self.next_request_id.set(id + 1);
+        let reply = Rc::new(Reply::default());
+        self.pending.borrow_mut().insert(id, Rc::clone(&reply));
+        let message = MeshMessage::Request {
+            id,
+            from: self.shard,
+            request,
+        };
+        if self.mesh.send(to, message).await.is_err() {
+            panic!("shard {to} stopped while the broker runs");
+        }
+        loop {
+            let listener = reply.arrived.listen();
+            if let Some(response) = reply.response.borrow_mut().take() {
+                return response;
+            }
+            listener.await;
+        }
+    }
+
+    /// Serves messages from one other shard until it goes away.
+    pub async fn run_inbox(self: Rc<Self>, inbox: Inbox<MeshMessage>) {
+        while let Some(message) = inbox.recv().await {
+            match message {
+                MeshMessage::Response { id, response } => {
+                    let reply = self.pending.borrow_mut().remove(&id);
+                    let reply = reply.expect("a response answers a pending request");
+                    *reply.response.borrow_mut() = Some(response);
+                    reply.arrived.notify_all();
+                }
+                MeshMessage::Request { id, from, request } => {
+                    let state = Rc::clone(&self);
+                    crate::shard::spawn_detached(async move {
+                        let response = state.serve(request).await;
+                        let answer = MeshMessage::Response { id, response };
+                        // The asking shard only stops with the broker.
+                        let _ = state.mesh.send(from, answer).await;
+                    });
+                }
+            }
+        }
+    }
+
+    async fn serve(&self, request: ShardRequest) -> ShardResponse {
+        match request {
+            ShardRequest::ChangeCatalog(change) => {
+                ShardResponse::Catalog(self.change_catalog_here(change).await)
+            }
+            ShardRequest::ApplyCatalog(catalog) => {
+                self.apply_catalog(catalog).await;
+                ShardResponse::Applied
+            }
+            ShardRequest::Partition {
+                topic,
+                partition,
+                op,
+            } => {
+                let outcome = self.partition_op_here(&topic, partition, op).await;
+                ShardResponse::Partition(into_remote(outcome))
+            }
+        }
+    }
+
+    /// Runs `op` on the partition, here or on its owning shard.
+    pub async fn partition_op(&self, topic: &str, partition: u32, op: PartitionOp) -> Outcome {
+        let owner = self.owner(topic, partition);
+        if owner == self.shard {
+            return self.partition_op_here(topic, partition, op).await;
+        }
+        let request = ShardRequest::Partition {
+            topic: topic.to_owned(),
+            partition,
+            op,
+        };
+        match self.call(owner, request).await {
+            ShardResponse::Partition(remote) => from_remote(remote),
+            _ => unreachable!("partition requests get partition answers"),
+        }
+    }
+
+    async fn partition_op_here(&self, topic: &str, index: u32, op: PartitionOp) -> Outcome {
+        let Some(partition) = self.local_partition(topic, index) else {
+            let missing = (
+                ErrorCode::UnknownPartition,
+                format!("{topic}-{index} is not open"),
+            );
+            return match op {
+                PartitionOp::Produce { .. } => Outcome::Produced(Err(missing)),
+                PartitionOp::Fetch { .. } => Outcome::Fetched(Err(missing)),
+                PartitionOp::WaitForData { .. } => Outcome::DataReady(false),
+                PartitionOp::ListOffset { .. } => Outcome::Offset(Err(missing)),
+            };
+        };
+        match op {
+            PartitionOp::Produce { acks, batches } => {
+                let result = partition.produce(batches, acks).await;
+                Outcome::Produced(
+                    result
+                        .map_err(|error| from_storage(&error))
+                        .map(|appended| ProduceResult {
+                            base_offset: appended.base_offset,
+                            last_offset: appended.last_offset,
+                            log_start_offset: partition.log().log_start_offset(),
+                        }),
+                )
+            }
+            PartitionOp::Fetch { offset, max_bytes } => {
+                let result = partition.fetch(offset, max_bytes).await;
+                Outcome::Fetched(result.map_err(|error| from_storage(&error)).map(|batches| {
+                    FetchResult {
+                        high_watermark: partition.high_watermark(),
+                        log_start_offset: partition.log().log_start_offset(),
+                        batches: FetchedBatches::Stored(batches),
+                    }
+                }))
+            }
+            PartitionOp::WaitForData { offset, wait_ms } => {
+                let deadline = Instant::now() + Duration::from_millis(wait_ms);
+                Outcome::DataReady(partition.wait_for_data(offset, deadline).await)
+            }
+            PartitionOp::ListOffset { timestamp } => {
+                let offset = list_offset(&partition, timestamp).await;
+                let log = partition.log();
+                let stats = PartitionStats {
+                    log_start_offset: log.log_start_offset(),
+                    log_end_offset: log.next_offset(),
+                    size_bytes: log.size_bytes(),
+                };
+                Outcome::Offset(offset.map(|offset| (offset, stats)))
+            }
+        }
+    }
+
+    /// Applies a catalog change; shard 0 does the work.
+    pub async fn change_catalog(&self, change: CatalogChange) -> Result<(), WireError> {
+        if self.shard == 0 {
+            return self.change_catalog_here(change).await;
+        }
+        match self.call(0, ShardRequest::ChangeCatalog(change)).await {
+            ShardResponse::Catalog(result) => result,
+            _ => unreachable!("catalog requests get catalog answers"),
+        }
+    }
+
+    /// On shard 0: validate, persist, then make every shard apply the new catalog before
+    /// answering, so a created topic is writable everywhere once CreateTopics returns.
+    async fn change_catalog_here(&self, change: CatalogChange) -> Result<(), WireError> {
+        assert_eq!(self.shard, 0, "shard 0 owns the catalog");
+        let _guard = self.catalog_lock.lock().await;
+        let current = self.catalog();
+        let (next, validate_only) = match &change {
+            CatalogChange::Create {
+                name,
+                partitions,
+                replication_factor,
+                configs,
+                validate_only,
+            } => (
+                current.with_topic(name, *partitions, *replication_factor, configs),
+                *validate_only,
+            ),
+            CatalogChange::Delete { name } => (current.without_topic(name), false),
+            CatalogChange::Alter { name, configs } => {
+                (current.with_config_changes(name, configs), false)
+            }
+        };
+        let next = next.map_err(|error| from_catalog(&error))?;
+        if validate_only {
+            return Ok(());
+        }
+        next.persist(&self.config.data_dir)
+            .await
+            .map_err(|error| from_catalog(&error))?;
+        for shard in 1..self.shards {
+            self.call(shard, ShardRequest::ApplyCatalog(next.clone()))
+                .await;
+        }
+        self.apply_catalog(next).await;
+        if let CatalogChange::Delete { name } = &change {
+            let _ = std::fs::remove_dir(self.config.data_dir.join(name));
+        }
+        Ok(())
+    }
+
+    /// Opens, closes and reconfigures this shard's partitions to match `catalog`.
+    pub async fn apply_catalog(&self, catalog: Catalog) {
+        let previous = self.catalog.replace(Rc::new(catalog));
+        let current = self.catalog();
+        for old in previous.topics() {
+            if current.topic(&old.name).is_none() {
+                self.drop_topic(&old.name, old.partitions).await;
+            }
+        }
+        for topic in current.topics() {
+            match previous.topic(&topic.name) {
+                None => {
+                    self.open_topic(&topic.name).await;
+                }
+                Some(old) if old.config != topic.config => self.reconfigure_topic(&topic.name),
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Opens the partitions of `topic` this shard owns; errors are logged (the partition
+    /// then answers `UnknownPartition` and the operator sees why in the log).
+    pub async fn open_topic(&self, name: &str) -> (u64, usize) {
+        let catalog = self.catalog();
+        let Some(topic) = catalog.topic(name) else {
+            return (0, 0);
+        };
+        let topic_name: Rc<str> = Rc::from(name);
+        let (mut bytes_cut, mut opened) = (0, 0);
+        for index in (0..topic.partitions).filter(|&index| self.owner(name, index) == self.shard) {
+            let opening = Partition::open(
+                &self.config.data_dir,
+                Rc::clone(&topic_name),
+                index,
+                topic.config.clone(),
+                &self.config.log,
+                Rc::clone(&self.clock),
+                Rc::clone(&self.cache),
+            );
+            match opening.await {
+                Ok((partition, report)) => {
+                    bytes_cut += report.bytes_cut;
+                    opened += 1;
+                    self.partitions
+                        .borrow_mut()
+                        .insert((name.to_owned(), index), Rc::new(partition));
+                }
+                Err(error) => {
+                    tracing::error!(topic = name, partition = index, %error, "cannot open partition")
+                }
+            }
+        }
+        (bytes_cut, opened)
+    }
+
+    fn reconfigure_topic(&self, name: &str) {
+        let catalog = self.catalog();
+        let Some(topic) = catalog.topic(name) else {
+            return;
+        };
+        for partition in self
+            .local_partitions()
+            .iter()
+            .filter(|partition| partition.topic() == name)
+        {
+            if let Err(error) = partition.reconfigure(topic.config.clone(), &self.config.log) {
+                tracing::error!(topic = name, %error, "cannot apply topic config");
+            }
+        }
+    }
+
+    async fn drop_topic(&self, name: &str, partitions: u32) {
+        for index in 0..partitions {
+            let removed = self
+                .partitions
+                .borrow_mut()
+                .remove(&(name.to_owned(), index));
+            let Some(partition) = removed else { continue };
+            if let Err(error) = partition.close().await {
+                tracing::warn!(topic = name, partition = index, %error, "closing a deleted partition");
+            }
+            let dir = partition_dir(&self.config.data_dir, name, index);
+            if let Err(error) = move_to_trash(&self.config.data_dir, &dir) {
+                tracing::error!(dir = %dir.display(), %error, "cannot delete partition directory");
+            }
+        }
+    }
+
+    /// Closes every partition (flush, fsync, index, checkpoint).
+    pub async fn close_partitions(&self) -> usize {
+        let partitions: Vec<_> = self
+            .partitions
+            .borrow_mut()
+            .drain()
+            .map(|(_, p)| p)
+            .collect();
+        let count = partitions.len();
+        for partition in partitions {
+            if let Err(error) = partition.close().await {
+                tracing::error!(?partition, %error, "closing partition");
+            }
+        }
+        count
+    }
+}
+
+/// Renames a partition directory into `<data_dir>/.trash/` (one atomic rename, so the
+/// topic name is free at once), then deletes it.
+fn move_to_trash(data_dir: &std::path::Path, dir: &std::path::Path) -> std::io::Result<()> {
+    let trash = data_dir.join(".trash");
+    std::fs::create_dir_all(&trash)?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    let name = dir
+        .strip_prefix(data_dir)
+        .unwrap_or(dir)
+        .to_string_lossy()
+        .replace('/', "-");
+    let target: PathBuf = trash.join(format!("{name}-{nanos}"));
+    std::fs::rename(dir, &target)?;
+    std::fs::remove_dir_all(&target)
+}
+
+async fn list_offset(partition: &Partition, timestamp: i64) -> Result<u64, WireError> {
+    let log = partition.log();
+    match timestamp {
+        LATEST_TIMESTAMP => Ok(partition.high_watermark()),
+        EARLIEST_TIMESTAMP => Ok(log.log_start_offset()),
+        time if time >= 0 => log
+            .offset_for_timestamp(time)
+            .await
+            .map(|found| found.unwrap_or(partition.high_watermark()))
+            .map_err(|error| from_storage(&error)),
+        _ => Err((
+            ErrorCode::InvalidRequest,
+            format!("invalid timestamp {timestamp}"),
+        )),
+    }
+}
+
+fn into_remote(outcome: Outcome) -> RemoteOutcome {
+    match outcome {
+        Outcome::Produced(result) => RemoteOutcome::Produced(result),
+        Outcome::Fetched(result) => RemoteOutcome::Fetched(result.map(|fetched| {
+            FetchResult {
+                high_watermark: fetched.high_watermark,
+                log_start_offset: fetched.log_start_offset,
+                batches: match fetched.batches {
+                    FetchedBatches::Stored(batches) => batches
+                        .iter()
+                        .map(|batch| Bytes::copy_from_slice(batch.as_bytes()))
+                        .collect(),
+                    FetchedBatches::Copied(batches) => batches,
+                },
+            }
+        })),
+        Outcome::DataReady(ready) => RemoteOutcome::DataReady(ready),
+        Outcome::Offset(result) => RemoteOutcome::Offset(result),
+    }
+}
+
+fn from_remote(outcome: RemoteOutcome) -> Outcome {
+    match outcome {
+        RemoteOutcome::Produced(result) => Outcome::Produced(result),
+        RemoteOutcome::Fetched(result) => Outcome::Fetched(result.map(|fetched| FetchResult {
+            high_watermark: fetched.high_watermark,
+            log_start_offset: fetched.log_start_offset,
+            batches: FetchedBatches::Copied(fetched.batches),
+        })),
+        RemoteOutcome::DataReady(ready) => Outcome::DataReady(ready),
+        RemoteOutcome::Offset(result) => Outcome::Offset(result),
+    }
+}
+
+/// Loads the catalog for a shard at start-up.
+pub(crate) async fn load_catalog(config: &BrokerConfig) -> Result<Catalog, CatalogError> {
+    Catalog::load(&config.data_dir).await
+}

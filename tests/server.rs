@@ -1,0 +1,252 @@
+//! The broker over real sockets: topics, produce and fetch across shards, restarts, and
+//! bad input, with the blocking client.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+
+use flumen::server::{run_broker, BrokerConfig, BrokerHandle};
+use flumen_client::{Acks, Client, ClientError};
+use flumen_protocol::record::BatchBuilder;
+use flumen_protocol::wire::messages::{EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
+use flumen_protocol::wire::ErrorCode;
+
+fn start(data_dir: &Path) -> BrokerHandle {
+    let config = BrokerConfig {
+        data_dir: data_dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shards: 2,
+        io_memory_bytes: 512 << 10,
+        cache_bytes_per_shard: 8 << 20,
+        ..BrokerConfig::default()
+    };
+    run_broker(config).expect("broker starts")
+}
+
+fn batch(values: &[&str]) -> Vec<u8> {
+    let mut builder = BatchBuilder::new(0);
+    for (index, value) in values.iter().enumerate() {
+        let key = format!("key-{index}");
+        builder.push(
+            1_000 + index as i64,
+            Some(key.as_bytes()),
+            Some(value.as_bytes()),
+            &[],
+        );
+    }
+    builder.build().unwrap().as_bytes().to_vec()
+}
+
+fn values(client: &mut Client, topic: &str, partition: u32) -> Vec<String> {
+    let mut offset = 0;
+    let mut seen = Vec::new();
+    loop {
+        let fetched = client.fetch(topic, partition, offset, 1 << 20, 0).unwrap();
+        let batches = fetched.batches().unwrap();
+        if batches.is_empty() {
+            return seen;
+        }
+        for batch in batches {
+            for record in batch.records() {
+                assert_eq!(record.offset(), offset, "offsets are dense");
+                seen.push(String::from_utf8(record.value().unwrap().to_vec()).unwrap());
+                offset += 1;
+            }
+        }
+    }
+}
+
+fn code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
+    broker_code(result.unwrap_err())
+}
+
+fn broker_code(error: ClientError) -> ErrorCode {
+    match error {
+        ClientError::Broker { code, .. } => code,
+        other => panic!("expected a broker error, got {other}"),
+    }
+}
+
+#[test]
+fn topics_produce_and_fetch_across_shards_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path());
+    let address = broker.summary().listen;
+    let mut client = Client::connect(address).unwrap();
+    client
+        .create_topic("orders", 4, &[("retention.ms", "3600000")])
+        .unwrap();
+
+    let metadata = client.metadata(Some(&["orders"])).unwrap();
+    assert_eq!(metadata.brokers[0].shards.len(), 2);
+    let leaders: Vec<u32> = metadata.topics[0]
+        .partitions
+        .iter()
+        .map(|p| p.leader_shard)
+        .collect();
+    assert!(
+        leaders.contains(&0) && leaders.contains(&1),
+        "partitions on both shards"
+    );
+
+    for partition in 0..4u32 {
+        for round in 0..3 {
+            let value = format!("p{partition}-r{round}");
+            let acks = if round == 0 { Acks::All } else { Acks::Leader };
+            let result = client
+                .produce("orders", partition, &[&batch(&[&value, &value])], acks)
+                .unwrap();
+            assert_eq!(result.base_offset, round * 2);
+        }
+    }
+    // Straight to the owning shard's own port: same answers.
+    let shard_port = metadata.brokers[0].shards[leaders[0] as usize].port;
+    let mut direct = Client::connect(("127.0.0.1", shard_port)).unwrap();
+    assert_eq!(values(&mut direct, "orders", 0).len(), 6);
+    for partition in 0..4u32 {
+        let seen = values(&mut client, "orders", partition);
+        let expected: Vec<String> = (0..3)
+            .flat_map(|round| vec![format!("p{partition}-r{round}"); 2])
+            .collect();
+        assert_eq!(seen, expected);
+        let latest = client
+            .list_offsets("orders", partition, LATEST_TIMESTAMP)
+            .unwrap();
+        assert_eq!((latest.offset, latest.log_end_offset), (6, 6));
+        assert!(latest.size_bytes > 0);
+        assert_eq!(
+            client
+                .list_offsets("orders", partition, EARLIEST_TIMESTAMP)
+                .unwrap()
+                .offset,
+            0
+        );
+    }
+    drop(client);
+    drop(direct);
+    broker.shutdown();
+    broker.join().unwrap();
+
+    let broker = start(dir.path());
+    assert_eq!(broker.summary().partitions, 4);
+    let mut client = Client::connect(broker.summary().listen).unwrap();
+    assert_eq!(
+        values(&mut client, "orders", 3).len(),
+        6,
+        "data survives a restart"
+    );
+    let configs = client.describe_configs("orders").unwrap();
+    let retention = configs
+        .iter()
+        .find(|config| config.key == "retention.ms")
+        .unwrap();
+    assert_eq!(
+        (retention.value.as_str(), retention.is_default),
+        ("3600000", false)
+    );
+    client
+        .alter_configs("orders", &[("retention.ms", "")])
+        .unwrap();
+    let configs = client.describe_configs("orders").unwrap();
+    assert!(
+        configs
+            .iter()
+            .find(|config| config.key == "retention.ms")
+            .unwrap()
+            .is_default
+    );
+    client.delete_topic("orders").unwrap();
+    assert!(
+        !dir.path().join("orders").exists(),
+        "partition directories are deleted"
+    );
+    let metadata = client.metadata(Some(&["orders"])).unwrap();
+    assert_eq!(
+        ErrorCode::from_u16(metadata.topics[0].outcome.error_code),
+        ErrorCode::UnknownTopic
+    );
+}
+
+#[test]
+fn bad_requests_get_clear_errors_and_the_broker_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path());
+    let address = broker.summary().listen;
+    let mut client = Client::connect(address).unwrap();
+    client.create_topic("t", 2, &[]).unwrap();
+
+    assert_eq!(
+        code(client.create_topic("t", 1, &[])),
+        ErrorCode::TopicAlreadyExists
+    );
+    assert_eq!(
+        code(client.create_topic("bad name", 1, &[])),
+        ErrorCode::InvalidTopicName
+    );
+    assert_eq!(
+        code(client.create_topic("__consumer_offsets", 1, &[])),
+        ErrorCode::ReservedTopicName
+    );
+    assert_eq!(
+        code(client.create_topic("x", 0, &[])),
+        ErrorCode::InvalidPartitions
+    );
+    assert_eq!(
+        code(client.create_topic("y", 1, &[("retention.ms", "soon")])),
+        ErrorCode::InvalidConfig
+    );
+    assert_eq!(
+        code(client.produce("nope", 0, &[&batch(&["v"])], Acks::Leader)),
+        ErrorCode::UnknownTopic
+    );
+    assert_eq!(
+        code(client.produce("t", 9, &[&batch(&["v"])], Acks::Leader)),
+        ErrorCode::UnknownPartition
+    );
+    assert_eq!(
+        code(client.fetch("t", 0, 99, 1024, 0)),
+        ErrorCode::OffsetOutOfRange
+    );
+    let mut corrupt = batch(&["v"]);
+    let last = corrupt.len() - 20;
+    corrupt[last] ^= 0xff;
+    assert_eq!(
+        code(client.produce("t", 0, &[&corrupt], Acks::All)),
+        ErrorCode::CorruptBatch
+    );
+
+    // Garbage bytes that form a valid-length frame: an error response, same connection.
+    let mut raw = TcpStream::connect(address).unwrap();
+    let mut garbage = vec![0xA5u8; 64];
+    garbage[..4].copy_from_slice(&60u32.to_le_bytes());
+    garbage[8..12].copy_from_slice(&7u32.to_le_bytes());
+    raw.write_all(&garbage).unwrap();
+    let mut response = [0u8; 32];
+    raw.read_exact(&mut response).unwrap();
+    assert_eq!(u32::from_le_bytes(response[4..8].try_into().unwrap()), 7);
+    assert_ne!(
+        u16::from_le_bytes([response[8], response[9]]),
+        0,
+        "an error code"
+    );
+    // A frame over the limit: answered FrameTooLarge, then the connection is closed.
+    let mut huge = vec![0u8; 32];
+    huge[..4].copy_from_slice(&(1u32 << 30).to_le_bytes());
+    raw.write_all(&huge).unwrap();
+    raw.read_exact(&mut response).unwrap();
+    let too_large = u16::from_le_bytes([response[8], response[9]]);
+    assert_eq!(ErrorCode::from_u16(too_large), ErrorCode::FrameTooLarge);
+    assert_eq!(raw.read(&mut response).unwrap_or(0), 0, "connection closed");
+    // A client that disconnects mid-frame.
+    let mut partial = TcpStream::connect(address).unwrap();
+    partial.write_all(&128u32.to_le_bytes()).unwrap();
+    partial.write_all(&[1, 2, 3]).unwrap();
+    drop(partial);
+
+    // Everything above left the broker serving.
+    let result = client
+        .produce("t", 1, &[&batch(&["after"])], Acks::All)
+        .unwrap();
+    assert_eq!(result.base_offset, 0);
+    assert_eq!(values(&mut client, "t", 1), vec!["after".to_owned()]);
+}
