@@ -16,6 +16,7 @@
 //! The partition, group, server and CLI layers are built on top of these.
 //! `docs/ARCHITECTURE.md` is the map of the code.
 
+pub mod cli;
 pub mod cluster;
 pub mod partition;
 pub mod server;

@@ -138,9 +138,15 @@ struct Ports {
 }
 
 /// Starts a broker and returns once every shard serves (or the first failure).
-pub fn run_broker(config: BrokerConfig) -> Result<BrokerHandle, StartupError> {
+pub fn run_broker(mut config: BrokerConfig) -> Result<BrokerHandle, StartupError> {
     config.validate().map_err(StartupError::Config)?;
     check_data_dir(&config)?;
+    config.data_dir = std::path::absolute(&config.data_dir).map_err(|error| {
+        StartupError::DataDirNotWritable {
+            path: config.data_dir.clone(),
+            reason: error.to_string(),
+        }
+    })?;
     check_memlock(&config)?;
     let ports = resolve_ports(&config)?;
     let cpus = available_cpus();
@@ -158,6 +164,7 @@ pub fn run_broker(config: BrokerConfig) -> Result<BrokerHandle, StartupError> {
         listen: ports.listen,
         shard_ports: ports.shards.clone(),
         stop: Arc::clone(&stop),
+        opened: AtomicUsize::new(0),
         drained: AtomicUsize::new(0),
         closed: AtomicUsize::new(0),
     });
@@ -194,6 +201,9 @@ pub fn run_broker(config: BrokerConfig) -> Result<BrokerHandle, StartupError> {
     Ok(handle)
 }
 
+/// Probes of a busy address before it counts as taken (200 ms apart).
+const PORT_RELEASE_ATTEMPTS: u32 = 15;
+
 /// What every shard shares: configuration and the stop and shutdown barriers (control
 /// path only).
 struct Shared {
@@ -201,6 +211,7 @@ struct Shared {
     listen: SocketAddr,
     shard_ports: Vec<u16>,
     stop: Arc<AtomicBool>,
+    opened: AtomicUsize,
     drained: AtomicUsize,
     closed: AtomicUsize,
 }
@@ -215,6 +226,7 @@ async fn run_shard(
         Ok(catalog) => catalog,
         Err(error) => {
             let _ = ready.send(Err(format!("cannot load the topic catalog: {error}")));
+            shared.opened.fetch_add(1, Ordering::SeqCst);
             return;
         }
     };
@@ -237,6 +249,9 @@ async fn run_shard(
         bytes_cut += cut;
         partitions += opened;
     }
+    // Accept nothing until every shard has recovered its partitions: a connection landing
+    // here may ask for any partition.
+    barrier(&shared.opened, context.shards).await;
     let own = SocketAddr::new(
         shared.listen.ip(),
         shared.shard_ports[context.shard as usize],
@@ -374,47 +389,59 @@ fn check_memlock(config: &BrokerConfig) -> Result<(), StartupError> {
     Ok(())
 }
 
-/// Checks the shared address is free and picks ports: `port 0` means ephemeral (tests
-/// and embedded brokers); shard ports default to the shared port + 1 + shard.
+/// Checks the addresses are free and picks ports: `port 0` means ephemeral (tests and
+/// embedded brokers); shard ports default to the shared port + 1 + shard.
 fn resolve_ports(config: &BrokerConfig) -> Result<Ports, StartupError> {
-    let probe = StdListener::bind(config.listen).map_err(|error| match error.kind() {
-        std::io::ErrorKind::AddrInUse => StartupError::PortInUse {
-            addr: config.listen,
-        },
-        _ => StartupError::Listen {
-            addr: config.listen,
-            reason: error.to_string(),
-        },
-    })?;
-    let listen = probe.local_addr().map_err(|error| StartupError::Listen {
-        addr: config.listen,
-        reason: error.to_string(),
-    })?;
-    drop(probe);
+    let port = free_port(config.listen)?;
+    let listen = SocketAddr::new(config.listen.ip(), port);
     let shards = (0..config.shards)
-        .map(|shard| shard_port(config, listen, shard))
+        .map(|shard| {
+            let fixed = match (config.shard_port_base, config.listen.port()) {
+                (0, 0) => 0,
+                (0, port) => (port as usize + 1 + shard).min(65_535) as u16,
+                (base, _) => (base as usize + shard).min(65_535) as u16,
+            };
+            free_port(SocketAddr::new(listen.ip(), fixed))
+        })
         .collect::<Result<_, _>>()?;
     Ok(Ports { listen, shards })
 }
 
-fn shard_port(
-    config: &BrokerConfig,
-    listen: SocketAddr,
-    shard: usize,
-) -> Result<u16, StartupError> {
-    let fixed = match (config.shard_port_base, config.listen.port()) {
-        (0, 0) => None,
-        (0, port) => Some(port as usize + 1 + shard),
-        (base, _) => Some(base as usize + shard),
-    };
-    let addr = SocketAddr::new(listen.ip(), fixed.unwrap_or(0).min(65_535) as u16);
-    let probe = StdListener::bind(addr).map_err(|error| match error.kind() {
-        std::io::ErrorKind::AddrInUse => StartupError::PortInUse { addr },
-        _ => StartupError::Listen {
+/// The port to use for `addr`: a fresh ephemeral one for port 0, else `addr`'s own if
+/// nothing listens there.
+///
+/// "In use" means something accepts connections: a bind test would also fail for a
+/// broker restarted right after `kill -9`, whose old connections still hold the port
+/// (SO_REUSEPORT lets the new listeners share it with them).
+fn free_port(addr: SocketAddr) -> Result<u16, StartupError> {
+    if addr.port() == 0 {
+        let probe = StdListener::bind(addr).map_err(|error| StartupError::Listen {
             addr,
             reason: error.to_string(),
-        },
-    })?;
-    let port = probe.local_addr().map(|addr| addr.port()).unwrap_or(0);
-    Ok(port)
+        })?;
+        return probe
+            .local_addr()
+            .map(|local| local.port())
+            .map_err(|error| StartupError::Listen {
+                addr,
+                reason: error.to_string(),
+            });
+    }
+    let mut target = addr;
+    if target.ip().is_unspecified() {
+        target.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    // A process killed moments ago can leave its listeners alive a little longer: io_uring
+    // tears a ring (and the sockets its requests hold) down asynchronously. Give such a
+    // port a few seconds to be released before calling it taken.
+    for attempt in 0..PORT_RELEASE_ATTEMPTS {
+        if std::net::TcpStream::connect_timeout(&target, Duration::from_millis(250)).is_err() {
+            return Ok(addr.port());
+        }
+        if attempt == 0 {
+            tracing::info!(%addr, "address busy; waiting for it to be released");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(StartupError::PortInUse { addr })
 }

@@ -109,16 +109,18 @@ async fn reject_frame(
     error: &FrameError,
 ) -> Result<(), &'static str> {
     tracing::warn!(%error, "rejecting frame");
+    if !matches!(error, FrameError::TooLarge { .. }) {
+        // A length too short or unaligned: the header cannot be trusted to be there, and
+        // reading it could swallow the next frame. Close without an answer.
+        return Err("unreadable frame length");
+    }
     let mut header = [0u8; REQUEST_HEADER_BYTES];
     header[..4].copy_from_slice(&prefix);
     if reader.read_exact(&mut header[4..]).await.is_err() {
         return Err("client went away");
     }
     let correlation_id = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
-    let code = match error {
-        FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
-        _ => ErrorCode::MalformedRequest,
-    };
+    let code = ErrorCode::FrameTooLarge;
     enqueue(
         pipeline,
         correlation_id,

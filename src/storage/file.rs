@@ -83,6 +83,9 @@ pub(crate) struct DirectFile {
 impl DirectFile {
     /// Opens `path` for reading and writing, creating it if `create` and it is missing.
     pub(crate) async fn open(path: &Path, create: bool) -> io::Result<Self> {
+        // glommio opens relative to an invalid directory descriptor: relative paths fail
+        // with EBADF, so every path is made absolute first.
+        let path = &std::path::absolute(path)?;
         probe_device_once(path).await?;
         let file = OpenOptions::new()
             .read(true)
@@ -224,7 +227,8 @@ async fn probe_device_once(path: &Path) -> io::Result<()> {
 
 /// Removes a file; a file that is already gone is not an error.
 pub(crate) async fn remove_file(path: &Path) -> io::Result<()> {
-    match glommio::io::remove(path).await.map_err(to_io_error) {
+    let path = std::path::absolute(path)?;
+    match glommio::io::remove(&path).await.map_err(to_io_error) {
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
         other => other,
     }
@@ -232,7 +236,7 @@ pub(crate) async fn remove_file(path: &Path) -> io::Result<()> {
 
 /// Makes directory entry changes (creations, renames, removals) in `dir` durable.
 pub(crate) async fn sync_dir(dir: &Path) -> io::Result<()> {
-    let directory = glommio::io::Directory::open(dir)
+    let directory = glommio::io::Directory::open(std::path::absolute(dir)?)
         .await
         .map_err(to_io_error)?;
     directory.sync().await.map_err(to_io_error)?;
@@ -258,6 +262,7 @@ pub(crate) async fn read_small_file(path: &Path) -> io::Result<Option<Vec<u8>>> 
 /// it, rename it over `path`, sync the directory. A crash leaves the old or the new
 /// contents, never a mix.
 pub(crate) async fn write_file_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let path = &std::path::absolute(path)?;
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(".tmp");
     let temporary = PathBuf::from(temporary);

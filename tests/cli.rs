@@ -1,0 +1,259 @@
+//! The real `flumen` binary: broker processes started and killed, and the CLI's produce
+//! and consume, end to end over real sockets and files.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flumen_client::{Acks, Client};
+use flumen_protocol::record::BatchBuilder;
+
+const FLUMEN: &str = env!("CARGO_BIN_EXE_flumen");
+
+struct Broker {
+    child: Child,
+}
+
+impl Broker {
+    fn start(data_dir: &Path, address: SocketAddr) -> Self {
+        let child = Command::new(FLUMEN)
+            .args(["broker", "--shards", "2", "--listen", &address.to_string()])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("broker starts");
+        // Readiness, not timing: wait (bounded) until the port accepts connections.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(address).is_err() {
+            assert!(Instant::now() < deadline, "broker did not start listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child }
+    }
+
+    fn stop(mut self) {
+        // SIGTERM: graceful shutdown.
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "graceful shutdown exits cleanly: {status}"
+        );
+    }
+
+    fn kill_9(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The tests of this file run one at a time: each picks fixed ports for its broker (a
+/// restarted broker must come back on the same ones), and two picking at once could
+/// collide.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn free_address() -> SocketAddr {
+    // Three consecutive free ports: the shared one and one per shard.
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if port < 65_000
+            && (1..=2).all(|offset| TcpListener::bind(("127.0.0.1", port + offset)).is_ok())
+        {
+            return SocketAddr::from(([127, 0, 0, 1], port));
+        }
+    }
+}
+
+fn cli(address: SocketAddr, args: &[&str], stdin: Option<&[u8]>) -> (bool, String, String) {
+    let mut child = Command::new(FLUMEN)
+        .arg("--bootstrap")
+        .arg(address.to_string())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let bytes = stdin.unwrap_or_default().to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&bytes);
+    });
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_hundred_thousand_keyed_messages_through_the_cli_survive_a_restart() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let address = free_address();
+    let broker = Broker::start(dir.path(), address);
+    let (ok, _, stderr) = cli(
+        address,
+        &["topic", "create", "events", "--partitions", "4"],
+        None,
+    );
+    assert!(ok, "{stderr}");
+    let total = 100_000;
+    let input: String = (0..total)
+        .map(|index| format!("key{}:value-{index}\n", index % 1000))
+        .collect();
+    let (ok, _, stderr) = cli(
+        address,
+        &["produce", "events", "--key-separator", ":"],
+        Some(input.as_bytes()),
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains(&format!("acknowledged {total} records")),
+        "{stderr}"
+    );
+    broker.stop();
+
+    let broker = Broker::start(dir.path(), address);
+    let max = total.to_string();
+    let args = [
+        "consume",
+        "events",
+        "--from-beginning",
+        "--max-messages",
+        &max,
+        "--format",
+        r"%p %o %k %s\n",
+    ];
+    let (ok, stdout, stderr) = cli(address, &args, None);
+    assert!(ok, "{stderr}");
+    let mut partitions_of_key: HashMap<String, u32> = HashMap::new();
+    let mut last_in_partition: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+    let mut seen = vec![false; total];
+    for line in stdout.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let (partition, offset): (u32, u64) =
+            (fields[0].parse().unwrap(), fields[1].parse().unwrap());
+        let index: usize = fields[3].strip_prefix("value-").unwrap().parse().unwrap();
+        assert_eq!(
+            fields[2],
+            format!("key{}", index % 1000),
+            "key and value travel together"
+        );
+        assert!(!seen[index], "value {index} seen twice");
+        seen[index] = true;
+        let owner = *partitions_of_key
+            .entry(fields[2].to_owned())
+            .or_insert(partition);
+        assert_eq!(owner, partition, "same key, same partition");
+        if let Some((last_offset, last_index)) = last_in_partition.get(&partition) {
+            assert_eq!(
+                offset,
+                last_offset + 1,
+                "dense offsets in partition {partition}"
+            );
+            assert!(
+                index > *last_index as usize,
+                "input order kept within a partition"
+            );
+        }
+        last_in_partition.insert(partition, (offset, index as u64));
+    }
+    assert!(seen.iter().all(|&found| found), "every message came back");
+    assert_eq!(
+        last_in_partition.len(),
+        4,
+        "keys spread over all partitions"
+    );
+    broker.stop();
+}
+
+#[test]
+fn every_acknowledged_message_survives_kill_9() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let address = free_address();
+    let broker = Broker::start(dir.path(), address);
+    let mut client = Client::connect(address).unwrap();
+    client.create_topic("durable", 1, &[]).unwrap();
+    let mut acknowledged: Vec<(u64, String)> = Vec::new();
+    let mut broker = Some(broker);
+    let mut killer = None;
+    for index in 0..100_000u64 {
+        let value = format!("message-{index}");
+        let mut builder = BatchBuilder::new(0);
+        builder.push(index as i64, None, Some(value.as_bytes()), &[]);
+        let batch = builder.build().unwrap();
+        match client.produce("durable", 0, &[batch.as_bytes()], Acks::All) {
+            Ok(result) => acknowledged.push((result.base_offset, value)),
+            Err(_) => break,
+        }
+        if index == 300 {
+            // Kill mid-stream from another thread while this one keeps producing.
+            let victim = broker.take().unwrap();
+            killer = Some(std::thread::spawn(move || victim.kill_9()));
+        }
+    }
+    killer.expect("the broker was killed").join().unwrap();
+    assert!(acknowledged.len() > 300);
+    // The killed broker's io_uring rings are torn down asynchronously by the kernel and can
+    // keep its listening sockets open a moment after the process is gone; a connection
+    // made then is reset. Wait (bounded) until the old listeners are gone.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(address).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the killed broker's port was never released"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let broker = Broker::start(dir.path(), address);
+    let mut client = Client::connect(address).unwrap();
+    let mut stored = HashMap::new();
+    let mut offset = 0;
+    loop {
+        let fetched = client.fetch("durable", 0, offset, 1 << 20, 0).unwrap();
+        let batches = fetched.batches().unwrap();
+        if batches.is_empty() {
+            break;
+        }
+        for batch in batches {
+            for record in batch.records() {
+                stored.insert(
+                    record.offset(),
+                    String::from_utf8(record.value().unwrap().to_vec()).unwrap(),
+                );
+                offset = record.offset() + 1;
+            }
+        }
+    }
+    for (offset, value) in &acknowledged {
+        assert_eq!(
+            stored.get(offset),
+            Some(value),
+            "acknowledged offset {offset} lost or changed"
+        );
+    }
+    broker.stop();
+}
