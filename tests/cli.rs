@@ -257,3 +257,34 @@ fn every_acknowledged_message_survives_kill_9() {
     }
     broker.stop();
 }
+
+#[test]
+fn start_up_problems_get_one_clear_line_and_a_non_zero_exit() {
+    let _serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let address = free_address();
+    let broker = Broker::start(dir.path(), address);
+    let second = Command::new(FLUMEN)
+        .args(["broker", "--shards", "1", "--listen", &address.to_string()])
+        .arg("--data-dir")
+        .arg(dir.path().join("other"))
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let message = String::from_utf8_lossy(&second.stderr);
+    assert!(message.contains("already in use"), "{message}");
+    broker.stop();
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let output = Command::new(FLUMEN)
+        .args(["broker", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not writable"));
+
+    let (ok, _, stderr) = cli(address, &["topic", "list"], None);
+    assert!(!ok && stderr.contains("cannot reach a broker"), "{stderr}");
+}
