@@ -21,7 +21,10 @@ const RECORDS_PER_BATCH: usize = 1_000;
 const RECORD_BYTES: usize = 1_024;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
@@ -60,14 +63,22 @@ fn mib_per_second(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / (1 << 20) as f64 / elapsed.as_secs_f64()
 }
 
-fn produce(bootstrap: &str, topic: &str, batch: &[u8], acks: Acks, connections: u32, seconds: u64) -> (u64, Duration) {
+fn produce(
+    bootstrap: &str,
+    topic: &str,
+    batch: &[u8],
+    acks: Acks,
+    connections: u32,
+    seconds: u64,
+) -> (u64, Duration) {
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let threads: Vec<_> = (0..connections)
         .map(|connection| {
             let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
-            let (bootstrap, topic, batch) = (bootstrap.to_owned(), topic.to_owned(), batch.to_vec());
+            let (bootstrap, topic, batch) =
+                (bootstrap.to_owned(), topic.to_owned(), batch.to_vec());
             std::thread::spawn(move || {
                 let mut client = Client::connect(&bootstrap).unwrap();
                 let mut partition = connection % PARTITIONS;
@@ -104,13 +115,22 @@ fn consume(bootstrap: &str, topic: &str, connections: u32) -> (u64, Duration) {
                             break;
                         }
                         bytes += length;
-                        offset = fetched.batches().unwrap().last().unwrap().header().next_offset();
+                        offset = fetched
+                            .batches()
+                            .unwrap()
+                            .last()
+                            .unwrap()
+                            .header()
+                            .next_offset();
                     }
                 }
                 bytes
             })
         })
         .collect();
-    let bytes = threads.into_iter().map(|thread| thread.join().unwrap()).sum();
+    let bytes = threads
+        .into_iter()
+        .map(|thread| thread.join().unwrap())
+        .sum();
     (bytes, start.elapsed())
 }

@@ -7,13 +7,16 @@
 //! The crate is layered bottom-up; a module only imports the ones below it (enforced by
 //! `tests/tidy.rs`):
 //!
-//! 1. [`shard`] — the executor-facing primitives: spawning, shard-local synchronisation,
-//!    and the clock seam.
+//! 1. [`shard`] — the executor pool (one pinned glommio executor per core, a bounded
+//!    mesh between them), partition placement, shard-local synchronisation, the clock.
 //! 2. [`storage`] — segment files on direct I/O, indexes, the per-partition [`storage::Log`],
 //!    recovery, retention and the per-shard tail cache. It knows nothing of networks,
 //!    replication or groups.
+//! 3. [`partition`] and [`cluster`] — a partition (log, topic configuration, append
+//!    notification) and the topic catalog.
+//! 4. [`server`] — the broker: listeners, connections, one handler per API.
+//! 5. [`cli`] — the `flumen` command line.
 //!
-//! The partition, group, server and CLI layers are built on top of these.
 //! `docs/ARCHITECTURE.md` is the map of the code.
 
 pub mod cli;

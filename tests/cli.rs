@@ -260,7 +260,9 @@ fn every_acknowledged_message_survives_kill_9() {
 
 #[test]
 fn start_up_problems_get_one_clear_line_and_a_non_zero_exit() {
-    let _serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let address = free_address();
     let broker = Broker::start(dir.path(), address);

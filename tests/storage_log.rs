@@ -372,3 +372,37 @@ fn sequential_reads_never_see_bytes_replaced_by_truncation() {
         assert!(seen.iter().all(|(tag, _)| *tag >= 1_000));
     });
 }
+
+#[test]
+fn staged_bytes_reach_the_file_without_a_flush_once_submitted() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open_uncached(dir.path(), small_config()).await;
+        log.append(batch(1, 1, 100, 0)).await.unwrap();
+        let segment = dir.path().join(format!("{:020}.log", 0));
+        let on_disk = || {
+            std::fs::read(&segment)
+                .unwrap()
+                .iter()
+                .any(|&byte| byte != 0)
+        };
+        assert!(!on_disk(), "a small append stays staged in memory");
+        log.submit_staged();
+        // Bounded wait for the background write (not a timing assertion).
+        for _ in 0..5_000 {
+            if on_disk() {
+                break;
+            }
+            flumen::shard::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert!(
+            on_disk(),
+            "submitted bytes reach the file without fdatasync"
+        );
+        log.submit_staged(); // nothing new: no write
+        log.append(batch(2, 1, 100, 0)).await.unwrap();
+        log.flush().await.unwrap();
+        let read: Vec<_> = read_all(&log).await.iter().flat_map(tags).collect();
+        assert_eq!(read, vec![(1, 0), (2, 0)]);
+    });
+}

@@ -11,8 +11,8 @@
 //!   [`record::BatchView::validate`] and afterwards only patches the broker-assigned header
 //!   fields; consumers read keys and values in place.
 //!
-//! The wire codec (framing, request and response headers, one module per API) is added
-//! beside `record` by the broker work.
+//! - [`wire`]: the native protocol: length-prefixed frames with 16-byte-aligned control
+//!   (rkyv) and data (batches) sections, error codes, and one module per API.
 
 pub mod record;
 pub mod wire;

@@ -24,6 +24,7 @@ pub(super) struct ConfigFile {
     pub in_flight_bytes_per_connection: Option<usize>,
     pub in_flight_requests_per_connection: Option<usize>,
     pub retention_check_interval_ms: Option<u64>,
+    pub write_out_interval_ms: Option<u64>,
     pub log: Option<LogDefaults>,
 }
 
@@ -71,7 +72,7 @@ impl ConfigFile {
             in_flight_bytes_per_connection,
             in_flight_requests_per_connection
         );
-        set!(retention_check_interval_ms);
+        set!(retention_check_interval_ms, write_out_interval_ms);
         if self.advertised_host.is_some() {
             config.advertised_host = self.advertised_host;
         }
@@ -97,6 +98,7 @@ impl ConfigFile {
             in_flight_bytes_per_connection: Some(config.in_flight_bytes_per_connection),
             in_flight_requests_per_connection: Some(config.in_flight_requests_per_connection),
             retention_check_interval_ms: Some(config.retention_check_interval_ms),
+            write_out_interval_ms: Some(config.write_out_interval_ms),
             log: Some(LogDefaults {
                 segment_bytes: Some(log.segment_bytes_max),
                 segment_ms: Some(log.segment_age_ms_max.unwrap_or(-1)),

@@ -84,8 +84,15 @@ pub fn validate_topic_name(name: &str) -> Result<(), CatalogError> {
     if name.is_empty() || name.len() > 249 {
         return Err(invalid("must be 1 to 249 characters"));
     }
-    if name == "." || name == ".." {
-        return Err(invalid("must not be . or .."));
+    if name.starts_with('.') {
+        return Err(invalid(
+            "must not start with '.' (reserved for the broker's own directories)",
+        ));
+    }
+    if name.ends_with(".meta") || name.ends_with(".tmp") {
+        return Err(invalid(
+            "must not end in .meta or .tmp (reserved for the broker's files)",
+        ));
     }
     if !name
         .bytes()
@@ -313,10 +320,12 @@ mod tests {
             catalog.with_topic("bad name", 1, 1, &[]),
             Err(CatalogError::InvalidName { .. })
         ));
-        assert!(matches!(
-            catalog.with_topic("..", 1, 1, &[]),
-            Err(CatalogError::InvalidName { .. })
-        ));
+        for reserved in ["..", ".trash", "topics.meta", "topics.meta.tmp"] {
+            assert!(matches!(
+                catalog.with_topic(reserved, 1, 1, &[]),
+                Err(CatalogError::InvalidName { .. })
+            ));
+        }
         assert!(matches!(
             catalog.with_topic(&"x".repeat(250), 1, 1, &[]),
             Err(CatalogError::InvalidName { .. })

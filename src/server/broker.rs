@@ -148,6 +148,7 @@ pub fn run_broker(mut config: BrokerConfig) -> Result<BrokerHandle, StartupError
         }
     })?;
     check_memlock(&config)?;
+    check_io_uring(&config)?;
     let ports = resolve_ports(&config)?;
     let cpus = available_cpus();
     let pool_config = ShardPoolConfig {
@@ -216,6 +217,16 @@ struct Shared {
     closed: AtomicUsize,
 }
 
+impl Shared {
+    /// A shard that stops before serving still passes every barrier, so the others never
+    /// wait for it.
+    fn abandon(&self) {
+        for counter in [&self.opened, &self.drained, &self.closed] {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
 async fn run_shard(
     mut context: ShardContext<MeshMessage>,
     shared: Arc<Shared>,
@@ -226,7 +237,7 @@ async fn run_shard(
         Ok(catalog) => catalog,
         Err(error) => {
             let _ = ready.send(Err(format!("cannot load the topic catalog: {error}")));
-            shared.opened.fetch_add(1, Ordering::SeqCst);
+            shared.abandon();
             return;
         }
     };
@@ -260,6 +271,9 @@ async fn run_shard(
         (Ok(common), Ok(own)) => [common, own],
         (Err(error), _) | (_, Err(error)) => {
             let _ = ready.send(Err(format!("cannot listen: {error}")));
+            // Past the `opened` barrier already: count only at the shutdown ones.
+            shared.drained.fetch_add(1, Ordering::SeqCst);
+            shared.closed.fetch_add(1, Ordering::SeqCst);
             return;
         }
     };
@@ -280,6 +294,7 @@ async fn serve_until_stopped(state: &Rc<ShardState>, listeners: [TcpListener; 2]
         })
         .collect();
     let retention = spawn(retention_loop(Rc::clone(state)));
+    let write_out = spawn(write_out_loop(Rc::clone(state)));
     while !shared.stop.load(Ordering::SeqCst) {
         sleep(Duration::from_millis(20)).await;
     }
@@ -289,6 +304,7 @@ async fn serve_until_stopped(state: &Rc<ShardState>, listeners: [TcpListener; 2]
         acceptor.await;
     }
     drop(retention);
+    drop(write_out);
     // Let connections finish their in-flight requests (they may need other shards, so
     // every shard keeps serving the mesh until all have drained).
     while connections.get() > 0 {
@@ -341,6 +357,16 @@ async fn accept_loop(
     }
 }
 
+async fn write_out_loop(state: Rc<ShardState>) {
+    let interval = Duration::from_millis(state.config.write_out_interval_ms.max(1));
+    loop {
+        sleep(interval).await;
+        for partition in state.local_partitions() {
+            partition.log().submit_staged();
+        }
+    }
+}
+
 async fn retention_loop(state: Rc<ShardState>) {
     let interval = Duration::from_millis(state.config.retention_check_interval_ms.max(10));
     loop {
@@ -367,6 +393,16 @@ fn check_data_dir(config: &BrokerConfig) -> Result<(), StartupError> {
         let _ = std::fs::remove_dir_all(trash);
     }
     Ok(())
+}
+
+/// Creates (and drops) one executor here, so a blocked io_uring is reported with advice
+/// instead of as a shard thread dying.
+fn check_io_uring(config: &BrokerConfig) -> Result<(), StartupError> {
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(config.io_memory_bytes)
+        .make()
+        .map(drop)
+        .map_err(|error| StartupError::IoUringUnavailable(error.to_string()))
 }
 
 fn check_memlock(config: &BrokerConfig) -> Result<(), StartupError> {

@@ -38,6 +38,10 @@ pub struct BrokerConfig {
     pub log: LogConfig,
     /// How often retention runs, in milliseconds.
     pub retention_check_interval_ms: u64,
+    /// How often appended bytes still in a staging buffer are handed to the device
+    /// (written, not synced), in milliseconds: the bound on how long acks=1 data stays
+    /// only in memory.
+    pub write_out_interval_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -57,6 +61,7 @@ impl Default for BrokerConfig {
             in_flight_requests_per_connection: 64,
             log: LogConfig::default(),
             retention_check_interval_ms: 60_000,
+            write_out_interval_ms: 10,
         }
     }
 }

@@ -81,8 +81,10 @@ async fn read_loop(
         };
         let mut frame = aligned_buffer(length);
         frame[..4].copy_from_slice(&prefix);
-        if reader.read_exact(&mut frame[4..]).await.is_err() {
-            return Err("client disconnected mid-request");
+        match until(reader.read_exact(&mut frame[4..]), state.shutdown.listen()).await {
+            None => return Ok(()),
+            Some(Err(_)) => return Err("client disconnected mid-request"),
+            Some(Ok(())) => {}
         }
         push_request(state, pipeline, frame);
     }

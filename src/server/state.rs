@@ -288,6 +288,16 @@ impl ShardState {
         if validate_only {
             return Ok(());
         }
+        if let CatalogChange::Create { name, .. } = &change {
+            // Data left by a deleted topic of the same name (a crash between the catalog
+            // write and the directory removal) must not come back as the new topic's.
+            let leftover = self.config.data_dir.join(name);
+            if leftover.exists() {
+                tracing::warn!(topic = %name, "removing data left by an earlier topic of this name");
+                move_to_trash(&self.config.data_dir, &leftover)
+                    .map_err(|error| (ErrorCode::StorageError, error.to_string()))?;
+            }
+        }
         next.persist(&self.config.data_dir)
             .await
             .map_err(|error| from_catalog(&error))?;

@@ -11,8 +11,8 @@
 //! shard, so it uses `Rc`, `Cell` and `RefCell`, never locks or atomics. Waiting is done
 //! with [`Notify`] and [`LocalMutex`], which are cheap because they never cross threads.
 //!
-//! This module and the storage DMA adapter are the only places that name glommio, so the
-//! executor stays replaceable.
+//! This module, the storage DMA adapter and the server's socket code are the only places
+//! that name glommio, so the executor stays replaceable.
 
 mod clock;
 mod placement;

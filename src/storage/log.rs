@@ -562,6 +562,16 @@ impl Log {
         Ok(segment)
     }
 
+    /// Hands every appended byte to the device (no `fdatasync`, no waiting). The broker
+    /// calls this every few milliseconds, so acks=1 data reaches the disk's queue soon
+    /// after it is appended even when a partition receives too little to fill a staging
+    /// buffer.
+    pub fn submit_staged(&self) {
+        if let Some(writer) = self.active_segment().writer() {
+            writer.submit_staged();
+        }
+    }
+
     /// Makes every batch appended before the call durable; returns the offset below which
     /// everything is durable. Concurrent calls share `fdatasync`s.
     pub async fn flush(&self) -> Result<u64> {

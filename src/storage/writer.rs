@@ -373,6 +373,18 @@ impl SegmentWriter {
         Ok(())
     }
 
+    /// Submits the staged bytes that no write covers yet, without waiting for the write.
+    /// Bounds how long appended data stays only in memory.
+    pub(crate) fn submit_staged(&self) {
+        let pending = {
+            let state = self.shared.state.borrow();
+            state.submitted_end < state.end && state.failure.is_none()
+        };
+        if pending {
+            self.submit_partial();
+        }
+    }
+
     /// Waits until every byte below `target` is written, submitting the staging buffer if
     /// it holds some of them.
     pub(crate) async fn write_out(&self, target: u64) -> io::Result<()> {

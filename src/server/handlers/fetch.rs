@@ -19,7 +19,7 @@ use super::{encode, DataPart, Response};
 use crate::server::errors::WireError;
 use crate::server::mesh::{FetchResult, PartitionOp};
 use crate::server::state::{FetchedBatches, Outcome as ShardOutcome, ShardState};
-use crate::shard::{spawn, with_deadline, Notify};
+use crate::shard::{spawn, until, with_deadline, Notify};
 
 /// Longest wait a fetch may ask for.
 const MAX_WAIT_MS_LIMIT: u32 = 60_000;
@@ -54,7 +54,8 @@ pub(super) async fn handle(state: &Rc<ShardState>, control: &[u8]) -> Result<Res
     let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms));
     let min_bytes = request.min_bytes.to_native() as usize;
     let mut results = read_all(state, &wanted).await;
-    if fetched_bytes(&results) < min_bytes.max(1) && wait_ms > 0 {
+    let any_error = results.iter().any(Result::is_err);
+    if fetched_bytes(&results) < min_bytes.max(1) && wait_ms > 0 && !any_error {
         wait_for_any(state, &wanted, deadline).await;
         results = read_all(state, &wanted).await;
     }
@@ -138,7 +139,8 @@ async fn wait_for_any(state: &Rc<ShardState>, wanted: &[Wanted], deadline: Insta
             })
         })
         .collect();
-    with_deadline(listener, deadline).await;
+    // Shutdown ends the wait early: the broker answers what it has and drains.
+    until(with_deadline(listener, deadline), state.shutdown.listen()).await;
 }
 
 fn assemble(
