@@ -250,3 +250,82 @@ fn bad_requests_get_clear_errors_and_the_broker_keeps_serving() {
     assert_eq!(result.base_offset, 0);
     assert_eq!(values(&mut client, "t", 1), vec!["after".to_owned()]);
 }
+
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+#[test]
+fn a_consumer_that_stops_reading_holds_bounded_broker_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = BrokerConfig {
+        data_dir: dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shards: 1,
+        io_memory_bytes: 512 << 10,
+        cache_bytes_per_shard: 0, // every fetch reads from disk into fresh buffers
+        ..BrokerConfig::default()
+    };
+    let broker = run_broker(config).unwrap();
+    let address = broker.summary().listen;
+    let mut client = Client::connect(address).unwrap();
+    client.create_topic("big", 1, &[]).unwrap();
+    let value = "x".repeat(1024);
+    let values: Vec<&str> = vec![value.as_str(); 1000];
+    let batch = batch(&values);
+    for _ in 0..40 {
+        client.produce("big", 0, &[&batch], Acks::Leader).unwrap();
+    }
+    client.fetch("big", 0, 0, 1024, 0).unwrap();
+    let before = resident_bytes();
+
+    // 200 pipelined fetches of 32 MiB each that are never read: 6 GiB if each response
+    // were materialised; the connection's budget allows 64 MiB.
+    let mut greedy = TcpStream::connect(address).unwrap();
+    let request = flumen_protocol::wire::messages::FetchRequest {
+        max_wait_ms: 0,
+        min_bytes: 1,
+        max_bytes: 32 << 20,
+        topics: vec![flumen_protocol::wire::messages::FetchTopic {
+            name: "big".into(),
+            partitions: vec![flumen_protocol::wire::messages::FetchPartition {
+                partition: 0,
+                fetch_offset: 0,
+                partition_max_bytes: 32 << 20,
+            }],
+        }],
+    };
+    let control = flumen_protocol::wire::encode_control(&request);
+    for correlation_id in 0..200 {
+        let header = flumen_protocol::wire::RequestHeader {
+            api_key: flumen_protocol::wire::ApiKey::Fetch as u16,
+            api_version: 0,
+            correlation_id,
+        };
+        let frame = flumen_protocol::wire::RequestFrame::encode(header, "greedy", &control, &[]);
+        if greedy.write_all(&frame).is_err() {
+            break;
+        }
+        if correlation_id == 100 {
+            break; // enough to exceed every limit; the broker may have stopped reading
+        }
+    }
+    let mut peak = before;
+    for _ in 0..50 {
+        let fetched = client.fetch("big", 0, 0, 1 << 20, 0).unwrap();
+        assert!(
+            !fetched.batches().unwrap().is_empty(),
+            "other clients are still served"
+        );
+        peak = peak.max(resident_bytes());
+    }
+    let growth = peak.saturating_sub(before);
+    assert!(growth < 512 << 20, "broker memory grew by {growth} bytes");
+    drop(greedy);
+}

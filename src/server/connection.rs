@@ -25,7 +25,7 @@ use glommio::net::TcpStream;
 
 use super::handlers::{dispatch, Response};
 use super::state::ShardState;
-use crate::shard::{spawn, until, Notify, Task};
+use crate::shard::{spawn, until, LocalBudget, Notify, Task};
 
 /// A request whose response is pending or ready.
 struct Entry {
@@ -50,8 +50,9 @@ pub(crate) async fn serve(state: Rc<ShardState>, stream: TcpStream, peer: Socket
     let _ = stream.set_nodelay(true);
     let (reader, writer) = futures_lite::io::split(stream);
     let pipeline = Rc::new(Pipeline::default());
+    let budget = LocalBudget::new(state.config.in_flight_bytes_per_connection);
     let writing = spawn(write_loop(Rc::clone(&pipeline), writer));
-    if let Err(reason) = read_loop(&state, reader, &pipeline).await {
+    if let Err(reason) = read_loop(&state, reader, &pipeline, &budget).await {
         tracing::debug!(%peer, reason, "connection closed");
     }
     pipeline.reading_done.set(true);
@@ -63,6 +64,7 @@ async fn read_loop(
     state: &Rc<ShardState>,
     mut reader: ReadHalf<TcpStream>,
     pipeline: &Rc<Pipeline>,
+    budget: &Rc<LocalBudget>,
 ) -> Result<(), &'static str> {
     loop {
         wait_for_room(state, pipeline).await;
@@ -86,7 +88,7 @@ async fn read_loop(
             Some(Err(_)) => return Err("client disconnected mid-request"),
             Some(Ok(())) => {}
         }
-        push_request(state, pipeline, frame);
+        push_request(state, pipeline, frame, budget);
     }
 }
 
@@ -134,7 +136,12 @@ async fn reject_frame(
 }
 
 /// Decodes a complete frame and starts its request.
-fn push_request(state: &Rc<ShardState>, pipeline: &Rc<Pipeline>, mut frame: BytesMut) {
+fn push_request(
+    state: &Rc<ShardState>,
+    pipeline: &Rc<Pipeline>,
+    mut frame: BytesMut,
+    budget: &Rc<LocalBudget>,
+) {
     let frame_bytes = frame.len();
     let correlation_id = u32::from_le_bytes(frame[8..12].try_into().expect("4 bytes"));
     let decoded = RequestFrame::decode(&frame).map(|request| {
@@ -160,8 +167,8 @@ fn push_request(state: &Rc<ShardState>, pipeline: &Rc<Pipeline>, mut frame: Byte
         Ok((Some(_), false, _, _)) => ready(Some(Response::error(ErrorCode::UnsupportedVersion))),
         Ok((Some(api), true, control, data_start)) => {
             let data = frame.split_off(data_start);
-            let state = Rc::clone(state);
-            spawn(async move { dispatch(&state, api, &frame[control], data).await })
+            let (state, budget) = (Rc::clone(state), Rc::clone(budget));
+            spawn(async move { dispatch(&state, api, &frame[control], data, &budget).await })
         }
     };
     enqueue(pipeline, correlation_id, response, frame_bytes, false);

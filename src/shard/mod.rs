@@ -22,7 +22,7 @@ mod sync;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use placement::shard_for_partition;
 pub use runtime::{available_cpus, Inbox, MeshSender, ShardContext, ShardPool, ShardPoolConfig};
-pub use sync::{LocalMutex, LocalMutexGuard, Notify};
+pub use sync::{BudgetPermit, LocalBudget, LocalMutex, LocalMutexGuard, Notify};
 
 use std::future::Future;
 use std::pin::Pin;

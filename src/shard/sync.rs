@@ -107,3 +107,126 @@ impl Drop for LocalMutexGuard<'_> {
         self.mutex.released.notify_all();
     }
 }
+
+/// A budget of units (bytes) shared by the tasks of one shard: [`LocalBudget::acquire`]
+/// waits until enough is free and returns a permit that gives it back when dropped.
+///
+/// Waiters are served strictly in the order they called `acquire`, so a later, smaller
+/// request never takes units an earlier one is waiting for. Connections rely on this:
+/// responses are written in request order, so an earlier request starved by later ones
+/// would never release them.
+#[derive(Debug)]
+pub struct LocalBudget {
+    capacity: usize,
+    available: Cell<usize>,
+    next_ticket: Cell<u64>,
+    serving: Cell<u64>,
+    released: Notify,
+}
+
+impl LocalBudget {
+    /// A budget of `capacity` units.
+    pub fn new(capacity: usize) -> std::rc::Rc<Self> {
+        std::rc::Rc::new(Self {
+            capacity,
+            available: Cell::new(capacity),
+            next_ticket: Cell::new(0),
+            serving: Cell::new(0),
+            released: Notify::new(),
+        })
+    }
+
+    /// Takes `units` (at most the whole capacity, so a large request still proceeds
+    /// alone), waiting while they are in use elsewhere.
+    pub async fn acquire(self: &std::rc::Rc<Self>, units: usize) -> BudgetPermit {
+        let units = units.min(self.capacity);
+        let ticket = self.next_ticket.get();
+        self.next_ticket.set(ticket + 1);
+        loop {
+            let listener = self.released.listen();
+            if self.serving.get() == ticket && self.available.get() >= units {
+                self.available.set(self.available.get() - units);
+                self.serving.set(ticket + 1);
+                self.released.notify_all();
+                return BudgetPermit {
+                    budget: std::rc::Rc::clone(self),
+                    units,
+                };
+            }
+            listener.await;
+        }
+    }
+
+    /// Units free now.
+    pub fn available(&self) -> usize {
+        self.available.get()
+    }
+}
+
+/// Units taken from a [`LocalBudget`], returned on drop.
+#[derive(Debug)]
+pub struct BudgetPermit {
+    budget: std::rc::Rc<LocalBudget>,
+    units: usize,
+}
+
+impl Drop for BudgetPermit {
+    fn drop(&mut self) {
+        self.budget
+            .available
+            .set(self.budget.available.get() + self.units);
+        self.budget.released.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::rc::Rc;
+
+    #[test]
+    fn budget_serves_waiters_in_order_and_returns_units_on_drop() {
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(256 << 10)
+            .spawn(|| async {
+                let budget = LocalBudget::new(100);
+                let first = budget.acquire(80).await;
+                let order = Rc::new(std::cell::RefCell::new(Vec::new()));
+                let big = {
+                    let (budget, order) = (Rc::clone(&budget), Rc::clone(&order));
+                    glommio::spawn_local(async move {
+                        let permit = budget.acquire(60).await;
+                        order.borrow_mut().push("big");
+                        permit
+                    })
+                };
+                let small = {
+                    let (budget, order) = (Rc::clone(&budget), Rc::clone(&order));
+                    glommio::spawn_local(async move {
+                        let _permit = budget.acquire(10).await;
+                        order.borrow_mut().push("small");
+                    })
+                };
+                glommio::yield_if_needed().await;
+                crate::shard::yield_to_ready_tasks().await;
+                // 20 units are free, enough for `small`, but `big` asked first.
+                assert!(order.borrow().is_empty());
+                drop(first);
+                let big_permit = big.await;
+                small.await;
+                assert_eq!(*order.borrow(), vec!["big", "small"]);
+                drop(big_permit);
+                assert_eq!(budget.available(), 100);
+                let huge = budget.acquire(1_000).await;
+                assert_eq!(
+                    budget.available(),
+                    0,
+                    "a request over capacity takes all of it"
+                );
+                drop(huge);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+}

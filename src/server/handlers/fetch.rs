@@ -19,10 +19,12 @@ use super::{encode, DataPart, Response};
 use crate::server::errors::WireError;
 use crate::server::mesh::{FetchResult, PartitionOp};
 use crate::server::state::{FetchedBatches, Outcome as ShardOutcome, ShardState};
-use crate::shard::{spawn, until, with_deadline, Notify};
+use crate::shard::{spawn, until, with_deadline, LocalBudget, Notify};
 
 /// Longest wait a fetch may ask for.
 const MAX_WAIT_MS_LIMIT: u32 = 60_000;
+/// Most batch bytes one fetch response carries (beyond a first batch larger than this).
+const RESPONSE_BYTES_MAX: usize = 32 << 20;
 
 struct Wanted {
     topic: usize,
@@ -34,8 +36,16 @@ struct Wanted {
 
 type PartitionFetch = Result<FetchResult<FetchedBatches>, WireError>;
 
-pub(super) async fn handle(state: &Rc<ShardState>, control: &[u8]) -> Result<Response, FrameError> {
+pub(super) async fn handle(
+    state: &Rc<ShardState>,
+    control: &[u8],
+    budget: &Rc<LocalBudget>,
+) -> Result<Response, FrameError> {
     let request = decode_control::<FetchRequest>(control)?;
+    // Reserve the response's bytes from the connection's budget before reading: a client
+    // that pipelines fetches but stops reading responses holds at most the budget.
+    let response_bytes = (request.max_bytes.to_native() as usize).min(RESPONSE_BYTES_MAX);
+    let permit = budget.acquire(response_bytes).await;
     let wanted: Vec<Wanted> = request
         .topics
         .iter()
@@ -63,12 +73,9 @@ pub(super) async fn handle(state: &Rc<ShardState>, control: &[u8]) -> Result<Res
         .topics
         .iter()
         .map(|topic| topic.name.as_str().to_owned());
-    Ok(assemble(
-        names.collect(),
-        &wanted,
-        results,
-        request.max_bytes.to_native() as usize,
-    ))
+    let mut response = assemble(names.collect(), &wanted, results, response_bytes);
+    response.permit = Some(permit);
+    Ok(response)
 }
 
 async fn read_all(state: &Rc<ShardState>, wanted: &[Wanted]) -> Vec<PartitionFetch> {

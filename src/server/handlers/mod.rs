@@ -20,6 +20,7 @@ use flumen_protocol::wire::{encode_control, ApiKey, ControlMessage, ErrorCode};
 
 use super::errors::WireError;
 use super::state::ShardState;
+use crate::shard::{BudgetPermit, LocalBudget};
 use crate::storage::StoredBatch;
 
 /// Bytes of a response's data section, written to the socket as they are.
@@ -42,6 +43,8 @@ pub(crate) struct Response {
     pub error_code: ErrorCode,
     pub control: Vec<u8>,
     pub data: Vec<DataPart>,
+    /// Response bytes reserved from the connection's budget; released once written.
+    pub permit: Option<BudgetPermit>,
 }
 
 impl Response {
@@ -50,6 +53,7 @@ impl Response {
             error_code: ErrorCode::None,
             control,
             data: Vec::new(),
+            permit: None,
         }
     }
 
@@ -59,6 +63,7 @@ impl Response {
             error_code: code,
             control: Vec::new(),
             data: Vec::new(),
+            permit: None,
         }
     }
 }
@@ -81,6 +86,7 @@ pub(crate) async fn dispatch(
     api: ApiKey,
     control: &[u8],
     data: BytesMut,
+    budget: &Rc<LocalBudget>,
 ) -> Option<Response> {
     let result = match api {
         ApiKey::ApiVersions => Ok(Some(api_versions::handle())),
@@ -90,7 +96,7 @@ pub(crate) async fn dispatch(
         ApiKey::DescribeConfigs => describe_configs::handle(state, control).map(Some),
         ApiKey::AlterConfigs => alter_configs::handle(state, control).await.map(Some),
         ApiKey::Produce => produce::handle(state, control, data).await,
-        ApiKey::Fetch => fetch::handle(state, control).await.map(Some),
+        ApiKey::Fetch => fetch::handle(state, control, budget).await.map(Some),
         ApiKey::ListOffsets => list_offsets::handle(state, control).await.map(Some),
     };
     match result {
