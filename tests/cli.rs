@@ -277,6 +277,24 @@ fn start_up_problems_get_one_clear_line_and_a_non_zero_exit() {
     assert!(message.contains("already in use"), "{message}");
     broker.stop();
 
+    let broker = Broker::start(dir.path(), address);
+    let same_dir = Command::new(FLUMEN)
+        .args([
+            "broker",
+            "--shards",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!same_dir.status.success());
+    let message = String::from_utf8_lossy(&same_dir.stderr);
+    assert!(message.contains("in use by another broker"), "{message}");
+    broker.stop();
+
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"not a directory").unwrap();
     let output = Command::new(FLUMEN)

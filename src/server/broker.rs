@@ -68,6 +68,12 @@ pub enum StartupError {
         /// Why.
         reason: String,
     },
+    /// Another broker uses the data directory.
+    #[error("data directory {path} is in use by another broker (it holds {path}/.lock)")]
+    DataDirInUse {
+        /// The directory.
+        path: PathBuf,
+    },
     /// The locked-memory limit is below what the shards need.
     #[error(
         "locked memory limit (ulimit -l) is {limit_bytes} bytes but {needed_bytes} are needed for \
@@ -97,6 +103,8 @@ pub struct BrokerHandle {
     stop: Arc<AtomicBool>,
     pool: Option<ShardPool>,
     summary: StartupSummary,
+    /// Holds the data directory's lock for the broker's lifetime.
+    _lock: std::fs::File,
 }
 
 impl BrokerHandle {
@@ -147,8 +155,12 @@ pub fn run_broker(mut config: BrokerConfig) -> Result<BrokerHandle, StartupError
             reason: error.to_string(),
         }
     })?;
+    let lock = lock_data_dir(&config)?;
+    // Deletions interrupted by a crash finish now that the directory is ours.
+    let _ = std::fs::remove_dir_all(config.data_dir.join(".trash"));
     check_memlock(&config)?;
     check_io_uring(&config)?;
+    raise_open_files_limit();
     let ports = resolve_ports(&config)?;
     let cpus = available_cpus();
     let pool_config = ShardPoolConfig {
@@ -174,6 +186,7 @@ pub fn run_broker(mut config: BrokerConfig) -> Result<BrokerHandle, StartupError
     })
     .map_err(|error| StartupError::IoUringUnavailable(error.to_string()))?;
     let mut handle = BrokerHandle {
+        _lock: lock,
         stop,
         pool: Some(pool),
         summary: StartupSummary {
@@ -388,10 +401,6 @@ fn check_data_dir(config: &BrokerConfig) -> Result<(), StartupError> {
     let probe = config.data_dir.join(".write-probe.tmp");
     std::fs::write(&probe, b"ok").map_err(|error| not_writable(error.to_string()))?;
     let _ = std::fs::remove_file(probe);
-    let trash = config.data_dir.join(".trash");
-    if trash.exists() {
-        let _ = std::fs::remove_dir_all(trash);
-    }
     Ok(())
 }
 
@@ -403,6 +412,55 @@ fn check_io_uring(config: &BrokerConfig) -> Result<(), StartupError> {
         .make()
         .map(drop)
         .map_err(|error| StartupError::IoUringUnavailable(error.to_string()))
+}
+
+/// Takes an exclusive lock on `<data_dir>/.lock`, so two brokers never share a data
+/// directory. The kernel releases it when the process ends, however it ends.
+fn lock_data_dir(config: &BrokerConfig) -> Result<std::fs::File, StartupError> {
+    use std::os::fd::AsRawFd;
+    let path = config.data_dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|error| StartupError::DataDirNotWritable {
+            path: config.data_dir.clone(),
+            reason: error.to_string(),
+        })?;
+    // SAFETY: `flock` on a descriptor this function owns; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(StartupError::DataDirInUse {
+            path: config.data_dir.clone(),
+        });
+    }
+    Ok(file)
+}
+
+/// Raises the soft limit on open files to the hard limit: every segment file and every
+/// connection is a descriptor.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid `rlimit` for both calls.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                tracing::info!(
+                    from = limit.rlim_cur,
+                    to = limit.rlim_max,
+                    "raised the open files limit"
+                );
+            }
+        }
+    }
 }
 
 fn check_memlock(config: &BrokerConfig) -> Result<(), StartupError> {
