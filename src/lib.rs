@@ -15,11 +15,15 @@
 //! 3. [`partition`] and [`cluster`] — a partition (log, topic configuration, append
 //!    notification) and the topic catalog.
 //! 4. [`server`] — the broker: listeners, connections, one handler per API.
-//! 5. [`cli`] — the `flumen` command line.
+//! 5. [`EmbeddedBroker`] (an in-process broker for tests) and [`cli`], the `flumen`
+//!    command line.
 //!
 //! `docs/ARCHITECTURE.md` is the map of the code.
 
 pub mod cli;
+mod embedded;
+
+pub use embedded::EmbeddedBroker;
 pub mod cluster;
 pub mod partition;
 pub mod server;
