@@ -195,6 +195,18 @@ fn bad_requests_get_clear_errors_and_the_broker_keeps_serving() {
         code(client.create_topic("y", 1, &[("retention.ms", "soon")])),
         ErrorCode::InvalidConfig
     );
+    let too_big = [
+        ("max.message.bytes", "67108864"),
+        ("segment.bytes", "134217728"),
+    ];
+    assert_eq!(
+        code(client.create_topic("z", 1, &too_big)),
+        ErrorCode::InvalidConfig
+    );
+    assert_eq!(
+        code(client.alter_configs("t", &too_big)),
+        ErrorCode::InvalidConfig
+    );
     assert_eq!(
         code(client.produce("nope", 0, &[&batch(&["v"])], Acks::Leader)),
         ErrorCode::UnknownTopic

@@ -285,6 +285,9 @@ impl ShardState {
             }
         };
         let next = next.map_err(|error| from_catalog(&error))?;
+        if let CatalogChange::Create { name, .. } | CatalogChange::Alter { name, .. } = &change {
+            self.check_topic_fits(&next, name)?;
+        }
         if validate_only {
             return Ok(());
         }
@@ -308,6 +311,26 @@ impl ShardState {
         self.apply_catalog(next).await;
         if let CatalogChange::Delete { name } = &change {
             let _ = std::fs::remove_dir(self.config.data_dir.join(name));
+        }
+        Ok(())
+    }
+
+    /// Checks a topic's configuration against this broker's defaults and limits: the
+    /// catalog only knows the built-in defaults.
+    fn check_topic_fits(&self, catalog: &Catalog, name: &str) -> Result<(), WireError> {
+        let Some(topic) = catalog.topic(name) else {
+            return Ok(());
+        };
+        let log = topic.config.log_config(&self.config.log);
+        log.validate()
+            .map_err(|error| (ErrorCode::InvalidConfig, error.to_string()))?;
+        let frame_room = self.config.frame_bytes_max.saturating_sub(64 << 10);
+        if log.batch_bytes_max > frame_room {
+            let message = format!(
+                "max.message.bytes {} does not fit this broker's frames ({} bytes max)",
+                log.batch_bytes_max, frame_room
+            );
+            return Err((ErrorCode::InvalidConfig, message));
         }
         Ok(())
     }
