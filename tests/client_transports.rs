@@ -1,0 +1,63 @@
+//! The client's transports against a real (embedded) broker: tokio and blocking run the
+//! same operations and see each other's writes.
+
+use flumen::EmbeddedBroker;
+use flumen_client::{Acks, AsyncClient, Client, ClientError, EARLIEST_TIMESTAMP};
+use flumen_protocol::record::BatchBuilder;
+use flumen_protocol::wire::ErrorCode;
+
+fn batch(value: &str) -> Vec<u8> {
+    let mut builder = BatchBuilder::new(0);
+    builder.push(7, Some(b"k"), Some(value.as_bytes()), &[]);
+    builder.build().unwrap().as_bytes().to_vec()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_tokio_client_produces_and_fetches() {
+    let broker = EmbeddedBroker::start().unwrap();
+    let mut client = AsyncClient::connect(broker.bootstrap()).await.unwrap();
+    client.create_topic("async", 2, &[]).await.unwrap();
+    let written = client
+        .produce("async", 1, &[&batch("hello")], Acks::All)
+        .await
+        .unwrap();
+    let fetched = client
+        .fetch("async", 1, written.base_offset, 1 << 20, 0)
+        .await
+        .unwrap();
+    let batches = fetched.batches().unwrap();
+    assert_eq!(
+        batches[0].records().next().unwrap().value(),
+        Some(&b"hello"[..])
+    );
+    let earliest = client
+        .list_offsets("async", 1, EARLIEST_TIMESTAMP)
+        .await
+        .unwrap();
+    assert_eq!((earliest.offset, earliest.log_end_offset), (0, 1));
+    match client
+        .produce("missing", 0, &[&batch("x")], Acks::Leader)
+        .await
+    {
+        Err(ClientError::Broker { code, .. }) => assert_eq!(code, ErrorCode::UnknownTopic),
+        other => panic!("expected UnknownTopic, got {other:?}"),
+    }
+
+    // The blocking client sees what the async one wrote.
+    let address = broker.bootstrap();
+    let seen = tokio::task::spawn_blocking(move || {
+        let mut blocking = Client::connect(address).unwrap();
+        let fetched = blocking.fetch("async", 1, 0, 1 << 20, 0).unwrap();
+        let value = fetched.batches().unwrap()[0]
+            .records()
+            .next()
+            .unwrap()
+            .value()
+            .unwrap()
+            .to_vec();
+        value
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen, b"hello");
+}
