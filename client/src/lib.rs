@@ -30,6 +30,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod accumulator;
 mod blocking;
 pub mod operation;
 mod partitioner;

@@ -1,0 +1,382 @@
+//! The producer's record accumulator, free of I/O: records are grouped per partition into
+//! batches that are sent when full (`batch_size_bytes`) or old enough (`linger`), within a
+//! bounded total buffer (`buffer_memory_bytes`).
+//!
+//! Partitioning follows Kafka's default partitioner: an explicit partition wins; a keyed
+//! record goes to `murmur2(key) % partitions`; keyless records stick to one partition per
+//! topic until that partition's batch is sent, then move to the next (sticky
+//! partitioning: full batches instead of one record per partition).
+//!
+//! The caller owns time (`now`), I/O and delivery; the accumulator only says which batches
+//! are ready and which record ids each carries.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use flumen_protocol::record::{BatchBuilder, BatchError, BuiltBatch};
+
+use crate::partition_for_key;
+
+/// Accumulator limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccumulatorConfig {
+    /// A batch is sent once its payload reaches this many bytes.
+    pub batch_size_bytes: usize,
+    /// A batch is sent at the latest this long after its first record.
+    pub linger: Duration,
+    /// Payload bytes buffered across all batches not yet delivered.
+    pub buffer_memory_bytes: usize,
+}
+
+impl Default for AccumulatorConfig {
+    fn default() -> Self {
+        Self {
+            batch_size_bytes: 256 << 10,
+            linger: Duration::from_millis(5),
+            buffer_memory_bytes: 32 << 20,
+        }
+    }
+}
+
+/// A record to send.
+#[derive(Debug, Clone, Copy)]
+pub struct OutgoingRecord<'a> {
+    /// Topic.
+    pub topic: &'a str,
+    /// Explicit partition, or `None` to let the partitioner choose.
+    pub partition: Option<u32>,
+    /// Key.
+    pub key: Option<&'a [u8]>,
+    /// Value (`None`: a tombstone).
+    pub value: Option<&'a [u8]>,
+    /// Headers.
+    pub headers: &'a [(&'a str, &'a [u8])],
+    /// Timestamp, milliseconds since the epoch.
+    pub timestamp_ms: i64,
+}
+
+/// Why a record was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    /// The buffer is full; retry once batches are delivered.
+    #[error("producer buffer full: {buffered_bytes} of {limit_bytes} bytes in use")]
+    BufferFull {
+        /// Bytes buffered.
+        buffered_bytes: usize,
+        /// The limit.
+        limit_bytes: usize,
+    },
+    /// The record alone is larger than the whole buffer.
+    #[error("record of {record_bytes} bytes exceeds the producer buffer of {limit_bytes}")]
+    RecordTooLarge {
+        /// Record size.
+        record_bytes: usize,
+        /// The limit.
+        limit_bytes: usize,
+    },
+    /// The explicit partition does not exist.
+    #[error("partition {partition} does not exist (topic has {partitions})")]
+    InvalidPartition {
+        /// Asked for.
+        partition: u32,
+        /// Existing.
+        partitions: u32,
+    },
+}
+
+/// A batch ready to send.
+#[derive(Debug)]
+pub struct ReadyBatch {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// The encoded batch.
+    pub batch: BuiltBatch,
+    /// The caller's ids of the records, in offset order.
+    pub record_ids: Vec<u64>,
+    /// Payload bytes counted against the buffer; give them back with
+    /// [`Accumulator::release`] once the batch is delivered or failed.
+    pub payload_bytes: usize,
+}
+
+struct OpenBatch {
+    builder: BatchBuilder,
+    record_ids: Vec<u64>,
+    first_append: Instant,
+}
+
+/// Groups records into per-partition batches.
+pub struct Accumulator {
+    config: AccumulatorConfig,
+    open: HashMap<(String, u32), OpenBatch>,
+    sticky: HashMap<String, u32>,
+    buffered_bytes: usize,
+}
+
+impl Accumulator {
+    /// An empty accumulator.
+    pub fn new(config: AccumulatorConfig) -> Self {
+        Self {
+            config,
+            open: HashMap::new(),
+            sticky: HashMap::new(),
+            buffered_bytes: 0,
+        }
+    }
+
+    /// Payload bytes buffered and not yet released.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered_bytes
+    }
+
+    /// The partition a record goes to, given the topic's partition count.
+    pub fn choose_partition(
+        &self,
+        record: &OutgoingRecord<'_>,
+        partitions: u32,
+    ) -> Result<u32, AppendError> {
+        match (record.partition, record.key) {
+            (Some(partition), _) if partition >= partitions => Err(AppendError::InvalidPartition {
+                partition,
+                partitions,
+            }),
+            (Some(partition), _) => Ok(partition),
+            (None, Some(key)) => Ok(partition_for_key(key, partitions)),
+            (None, None) => Ok(self.sticky.get(record.topic).copied().unwrap_or(0) % partitions),
+        }
+    }
+
+    /// Adds a record (with the caller's `id`) to its partition's batch. Returns the
+    /// partition and, if the batch became full, that batch.
+    pub fn append(
+        &mut self,
+        record: &OutgoingRecord<'_>,
+        partitions: u32,
+        id: u64,
+        now: Instant,
+    ) -> Result<(u32, Option<ReadyBatch>), AppendError> {
+        let partition = self.choose_partition(record, partitions)?;
+        let size = record_size(record);
+        if size > self.config.buffer_memory_bytes {
+            return Err(AppendError::RecordTooLarge {
+                record_bytes: size,
+                limit_bytes: self.config.buffer_memory_bytes,
+            });
+        }
+        if self.buffered_bytes + size > self.config.buffer_memory_bytes {
+            return Err(AppendError::BufferFull {
+                buffered_bytes: self.buffered_bytes,
+                limit_bytes: self.config.buffer_memory_bytes,
+            });
+        }
+        self.buffered_bytes += size;
+        let key = (record.topic.to_owned(), partition);
+        let open = self.open.entry(key.clone()).or_insert_with(|| OpenBatch {
+            builder: BatchBuilder::new(record.timestamp_ms),
+            record_ids: Vec::new(),
+            first_append: now,
+        });
+        open.builder.push(
+            record.timestamp_ms,
+            record.key,
+            record.value,
+            record.headers,
+        );
+        open.record_ids.push(id);
+        if open.builder.payload_bytes() < self.config.batch_size_bytes {
+            return Ok((partition, None));
+        }
+        let ready = self
+            .close(&key, partitions)
+            .expect("the batch was just filled");
+        Ok((partition, Some(ready)))
+    }
+
+    /// Batches whose linger has expired at `now`.
+    pub fn expired(
+        &mut self,
+        now: Instant,
+        partitions_of: impl Fn(&str) -> u32,
+    ) -> Vec<ReadyBatch> {
+        let due: Vec<(String, u32)> = self
+            .open
+            .iter()
+            .filter(|(_, open)| now.duration_since(open.first_append) >= self.config.linger)
+            .map(|(key, _)| key.clone())
+            .collect();
+        due.into_iter()
+            .filter_map(|key| {
+                let partitions = partitions_of(&key.0);
+                self.close(&key, partitions).ok()
+            })
+            .collect()
+    }
+
+    /// Every open batch, for a flush or close.
+    pub fn drain(&mut self, partitions_of: impl Fn(&str) -> u32) -> Vec<ReadyBatch> {
+        let keys: Vec<(String, u32)> = self.open.keys().cloned().collect();
+        keys.into_iter()
+            .filter_map(|key| {
+                let partitions = partitions_of(&key.0);
+                self.close(&key, partitions).ok()
+            })
+            .collect()
+    }
+
+    /// When the earliest open batch's linger expires.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.open
+            .values()
+            .map(|open| open.first_append + self.config.linger)
+            .min()
+    }
+
+    /// Gives back a delivered (or failed) batch's buffer space.
+    pub fn release(&mut self, payload_bytes: usize) {
+        assert!(
+            payload_bytes <= self.buffered_bytes,
+            "released more than was buffered"
+        );
+        self.buffered_bytes -= payload_bytes;
+    }
+
+    fn close(&mut self, key: &(String, u32), partitions: u32) -> Result<ReadyBatch, BatchError> {
+        let open = self.open.remove(key).ok_or(BatchError::Empty)?;
+        // Sticky partitioning: keyless records move on once this partition's batch is sent.
+        if self.sticky.get(&key.0).copied().unwrap_or(0) % partitions.max(1) == key.1 {
+            self.sticky
+                .insert(key.0.clone(), (key.1 + 1) % partitions.max(1));
+        }
+        let payload_bytes =
+            open.builder.payload_bytes() + open.record_ids.len() * RECORD_OVERHEAD_BYTES;
+        Ok(ReadyBatch {
+            topic: key.0.clone(),
+            partition: key.1,
+            batch: open.builder.build()?,
+            record_ids: open.record_ids,
+            payload_bytes,
+        })
+    }
+}
+
+/// Buffer space charged per record beyond its key and value (headers, framing).
+const RECORD_OVERHEAD_BYTES: usize = 32;
+
+fn record_size(record: &OutgoingRecord<'_>) -> usize {
+    record.key.map_or(0, <[u8]>::len) + record.value.map_or(0, <[u8]>::len) + RECORD_OVERHEAD_BYTES
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flumen_protocol::record::BatchView;
+
+    fn record<'a>(key: Option<&'a [u8]>, value: &'a [u8]) -> OutgoingRecord<'a> {
+        OutgoingRecord {
+            topic: "t",
+            partition: None,
+            key,
+            value: Some(value),
+            headers: &[],
+            timestamp_ms: 1,
+        }
+    }
+
+    fn config(batch_size_bytes: usize) -> AccumulatorConfig {
+        AccumulatorConfig {
+            batch_size_bytes,
+            linger: Duration::from_millis(10),
+            buffer_memory_bytes: 10_000,
+        }
+    }
+
+    #[test]
+    fn full_batches_are_ready_at_once_and_lingering_ones_on_time() {
+        let mut accumulator = Accumulator::new(config(100));
+        let now = Instant::now();
+        let (partition, ready) = accumulator
+            .append(&record(Some(b"k"), &[1; 60]), 4, 1, now)
+            .unwrap();
+        assert!(ready.is_none());
+        let (same, ready) = accumulator
+            .append(&record(Some(b"k"), &[2; 60]), 4, 2, now)
+            .unwrap();
+        assert_eq!(partition, same, "same key, same partition");
+        let ready = ready.expect("the batch reached batch_size_bytes");
+        assert_eq!(ready.record_ids, vec![1, 2]);
+        let view = BatchView::validate(ready.batch.as_bytes()).unwrap();
+        assert_eq!(view.records().len(), 2);
+
+        accumulator
+            .append(&record(Some(b"other"), &[3; 10]), 4, 3, now)
+            .unwrap();
+        assert_eq!(
+            accumulator.next_deadline(),
+            Some(now + Duration::from_millis(10))
+        );
+        assert!(accumulator
+            .expired(now + Duration::from_millis(9), |_| 4)
+            .is_empty());
+        let expired = accumulator.expired(now + Duration::from_millis(10), |_| 4);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].record_ids, vec![3]);
+        assert_eq!(accumulator.next_deadline(), None);
+    }
+
+    #[test]
+    fn the_buffer_is_bounded_and_released_on_delivery() {
+        let mut accumulator = Accumulator::new(config(1_000_000));
+        let now = Instant::now();
+        let mut appended = 0;
+        let error = loop {
+            match accumulator.append(&record(None, &[0; 900]), 2, appended, now) {
+                Ok(_) => appended += 1,
+                Err(error) => break error,
+            }
+        };
+        assert!(matches!(error, AppendError::BufferFull { .. }));
+        assert!(accumulator.buffered_bytes() <= 10_000);
+        let drained = accumulator.drain(|_| 2);
+        let total: usize = drained.iter().map(|batch| batch.record_ids.len()).sum();
+        assert_eq!(total as u64, appended);
+        for batch in drained {
+            accumulator.release(batch.payload_bytes);
+        }
+        assert_eq!(accumulator.buffered_bytes(), 0);
+        assert!(accumulator
+            .append(&record(None, &[0; 900]), 2, 99, now)
+            .is_ok());
+        assert!(matches!(
+            accumulator.append(&record(None, &[0; 20_000]), 2, 100, now),
+            Err(AppendError::RecordTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn keyless_records_stick_to_a_partition_until_its_batch_is_sent() {
+        let mut accumulator = Accumulator::new(config(100));
+        let now = Instant::now();
+        let partitions: Vec<u32> = (0..6)
+            .map(|id| {
+                accumulator
+                    .append(&record(None, &[0; 40]), 3, id, now)
+                    .unwrap()
+                    .0
+            })
+            .collect();
+        // Three 40-byte values reach the 100-byte batch size; then the next partition.
+        assert_eq!(partitions, vec![0, 0, 0, 1, 1, 1]);
+        let explicit = OutgoingRecord {
+            partition: Some(5),
+            ..record(None, b"v")
+        };
+        assert!(matches!(
+            accumulator.append(&explicit, 3, 7, now),
+            Err(AppendError::InvalidPartition {
+                partition: 5,
+                partitions: 3
+            })
+        ));
+    }
+}
