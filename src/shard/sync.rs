@@ -121,6 +121,8 @@ pub struct LocalBudget {
     available: Cell<usize>,
     next_ticket: Cell<u64>,
     serving: Cell<u64>,
+    /// Tickets whose waiters gave up (their future was dropped) before being served.
+    abandoned: RefCell<std::collections::BTreeSet<u64>>,
     released: Notify,
 }
 
@@ -132,6 +134,7 @@ impl LocalBudget {
             available: Cell::new(capacity),
             next_ticket: Cell::new(0),
             serving: Cell::new(0),
+            abandoned: RefCell::new(std::collections::BTreeSet::new()),
             released: Notify::new(),
         })
     }
@@ -142,12 +145,18 @@ impl LocalBudget {
         let units = units.min(self.capacity);
         let ticket = self.next_ticket.get();
         self.next_ticket.set(ticket + 1);
+        // If this future is dropped while waiting, its turn must not block the ones after.
+        let mut turn = Turn {
+            budget: self,
+            ticket,
+            served: false,
+        };
         loop {
             let listener = self.released.listen();
             if self.serving.get() == ticket && self.available.get() >= units {
                 self.available.set(self.available.get() - units);
-                self.serving.set(ticket + 1);
-                self.released.notify_all();
+                turn.served = true;
+                self.advance_past(ticket);
                 return BudgetPermit {
                     budget: std::rc::Rc::clone(self),
                     units,
@@ -160,6 +169,38 @@ impl LocalBudget {
     /// Units free now.
     pub fn available(&self) -> usize {
         self.available.get()
+    }
+
+    /// Moves the turn past `ticket` and past every abandoned ticket after it.
+    fn advance_past(&self, ticket: u64) {
+        let mut next = ticket + 1;
+        let mut abandoned = self.abandoned.borrow_mut();
+        while abandoned.remove(&next) {
+            next += 1;
+        }
+        self.serving.set(next);
+        drop(abandoned);
+        self.released.notify_all();
+    }
+}
+
+/// A waiter's place in line; gives the place up if dropped before being served.
+struct Turn<'a> {
+    budget: &'a LocalBudget,
+    ticket: u64,
+    served: bool,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if self.served {
+            return;
+        }
+        if self.budget.serving.get() == self.ticket {
+            self.budget.advance_past(self.ticket);
+        } else {
+            self.budget.abandoned.borrow_mut().insert(self.ticket);
+        }
     }
 }
 
@@ -223,7 +264,20 @@ mod tests {
                     0,
                     "a request over capacity takes all of it"
                 );
+                // A waiter that gives up does not block the ones behind it.
+                let abandoned = {
+                    let budget = Rc::clone(&budget);
+                    glommio::spawn_local(async move { drop(budget.acquire(10).await) })
+                };
+                let behind = {
+                    let budget = Rc::clone(&budget);
+                    glommio::spawn_local(async move { drop(budget.acquire(10).await) })
+                };
+                crate::shard::yield_to_ready_tasks().await;
+                drop(abandoned); // cancelled while waiting for its turn
                 drop(huge);
+                behind.await;
+                assert_eq!(budget.available(), 100);
             })
             .unwrap()
             .join()
