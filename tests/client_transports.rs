@@ -61,3 +61,31 @@ async fn the_tokio_client_produces_and_fetches() {
     .unwrap();
     assert_eq!(seen, b"hello");
 }
+
+#[test]
+fn an_interrupted_request_makes_the_connection_refuse_further_use() {
+    let broker = EmbeddedBroker::start().unwrap();
+    let mut client = Client::connect(broker.bootstrap()).unwrap();
+    client.create_topic("quiet", 1, &[]).unwrap();
+    // A long poll on an empty partition outlasts the read timeout.
+    client
+        .set_timeout(Some(std::time::Duration::from_millis(100)))
+        .unwrap();
+    assert!(matches!(
+        client.fetch("quiet", 0, 0, 1024, 5_000),
+        Err(ClientError::Io(_))
+    ));
+    // The late response must not be taken for the next request's.
+    match client.list_offsets("quiet", 0, EARLIEST_TIMESTAMP) {
+        Err(ClientError::Protocol(message)) => assert!(message.contains("reconnect"), "{message}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let mut fresh = Client::connect(broker.bootstrap()).unwrap();
+    assert_eq!(
+        fresh
+            .list_offsets("quiet", 0, EARLIEST_TIMESTAMP)
+            .unwrap()
+            .offset,
+        0
+    );
+}

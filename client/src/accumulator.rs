@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use flumen_protocol::record::{BatchBuilder, BatchError, BuiltBatch};
+use flumen_protocol::record::{BatchBuilder, BuiltBatch, BATCH_LENGTH_MAX_BYTES};
 
 use crate::partition_for_key;
 
@@ -26,6 +26,24 @@ pub struct AccumulatorConfig {
     pub linger: Duration,
     /// Payload bytes buffered across all batches not yet delivered.
     pub buffer_memory_bytes: usize,
+}
+
+impl AccumulatorConfig {
+    /// Checks the limits: a batch holds at most `batch_size_bytes` plus one record, and a
+    /// record at most the whole buffer, which must stay far inside the batch format's
+    /// limit so building a batch cannot fail.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.batch_size_bytes == 0 || self.buffer_memory_bytes == 0 {
+            return Err("batch_size_bytes and buffer_memory_bytes must be positive".into());
+        }
+        if self.batch_size_bytes + self.buffer_memory_bytes > BATCH_LENGTH_MAX_BYTES / 2 {
+            return Err(format!(
+                "batch_size_bytes + buffer_memory_bytes must not exceed {} bytes",
+                BATCH_LENGTH_MAX_BYTES / 2
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for AccumulatorConfig {
@@ -104,6 +122,8 @@ struct OpenBatch {
     builder: BatchBuilder,
     record_ids: Vec<u64>,
     first_append: Instant,
+    /// Buffer bytes charged for the records (what `release` gives back).
+    charged_bytes: usize,
 }
 
 /// Groups records into per-partition batches.
@@ -115,8 +135,12 @@ pub struct Accumulator {
 }
 
 impl Accumulator {
-    /// An empty accumulator.
+    /// An empty accumulator. Panics on a configuration [`AccumulatorConfig::validate`]
+    /// rejects (a programming error).
     pub fn new(config: AccumulatorConfig) -> Self {
+        if let Err(reason) = config.validate() {
+            panic!("invalid accumulator configuration: {reason}");
+        }
         Self {
             config,
             open: HashMap::new(),
@@ -143,6 +167,10 @@ impl Accumulator {
             }),
             (Some(partition), _) => Ok(partition),
             (None, Some(key)) => Ok(partition_for_key(key, partitions)),
+            (None, None) if partitions == 0 => Err(AppendError::InvalidPartition {
+                partition: 0,
+                partitions,
+            }),
             (None, None) => Ok(self.sticky.get(record.topic).copied().unwrap_or(0) % partitions),
         }
     }
@@ -176,6 +204,7 @@ impl Accumulator {
             builder: BatchBuilder::new(record.timestamp_ms),
             record_ids: Vec::new(),
             first_append: now,
+            charged_bytes: 0,
         });
         open.builder.push(
             record.timestamp_ms,
@@ -184,13 +213,11 @@ impl Accumulator {
             record.headers,
         );
         open.record_ids.push(id);
-        if open.builder.payload_bytes() < self.config.batch_size_bytes {
+        open.charged_bytes += size;
+        if open.charged_bytes < self.config.batch_size_bytes {
             return Ok((partition, None));
         }
-        let ready = self
-            .close(&key, partitions)
-            .expect("the batch was just filled");
-        Ok((partition, Some(ready)))
+        Ok((partition, self.close(&key, partitions)))
     }
 
     /// Batches whose linger has expired at `now`.
@@ -208,7 +235,7 @@ impl Accumulator {
         due.into_iter()
             .filter_map(|key| {
                 let partitions = partitions_of(&key.0);
-                self.close(&key, partitions).ok()
+                self.close(&key, partitions)
             })
             .collect()
     }
@@ -219,7 +246,7 @@ impl Accumulator {
         keys.into_iter()
             .filter_map(|key| {
                 let partitions = partitions_of(&key.0);
-                self.close(&key, partitions).ok()
+                self.close(&key, partitions)
             })
             .collect()
     }
@@ -241,30 +268,42 @@ impl Accumulator {
         self.buffered_bytes -= payload_bytes;
     }
 
-    fn close(&mut self, key: &(String, u32), partitions: u32) -> Result<ReadyBatch, BatchError> {
-        let open = self.open.remove(key).ok_or(BatchError::Empty)?;
+    fn close(&mut self, key: &(String, u32), partitions: u32) -> Option<ReadyBatch> {
+        let open = self.open.remove(key)?;
         // Sticky partitioning: keyless records move on once this partition's batch is sent.
         if self.sticky.get(&key.0).copied().unwrap_or(0) % partitions.max(1) == key.1 {
             self.sticky
                 .insert(key.0.clone(), (key.1 + 1) % partitions.max(1));
         }
-        let payload_bytes =
-            open.builder.payload_bytes() + open.record_ids.len() * RECORD_OVERHEAD_BYTES;
-        Ok(ReadyBatch {
+        // Cannot fail: validate() keeps every batch far inside the format's size limit,
+        // and a batch has at least one record.
+        let batch = open
+            .builder
+            .build()
+            .expect("batches stay within the format limits");
+        Some(ReadyBatch {
             topic: key.0.clone(),
             partition: key.1,
-            batch: open.builder.build()?,
+            batch,
             record_ids: open.record_ids,
-            payload_bytes,
+            payload_bytes: open.charged_bytes,
         })
     }
 }
 
-/// Buffer space charged per record beyond its key and value (headers, framing).
+/// Buffer space charged per record beyond its key, value and headers (framing).
 const RECORD_OVERHEAD_BYTES: usize = 32;
 
+/// Buffer bytes a record costs: key, value, headers and a fixed overhead. The same cost
+/// decides when a batch is full and what `release` gives back.
 fn record_size(record: &OutgoingRecord<'_>) -> usize {
-    record.key.map_or(0, <[u8]>::len) + record.value.map_or(0, <[u8]>::len) + RECORD_OVERHEAD_BYTES
+    let headers: usize = record
+        .headers
+        .iter()
+        .map(|(name, value)| name.len() + value.len() + 8)
+        .sum();
+    let payload = record.key.map_or(0, <[u8]>::len) + record.value.map_or(0, <[u8]>::len);
+    payload + headers + RECORD_OVERHEAD_BYTES
 }
 
 #[cfg(test)]
@@ -365,8 +404,9 @@ mod tests {
                     .0
             })
             .collect();
-        // Three 40-byte values reach the 100-byte batch size; then the next partition.
-        assert_eq!(partitions, vec![0, 0, 0, 1, 1, 1]);
+        // Two 40-byte records plus overhead reach the 100-byte batch size; then the next
+        // partition.
+        assert_eq!(partitions, vec![0, 0, 1, 1, 2, 2]);
         let explicit = OutgoingRecord {
             partition: Some(5),
             ..record(None, b"v")

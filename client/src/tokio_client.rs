@@ -6,9 +6,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
 use crate::operation::{decode, Encoder, Operation};
-use crate::{client_methods, Result};
+use crate::{client_methods, ClientError, Result};
 
 /// An async connection to one broker, on tokio.
+///
+/// Cancel safety: a call dropped before it completes (a timeout, `select!`) leaves the
+/// connection refusing further requests (they fail at once); reconnect.
 ///
 /// ```no_run
 /// # async fn example() -> flumen_client::Result<()> {
@@ -22,6 +25,10 @@ pub struct AsyncClient {
     stream: TcpStream,
     encoder: Encoder,
     frame_bytes_max: usize,
+    /// Set while a request is in progress: if the call is interrupted (a timeout, a
+    /// cancelled future, an unreadable response), the stream holds part of an exchange
+    /// and every later call would misread it, so the connection refuses further use.
+    interrupted: bool,
 }
 
 impl AsyncClient {
@@ -33,11 +40,18 @@ impl AsyncClient {
             stream,
             encoder: Encoder::new(format!("flumen-client-{}", std::process::id())),
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
+            interrupted: false,
         })
     }
 
     /// Runs one operation: sends its request, waits for and interprets the response.
     pub async fn run<O: Operation>(&mut self, operation: O) -> Result<O::Output> {
+        if self.interrupted {
+            return Err(ClientError::Protocol(
+                "an earlier request on this connection was interrupted; reconnect".into(),
+            ));
+        }
+        self.interrupted = true;
         let (correlation_id, prefix) = self.encoder.encode(&operation);
         self.stream.write_all(&prefix).await?;
         for part in operation.data() {
@@ -45,6 +59,7 @@ impl AsyncClient {
         }
         self.stream.flush().await?;
         if !operation.expects_response() {
+            self.interrupted = false;
             return operation.output_without_response();
         }
         let mut length = [0u8; 4];
@@ -54,7 +69,13 @@ impl AsyncClient {
         self.stream
             .read_exact(&mut frame.as_mut_slice()[4..])
             .await?;
+        self.interrupted = false;
         decode(operation, correlation_id, frame)
+    }
+
+    /// Accepts responses up to `bytes` (default 64 MiB, the broker's default frame limit).
+    pub fn set_frame_bytes_max(&mut self, bytes: usize) {
+        self.frame_bytes_max = bytes;
     }
 
     client_methods!([async] [.await]);

@@ -215,6 +215,9 @@ pub fn run_broker(mut config: BrokerConfig) -> Result<BrokerHandle, StartupError
     Ok(handle)
 }
 
+/// Longest wait for connections to finish their requests at shutdown.
+const SHUTDOWN_DRAIN_MS: u64 = 10_000;
+
 /// Probes of a busy address before it counts as taken (200 ms apart).
 const PORT_RELEASE_ATTEMPTS: u32 = 15;
 
@@ -319,9 +322,17 @@ async fn serve_until_stopped(state: &Rc<ShardState>, listeners: [TcpListener; 2]
     drop(retention);
     drop(write_out);
     // Let connections finish their in-flight requests (they may need other shards, so
-    // every shard keeps serving the mesh until all have drained).
-    while connections.get() > 0 {
+    // every shard keeps serving the mesh until all have drained), but not forever: a
+    // client that stops reading must not hold the broker up.
+    let drain_deadline = std::time::Instant::now() + Duration::from_millis(SHUTDOWN_DRAIN_MS);
+    while connections.get() > 0 && std::time::Instant::now() < drain_deadline {
         sleep(Duration::from_millis(5)).await;
+    }
+    if connections.get() > 0 {
+        tracing::warn!(
+            connections = connections.get(),
+            "closing connections that did not finish in time"
+        );
     }
     barrier(&shared.drained, state.shards).await;
     let closed = state.close_partitions().await;

@@ -17,7 +17,10 @@ use std::task::{Context, Poll, Waker};
 #[derive(Debug, Default)]
 pub struct Notify {
     generation: Cell<u64>,
-    waiters: RefCell<Vec<Waker>>,
+    next_key: Cell<u64>,
+    /// Wakers of pending listeners, by listener; a dropped listener removes its own, so
+    /// the set is bounded by the listeners alive, not by how many were ever created.
+    waiters: RefCell<std::collections::HashMap<u64, Waker>>,
 }
 
 impl Notify {
@@ -30,7 +33,7 @@ impl Notify {
     pub fn notify_all(&self) {
         self.generation.set(self.generation.get().wrapping_add(1));
         let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
-        for waker in waiters {
+        for (_, waker) in waiters {
             waker.wake();
         }
     }
@@ -40,7 +43,13 @@ impl Notify {
         Listener {
             notify: self,
             generation: self.generation.get(),
+            key: None,
         }
+    }
+
+    /// Listeners currently registered (for tests and diagnostics).
+    pub fn waiting(&self) -> usize {
+        self.waiters.borrow().len()
     }
 }
 
@@ -49,20 +58,75 @@ impl Notify {
 pub struct Listener<'a> {
     notify: &'a Notify,
     generation: u64,
+    key: Option<u64>,
 }
 
 impl Future for Listener<'_> {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<()> {
+    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<()> {
         if self.notify.generation.get() != self.generation {
             return Poll::Ready(());
         }
+        let key = match self.key {
+            Some(key) => key,
+            None => {
+                let key = self.notify.next_key.get();
+                self.notify.next_key.set(key.wrapping_add(1));
+                self.key = Some(key);
+                key
+            }
+        };
         let mut waiters = self.notify.waiters.borrow_mut();
-        if !waiters.iter().any(|waker| waker.will_wake(context.waker())) {
-            waiters.push(context.waker().clone());
+        match waiters.get_mut(&key) {
+            Some(waker) if waker.will_wake(context.waker()) => {}
+            _ => {
+                waiters.insert(key, context.waker().clone());
+            }
         }
         Poll::Pending
+    }
+}
+
+impl Drop for Listener<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            self.notify.waiters.borrow_mut().remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod notify_tests {
+    use super::*;
+
+    #[test]
+    fn dropped_listeners_leave_nothing_behind() {
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(256 << 10)
+            .spawn(|| async {
+                let notify = Notify::new();
+                for _ in 0..1_000 {
+                    // A listener polled once (registered), then dropped unfired.
+                    let listener = notify.listen();
+                    let _ = crate::shard::until(listener, std::future::ready(())).await;
+                }
+                assert_eq!(
+                    notify.waiting(),
+                    0,
+                    "wakers of dropped listeners are removed"
+                );
+                let mut listener = std::pin::pin!(notify.listen());
+                let mut context = Context::from_waker(std::task::Waker::noop());
+                assert!(listener.as_mut().poll(&mut context).is_pending());
+                assert_eq!(notify.waiting(), 1);
+                notify.notify_all();
+                assert_eq!(notify.waiting(), 0);
+                assert!(listener.as_mut().poll(&mut context).is_ready());
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 }
 
@@ -164,6 +228,11 @@ impl LocalBudget {
             }
             listener.await;
         }
+    }
+
+    /// The whole budget.
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     /// Units free now.

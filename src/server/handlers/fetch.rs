@@ -44,8 +44,13 @@ pub(super) async fn handle(
     let request = decode_control::<FetchRequest>(control)?;
     // Reserve the response's bytes from the connection's budget before reading: a client
     // that pipelines fetches but stops reading responses holds at most the budget.
-    let response_bytes = (request.max_bytes.to_native() as usize).min(RESPONSE_BYTES_MAX);
+    let response_bytes = (request.max_bytes.to_native() as usize)
+        .min(RESPONSE_BYTES_MAX)
+        .min(budget.capacity());
+    // The ticket is taken before any other await, so fetches are served in request order
+    // (see `LocalBudget`): the connection writes responses in that order.
     let permit = budget.acquire(response_bytes).await;
+    let response_limit = response_bytes;
     let wanted: Vec<Wanted> = request
         .topics
         .iter()
@@ -56,7 +61,8 @@ pub(super) async fn handle(
                 name: topic.name.as_str().to_owned(),
                 partition: partition.partition.to_native(),
                 offset: partition.fetch_offset.to_native(),
-                max_bytes: partition.partition_max_bytes.to_native() as usize,
+                // No partition reads more than the whole response may carry.
+                max_bytes: (partition.partition_max_bytes.to_native() as usize).min(response_limit),
             })
         })
         .collect();
