@@ -233,13 +233,79 @@ struct Shared {
     closed: AtomicUsize,
 }
 
-impl Shared {
-    /// A shard that stops before serving still passes every barrier, so the others never
-    /// wait for it.
-    fn abandon(&self) {
-        for counter in [&self.opened, &self.drained, &self.closed] {
-            counter.fetch_add(1, Ordering::SeqCst);
+/// The barriers every shard passes: all recovered (then listen), all drained (then
+/// close partitions), all closed (then exit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Opened = 0,
+    Drained = 1,
+    Closed = 2,
+}
+
+/// One shard's way through start-up and shutdown. However the shard ends — an error, a
+/// panic unwinding through it — dropping this reports a start-up failure if readiness
+/// was never sent, counts the shard at every barrier it did not reach (so no other shard
+/// waits for it forever) and, unless it finished normally, stops the broker.
+struct Progress {
+    shared: Arc<Shared>,
+    ready: Option<mpsc::Sender<Result<(usize, u64), String>>>,
+    passed: std::cell::Cell<[bool; 3]>,
+}
+
+impl Progress {
+    fn new(shared: Arc<Shared>, ready: mpsc::Sender<Result<(usize, u64), String>>) -> Self {
+        Self {
+            shared,
+            ready: Some(ready),
+            passed: std::cell::Cell::new([false; 3]),
         }
+    }
+
+    fn counter(&self, stage: Stage) -> &AtomicUsize {
+        match stage {
+            Stage::Opened => &self.shared.opened,
+            Stage::Drained => &self.shared.drained,
+            Stage::Closed => &self.shared.closed,
+        }
+    }
+
+    async fn pass(&self, stage: Stage, shards: u32) {
+        let mut passed = self.passed.get();
+        passed[stage as usize] = true;
+        self.passed.set(passed);
+        barrier(self.counter(stage), shards).await;
+    }
+
+    fn ready(&self, partitions: usize, bytes_cut: u64) {
+        if let Some(ready) = &self.ready {
+            let _ = ready.send(Ok((partitions, bytes_cut)));
+        }
+    }
+
+    fn fail(mut self, reason: String) {
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(Err(reason));
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        let passed = self.passed.get();
+        if passed == [true; 3] {
+            return;
+        }
+        if let Some(ready) = self.ready.take() {
+            if !passed[Stage::Opened as usize] {
+                let _ = ready.send(Err("a shard stopped while starting (see the log)".into()));
+            }
+        }
+        for stage in [Stage::Opened, Stage::Drained, Stage::Closed] {
+            if !passed[stage as usize] {
+                self.counter(stage).fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        self.shared.stop.store(true, Ordering::SeqCst);
     }
 }
 
@@ -248,14 +314,11 @@ async fn run_shard(
     shared: Arc<Shared>,
     ready: mpsc::Sender<Result<(usize, u64), String>>,
 ) {
+    let progress = Progress::new(Arc::clone(&shared), ready);
     let config = Rc::new(shared.config.clone());
     let catalog = match load_catalog(&config).await {
         Ok(catalog) => catalog,
-        Err(error) => {
-            let _ = ready.send(Err(format!("cannot load the topic catalog: {error}")));
-            shared.abandon();
-            return;
-        }
+        Err(error) => return progress.fail(format!("cannot load the topic catalog: {error}")),
     };
     let state = Rc::new(ShardState::new(
         context.shard,
@@ -278,7 +341,7 @@ async fn run_shard(
     }
     // Accept nothing until every shard has recovered its partitions: a connection landing
     // here may ask for any partition.
-    barrier(&shared.opened, context.shards).await;
+    progress.pass(Stage::Opened, context.shards).await;
     let own = SocketAddr::new(
         shared.listen.ip(),
         shared.shard_ports[context.shard as usize],
@@ -286,18 +349,19 @@ async fn run_shard(
     let listeners = match (TcpListener::bind(shared.listen), TcpListener::bind(own)) {
         (Ok(common), Ok(own)) => [common, own],
         (Err(error), _) | (_, Err(error)) => {
-            let _ = ready.send(Err(format!("cannot listen: {error}")));
-            // Past the `opened` barrier already: count only at the shutdown ones.
-            shared.drained.fetch_add(1, Ordering::SeqCst);
-            shared.closed.fetch_add(1, Ordering::SeqCst);
-            return;
+            return progress.fail(format!("cannot listen: {error}"))
         }
     };
-    let _ = ready.send(Ok((partitions, bytes_cut)));
-    serve_until_stopped(&state, listeners, &shared).await;
+    progress.ready(partitions, bytes_cut);
+    serve_until_stopped(&state, listeners, &shared, &progress).await;
 }
 
-async fn serve_until_stopped(state: &Rc<ShardState>, listeners: [TcpListener; 2], shared: &Shared) {
+async fn serve_until_stopped(
+    state: &Rc<ShardState>,
+    listeners: [TcpListener; 2],
+    shared: &Shared,
+    progress: &Progress,
+) {
     let connections = Rc::new(std::cell::Cell::new(0usize));
     let acceptors: Vec<_> = listeners
         .into_iter()
@@ -334,10 +398,10 @@ async fn serve_until_stopped(state: &Rc<ShardState>, listeners: [TcpListener; 2]
             "closing connections that did not finish in time"
         );
     }
-    barrier(&shared.drained, state.shards).await;
+    progress.pass(Stage::Drained, state.shards).await;
     let closed = state.close_partitions().await;
     tracing::info!(shard = state.shard, partitions = closed, "shard stopped");
-    barrier(&shared.closed, state.shards).await;
+    progress.pass(Stage::Closed, state.shards).await;
 }
 
 /// Waits until `shards` shards reached this point (shutdown only, so polling is fine).
@@ -441,8 +505,15 @@ fn lock_data_dir(config: &BrokerConfig) -> Result<std::fs::File, StartupError> {
         })?;
     // SAFETY: `flock` on a descriptor this function owns; no memory is involved.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(StartupError::DataDirInUse {
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(StartupError::DataDirInUse {
+                path: config.data_dir.clone(),
+            });
+        }
+        return Err(StartupError::DataDirNotWritable {
             path: config.data_dir.clone(),
+            reason: format!("cannot lock {}: {error}", path.display()),
         });
     }
     Ok(file)

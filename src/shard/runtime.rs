@@ -173,12 +173,16 @@ impl ShardPool {
 
     /// Waits for every shard's body to return. A panicking shard is reported as an error.
     pub fn join(self) -> io::Result<()> {
+        // Wait for every shard even after one failed: callers free what the shards use
+        // (locks, directories) once this returns.
+        let mut first_error = None;
         for handle in self.handles {
-            handle
-                .join()
-                .map_err(|error| io::Error::other(format!("a shard failed: {error:?}")))?;
+            if let Err(error) = handle.join() {
+                first_error
+                    .get_or_insert_with(|| io::Error::other(format!("a shard failed: {error:?}")));
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 }
 
