@@ -333,15 +333,9 @@ async fn run_shard(
     for inbox in context.take_inboxes() {
         spawn_detached(Rc::clone(&state).run_inbox(inbox));
     }
-    let (mut partitions, mut bytes_cut) = (0, 0);
-    for topic in state.catalog().topics() {
-        let (cut, opened) = state.open_topic(&topic.name).await;
-        bytes_cut += cut;
-        partitions += opened;
-    }
-    // Accept nothing until every shard has recovered its partitions: a connection landing
-    // here may ask for any partition.
-    progress.pass(Stage::Opened, context.shards).await;
+    // Listen before recovering: connections wait in the backlog until this shard accepts,
+    // and another broker started meanwhile finds the port taken instead of sharing it
+    // (the listeners use SO_REUSEPORT).
     let own = SocketAddr::new(
         shared.listen.ip(),
         shared.shard_ports[context.shard as usize],
@@ -352,6 +346,15 @@ async fn run_shard(
             return progress.fail(format!("cannot listen: {error}"))
         }
     };
+    let (mut partitions, mut bytes_cut) = (0, 0);
+    for topic in state.catalog().topics() {
+        let (cut, opened) = state.open_topic(&topic.name).await;
+        bytes_cut += cut;
+        partitions += opened;
+    }
+    // Accept nothing until every shard has recovered its partitions: a connection landing
+    // here may ask for any partition.
+    progress.pass(Stage::Opened, context.shards).await;
     progress.ready(partitions, bytes_cut);
     serve_until_stopped(&state, listeners, &shared, &progress).await;
 }
