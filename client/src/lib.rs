@@ -35,6 +35,8 @@ mod blocking;
 pub mod operation;
 mod partitioner;
 #[cfg(feature = "tokio")]
+pub mod producer;
+#[cfg(feature = "tokio")]
 mod tokio_client;
 
 pub use blocking::Client;
@@ -43,6 +45,8 @@ pub use flumen_protocol::wire::messages::{
     ProducePartitionResult, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP,
 };
 pub use partitioner::{murmur2, partition_for_key};
+#[cfg(feature = "tokio")]
+pub use producer::{Delivery, DeliveryFuture, ProduceError, Producer, ProducerConfig, Record};
 #[cfg(feature = "tokio")]
 pub use tokio_client::AsyncClient;
 

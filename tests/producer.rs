@@ -1,0 +1,127 @@
+//! The tokio producer against an embedded broker: batching, key partitioning, delivery
+//! futures, flush, typed errors and the delivery timeout.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use flumen::EmbeddedBroker;
+use flumen_client::accumulator::AccumulatorConfig;
+use flumen_client::{Acks, Client, ProduceError, Producer, ProducerConfig, Record};
+use flumen_protocol::wire::ErrorCode;
+
+fn record(topic: &str, key: String, value: String) -> Record {
+    Record {
+        topic: topic.to_owned(),
+        key: Some(key.into_bytes()),
+        value: Some(value.into_bytes()),
+        ..Record::default()
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn ten_thousand_keyed_records_are_delivered_in_order_per_partition() {
+    let broker = EmbeddedBroker::start_with(|config| config.shards = 2).unwrap();
+    Client::connect(broker.bootstrap())
+        .unwrap()
+        .create_topic("events", 4, &[])
+        .unwrap();
+    let producer = Producer::start(ProducerConfig::new(broker.bootstrap().to_string()));
+    let mut deliveries = Vec::new();
+    for index in 0..10_000u32 {
+        let key = format!("key-{}", index % 100);
+        deliveries.push((
+            key.clone(),
+            index,
+            producer
+                .send(record("events", key, index.to_string()))
+                .await,
+        ));
+    }
+    let mut partition_of_key = HashMap::new();
+    let mut offsets: HashMap<u32, Vec<u64>> = HashMap::new();
+    let mut by_position = HashMap::new();
+    for (key, index, delivery) in deliveries {
+        let delivered = delivery.await.expect("delivered");
+        let partition = *partition_of_key.entry(key).or_insert(delivered.partition);
+        assert_eq!(partition, delivered.partition, "same key, same partition");
+        let offset = delivered.offset.expect("acks=all reports offsets");
+        offsets.entry(partition).or_default().push(offset);
+        by_position.insert((partition, offset), index);
+    }
+    for (partition, mut list) in offsets {
+        let count = list.len();
+        list.sort_unstable();
+        assert_eq!(
+            list,
+            (0..count as u64).collect::<Vec<_>>(),
+            "dense offsets in {partition}"
+        );
+    }
+    // What the broker stored at each reported offset is the record sent.
+    let mut client = Client::connect(broker.bootstrap()).unwrap();
+    for partition in 0..4 {
+        let mut offset = 0;
+        loop {
+            let fetched = client
+                .fetch("events", partition, offset, 1 << 20, 0)
+                .unwrap();
+            let batches = fetched.batches().unwrap();
+            if batches.is_empty() {
+                break;
+            }
+            for batch in batches {
+                for stored in batch.records() {
+                    let index = by_position[&(partition, stored.offset())];
+                    assert_eq!(stored.value().unwrap(), index.to_string().as_bytes());
+                    offset = stored.offset() + 1;
+                }
+            }
+        }
+    }
+    producer.close().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn flush_sends_lingering_records_and_errors_are_typed() {
+    let broker = EmbeddedBroker::start().unwrap();
+    Client::connect(broker.bootstrap())
+        .unwrap()
+        .create_topic("t", 1, &[])
+        .unwrap();
+    let mut config = ProducerConfig::new(broker.bootstrap().to_string());
+    config.batching = AccumulatorConfig {
+        linger: Duration::from_secs(3600),
+        ..AccumulatorConfig::default()
+    };
+    config.acks = Acks::Leader;
+    config.delivery_timeout = Duration::from_millis(500);
+    let producer = Producer::start(config);
+    let delivery = producer.send(record("t", "k".into(), "v".into())).await;
+    producer.flush().await;
+    assert_eq!(delivery.await.unwrap().offset, Some(0));
+
+    let unknown = producer
+        .send(record("missing", "k".into(), "v".into()))
+        .await;
+    assert!(matches!(
+        unknown.await,
+        Err(ProduceError::Broker {
+            code: ErrorCode::UnknownTopic,
+            ..
+        })
+    ));
+    let invalid = Record {
+        partition: Some(9),
+        ..record("t", "k".into(), "v".into())
+    };
+    assert!(matches!(
+        producer.send(invalid).await.await,
+        Err(ProduceError::Rejected(_))
+    ));
+
+    // With the broker gone, a send fails clearly once the delivery timeout has passed.
+    broker.stop().unwrap();
+    let lost = producer.send(record("t", "k".into(), "late".into())).await;
+    producer.flush().await;
+    assert!(matches!(lost.await, Err(ProduceError::TimedOut(_))));
+}
