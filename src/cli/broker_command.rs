@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::config_file::ConfigFile;
-use crate::server::{run_broker, BrokerConfig};
+use crate::server::{run_broker_with_stop, BrokerConfig};
 
 #[derive(Debug, Args)]
 pub(super) struct BrokerArgs {
@@ -53,7 +53,14 @@ pub(super) fn run(args: BrokerArgs) -> Result<ExitCode, String> {
     }
     init_logging(&args.log_level);
     crate::shard::tune_allocator();
-    let broker = run_broker(config).map_err(|error| error.to_string())?;
+    // Handlers first: a signal during start-up (recovery can take a while) must shut the
+    // broker down gracefully, not kill it.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, std::sync::Arc::clone(&stop))
+            .map_err(|error| format!("cannot install signal handlers: {error}"))?;
+    }
+    let broker = run_broker_with_stop(config, stop).map_err(|error| error.to_string())?;
     let summary = broker.summary().clone();
     tracing::info!(
         shards = summary.shards,
@@ -65,11 +72,6 @@ pub(super) fn run(args: BrokerArgs) -> Result<ExitCode, String> {
         bytes_cut_by_recovery = summary.bytes_cut,
         "flumen broker started"
     );
-    let stop = broker.stop_flag();
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, std::sync::Arc::clone(&stop))
-            .map_err(|error| format!("cannot install signal handlers: {error}"))?;
-    }
     broker.join().map_err(|error| error.to_string())?;
     tracing::info!("flumen broker stopped; every partition flushed and closed");
     Ok(ExitCode::SUCCESS)

@@ -146,7 +146,16 @@ struct Ports {
 }
 
 /// Starts a broker and returns once every shard serves (or the first failure).
-pub fn run_broker(mut config: BrokerConfig) -> Result<BrokerHandle, StartupError> {
+pub fn run_broker(config: BrokerConfig) -> Result<BrokerHandle, StartupError> {
+    run_broker_with_stop(config, Arc::new(AtomicBool::new(false)))
+}
+
+/// Like [`run_broker`], stopping when `stop` is set, even during start-up (signal
+/// handlers registered before the broker starts use it).
+pub fn run_broker_with_stop(
+    mut config: BrokerConfig,
+    stop: Arc<AtomicBool>,
+) -> Result<BrokerHandle, StartupError> {
     config.validate().map_err(StartupError::Config)?;
     check_data_dir(&config)?;
     config.data_dir = std::path::absolute(&config.data_dir).map_err(|error| {
@@ -170,7 +179,6 @@ pub fn run_broker(mut config: BrokerConfig) -> Result<BrokerHandle, StartupError
         mesh_channel_capacity: 1024,
         name: "flumen-shard".into(),
     };
-    let stop = Arc::new(AtomicBool::new(false));
     let (ready, readiness) = mpsc::channel::<Result<(usize, u64), String>>();
     let shared = Arc::new(Shared {
         config: config.clone(),
