@@ -28,9 +28,13 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 fn main() {
+    if std::env::args().any(|arg| arg == "accumulator") {
+        accumulator_throughput();
+        return;
+    }
     if !std::env::args().any(|arg| arg == "run") {
         // `cargo bench` / `cargo test --benches` without a broker: nothing to do.
-        eprintln!("usage: loopback run (see scripts/bench-loopback.sh)");
+        eprintln!("usage: loopback run|accumulator (see scripts/bench-loopback.sh)");
         return;
     }
     let bootstrap: String = env_or("FLUMEN_BENCH_BOOTSTRAP", "127.0.0.1:19092".to_owned());
@@ -48,6 +52,76 @@ fn main() {
     let (bytes, elapsed) = consume(&bootstrap, &topic, connections);
     println!("consume_MiBps={:.1}", mib_per_second(bytes, elapsed));
     println!("consume_bytes={bytes}");
+    let (bytes, elapsed) = producer(&bootstrap, &topic, seconds);
+    println!("producer_acks1_MiBps={:.1}", mib_per_second(bytes, elapsed));
+}
+
+/// The tokio `Producer` (batching, linger, routing) sending 1 KiB records for `seconds`.
+fn producer(bootstrap: &str, topic: &str, seconds: u64) -> (u64, Duration) {
+    use flumen_client::{Producer, ProducerConfig, Record};
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut config = ProducerConfig::new(bootstrap);
+        config.acks = Acks::Leader;
+        config.batching.batch_size_bytes = 1 << 20;
+        let producer = Producer::start(config);
+        let value = vec![b'x'; RECORD_BYTES];
+        let start = Instant::now();
+        let mut sent = 0u64;
+        let mut pending = std::collections::VecDeque::new();
+        while start.elapsed() < Duration::from_secs(seconds) {
+            for _ in 0..1_000 {
+                let record = Record {
+                    topic: topic.to_owned(),
+                    value: Some(value.clone()),
+                    ..Record::default()
+                };
+                pending.push_back(producer.send(record).await);
+                sent += RECORD_BYTES as u64;
+            }
+            // Bound the records in flight by awaiting the oldest deliveries.
+            while pending.len() > 64_000 {
+                pending.pop_front().unwrap().await.unwrap();
+            }
+        }
+        for delivery in pending {
+            delivery.await.unwrap();
+        }
+        (sent, start.elapsed())
+    })
+}
+
+/// Batches built per second through the accumulator alone (no broker, no I/O).
+fn accumulator_throughput() {
+    use flumen_client::accumulator::{Accumulator, AccumulatorConfig, OutgoingRecord};
+    let mut accumulator = Accumulator::new(AccumulatorConfig {
+        batch_size_bytes: 1 << 20,
+        ..AccumulatorConfig::default()
+    });
+    let value = vec![b'x'; RECORD_BYTES];
+    let records = 2_000_000u64;
+    let start = Instant::now();
+    let mut batches = 0u64;
+    for id in 0..records {
+        let key = (id % 1024).to_le_bytes();
+        let record = OutgoingRecord {
+            topic: "bench",
+            partition: None,
+            key: Some(&key),
+            value: Some(&value),
+            headers: &[],
+            timestamp_ms: id as i64,
+        };
+        let (_, ready) = accumulator.append(&record, 8, id, start).unwrap();
+        if let Some(batch) = ready {
+            batches += 1;
+            accumulator.release(batch.payload_bytes);
+        }
+    }
+    let elapsed = start.elapsed();
+    println!("accumulator_batches_per_s={:.0}", batches as f64 / elapsed.as_secs_f64());
+    println!("accumulator_records_per_s={:.0}", records as f64 / elapsed.as_secs_f64());
+    println!("accumulator_MiBps={:.1}", mib_per_second(records * RECORD_BYTES as u64, elapsed));
 }
 
 fn build_batch() -> Vec<u8> {

@@ -35,7 +35,9 @@ OUT=$(FLUMEN_BENCH_BOOTSTRAP=127.0.0.1:$PORT FLUMEN_BENCH_SECONDS=$SECONDS_PER_M
   FLUMEN_BENCH_CONNECTIONS=$CONNECTIONS taskset -c 1 "$BENCH" run)
 metric() { grep -oE "^$1=[^ ]+" <<<"$OUT" | cut -d= -f2; }
 printf '\n%-28s %12s %12s %8s\n' benchmark "flumen MiB/s" "iperf3 MiB/s" ratio
-for name in produce_acks1 produce_acksall consume; do
+for name in produce_acks1 produce_acksall consume producer_acks1; do
   value=$(metric "${name}_MiBps")
   printf '%-28s %12s %12s %8s\n' "$name" "$value" "$IPERF" "$(python3 -c "print('%.3f' % ($value / $IPERF))")"
 done
+echo
+taskset -c 1 "$BENCH" accumulator
