@@ -59,7 +59,10 @@ fn main() {
 /// The tokio `Producer` (batching, linger, routing) sending 1 KiB records for `seconds`.
 fn producer(bootstrap: &str, topic: &str, seconds: u64) -> (u64, Duration) {
     use flumen_client::{Producer, ProducerConfig, Record};
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let mut config = ProducerConfig::new(bootstrap);
         config.acks = Acks::Leader;
@@ -119,9 +122,18 @@ fn accumulator_throughput() {
         }
     }
     let elapsed = start.elapsed();
-    println!("accumulator_batches_per_s={:.0}", batches as f64 / elapsed.as_secs_f64());
-    println!("accumulator_records_per_s={:.0}", records as f64 / elapsed.as_secs_f64());
-    println!("accumulator_MiBps={:.1}", mib_per_second(records * RECORD_BYTES as u64, elapsed));
+    println!(
+        "accumulator_batches_per_s={:.0}",
+        batches as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "accumulator_records_per_s={:.0}",
+        records as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "accumulator_MiBps={:.1}",
+        mib_per_second(records * RECORD_BYTES as u64, elapsed)
+    );
 }
 
 fn build_batch() -> Vec<u8> {

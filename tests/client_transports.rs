@@ -89,3 +89,36 @@ fn an_interrupted_request_makes_the_connection_refuse_further_use() {
         0
     );
 }
+
+#[test]
+fn the_glommio_client_works_from_inside_an_executor() {
+    let broker = EmbeddedBroker::start().unwrap();
+    let address = broker.bootstrap();
+    glommio::LocalExecutorBuilder::default()
+        .io_memory(256 << 10)
+        .spawn(move || async move {
+            let mut client = flumen_client::GlommioClient::connect(address)
+                .await
+                .unwrap();
+            client.create_topic("shard-local", 1, &[]).await.unwrap();
+            let written = client
+                .produce("shard-local", 0, &[&batch("on glommio")], Acks::All)
+                .await
+                .unwrap();
+            let fetched = client
+                .fetch("shard-local", 0, written.base_offset, 1 << 20, 0)
+                .await
+                .unwrap();
+            let value = fetched.batches().unwrap()[0]
+                .records()
+                .next()
+                .unwrap()
+                .value()
+                .unwrap()
+                .to_vec();
+            assert_eq!(value, b"on glommio");
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}

@@ -8,7 +8,9 @@
 //! [`operation::Operation`], and thin transports only move bytes:
 //! - [`Client`], blocking over `std::net` (what the `flumen` command line uses);
 //! - [`AsyncClient`], on tokio (feature `tokio`, on by default), `Send + Sync`-friendly
-//!   for services.
+//!   for services;
+//! - `GlommioClient` (feature `glommio`), for code already on a glommio executor, such as
+//!   the load generator.
 //!
 //! Neither needs io_uring: `cargo tree -p flumen-client -e normal` shows no glommio.
 //!
@@ -32,6 +34,8 @@
 
 pub mod accumulator;
 mod blocking;
+#[cfg(feature = "glommio")]
+mod glommio_client;
 pub mod operation;
 mod partitioner;
 #[cfg(feature = "tokio")]
@@ -44,6 +48,8 @@ pub use flumen_protocol::wire::messages::{
     ConfigValue, FetchPartitionResult, ListOffsetsPartitionResult, MetadataResponse,
     ProducePartitionResult, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP,
 };
+#[cfg(feature = "glommio")]
+pub use glommio_client::GlommioClient;
 pub use partitioner::{murmur2, partition_for_key};
 #[cfg(feature = "tokio")]
 pub use producer::{Delivery, DeliveryFuture, ProduceError, Producer, ProducerConfig, Record};
