@@ -83,6 +83,71 @@ impl Encoder {
     }
 }
 
+/// One connection's protocol state, shared by every transport: correlation ids, the
+/// response size limit, and whether an exchange was interrupted half-way (then the
+/// stream holds part of an old exchange and the connection must not be reused).
+#[derive(Debug)]
+pub struct Session {
+    encoder: Encoder,
+    frame_bytes_max: usize,
+    interrupted: bool,
+}
+
+impl Session {
+    /// A session that names itself `client_id`.
+    pub fn new(client_id: impl Into<String>) -> Self {
+        Self {
+            encoder: Encoder::new(client_id),
+            frame_bytes_max: flumen_protocol::wire::FRAME_BYTES_MAX_DEFAULT,
+            interrupted: false,
+        }
+    }
+
+    /// Accepts responses up to `bytes`.
+    pub fn set_frame_bytes_max(&mut self, bytes: usize) {
+        self.frame_bytes_max = bytes;
+    }
+
+    /// Starts an exchange: the request frame's bytes before its data section, and the
+    /// correlation id. Refused if an earlier exchange never finished.
+    pub fn begin<O: Operation>(&mut self, operation: &O) -> Result<(u32, Vec<u8>)> {
+        if self.interrupted {
+            return Err(ClientError::Protocol(
+                "an earlier request on this connection was interrupted; reconnect".into(),
+            ));
+        }
+        self.interrupted = true;
+        Ok(self.encoder.encode(operation))
+    }
+
+    /// Ends an exchange that gets no response (acks=0).
+    pub fn finish_without_response<O: Operation>(&mut self, operation: &O) -> Result<O::Output> {
+        self.interrupted = false;
+        operation.output_without_response()
+    }
+
+    /// A buffer for the response announced by `length` (its first four bytes included).
+    pub fn response_buffer(&self, length: [u8; 4]) -> Result<FrameBuffer> {
+        let mut frame = FrameBuffer::zeroed(flumen_protocol::wire::frame_length(
+            length,
+            self.frame_bytes_max,
+        )?);
+        frame.as_mut_slice()[..4].copy_from_slice(&length);
+        Ok(frame)
+    }
+
+    /// Ends an exchange with its complete response frame.
+    pub fn finish<O: Operation>(
+        &mut self,
+        operation: O,
+        correlation_id: u32,
+        frame: FrameBuffer,
+    ) -> Result<O::Output> {
+        self.interrupted = false;
+        decode(operation, correlation_id, frame)
+    }
+}
+
 /// Checks a received frame against its request and runs the operation's interpretation.
 pub fn decode<O: Operation>(
     operation: O,
