@@ -56,7 +56,7 @@ pub use producer::{Delivery, DeliveryFuture, ProduceError, Producer, ProducerCon
 #[cfg(feature = "tokio")]
 pub use tokio_client::AsyncClient;
 
-use flumen_protocol::record::{BatchError, BatchHeader, BatchView};
+use flumen_protocol::record::{first_batch_length, BatchError, BatchView};
 use flumen_protocol::wire::{ErrorCode, FrameBuffer, FrameError};
 
 /// How many replicas must have a produce before the broker answers.
@@ -129,7 +129,7 @@ impl Fetched {
             .ok_or_else(|| ClientError::Protocol("batch range outside the data".into()))?;
         let mut batches = Vec::new();
         while !bytes.is_empty() {
-            let length = BatchHeader::decode(bytes)?.padded_length().min(bytes.len());
+            let length = first_batch_length(bytes)?;
             batches.push(BatchView::validate(&bytes[..length])?);
             bytes = &bytes[length..];
         }

@@ -55,7 +55,7 @@ pub(super) fn run(bootstrap: &str, args: ProduceArgs) -> Result<ExitCode, String
         "all" | "-1" => Acks::All,
         other => return Err(format!("--acks must be 0, 1 or all, not {other}")),
     };
-    let mut clients = ShardClients::new(connect(bootstrap)?, bootstrap, &args.topic)?;
+    let clients = ShardClients::new(connect(bootstrap)?, bootstrap, &args.topic)?;
     let partitions = clients.partitions();
     if let Some(partition) = args.partition.filter(|&partition| partition >= partitions) {
         return Err(format!(
@@ -68,10 +68,15 @@ pub(super) fn run(bootstrap: &str, args: ProduceArgs) -> Result<ExitCode, String
         .iter()
         .map(|(name, value)| (name.as_str(), value.as_bytes()))
         .collect();
-    let mut summary = Summary::default();
     let mut pending: HashMap<u32, (BatchBuilder, u64)> = HashMap::new();
     let mut next_keyless = 0u32;
-    let mut failure = None;
+    let mut batches = Batches {
+        clients,
+        topic: &args.topic,
+        acks,
+        summary: Summary::default(),
+        failure: None,
+    };
     for line in std::io::stdin().lock().lines() {
         let line = line.map_err(|error| format!("cannot read standard input: {error}"))?;
         let (key, value) = match &args.key_separator {
@@ -94,81 +99,67 @@ pub(super) fn run(bootstrap: &str, args: ProduceArgs) -> Result<ExitCode, String
         {
             let (builder, bytes) = pending.remove(&partition).expect("just filled");
             next_keyless = next_keyless.wrapping_add(1);
-            if let Err(error) = send(
-                &mut clients,
-                &args.topic,
-                partition,
-                builder,
-                bytes,
-                acks,
-                &mut summary,
-            ) {
-                failure = Some(error);
+            batches.send(partition, builder, bytes);
+            if batches.failure.is_some() {
                 break;
             }
         }
     }
-    if failure.is_none() {
-        let mut rest: Vec<_> = pending.drain().collect();
-        rest.sort_by_key(|(partition, _)| *partition);
-        for (partition, (builder, bytes)) in rest {
-            if let Err(error) = send(
-                &mut clients,
-                &args.topic,
-                partition,
-                builder,
-                bytes,
-                acks,
-                &mut summary,
-            ) {
-                failure = Some(error);
-                break;
-            }
-        }
-    } else {
-        summary.failed += pending
-            .values()
-            .map(|(builder, _)| builder.record_count() as u64)
-            .sum::<u64>();
+    let mut rest: Vec<_> = pending.drain().collect();
+    rest.sort_by_key(|(partition, _)| *partition);
+    for (partition, (builder, bytes)) in rest {
+        batches.send(partition, builder, bytes);
     }
-    print_summary(&summary);
-    match failure {
+    print_summary(&batches.summary);
+    match batches.failure {
         None => Ok(ExitCode::SUCCESS),
         Some(error) => Err(error),
     }
 }
 
-fn send(
-    clients: &mut ShardClients,
-    topic: &str,
-    partition: u32,
-    builder: BatchBuilder,
-    bytes: u64,
+/// Sends batches in order; after the first failure, only counts what was not sent.
+struct Batches<'a> {
+    clients: ShardClients,
+    topic: &'a str,
     acks: Acks,
-    summary: &mut Summary,
-) -> Result<(), String> {
-    let records = builder.record_count() as u64;
-    let batch = builder.build().map_err(|error| error.to_string())?;
-    match clients
-        .client(partition)?
-        .produce(topic, partition, &[batch.as_bytes()], acks)
-    {
-        Ok(result) => {
-            summary.acknowledged += records;
-            summary.bytes += bytes;
-            if acks != Acks::None {
-                let range = summary
-                    .ranges
-                    .entry(partition)
-                    .or_insert((result.base_offset, result.last_offset));
-                range.1 = result.last_offset;
-            }
-            Ok(())
+    summary: Summary,
+    failure: Option<String>,
+}
+
+impl Batches<'_> {
+    fn send(&mut self, partition: u32, builder: BatchBuilder, bytes: u64) {
+        let records = builder.record_count() as u64;
+        if self.failure.is_some() {
+            self.summary.failed += records;
+            return;
         }
-        Err(error) => {
-            summary.failed += records;
-            Err(format!("sending to {topic}-{partition} failed: {error}"))
+        if let Err(error) = self.try_send(partition, builder) {
+            self.summary.failed += records;
+            self.failure = Some(format!(
+                "sending to {}-{partition} failed: {error}",
+                self.topic
+            ));
+            return;
         }
+        self.summary.acknowledged += records;
+        self.summary.bytes += bytes;
+    }
+
+    fn try_send(&mut self, partition: u32, builder: BatchBuilder) -> Result<(), String> {
+        let batch = builder.build().map_err(|error| error.to_string())?;
+        let client = self.clients.client(partition)?;
+        let result = client
+            .produce(self.topic, partition, &[batch.as_bytes()], self.acks)
+            .map_err(|error| error.to_string())?;
+        if self.acks != Acks::None {
+            let range = self
+                .summary
+                .ranges
+                .entry(partition)
+                .or_insert((result.base_offset, result.last_offset));
+            range.1 = result.last_offset;
+        }
+        Ok(())
     }
 }
 

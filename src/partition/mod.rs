@@ -19,7 +19,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use flumen_protocol::record::BatchHeader;
+use flumen_protocol::record::first_batch_length;
 
 use crate::shard::{with_deadline, Clock, Notify};
 use crate::storage::{
@@ -146,8 +146,7 @@ impl Partition {
     ) -> Result<Appended, StorageError> {
         let mut validated = Vec::new();
         while !batches.is_empty() {
-            let header = BatchHeader::decode(&batches)?;
-            let length = header.padded_length().min(batches.len());
+            let length = first_batch_length(&batches)?;
             validated.push(ValidatedBatch::new(batches.split_to(length))?);
         }
         if validated.is_empty() {

@@ -202,6 +202,13 @@ impl BatchHeader {
     }
 }
 
+/// How many bytes the first of several batches laid back to back occupies (padding
+/// included, at most `bytes.len()`), from its header alone: the step for walking a data
+/// section or a segment. The batch itself is not checked; validate the slice.
+pub fn first_batch_length(bytes: &[u8]) -> Result<usize, BatchError> {
+    Ok(BatchHeader::decode(bytes)?.padded_length().min(bytes.len()))
+}
+
 /// Writes `base_offset` into an encoded header in place. The CRC does not cover it.
 pub fn patch_base_offset(batch: &mut [u8], base_offset: u64) {
     batch[OFFSET_BASE_OFFSET..][..8].copy_from_slice(&base_offset.to_le_bytes());

@@ -45,8 +45,8 @@ mod view;
 pub use builder::{BatchBuilder, BuiltBatch};
 pub use error::BatchError;
 pub use header::{
-    padded_length, patch_base_offset, patch_partition_leader_epoch, Attributes, BatchHeader,
-    BodyFormat, Compression, TimestampType, BATCH_ALIGNMENT_BYTES, BATCH_HEADER_BYTES,
+    first_batch_length, padded_length, patch_base_offset, patch_partition_leader_epoch, Attributes,
+    BatchHeader, BodyFormat, Compression, TimestampType, BATCH_ALIGNMENT_BYTES, BATCH_HEADER_BYTES,
     BATCH_LENGTH_MAX_BYTES, CRC_COVERED_FROM, MAGIC,
 };
 pub use view::{BatchView, RecordView};

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use flumen_protocol::wire::messages::{AlterConfigsRequest, AlterConfigsResponse, TopicOutcome};
 use flumen_protocol::wire::{decode_control, FrameError};
 
-use super::{encode, outcome, Response};
+use super::{config_pairs, encode, outcome, Response};
 use crate::server::mesh::CatalogChange;
 use crate::server::state::ShardState;
 
@@ -16,16 +16,7 @@ pub(super) async fn handle(state: &Rc<ShardState>, control: &[u8]) -> Result<Res
     for topic in request.topics.iter() {
         let change = CatalogChange::Alter {
             name: topic.name.as_str().to_owned(),
-            configs: topic
-                .configs
-                .iter()
-                .map(|entry| {
-                    (
-                        entry.key.as_str().to_owned(),
-                        entry.value.as_str().to_owned(),
-                    )
-                })
-                .collect(),
+            configs: config_pairs(&topic.configs),
         };
         let result = state.change_catalog(change).await;
         results.push(TopicOutcome {

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use flumen_protocol::wire::messages::{CreateTopicsRequest, CreateTopicsResponse, TopicOutcome};
 use flumen_protocol::wire::{decode_control, FrameError};
 
-use super::{encode, outcome, Response};
+use super::{config_pairs, encode, outcome, Response};
 use crate::server::mesh::CatalogChange;
 use crate::server::state::ShardState;
 
@@ -18,16 +18,7 @@ pub(super) async fn handle(state: &Rc<ShardState>, control: &[u8]) -> Result<Res
             name: topic.name.as_str().to_owned(),
             partitions: topic.partitions.to_native(),
             replication_factor: topic.replication_factor.to_native(),
-            configs: topic
-                .configs
-                .iter()
-                .map(|entry| {
-                    (
-                        entry.key.as_str().to_owned(),
-                        entry.value.as_str().to_owned(),
-                    )
-                })
-                .collect(),
+            configs: config_pairs(&topic.configs),
             validate_only: request.validate_only,
         };
         let result = state.change_catalog(change).await;

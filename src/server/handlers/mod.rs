@@ -15,7 +15,7 @@ mod produce;
 use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
-use flumen_protocol::wire::messages::Outcome as WireOutcome;
+use flumen_protocol::wire::messages::{ArchivedConfigEntry, Outcome as WireOutcome};
 use flumen_protocol::wire::{encode_control, ApiKey, ControlMessage, ErrorCode};
 
 use super::errors::WireError;
@@ -66,6 +66,19 @@ impl Response {
             permit: None,
         }
     }
+}
+
+/// Owned `(key, value)` pairs from a request's archived configuration entries.
+fn config_pairs(entries: &[ArchivedConfigEntry]) -> Vec<(String, String)> {
+    entries
+        .iter()
+        .map(|entry| {
+            (
+                entry.key.as_str().to_owned(),
+                entry.value.as_str().to_owned(),
+            )
+        })
+        .collect()
 }
 
 /// Encodes a response body.
