@@ -295,6 +295,19 @@ fn start_up_problems_get_one_clear_line_and_a_non_zero_exit() {
     assert!(message.contains("in use by another broker"), "{message}");
     broker.stop();
 
+    // A locked-memory limit below what the shards' io_uring buffers need.
+    let low_memlock = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -l 64 && exec {FLUMEN} broker --shards 2 --listen 127.0.0.1:0 --data-dir {}",
+            dir.path().join("memlock").display()
+        ))
+        .output()
+        .unwrap();
+    assert!(!low_memlock.status.success());
+    let message = String::from_utf8_lossy(&low_memlock.stderr);
+    assert!(message.contains("locked memory limit"), "{message}");
+
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"not a directory").unwrap();
     let output = Command::new(FLUMEN)

@@ -341,3 +341,37 @@ fn a_consumer_that_stops_reading_holds_bounded_broker_memory() {
     assert!(growth < 512 << 20, "broker memory grew by {growth} bytes");
     drop(greedy);
 }
+
+#[test]
+fn a_long_poll_fetch_answers_when_data_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path());
+    let address = broker.summary().listen;
+    let mut client = Client::connect(address).unwrap();
+    client.create_topic("poll", 2, &[]).unwrap();
+    let max_wait_ms = 60_000;
+    let waiting = std::thread::spawn(move || {
+        let mut consumer = Client::connect(address).unwrap();
+        let started = std::time::Instant::now();
+        let fetched = consumer.fetch("poll", 1, 0, 1 << 20, max_wait_ms).unwrap();
+        let values: Vec<Vec<u8>> = fetched.batches().unwrap()[0]
+            .records()
+            .map(|record| record.value().unwrap().to_vec())
+            .collect();
+        (values, started.elapsed())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(200)); // let the fetch start waiting
+    client
+        .produce("poll", 1, &[&batch(&["wake up"])], Acks::Leader)
+        .unwrap();
+    let (values, elapsed) = waiting.join().unwrap();
+    assert_eq!(
+        values,
+        vec![b"wake up".to_vec()],
+        "the waiting fetch returns the new record"
+    );
+    assert!(
+        elapsed < std::time::Duration::from_millis(u64::from(max_wait_ms)),
+        "woken, not timed out"
+    );
+}
