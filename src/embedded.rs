@@ -21,6 +21,7 @@ pub struct EmbeddedBroker {
     handle: Option<BrokerHandle>,
     bootstrap: SocketAddr,
     data_dir: tempfile::TempDir,
+    config: BrokerConfig,
 }
 
 impl EmbeddedBroker {
@@ -50,13 +51,29 @@ impl EmbeddedBroker {
         config.data_dir = data_dir.path().to_path_buf();
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.shard_port_base = 0;
-        let handle = run_broker(config)?;
+        let handle = run_broker(config.clone())?;
         let bootstrap = handle.summary().listen;
+        config.listen = bootstrap;
         Ok(Self {
             handle: Some(handle),
             bootstrap,
             data_dir,
+            config,
         })
+    }
+
+    /// Stops the broker gracefully but keeps its data, so [`EmbeddedBroker::restart`]
+    /// can bring it back: for tests of what clients do while the broker is down.
+    pub fn shutdown(&mut self) -> std::io::Result<()> {
+        self.shut_down()
+    }
+
+    /// Starts the broker again (stopping it first if it runs) on the same data
+    /// directory and bootstrap address; shard ports may change, as after a real restart.
+    pub fn restart(&mut self) -> Result<(), StartupError> {
+        let _ = self.shut_down();
+        self.handle = Some(run_broker(self.config.clone())?);
+        Ok(())
     }
 
     /// The address clients connect to.

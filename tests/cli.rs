@@ -197,14 +197,20 @@ fn every_acknowledged_message_survives_kill_9() {
     let broker = Broker::start(dir.path(), address);
     let mut client = Client::connect(address).unwrap();
     client.create_topic("durable", 1, &[]).unwrap();
+    // Idempotent batches: after the restart, the partition must still recognise a retry.
+    let (producer_id, epoch) = client.init_producer_id().unwrap();
+    let idempotent_batch = |index: u64| {
+        let value = format!("message-{index}");
+        let mut builder = BatchBuilder::new(0);
+        builder.push(index as i64, None, Some(value.as_bytes()), &[]);
+        builder.producer(producer_id, epoch, index as i32);
+        (builder.build().unwrap(), value)
+    };
     let mut acknowledged: Vec<(u64, String)> = Vec::new();
     let mut broker = Some(broker);
     let mut killer = None;
     for index in 0..100_000u64 {
-        let value = format!("message-{index}");
-        let mut builder = BatchBuilder::new(0);
-        builder.push(index as i64, None, Some(value.as_bytes()), &[]);
-        let batch = builder.build().unwrap();
+        let (batch, value) = idempotent_batch(index);
         match client.produce("durable", 0, &[batch.as_bytes()], Acks::All) {
             Ok(result) => acknowledged.push((result.base_offset, value)),
             Err(_) => break,
@@ -255,6 +261,23 @@ fn every_acknowledged_message_survives_kill_9() {
             "acknowledged offset {offset} lost or changed"
         );
     }
+    // Producer state was rebuilt from the log (no clean-shutdown snapshot): a retry of the
+    // last acknowledged batch is a duplicate, answered with its original offset.
+    let last = acknowledged.len() as u64 - 1;
+    let (retry, _) = idempotent_batch(last);
+    let answer = client
+        .produce("durable", 0, &[retry.as_bytes()], Acks::All)
+        .unwrap();
+    assert_eq!(
+        flumen_protocol::wire::ErrorCode::from_u16(answer.outcome.error_code),
+        flumen_protocol::wire::ErrorCode::DuplicateSequence
+    );
+    assert_eq!(answer.base_offset, acknowledged[last as usize].0);
+    let log_end = client
+        .list_offsets("durable", 0, flumen_client::LATEST_TIMESTAMP)
+        .unwrap()
+        .offset;
+    assert_eq!(log_end, offset, "the duplicate was not appended");
     broker.stop();
 }
 

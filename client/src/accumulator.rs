@@ -7,6 +7,10 @@
 //! topic until that partition's batch is sent, then move to the next (sticky
 //! partitioning: full batches instead of one record per partition).
 //!
+//! Idempotence: once [`Accumulator::set_producer`] gave it a producer id, every batch is
+//! stamped when it is closed with the id, epoch and the partition's next sequence
+//! number, so batches of a partition must be delivered in the order they are closed.
+//!
 //! The caller owns time (`now`), I/O and delivery; the accumulator only says which batches
 //! are ready and which record ids each carries.
 
@@ -118,6 +122,13 @@ pub struct ReadyBatch {
     pub payload_bytes: usize,
 }
 
+impl ReadyBatch {
+    /// Records in the batch.
+    pub fn record_count(&self) -> usize {
+        self.record_ids.len()
+    }
+}
+
 struct OpenBatch {
     builder: BatchBuilder,
     record_ids: Vec<u64>,
@@ -132,6 +143,8 @@ pub struct Accumulator {
     open: HashMap<(String, u32), OpenBatch>,
     sticky: HashMap<String, u32>,
     buffered_bytes: usize,
+    producer: Option<(i64, i16)>,
+    sequences: HashMap<(String, u32), i32>,
 }
 
 impl Accumulator {
@@ -146,7 +159,42 @@ impl Accumulator {
             open: HashMap::new(),
             sticky: HashMap::new(),
             buffered_bytes: 0,
+            producer: None,
+            sequences: HashMap::new(),
         }
+    }
+
+    /// Stamps batches closed from now on with this producer id and epoch, sequences
+    /// starting at 0 in every partition.
+    pub fn set_producer(&mut self, producer_id: i64, producer_epoch: i16) {
+        self.producer = Some((producer_id, producer_epoch));
+        self.sequences.clear();
+    }
+
+    /// The producer id and epoch batches are stamped with.
+    pub fn producer(&self) -> Option<(i64, i16)> {
+        self.producer
+    }
+
+    /// Stamps an already closed batch again with the current producer and its
+    /// partition's next sequence (after [`Accumulator::set_producer`] replaced the
+    /// producer id the batch was built with).
+    pub fn restamp(&mut self, batch: &mut ReadyBatch) {
+        if let Some((producer_id, epoch)) = self.producer {
+            let sequence = self.next_sequence(&batch.topic, batch.partition, batch.record_count());
+            batch.batch.set_producer(producer_id, epoch, sequence);
+        }
+    }
+
+    /// The partition's next base sequence, advanced past `records` (wrapping like Kafka).
+    fn next_sequence(&mut self, topic: &str, partition: u32, records: usize) -> i32 {
+        let slot = self
+            .sequences
+            .entry((topic.to_owned(), partition))
+            .or_insert(0);
+        let sequence = *slot;
+        *slot = ((i64::from(sequence) + records as i64) % (i64::from(i32::MAX) + 1)) as i32;
+        sequence
     }
 
     /// Payload bytes buffered and not yet released.
@@ -269,7 +317,11 @@ impl Accumulator {
     }
 
     fn close(&mut self, key: &(String, u32), partitions: u32) -> Option<ReadyBatch> {
-        let open = self.open.remove(key)?;
+        let mut open = self.open.remove(key)?;
+        if let Some((producer_id, epoch)) = self.producer {
+            let sequence = self.next_sequence(&key.0, key.1, open.record_ids.len());
+            open.builder.producer(producer_id, epoch, sequence);
+        }
         // Sticky partitioning: keyless records move on once this partition's batch is sent.
         if self.sticky.get(&key.0).copied().unwrap_or(0) % partitions.max(1) == key.1 {
             self.sticky
@@ -296,7 +348,7 @@ const RECORD_OVERHEAD_BYTES: usize = 32;
 
 /// Buffer bytes a record costs: key, value, headers and a fixed overhead. The same cost
 /// decides when a batch is full and what `release` gives back.
-fn record_size(record: &OutgoingRecord<'_>) -> usize {
+pub fn record_size(record: &OutgoingRecord<'_>) -> usize {
     let headers: usize = record
         .headers
         .iter()
@@ -390,6 +442,53 @@ mod tests {
             accumulator.append(&record(None, &[0; 20_000]), 2, 100, now),
             Err(AppendError::RecordTooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn batches_carry_consecutive_sequences_per_partition() {
+        let mut accumulator = Accumulator::new(config(1_000_000));
+        let now = Instant::now();
+        let explicit = |partition| OutgoingRecord {
+            partition: Some(partition),
+            ..record(None, b"v")
+        };
+        let sequences = |accumulator: &mut Accumulator| -> Vec<(u32, i64, i32)> {
+            accumulator
+                .drain(|_| 2)
+                .into_iter()
+                .map(|ready| {
+                    let view = BatchView::validate(ready.batch.as_bytes()).unwrap();
+                    let header = view.header();
+                    (ready.partition, header.producer_id, header.base_sequence)
+                })
+                .collect()
+        };
+        accumulator.append(&explicit(0), 2, 0, now).unwrap();
+        assert_eq!(
+            sequences(&mut accumulator),
+            vec![(0, -1, -1)],
+            "not idempotent yet"
+        );
+        accumulator.set_producer(42, 0);
+        for id in 0..3 {
+            accumulator.append(&explicit(0), 2, id, now).unwrap();
+        }
+        accumulator.append(&explicit(1), 2, 3, now).unwrap();
+        let mut first = sequences(&mut accumulator);
+        first.sort();
+        assert_eq!(first, vec![(0, 42, 0), (1, 42, 0)]);
+        accumulator.append(&explicit(0), 2, 4, now).unwrap();
+        assert_eq!(sequences(&mut accumulator), vec![(0, 42, 3)]);
+        // A new producer id starts every partition over at 0; restamping re-CRCs.
+        accumulator.append(&explicit(0), 2, 5, now).unwrap();
+        let mut stale = accumulator.drain(|_| 2).pop().unwrap();
+        accumulator.set_producer(43, 0);
+        accumulator.restamp(&mut stale);
+        let view = BatchView::validate(stale.batch.as_bytes()).unwrap();
+        assert_eq!(
+            (view.header().producer_id, view.header().base_sequence),
+            (43, 0)
+        );
     }
 
     #[test]

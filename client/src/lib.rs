@@ -34,16 +34,26 @@
 
 pub mod accumulator;
 mod blocking;
+#[cfg(feature = "tokio")]
+pub mod consumer;
 #[cfg(feature = "glommio")]
 mod glommio_client;
 pub mod operation;
 mod partitioner;
 #[cfg(feature = "tokio")]
 pub mod producer;
+pub mod serialization;
+#[cfg(feature = "tokio")]
+mod sync_facade;
 #[cfg(feature = "tokio")]
 mod tokio_client;
 
 pub use blocking::Client;
+#[cfg(feature = "tokio")]
+pub use consumer::{
+    ConsumeError, Consumer, ConsumerConfig, ConsumerRecord, ConsumerRecordView, ConsumerRecords,
+    OffsetReset, SeekTo, TopicPartition,
+};
 pub use flumen_protocol::wire::messages::{
     ConfigValue, FetchPartitionResult, ListOffsetsPartitionResult, MetadataResponse,
     ProducePartitionResult, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP,
@@ -53,6 +63,8 @@ pub use glommio_client::GlommioClient;
 pub use partitioner::{murmur2, partition_for_key};
 #[cfg(feature = "tokio")]
 pub use producer::{Delivery, DeliveryFuture, ProduceError, Producer, ProducerConfig, Record};
+#[cfg(feature = "tokio")]
+pub use sync_facade::{BlockingConsumer, BlockingDelivery, BlockingProducer};
 #[cfg(feature = "tokio")]
 pub use tokio_client::AsyncClient;
 
@@ -170,6 +182,12 @@ macro_rules! client_methods {
         /// back and the result's offsets are zero.
         pub $($asynchronous)* fn produce(&mut self, topic: &str, partition: u32, batches: &[&[u8]], acks: $crate::Acks) -> $crate::Result<$crate::ProducePartitionResult> {
             self.run($crate::operation::Produce { topic, partition, batches, acks }) $($wait)*
+        }
+
+        /// A new producer id and epoch for idempotent produce (stamp them and per-partition
+        /// sequence numbers into batches with `BatchBuilder::producer`).
+        pub $($asynchronous)* fn init_producer_id(&mut self) -> $crate::Result<(i64, i16)> {
+            self.run($crate::operation::InitProducerId) $($wait)*
         }
 
         /// Reads from `offset`, waiting up to `max_wait_ms` for data if there is none.

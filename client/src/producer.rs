@@ -1,26 +1,36 @@
 //! The producer, on tokio: `send` returns a delivery future at once; records are batched
 //! per partition by the [`Accumulator`] (size and linger), sent to each partition's own
-//! shard, and retried with backoff on connection loss and retriable errors until
-//! `delivery_timeout`.
+//! shard, and retried with exponential backoff on connection loss and retriable errors
+//! until `delivery_timeout`.
 //!
 //! One background task owns the accumulator and the connections; handles are cheap
-//! clones (`Send + Sync`) that talk to it over a bounded channel, so a producer faster
-//! than the broker waits in `send` instead of buffering without limit.
+//! clones (`Send + Sync`) that talk to it over a channel. Buffered records are bounded
+//! in bytes (`batching.buffer_memory_bytes`): `send` waits up to `max_block` for room,
+//! then fails with [`ProduceError::BufferFull`].
 //!
-//! Delivery is at least once: a batch whose acknowledgement was lost is sent again.
-//! Idempotent sends (producer ids and sequence numbers, so retries cannot duplicate) are
-//! the next step.
+//! Idempotence (on by default, with acks 1 and all): the producer gets a producer id
+//! from the broker and stamps every batch with it and a per-partition sequence number.
+//! Batches of a partition are sent one at a time, in order, and retried unchanged, so a
+//! retry after a lost acknowledgement is recognised by the partition and answered with
+//! the original offsets: no duplicates, no reordering. If the partition lost the
+//! producer's state (an acks=1 tail lost in a broker crash, or the producer evicted), it
+//! answers out-of-sequence / unknown-producer; the producer then takes a new producer id
+//! and resends the batch under it (what was lost stays lost: that is acks=1).
+//! Without idempotence, delivery is at least once.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flumen_protocol::wire::ErrorCode;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use crate::accumulator::{Accumulator, AccumulatorConfig, AppendError, OutgoingRecord, ReadyBatch};
+use crate::accumulator::{
+    record_size, Accumulator, AccumulatorConfig, AppendError, OutgoingRecord, ReadyBatch,
+};
 use crate::{Acks, AsyncClient, ClientError};
 
 /// Producer settings.
@@ -30,32 +40,51 @@ pub struct ProducerConfig {
     pub bootstrap: String,
     /// Acknowledgement mode.
     pub acks: Acks,
-    /// Batching limits.
+    /// Batching limits and the buffer bound.
     pub batching: AccumulatorConfig,
+    /// Idempotent delivery (producer id and sequence numbers); applies to acks 1 and all.
+    pub idempotence: bool,
     /// How long a record may take from `send` to acknowledgement, retries included.
     pub delivery_timeout: Duration,
-    /// Pause between retries of a batch.
+    /// How long `send` waits for buffer room, and the producer for metadata and a
+    /// producer id, before failing.
+    pub max_block: Duration,
+    /// How long one produce request may take before the connection is dropped and the
+    /// batch retried.
+    pub request_timeout: Duration,
+    /// First pause between retries; it doubles per attempt up to `retry_backoff_max`.
     pub retry_backoff: Duration,
-    /// `send` calls queued for the background task before `send` waits.
-    pub queue_capacity: usize,
+    /// Longest pause between retries.
+    pub retry_backoff_max: Duration,
 }
 
 impl ProducerConfig {
-    /// Defaults for `bootstrap`: acks=all, 5 ms linger, 2 min delivery timeout.
+    /// Defaults for `bootstrap`: acks=all, idempotent, 5 ms linger, 32 MiB buffer, 2 min
+    /// delivery timeout, 60 s max block, 30 s request timeout, backoff 100 ms to 1 s.
     pub fn new(bootstrap: impl Into<String>) -> Self {
         Self {
             bootstrap: bootstrap.into(),
             acks: Acks::All,
             batching: AccumulatorConfig::default(),
+            idempotence: true,
             delivery_timeout: Duration::from_secs(120),
+            max_block: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
             retry_backoff: Duration::from_millis(100),
-            queue_capacity: 10_000,
+            retry_backoff_max: Duration::from_secs(1),
         }
     }
 }
 
-/// A record to send; bytes in (serialise before).
-#[derive(Debug, Clone, Default)]
+/// A record to send: bytes in (see [`crate::serde`] for typed values).
+///
+/// ```
+/// use flumen_client::Record;
+///
+/// let record = Record::new("orders", "order #1").with_key("customer-7").with_header("source", "web");
+/// assert_eq!(record.key.as_deref(), Some(&b"customer-7"[..]));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Record {
     /// Topic.
     pub topic: String,
@@ -63,12 +92,65 @@ pub struct Record {
     pub partition: Option<u32>,
     /// Key.
     pub key: Option<Vec<u8>>,
-    /// Value.
+    /// Value (`None`: a tombstone).
     pub value: Option<Vec<u8>>,
     /// Headers.
     pub headers: Vec<(String, Vec<u8>)>,
     /// Timestamp in ms since the epoch; `None` means now.
     pub timestamp_ms: Option<i64>,
+}
+
+impl Record {
+    /// A record with a value and nothing else.
+    pub fn new(topic: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        Self {
+            topic: topic.into(),
+            value: Some(value.into()),
+            ..Self::default()
+        }
+    }
+
+    /// With a key (records with the same key go to the same partition).
+    pub fn with_key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// To an explicit partition.
+    pub fn with_partition(mut self, partition: u32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+
+    /// With one more header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// With a timestamp (ms since the epoch) instead of the send time.
+    pub fn with_timestamp(mut self, timestamp_ms: i64) -> Self {
+        self.timestamp_ms = Some(timestamp_ms);
+        self
+    }
+
+    fn outgoing<'a>(&'a self, headers: &'a [(&'a str, &'a [u8])]) -> OutgoingRecord<'a> {
+        OutgoingRecord {
+            topic: &self.topic,
+            partition: self.partition,
+            key: self.key.as_deref(),
+            value: self.value.as_deref(),
+            headers,
+            timestamp_ms: self.timestamp_ms.unwrap_or_else(now_ms),
+        }
+    }
+
+    fn header_refs(&self) -> Vec<(&str, &[u8])> {
+        self.headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_slice()))
+            .collect()
+    }
 }
 
 /// Where a record landed.
@@ -91,20 +173,40 @@ pub enum ProduceError {
         /// The broker's message.
         message: String,
     },
-    /// The record could not be accepted (buffer, size, partition).
+    /// The record could not be accepted (size, partition).
     #[error(transparent)]
     Rejected(#[from] AppendError),
-    /// Not acknowledged within `delivery_timeout`; the last failure is given.
-    #[error("not delivered within the delivery timeout; last error: {0}")]
+    /// The buffer stayed full for `max_block`: the broker is slower than the producer, or
+    /// unreachable.
+    #[error("producer buffer full for {waited:?} (max_block); {buffer_bytes} bytes buffered")]
+    BufferFull {
+        /// How long `send` waited.
+        waited: Duration,
+        /// The buffer bound.
+        buffer_bytes: usize,
+    },
+    /// Not acknowledged within `delivery_timeout` (or, for metadata, `max_block`); the
+    /// last failure is given.
+    #[error("not delivered in time; last error: {0}")]
     TimedOut(String),
     /// The producer was closed.
     #[error("the producer is closed")]
     Closed,
 }
 
+type Reply = oneshot::Sender<Result<Delivery, ProduceError>>;
+
 /// Resolves when the record is acknowledged or has failed.
 #[derive(Debug)]
 pub struct DeliveryFuture(oneshot::Receiver<Result<Delivery, ProduceError>>);
+
+impl DeliveryFuture {
+    fn failed(error: ProduceError) -> Self {
+        let (reply, delivery) = oneshot::channel();
+        let _ = reply.send(Err(error));
+        Self(delivery)
+    }
+}
 
 impl Future for DeliveryFuture {
     type Output = Result<Delivery, ProduceError>;
@@ -117,47 +219,110 @@ impl Future for DeliveryFuture {
 }
 
 enum Command {
-    Send(Record, oneshot::Sender<Result<Delivery, ProduceError>>),
+    /// A record, its reply and the buffer room it holds until it is resolved.
+    Send(Record, Reply, OwnedSemaphorePermit),
     Flush(oneshot::Sender<()>),
 }
 
-/// A handle to the producer; clone it freely.
+/// A handle to the producer; clone it freely (`Send + Sync`).
+///
+/// ```no_run
+/// use flumen_client::{Producer, ProducerConfig, Record};
+///
+/// # async fn example() -> Result<(), flumen_client::ProduceError> {
+/// let producer = Producer::start(ProducerConfig::new("127.0.0.1:9292"));
+/// let delivery = producer.send(Record::new("orders", "order #1").with_key("customer-7")).await;
+/// let landed = delivery.await?;
+/// println!("partition {} offset {:?}", landed.partition, landed.offset);
+/// producer.close().await;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Producer {
-    commands: mpsc::Sender<Command>,
+    commands: mpsc::UnboundedSender<Command>,
+    room: Arc<Semaphore>,
+    buffer_bytes: usize,
+    max_block: Duration,
 }
 
 impl Producer {
-    /// Starts the producer's background task on the current tokio runtime.
+    /// Starts the producer's background task on the current tokio runtime. Panics if the
+    /// batching limits are invalid ([`AccumulatorConfig::validate`]).
     pub fn start(config: ProducerConfig) -> Self {
-        let (commands, receiver) = mpsc::channel(config.queue_capacity.max(1));
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let buffer_bytes = config.batching.buffer_memory_bytes;
+        let max_block = config.max_block;
         tokio::spawn(Worker::new(config).run(receiver));
-        Self { commands }
+        Self {
+            commands,
+            room: Arc::new(Semaphore::new(buffer_bytes)),
+            buffer_bytes,
+            max_block,
+        }
     }
 
     /// Queues a record; the returned future resolves once it is acknowledged or failed.
+    /// Waits up to `max_block` for buffer room. Dropping the future does not cancel the
+    /// send.
     pub async fn send(&self, record: Record) -> DeliveryFuture {
+        let size = record_size(&record.outgoing(&record.header_refs()));
+        if size > self.buffer_bytes {
+            return DeliveryFuture::failed(ProduceError::Rejected(AppendError::RecordTooLarge {
+                record_bytes: size,
+                limit_bytes: self.buffer_bytes,
+            }));
+        }
+        let acquire = Arc::clone(&self.room).acquire_many_owned(size as u32);
+        let permit = match tokio::time::timeout(self.max_block, acquire).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return DeliveryFuture::failed(ProduceError::Closed),
+            Err(_) => {
+                return DeliveryFuture::failed(ProduceError::BufferFull {
+                    waited: self.max_block,
+                    buffer_bytes: self.buffer_bytes,
+                })
+            }
+        };
         let (reply, delivery) = oneshot::channel();
-        if let Err(mpsc::error::SendError(Command::Send(_, reply))) =
-            self.commands.send(Command::Send(record, reply)).await
+        if let Err(mpsc::error::SendError(Command::Send(_, reply, _))) =
+            self.commands.send(Command::Send(record, reply, permit))
         {
             let _ = reply.send(Err(ProduceError::Closed));
         }
         DeliveryFuture(delivery)
     }
 
+    /// Fire and forget: queues the record and returns once it is buffered; its outcome is
+    /// not reported. Fails only if it cannot be buffered.
+    pub async fn send_and_forget(&self, record: Record) -> Result<(), ProduceError> {
+        let mut delivery = self.send(record).await;
+        match futures_poll_once(&mut delivery) {
+            Some(Err(error)) => Err(error),
+            _ => Ok(()),
+        }
+    }
+
     /// Sends everything queued so far and waits until each record has an outcome.
     pub async fn flush(&self) {
         let (done, flushed) = oneshot::channel();
-        if self.commands.send(Command::Flush(done)).await.is_ok() {
+        if self.commands.send(Command::Flush(done)).is_ok() {
             let _ = flushed.await;
         }
     }
 
-    /// Delivers what is buffered, then stops the background task once every handle is
-    /// gone.
+    /// Delivers what is buffered; the background task stops once every handle is gone.
     pub async fn close(self) {
         self.flush().await;
+    }
+}
+
+/// The future's result if it is already resolved (a record rejected at `send`).
+fn futures_poll_once(delivery: &mut DeliveryFuture) -> Option<Result<Delivery, ProduceError>> {
+    match delivery.0.try_recv() {
+        Ok(result) => Some(result),
+        Err(oneshot::error::TryRecvError::Empty) => None,
+        Err(oneshot::error::TryRecvError::Closed) => Some(Err(ProduceError::Closed)),
     }
 }
 
@@ -170,12 +335,29 @@ struct Routes {
     clients: HashMap<u32, AsyncClient>,
 }
 
+/// A record waiting for its batch's outcome.
+struct Waiting {
+    partition: u32,
+    reply: Reply,
+    _room: OwnedSemaphorePermit,
+}
+
 struct Worker {
     config: ProducerConfig,
     accumulator: Accumulator,
-    replies: HashMap<u64, (u32, oneshot::Sender<Result<Delivery, ProduceError>>)>,
+    waiting: HashMap<u64, Waiting>,
     routes: Routes,
     next_id: u64,
+}
+
+/// How a failed attempt goes on.
+enum Failure {
+    /// Give up with this error.
+    Fatal(ProduceError),
+    /// Take a new producer id, restamp the batch and retry.
+    NewProducerId(String),
+    /// Retry after a pause (the connection or route may be stale).
+    Retry(String),
 }
 
 impl Worker {
@@ -183,13 +365,17 @@ impl Worker {
         Self {
             accumulator: Accumulator::new(config.batching),
             config,
-            replies: HashMap::new(),
+            waiting: HashMap::new(),
             routes: Routes::default(),
             next_id: 0,
         }
     }
 
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+    fn idempotent(&self) -> bool {
+        self.config.idempotence && self.config.acks != Acks::None
+    }
+
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         loop {
             let deadline = self.accumulator.next_deadline();
             let sleep = async {
@@ -200,7 +386,7 @@ impl Worker {
             };
             tokio::select! {
                 command = commands.recv() => match command {
-                    Some(Command::Send(record, reply)) => self.append(record, reply).await,
+                    Some(Command::Send(record, reply, room)) => self.append(record, reply, room).await,
                     Some(Command::Flush(done)) => {
                         self.send_all().await;
                         let _ = done.send(());
@@ -228,12 +414,8 @@ impl Worker {
             .collect()
     }
 
-    async fn append(
-        &mut self,
-        record: Record,
-        reply: oneshot::Sender<Result<Delivery, ProduceError>>,
-    ) {
-        let partitions = match self.partitions_of(&record.topic).await {
+    async fn append(&mut self, record: Record, reply: Reply, room: OwnedSemaphorePermit) {
+        let partitions = match self.prepare(&record.topic).await {
             Ok(count) => count,
             Err(error) => {
                 let _ = reply.send(Err(error));
@@ -242,24 +424,13 @@ impl Worker {
         };
         let id = self.next_id;
         self.next_id += 1;
-        let headers: Vec<(&str, &[u8])> = record
-            .headers
-            .iter()
-            .map(|(name, value)| (name.as_str(), value.as_slice()))
-            .collect();
-        let outgoing = OutgoingRecord {
-            topic: &record.topic,
-            partition: record.partition,
-            key: record.key.as_deref(),
-            value: record.value.as_deref(),
-            headers: &headers,
-            timestamp_ms: record.timestamp_ms.unwrap_or_else(now_ms),
-        };
+        let headers = record.header_refs();
+        let outgoing = record.outgoing(&headers);
         let mut result = self
             .accumulator
             .append(&outgoing, partitions, id, Instant::now());
         if matches!(result, Err(AppendError::BufferFull { .. })) {
-            // Make room by sending what is buffered, then try once more.
+            // Cannot happen while `send` reserves room first; kept as a backstop.
             self.send_all().await;
             result = self
                 .accumulator
@@ -267,7 +438,12 @@ impl Worker {
         }
         match result {
             Ok((partition, ready)) => {
-                self.replies.insert(id, (partition, reply));
+                let waiting = Waiting {
+                    partition,
+                    reply,
+                    _room: room,
+                };
+                self.waiting.insert(id, waiting);
                 if let Some(batch) = ready {
                     self.deliver(batch).await;
                 }
@@ -288,16 +464,46 @@ impl Worker {
         }
     }
 
-    /// The topic's partition count, from Metadata (cached).
-    async fn partitions_of(&mut self, topic: &str) -> Result<u32, ProduceError> {
-        if let Some(shards) = self.routes.partitions.get(topic) {
-            return Ok(shards.len() as u32);
+    /// Makes sure the topic's metadata (and, when idempotent, a producer id) is known,
+    /// retrying for up to `max_block`; returns the topic's partition count.
+    async fn prepare(&mut self, topic: &str) -> Result<u32, ProduceError> {
+        let deadline = Instant::now() + self.config.max_block;
+        let mut attempt = 0;
+        loop {
+            let result = self.try_prepare(topic).await;
+            let error = match result {
+                Ok(partitions) => return Ok(partitions),
+                Err(ClientError::Broker { code, message }) if !code.is_retriable() => {
+                    return Err(ProduceError::Broker { code, message })
+                }
+                Err(error) => error,
+            };
+            let pause = self.backoff(attempt);
+            if Instant::now() + pause >= deadline {
+                return Err(ProduceError::TimedOut(format!(
+                    "no metadata for {topic} within max_block: {error}"
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            attempt += 1;
         }
-        self.refresh(topic).await.map_err(|error| match error {
-            ClientError::Broker { code, message } => ProduceError::Broker { code, message },
-            other => ProduceError::TimedOut(other.to_string()),
-        })?;
+    }
+
+    async fn try_prepare(&mut self, topic: &str) -> Result<u32, ClientError> {
+        if self.idempotent() && self.accumulator.producer().is_none() {
+            self.new_producer_id().await?;
+        }
+        if !self.routes.partitions.contains_key(topic) {
+            self.refresh(topic).await?;
+        }
         Ok(self.routes.partitions.get(topic).map_or(0, Vec::len) as u32)
+    }
+
+    async fn new_producer_id(&mut self) -> Result<(), ClientError> {
+        let mut client = AsyncClient::connect(self.config.bootstrap.as_str()).await?;
+        let (producer_id, epoch) = client.init_producer_id().await?;
+        self.accumulator.set_producer(producer_id, epoch);
+        Ok(())
     }
 
     async fn refresh(&mut self, topic: &str) -> Result<(), ClientError> {
@@ -319,40 +525,89 @@ impl Worker {
         Ok(())
     }
 
+    /// The pause before retry `attempt` (0-based): doubling from `retry_backoff` up to
+    /// `retry_backoff_max`.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.min(16);
+        self.config
+            .retry_backoff
+            .saturating_mul(factor)
+            .min(self.config.retry_backoff_max)
+    }
+
     /// Sends one batch until acknowledged, failed, or out of time; resolves its records.
-    async fn deliver(&mut self, batch: ReadyBatch) {
+    async fn deliver(&mut self, mut batch: ReadyBatch) {
         let deadline = Instant::now() + self.config.delivery_timeout;
         let acknowledged = self.config.acks != Acks::None;
+        let mut attempt = 0;
         let outcome = loop {
-            match self.send_once(&batch).await {
+            let failure = match self.send_once(&batch).await {
                 Ok(base_offset) => break Ok(base_offset),
-                Err(ClientError::Broker { code, message }) if !code.is_retriable() => {
-                    break Err(ProduceError::Broker { code, message })
-                }
-                Err(error) => {
-                    if Instant::now() + self.config.retry_backoff >= deadline {
-                        break Err(ProduceError::TimedOut(error.to_string()));
+                Err(failure) => failure,
+            };
+            let reason = match failure {
+                Failure::Fatal(error) => break Err(error),
+                Failure::Retry(reason) => reason,
+                Failure::NewProducerId(reason) => {
+                    match self.new_producer_id().await {
+                        Ok(()) => self.accumulator.restamp(&mut batch),
+                        // No producer id yet: the next attempt fails the same way.
+                        Err(_) => self.routes.clients.clear(),
                     }
-                    // The connection or the route may be stale: start over.
-                    self.routes.clients.clear();
-                    self.routes.partitions.remove(&batch.topic);
-                    tokio::time::sleep(self.config.retry_backoff).await;
+                    reason
                 }
+            };
+            let pause = self.backoff(attempt);
+            if Instant::now() + pause >= deadline {
+                break Err(ProduceError::TimedOut(reason));
             }
+            tokio::time::sleep(pause).await;
+            attempt += 1;
         };
         self.accumulator.release(batch.payload_bytes);
         for (index, id) in batch.record_ids.iter().enumerate() {
-            if let Some((partition, reply)) = self.replies.remove(id) {
+            if let Some(waiting) = self.waiting.remove(id) {
                 let result = outcome.clone().map(|base_offset| Delivery {
-                    partition,
+                    partition: waiting.partition,
                     offset: acknowledged.then_some(base_offset + index as u64),
                 });
-                let _ = reply.send(result);
+                let _ = waiting.reply.send(result);
             }
         }
     }
 
-    async fn send_once(&mut self, batch: &ReadyBatch) -> Result<u64, ClientError> {
+    /// One attempt; on failure, how to go on.
+    async fn send_once(&mut self, batch: &ReadyBatch) -> Result<u64, Failure> {
+        let timeout = self.config.request_timeout;
+        match tokio::time::timeout(timeout, self.produce(batch)).await {
+            Ok(Ok(base_offset)) => Ok(base_offset),
+            Ok(Err(ClientError::Broker { code, message })) => {
+                // The route may be stale; a retry refreshes it.
+                self.routes.partitions.remove(&batch.topic);
+                match code {
+                    ErrorCode::OutOfOrderSequence | ErrorCode::UnknownProducerId => {
+                        Err(Failure::NewProducerId(format!("{code:?}: {message}")))
+                    }
+                    code if code.is_retriable() => {
+                        Err(Failure::Retry(format!("{code:?}: {message}")))
+                    }
+                    code => Err(Failure::Fatal(ProduceError::Broker { code, message })),
+                }
+            }
+            Ok(Err(error)) => {
+                self.routes.clients.clear();
+                self.routes.partitions.remove(&batch.topic);
+                Err(Failure::Retry(error.to_string()))
+            }
+            Err(_) => {
+                // The request may still be in flight: drop the connection.
+                self.routes.clients.clear();
+                Err(Failure::Retry(format!("no answer within {timeout:?}")))
+            }
+        }
+    }
+
+    async fn produce(&mut self, batch: &ReadyBatch) -> Result<u64, ClientError> {
         if !self.routes.partitions.contains_key(&batch.topic) {
             self.refresh(&batch.topic).await?;
         }

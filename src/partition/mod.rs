@@ -8,12 +8,19 @@
 //! Durability of a produce (`acks`): `acks=0` and `acks=1` return once the batches are
 //! appended; `acks=all` returns once they are flushed (on a single node, "every in-sync
 //! replica" is this one). This is checked before the result is returned.
+//!
+//! Idempotent produce: batches stamped with a producer id are checked against the
+//! partition's [`ProducerStates`] under the partition's produce lock, so a retried batch
+//! is answered with its original offsets instead of being appended twice (see
+//! [`producers`]).
 
+pub mod producers;
 mod topic_config;
 
+pub use producers::{ProducerStates, SequenceCheck, SequenceError};
 pub use topic_config::{ConfigError, TopicConfig, TOPIC_CONFIG_KEYS};
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
@@ -21,9 +28,10 @@ use std::time::Instant;
 use bytes::BytesMut;
 use flumen_protocol::record::first_batch_length;
 
-use crate::shard::{with_deadline, Clock, Notify};
+use crate::shard::{with_deadline, Clock, LocalMutex, Notify};
 use crate::storage::{
-    Log, LogConfig, RecoveryReport, StorageError, StoredBatch, TailCache, ValidatedBatch,
+    read_small_file, write_file_atomically, Log, LogConfig, RecoveryReport, StorageError,
+    StoredBatch, TailCache, ValidatedBatch,
 };
 
 /// How many replicas must have a batch before a produce is answered.
@@ -58,6 +66,30 @@ pub struct Appended {
     pub last_offset: u64,
 }
 
+/// What a produce did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Produced {
+    /// The offsets of the request's batches.
+    pub appended: Appended,
+    /// Every batch was a retry of one already appended: nothing new was written and
+    /// `appended` holds the offsets they got the first time.
+    pub duplicate: bool,
+}
+
+/// Why a produce failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    /// The log refused or failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// An idempotent batch was out of sequence or fenced.
+    #[error(transparent)]
+    Sequence(#[from] SequenceError),
+}
+
+/// Producer-state snapshots kept per partition.
+const SNAPSHOTS_KEPT: usize = 2;
+
 /// One partition of a topic, on its owning shard.
 pub struct Partition {
     topic: Rc<str>,
@@ -65,6 +97,12 @@ pub struct Partition {
     log: Log,
     config: RefCell<TopicConfig>,
     appended: Notify,
+    producers: RefCell<ProducerStates>,
+    /// Serialises sequence check, append and state update of produces.
+    produce_lock: LocalMutex,
+    /// Active segment when producer state was last snapshotted.
+    snapshot_segment: Cell<u64>,
+    snapshotting: Cell<bool>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -91,14 +129,24 @@ impl Partition {
     ) -> Result<(Self, RecoveryReport), StorageError> {
         let dir = partition_dir(data_dir, &topic, index);
         let (log, report) = Log::open(&dir, config.log_config(defaults), clock, cache).await?;
+        let producers = load_producer_states(&log).await?;
         let partition = Self {
             topic,
             index,
+            snapshot_segment: Cell::new(log.active_segment_base()),
             log,
             config: RefCell::new(config),
             appended: Notify::new(),
+            producers: RefCell::new(producers),
+            produce_lock: LocalMutex::new(),
+            snapshotting: Cell::new(false),
         };
         Ok((partition, report))
+    }
+
+    /// Number of idempotent producers this partition remembers.
+    pub fn producer_count(&self) -> usize {
+        self.producers.borrow().len()
     }
 
     /// The topic name.
@@ -138,41 +186,98 @@ impl Partition {
     }
 
     /// Appends `batches` (one or more whole, padded batches back to back). All are
-    /// validated before any is appended, so an invalid batch appends nothing.
+    /// validated before any is appended, so an invalid batch appends nothing. Batches of
+    /// idempotent producers are checked against their sequence first: a retry of an
+    /// appended batch is not appended again (the result says so and carries the
+    /// original offsets); one out of sequence fails the produce from that batch on.
     pub async fn produce(
         &self,
         mut batches: BytesMut,
         acks: Acks,
-    ) -> Result<Appended, StorageError> {
+    ) -> Result<Produced, ProduceError> {
         let mut validated = Vec::new();
         while !batches.is_empty() {
-            let length = first_batch_length(&batches)?;
+            let length = first_batch_length(&batches).map_err(StorageError::from)?;
             validated.push(ValidatedBatch::new(batches.split_to(length))?);
         }
         if validated.is_empty() {
-            return Err(StorageError::InvalidBatch(
-                flumen_protocol::record::BatchError::Empty,
-            ));
+            let empty = flumen_protocol::record::BatchError::Empty;
+            return Err(StorageError::InvalidBatch(empty).into());
         }
-        let mut appended: Option<Appended> = None;
+        let mut range: Option<Appended> = None;
+        let mut duplicate = true;
+        let guard = self.produce_lock.lock().await;
         for batch in validated {
-            let info = self.log.append_validated(batch).await?;
-            let base_offset = appended.map_or(info.base_offset, |range| range.base_offset);
-            appended = Some(Appended {
-                base_offset,
-                last_offset: info.last_offset,
+            let header = *batch.header();
+            let check = self.producers.borrow().check(&header)?;
+            let (base_offset, last_offset) = match check {
+                SequenceCheck::Duplicate {
+                    base_offset,
+                    last_offset,
+                } => (base_offset, last_offset),
+                SequenceCheck::Append => {
+                    duplicate = false;
+                    let info = self.log.append_validated(batch).await?;
+                    self.producers
+                        .borrow_mut()
+                        .record(&header, info.base_offset);
+                    (info.base_offset, info.last_offset)
+                }
+            };
+            range = Some(Appended {
+                base_offset: range.map_or(base_offset, |range| range.base_offset),
+                last_offset,
             });
         }
-        let appended = appended.expect("at least one batch");
-        self.appended.notify_all();
+        let snapshot = self.snapshot_if_rolled();
+        drop(guard);
+        let appended = range.expect("at least one batch");
+        if !duplicate {
+            self.appended.notify_all();
+        }
+        if let Some((name, bytes)) = snapshot {
+            self.write_snapshot(&name, &bytes).await;
+        }
         if acks == Acks::All {
+            // Also for duplicates: the first attempt may not be on disk yet.
             let durable = self.log.flush().await?;
             assert!(
                 durable > appended.last_offset,
                 "acks=all answered before the flush"
             );
         }
-        Ok(appended)
+        Ok(Produced {
+            appended,
+            duplicate,
+        })
+    }
+
+    /// After a segment roll, the producer state to snapshot (file name and contents).
+    fn snapshot_if_rolled(&self) -> Option<(String, Vec<u8>)> {
+        let active = self.log.active_segment_base();
+        if active == self.snapshot_segment.get() || self.snapshotting.get() {
+            return None;
+        }
+        self.snapshot_segment.set(active);
+        let covered = self.log.next_offset();
+        let bytes = self.producers.borrow().encode(covered);
+        Some((producers::snapshot_name(covered), bytes))
+    }
+
+    /// Writes a producer-state snapshot and removes all but the newest few. A failure is
+    /// logged: snapshots only shorten recovery.
+    async fn write_snapshot(&self, name: &str, bytes: &[u8]) {
+        self.snapshotting.set(true);
+        let path = self.log.dir().join(name);
+        if let Err(error) = write_file_atomically(&path, bytes).await {
+            tracing::warn!(path = %path.display(), %error, "cannot write producer snapshot");
+        }
+        let mut snapshots = list_snapshots(self.log.dir());
+        snapshots.sort_unstable_by(|a, b| b.cmp(a));
+        for covered in snapshots.into_iter().skip(SNAPSHOTS_KEPT) {
+            let _ = std::fs::remove_file(self.log.dir().join(producers::snapshot_name(covered)));
+        }
+        self.snapshotting.set(false);
     }
 
     /// Batches from `offset`, up to about `max_bytes` (at least one batch).
@@ -198,9 +303,71 @@ impl Partition {
         }
     }
 
-    /// Flushes and closes the log.
+    /// Flushes and closes the log, then snapshots the producer state at its end.
     pub async fn close(&self) -> Result<(), StorageError> {
         self.appended.notify_all();
-        self.log.close().await
+        let _guard = self.produce_lock.lock().await;
+        self.log.close().await?;
+        let covered = self.log.next_offset();
+        let bytes = self.producers.borrow().encode(covered);
+        self.write_snapshot(&producers::snapshot_name(covered), &bytes)
+            .await;
+        Ok(())
     }
+}
+
+/// Offsets covered by the producer snapshots in `dir`.
+fn list_snapshots(dir: &Path) -> Vec<u64> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| producers::parse_snapshot_name(entry.file_name().to_str()?))
+        .collect()
+}
+
+/// Rebuilds producer state: the newest readable snapshot not past the log end, then the
+/// batches after it. Snapshots past the log end (a crash cut the tail) are removed.
+async fn load_producer_states(log: &Log) -> Result<ProducerStates, StorageError> {
+    let end = log.next_offset();
+    let mut snapshots = list_snapshots(log.dir());
+    snapshots.sort_unstable_by(|a, b| b.cmp(a));
+    let mut loaded = None;
+    for covered in snapshots {
+        let path = log.dir().join(producers::snapshot_name(covered));
+        if covered > end {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        if loaded.is_some() {
+            continue;
+        }
+        let bytes = read_small_file(&path)
+            .await
+            .map_err(|error| StorageError::io("reading", &path, error))?;
+        match bytes.map(|bytes| ProducerStates::decode(&bytes)) {
+            Some(Ok(state)) => loaded = Some(state),
+            Some(Err(reason)) => {
+                tracing::warn!(path = %path.display(), reason, "ignoring a damaged producer snapshot")
+            }
+            None => {}
+        }
+    }
+    let (mut states, covered) = loaded.unwrap_or_default();
+    let mut offset = covered.max(log.log_start_offset());
+    while offset < end {
+        let batches = log.read(offset, 1 << 20).await?;
+        if batches.is_empty() {
+            break;
+        }
+        for batch in batches {
+            let header = batch.header();
+            if header.base_offset >= offset {
+                states.record(header, header.base_offset);
+            }
+            offset = offset.max(header.next_offset());
+        }
+    }
+    Ok(states)
 }

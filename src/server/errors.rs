@@ -3,6 +3,7 @@
 use flumen_protocol::wire::ErrorCode;
 
 use crate::cluster::CatalogError;
+use crate::partition::{ProduceError, SequenceError};
 use crate::storage::StorageError;
 
 /// A wire error code with a message for the client.
@@ -25,6 +26,20 @@ pub(crate) fn from_storage(error: &StorageError) -> WireError {
         tracing::error!(%error, "storage error answered to a client");
     }
     (code, error.to_string())
+}
+
+pub(crate) fn from_produce(error: &ProduceError) -> WireError {
+    match error {
+        ProduceError::Storage(inner) => from_storage(inner),
+        ProduceError::Sequence(inner) => {
+            let code = match inner {
+                SequenceError::OutOfOrder { .. } => ErrorCode::OutOfOrderSequence,
+                SequenceError::Fenced { .. } => ErrorCode::InvalidProducerEpoch,
+                SequenceError::UnknownProducer { .. } => ErrorCode::UnknownProducerId,
+            };
+            (code, inner.to_string())
+        }
+    }
 }
 
 pub(crate) fn from_catalog(error: &CatalogError) -> WireError {

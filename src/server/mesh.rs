@@ -30,6 +30,8 @@ pub(crate) enum ShardRequest {
     ChangeCatalog(CatalogChange),
     /// From shard 0: the new catalog; open and close partitions to match.
     ApplyCatalog(Catalog),
+    /// To shard 0: a new idempotent producer id.
+    AllocateProducerId,
     /// An operation on a partition the receiving shard owns.
     Partition {
         topic: String,
@@ -67,6 +69,7 @@ pub(crate) enum PartitionOp {
 /// Answers.
 pub(crate) enum ShardResponse {
     Catalog(Result<(), WireError>),
+    ProducerId(Result<i64, WireError>),
     Applied,
     Partition(RemoteOutcome),
 }
@@ -85,6 +88,8 @@ pub(crate) struct ProduceResult {
     pub base_offset: u64,
     pub last_offset: u64,
     pub log_start_offset: u64,
+    /// Every batch was a retry of one appended before (answered `DuplicateSequence`).
+    pub duplicate: bool,
 }
 
 /// What a fetch found, with batches local (`StoredBatch`) or copied (`Bytes`).

@@ -12,12 +12,12 @@ use flumen_protocol::wire::messages::{EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
 use flumen_protocol::wire::ErrorCode;
 
 use super::config::BrokerConfig;
-use super::errors::{from_catalog, from_storage, WireError};
+use super::errors::{from_catalog, from_produce, from_storage, WireError};
 use super::mesh::{
     CatalogChange, FetchResult, MeshMessage, PartitionOp, PartitionStats, ProduceResult,
     RemoteOutcome, ShardRequest, ShardResponse,
 };
-use crate::cluster::{Catalog, CatalogError};
+use crate::cluster::{Catalog, CatalogError, ProducerIdAllocator};
 use crate::partition::{partition_dir, Partition};
 use crate::shard::{shard_for_partition, Clock, Inbox, LocalMutex, MeshSender, Notify};
 use crate::storage::{StoredBatch, TailCache};
@@ -58,6 +58,8 @@ pub(crate) struct ShardState {
     pending: RefCell<HashMap<u64, Rc<Reply>>>,
     next_request_id: Cell<u64>,
     catalog_lock: LocalMutex,
+    /// Used on shard 0 only.
+    producer_ids: ProducerIdAllocator,
     pub shutting_down: Cell<bool>,
     pub shutdown: Notify,
 }
@@ -78,6 +80,7 @@ impl ShardState {
             shard,
             shards,
             cache: TailCache::new(config.cache_bytes_per_shard),
+            producer_ids: ProducerIdAllocator::new(&config.data_dir),
             config,
             clock,
             shard_ports,
@@ -166,6 +169,9 @@ impl ShardState {
             ShardRequest::ChangeCatalog(change) => {
                 ShardResponse::Catalog(self.change_catalog_here(change).await)
             }
+            ShardRequest::AllocateProducerId => {
+                ShardResponse::ProducerId(self.allocate_producer_id().await)
+            }
             ShardRequest::ApplyCatalog(catalog) => {
                 self.apply_catalog(catalog).await;
                 ShardResponse::Applied
@@ -216,11 +222,12 @@ impl ShardState {
                 let result = partition.produce(batches, acks).await;
                 Outcome::Produced(
                     result
-                        .map_err(|error| from_storage(&error))
-                        .map(|appended| ProduceResult {
-                            base_offset: appended.base_offset,
-                            last_offset: appended.last_offset,
+                        .map_err(|error| from_produce(&error))
+                        .map(|produced| ProduceResult {
+                            base_offset: produced.appended.base_offset,
+                            last_offset: produced.appended.last_offset,
                             log_start_offset: partition.log().log_start_offset(),
+                            duplicate: produced.duplicate,
                         }),
                 )
             }
@@ -248,6 +255,18 @@ impl ShardState {
                 };
                 Outcome::Offset(offset.map(|offset| (offset, stats)))
             }
+        }
+    }
+
+    /// A new idempotent producer id; shard 0 hands them out.
+    pub async fn allocate_producer_id(&self) -> Result<i64, WireError> {
+        if self.shard == 0 {
+            let id = self.producer_ids.allocate().await;
+            return id.map_err(|error| from_catalog(&error));
+        }
+        match self.call(0, ShardRequest::AllocateProducerId).await {
+            ShardResponse::ProducerId(result) => result,
+            _ => unreachable!("producer id requests get producer id answers"),
         }
     }
 

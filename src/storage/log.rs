@@ -379,6 +379,11 @@ impl Log {
         self.cache.stats()
     }
 
+    /// Base offset of the active (last) segment.
+    pub fn active_segment_base(&self) -> u64 {
+        self.active_segment().base_offset
+    }
+
     /// Number of segments.
     pub fn segment_count(&self) -> usize {
         self.state.borrow().segments.len()

@@ -65,6 +65,19 @@ impl BuiltBatch {
         self.bytes.len()
     }
 
+    /// Re-stamps the idempotent-producer fields and recomputes the CRC (a producer that
+    /// got a new producer id must resend a built batch under it).
+    pub fn set_producer(&mut self, producer_id: i64, producer_epoch: i16, base_sequence: i32) {
+        let bytes = self.bytes.as_mut_slice();
+        let mut header = BatchHeader::decode(bytes).expect("a built batch has a valid header");
+        header.producer_id = producer_id;
+        header.producer_epoch = producer_epoch;
+        header.base_sequence = base_sequence;
+        header.encode(bytes);
+        header.crc = crc32fast::hash(&bytes[CRC_COVERED_FROM..header.batch_length as usize]);
+        header.encode(bytes);
+    }
+
     /// Always false: a batch has at least a header.
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()

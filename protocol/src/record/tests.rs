@@ -57,6 +57,23 @@ fn patching_broker_fields_keeps_the_crc_valid() {
 }
 
 #[test]
+fn restamping_the_producer_fields_recomputes_the_crc() {
+    let mut batch = sample(3);
+    batch.set_producer(12, 3, 40);
+    let view = BatchView::validate(batch.as_bytes()).unwrap();
+    let header = view.header();
+    assert_eq!(
+        (
+            header.producer_id,
+            header.producer_epoch,
+            header.base_sequence
+        ),
+        (12, 3, 40)
+    );
+    assert_eq!(view.records().count(), 3);
+}
+
+#[test]
 fn every_flipped_bit_in_the_covered_range_is_caught() {
     let batch = sample(2);
     let length = BatchHeader::decode(batch.as_bytes()).unwrap().batch_length as usize;

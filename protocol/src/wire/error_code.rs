@@ -56,10 +56,23 @@ pub enum ErrorCode {
     NotEnoughReplicas = 24,
     /// The request is invalid for a reason the message explains.
     InvalidRequest = 25,
+    /// An idempotent producer sent a batch the partition already has (a retry of a batch
+    /// whose acknowledgement was lost). Nothing was appended; the response carries the
+    /// offsets the batch got the first time, so the producer treats it as delivered.
+    DuplicateSequence = 26,
+    /// An idempotent producer's batch does not follow the last one the partition has from
+    /// it: a gap (batches lost) or a sequence older than the partition remembers.
+    OutOfOrderSequence = 27,
+    /// The producer's epoch is older than one the partition has seen: a newer instance
+    /// with the same producer id fenced this one.
+    InvalidProducerEpoch = 28,
+    /// The partition has no state for this producer id and the batch does not start a
+    /// sequence; get a new producer id.
+    UnknownProducerId = 29,
 }
 
 impl ErrorCode {
-    const ALL: [ErrorCode; 26] = [
+    const ALL: [ErrorCode; 30] = [
         ErrorCode::None,
         ErrorCode::Unknown,
         ErrorCode::MalformedRequest,
@@ -86,6 +99,10 @@ impl ErrorCode {
         ErrorCode::Throttled,
         ErrorCode::NotEnoughReplicas,
         ErrorCode::InvalidRequest,
+        ErrorCode::DuplicateSequence,
+        ErrorCode::OutOfOrderSequence,
+        ErrorCode::InvalidProducerEpoch,
+        ErrorCode::UnknownProducerId,
     ];
 
     /// The code with this number; unknown numbers (from a newer broker) map to `Unknown`.

@@ -65,11 +65,13 @@ pub enum ApiKey {
     Fetch = 7,
     /// Find offsets: earliest, latest, or by timestamp.
     ListOffsets = 8,
+    /// Get a producer id and epoch for idempotent produce.
+    InitProducerId = 9,
 }
 
 impl ApiKey {
     /// Every API, in key order.
-    pub const ALL: [ApiKey; 9] = [
+    pub const ALL: [ApiKey; 10] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -79,6 +81,7 @@ impl ApiKey {
         ApiKey::Produce,
         ApiKey::Fetch,
         ApiKey::ListOffsets,
+        ApiKey::InitProducerId,
     ];
 
     /// The API with this number, if any.

@@ -202,6 +202,14 @@ fn every_message_type_round_trips() {
             }],
         }],
     });
+    check(InitProducerIdRequest {
+        transactional_id: None,
+    });
+    check(InitProducerIdResponse {
+        outcome: Outcome::ok(),
+        producer_id: 7,
+        producer_epoch: 0,
+    });
 }
 
 #[test]
@@ -305,5 +313,6 @@ proptest! {
         let _ = decode_control::<FetchRequest>(&control);
         let _ = decode_control::<CreateTopicsRequest>(&control);
         let _ = decode_control::<ListOffsetsRequest>(&control);
+        let _ = decode_control::<InitProducerIdRequest>(&control);
     }
 }

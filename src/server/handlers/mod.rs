@@ -8,6 +8,7 @@ mod create_topics;
 mod delete_topics;
 mod describe_configs;
 mod fetch;
+mod init_producer_id;
 mod list_offsets;
 mod metadata;
 mod produce;
@@ -111,6 +112,7 @@ pub(crate) async fn dispatch(
         ApiKey::Produce => produce::handle(state, control, data).await,
         ApiKey::Fetch => fetch::handle(state, control, budget).await.map(Some),
         ApiKey::ListOffsets => list_offsets::handle(state, control).await.map(Some),
+        ApiKey::InitProducerId => init_producer_id::handle(state, control).await.map(Some),
     };
     match result {
         Ok(response) => response,

@@ -141,7 +141,12 @@ fn partition_result(
     match result {
         Ok(produced) => ProducePartitionResult {
             partition,
-            outcome: Outcome::ok(),
+            outcome: if produced.duplicate {
+                let message = "already appended; these are its original offsets";
+                Outcome::error(ErrorCode::DuplicateSequence, message)
+            } else {
+                Outcome::ok()
+            },
             base_offset: produced.base_offset,
             last_offset: produced.last_offset,
             log_start_offset: produced.log_start_offset,

@@ -1,0 +1,804 @@
+//! The consumer, on tokio, in partition-assignment mode: the application names the
+//! partitions ([`Consumer::assign`]) and reads them with [`Consumer::poll`]; it can move
+//! ([`Consumer::seek`]), ask where it is ([`Consumer::position`]) and stop and restart
+//! fetching a partition ([`Consumer::pause`], [`Consumer::resume`]). Consumer groups and
+//! committed offsets build on this.
+//!
+//! Prefetching: each assigned, unpaused partition has a background fetch task with its
+//! own connection to the partition's shard. It long-polls the broker and hands what it
+//! read to the consumer over a bounded channel, then fetches the next chunk while the
+//! application processes the current one. Memory is bounded: at most
+//! `(2 × partitions + PREFETCH_CHANNEL_CHUNKS) × fetch_max_bytes` of fetched data is held
+//! (per partition one chunk buffered and one waiting in its task, plus the channel).
+//!
+//! Records are zero-copy: [`ConsumerRecords`] keeps the fetched response frames and
+//! [`ConsumerRecordView`] reads keys, values and headers in place. Each batch is
+//! validated (CRC and archive) when it arrives; iterating validates it again, which keeps
+//! the code free of unchecked access at the cost of a second pass over bytes that are
+//! already in cache.
+//!
+//! Positions: a partition's position is the offset of the next record `poll` returns.
+//! A newly assigned partition starts where `auto_offset_reset` says (earliest or latest);
+//! with [`OffsetReset::None`] it has no position until [`Consumer::seek`], and `poll`
+//! fails with [`ConsumeError::NoPosition`]. A fetch outside the log (data removed by
+//! retention, or a seek past the end) resets the same way.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flumen_protocol::record::RecordView;
+use flumen_protocol::wire::messages::{EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
+use flumen_protocol::wire::ErrorCode;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::{AsyncClient, ClientError, Fetched};
+
+/// Fetched chunks the prefetch channel holds beyond one per partition.
+pub const PREFETCH_CHANNEL_CHUNKS: usize = 16;
+
+/// A topic and partition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+}
+
+impl TopicPartition {
+    /// `topic`-`partition`.
+    pub fn new(topic: impl Into<String>, partition: u32) -> Self {
+        Self {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
+
+impl std::fmt::Display for TopicPartition {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{}-{}", self.topic, self.partition)
+    }
+}
+
+/// Where a partition without a valid position starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetReset {
+    /// At the log start.
+    Earliest,
+    /// At the log end: only records produced from now on.
+    Latest,
+    /// Nowhere: `poll` fails until the application seeks.
+    None,
+}
+
+/// Where to move a partition's position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeekTo {
+    /// The first record still in the log.
+    Beginning,
+    /// The log end (the next record produced).
+    End,
+    /// An offset.
+    Offset(u64),
+    /// The first record with a timestamp at or after this time (ms since the epoch); the
+    /// log end if there is none.
+    Timestamp(i64),
+}
+
+/// Consumer settings.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// A broker address.
+    pub bootstrap: String,
+    /// Bytes fetched per partition per request (at least one batch comes back).
+    pub fetch_max_bytes: u32,
+    /// How long the broker holds a fetch open when there is no new data.
+    pub fetch_max_wait: Duration,
+    /// Most records one `poll` returns.
+    pub max_poll_records: usize,
+    /// Where partitions without a valid position start.
+    pub auto_offset_reset: OffsetReset,
+    /// First pause before a fetch task reconnects; doubles up to `retry_backoff_max`.
+    pub retry_backoff: Duration,
+    /// Longest pause before a reconnect.
+    pub retry_backoff_max: Duration,
+}
+
+impl ConsumerConfig {
+    /// Defaults for `bootstrap`: 1 MiB fetches, 500 ms long poll, 500 records per poll,
+    /// start at the earliest offset.
+    pub fn new(bootstrap: impl Into<String>) -> Self {
+        Self {
+            bootstrap: bootstrap.into(),
+            fetch_max_bytes: 1 << 20,
+            fetch_max_wait: Duration::from_millis(500),
+            max_poll_records: 500,
+            auto_offset_reset: OffsetReset::Earliest,
+            retry_backoff: Duration::from_millis(100),
+            retry_backoff_max: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What can go wrong consuming.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    /// Talking to the broker failed (or it refused).
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The partition has no position and `auto_offset_reset` is `None`.
+    #[error("{0} has no position; seek first (auto_offset_reset is None)")]
+    NoPosition(TopicPartition),
+    /// The position is outside the log and `auto_offset_reset` is `None`.
+    #[error("offset {offset} of {partition} is outside the log")]
+    OffsetOutOfRange {
+        /// The partition.
+        partition: TopicPartition,
+        /// The position that is no longer (or not yet) in the log.
+        offset: u64,
+    },
+    /// The partition is not assigned to this consumer.
+    #[error("{0} is not assigned to this consumer")]
+    NotAssigned(TopicPartition),
+    /// The broker refused fetching the partition (unknown topic or partition, storage
+    /// error); the consumer keeps trying.
+    #[error("fetching {partition}: {code:?}: {message}")]
+    Fetch {
+        /// The partition.
+        partition: TopicPartition,
+        /// The broker's code.
+        code: ErrorCode,
+        /// The broker's message.
+        message: String,
+    },
+}
+
+/// A fetched response and the offset after its last record.
+struct Chunk {
+    fetched: Arc<Fetched>,
+    next_offset: u64,
+}
+
+/// What a fetch task reports.
+struct Event {
+    partition: TopicPartition,
+    generation: u64,
+    kind: EventKind,
+}
+
+enum EventKind {
+    Fetched(Chunk),
+    OutOfRange(u64),
+    Refused(ErrorCode, String),
+}
+
+struct Assigned {
+    position: Option<u64>,
+    paused: bool,
+    /// Bumped whenever the fetch task is replaced, so its stale results are dropped.
+    generation: u64,
+    task: Option<JoinHandle<()>>,
+    buffered: VecDeque<Chunk>,
+}
+
+impl Assigned {
+    fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        self.buffered.clear();
+        self.generation += 1;
+    }
+}
+
+/// A consumer of assigned partitions. `Send`; use it from one task at a time.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use flumen_client::{Consumer, ConsumerConfig, TopicPartition};
+///
+/// # async fn example() -> Result<(), flumen_client::ConsumeError> {
+/// let mut consumer = Consumer::new(ConsumerConfig::new("127.0.0.1:9292"));
+/// consumer.assign(&[TopicPartition::new("orders", 0)]).await?;
+/// let records = consumer.poll(Duration::from_secs(1)).await?;
+/// for record in records.iter() {
+///     println!("{}@{}: {:?}", record.partition(), record.offset(), record.value());
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub struct Consumer {
+    config: ConsumerConfig,
+    assigned: HashMap<TopicPartition, Assigned>,
+    events: mpsc::Receiver<Event>,
+    sender: mpsc::Sender<Event>,
+    admin: Option<AsyncClient>,
+    /// Rotates which partition `poll` serves first, for fairness.
+    rotation: usize,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Consumer")
+            .field("bootstrap", &self.config.bootstrap)
+            .field("assigned", &self.assignment())
+            .finish()
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        for assigned in self.assigned.values_mut() {
+            assigned.stop();
+        }
+    }
+}
+
+impl Consumer {
+    /// A consumer with nothing assigned; it connects when it needs to.
+    pub fn new(config: ConsumerConfig) -> Self {
+        let (sender, events) = mpsc::channel(PREFETCH_CHANNEL_CHUNKS);
+        Self {
+            config,
+            assigned: HashMap::new(),
+            events,
+            sender,
+            admin: None,
+            rotation: 0,
+        }
+    }
+
+    /// Replaces the assignment. Partitions kept keep their positions; new ones start
+    /// where `auto_offset_reset` says.
+    pub async fn assign(&mut self, partitions: &[TopicPartition]) -> Result<(), ConsumeError> {
+        self.assigned.retain(|partition, assigned| {
+            let keep = partitions.contains(partition);
+            if !keep {
+                assigned.stop();
+            }
+            keep
+        });
+        for partition in partitions {
+            if self.assigned.contains_key(partition) {
+                continue;
+            }
+            let position = self.reset_position(partition).await?;
+            let assigned = Assigned {
+                position,
+                paused: false,
+                generation: 0,
+                task: None,
+                buffered: VecDeque::new(),
+            };
+            self.assigned.insert(partition.clone(), assigned);
+            self.start_fetching(partition);
+        }
+        Ok(())
+    }
+
+    /// The assigned partitions, sorted.
+    pub fn assignment(&self) -> Vec<TopicPartition> {
+        let mut partitions: Vec<TopicPartition> = self.assigned.keys().cloned().collect();
+        partitions.sort();
+        partitions
+    }
+
+    /// The offset of the next record `poll` returns for `partition` (`None` before it has
+    /// one, with `auto_offset_reset` = `None`).
+    pub fn position(&self, partition: &TopicPartition) -> Result<Option<u64>, ConsumeError> {
+        let assigned = self
+            .assigned
+            .get(partition)
+            .ok_or_else(|| ConsumeError::NotAssigned(partition.clone()))?;
+        Ok(assigned.position)
+    }
+
+    /// Moves `partition`'s position; records already fetched from the old position are
+    /// dropped.
+    pub async fn seek(
+        &mut self,
+        partition: &TopicPartition,
+        to: SeekTo,
+    ) -> Result<(), ConsumeError> {
+        if !self.assigned.contains_key(partition) {
+            return Err(ConsumeError::NotAssigned(partition.clone()));
+        }
+        let offset = match to {
+            SeekTo::Offset(offset) => offset,
+            SeekTo::Beginning => self.list_offset(partition, EARLIEST_TIMESTAMP).await?,
+            SeekTo::End => self.list_offset(partition, LATEST_TIMESTAMP).await?,
+            SeekTo::Timestamp(time) => self.list_offset(partition, time.max(0)).await?,
+        };
+        let assigned = self.assigned.get_mut(partition).expect("checked above");
+        assigned.stop();
+        assigned.position = Some(offset);
+        self.start_fetching(partition);
+        Ok(())
+    }
+
+    /// Stops fetching these partitions (their positions stay) until [`Consumer::resume`].
+    pub fn pause(&mut self, partitions: &[TopicPartition]) -> Result<(), ConsumeError> {
+        for partition in partitions {
+            let assigned = self
+                .assigned
+                .get_mut(partition)
+                .ok_or_else(|| ConsumeError::NotAssigned(partition.clone()))?;
+            assigned.paused = true;
+            assigned.stop();
+        }
+        Ok(())
+    }
+
+    /// Fetches paused partitions again, from their positions.
+    pub fn resume(&mut self, partitions: &[TopicPartition]) -> Result<(), ConsumeError> {
+        for partition in partitions {
+            let assigned = self
+                .assigned
+                .get_mut(partition)
+                .ok_or_else(|| ConsumeError::NotAssigned(partition.clone()))?;
+            if assigned.paused {
+                assigned.paused = false;
+                self.start_fetching(partition);
+            }
+        }
+        Ok(())
+    }
+
+    /// The paused partitions, sorted.
+    pub fn paused(&self) -> Vec<TopicPartition> {
+        let mut paused: Vec<TopicPartition> = self
+            .assigned
+            .iter()
+            .filter(|(_, assigned)| assigned.paused)
+            .map(|(partition, _)| partition.clone())
+            .collect();
+        paused.sort();
+        paused
+    }
+
+    /// Records from the assigned, unpaused partitions: what is already fetched, or
+    /// whatever arrives within `timeout` (an empty result if nothing does). Returns at
+    /// most `max_poll_records`, in offset order per partition, and advances positions
+    /// past them.
+    pub async fn poll(&mut self, timeout: Duration) -> Result<ConsumerRecords, ConsumeError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(partition) = self.assigned.iter().find_map(|(partition, assigned)| {
+                (assigned.position.is_none() && !assigned.paused).then(|| partition.clone())
+            }) {
+                return Err(ConsumeError::NoPosition(partition));
+            }
+            while let Ok(event) = self.events.try_recv() {
+                self.handle(event).await?;
+            }
+            let records = self.take_buffered();
+            if !records.is_empty() {
+                return Ok(records);
+            }
+            let event = tokio::time::timeout_at(deadline.into(), self.events.recv()).await;
+            match event {
+                Ok(Some(event)) => self.handle(event).await?,
+                Ok(None) => unreachable!("the consumer holds a sender"),
+                Err(_) => return Ok(ConsumerRecords::default()),
+            }
+        }
+    }
+
+    async fn handle(&mut self, event: Event) -> Result<(), ConsumeError> {
+        let Some(assigned) = self.assigned.get_mut(&event.partition) else {
+            return Ok(());
+        };
+        if assigned.generation != event.generation {
+            return Ok(());
+        }
+        match event.kind {
+            EventKind::Fetched(chunk) => assigned.buffered.push_back(chunk),
+            EventKind::OutOfRange(offset) => {
+                assigned.stop();
+                if self.config.auto_offset_reset == OffsetReset::None {
+                    assigned.position = None;
+                    return Err(ConsumeError::OffsetOutOfRange {
+                        partition: event.partition,
+                        offset,
+                    });
+                }
+                let position = self.reset_position(&event.partition).await?;
+                if let Some(assigned) = self.assigned.get_mut(&event.partition) {
+                    assigned.position = position;
+                }
+                self.start_fetching(&event.partition);
+            }
+            EventKind::Refused(code, message) => {
+                return Err(ConsumeError::Fetch {
+                    partition: event.partition,
+                    code,
+                    message,
+                })
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to `max_poll_records` buffered records, partitions served in rotation.
+    fn take_buffered(&mut self) -> ConsumerRecords {
+        let mut partitions: Vec<TopicPartition> = self
+            .assigned
+            .iter()
+            .filter(|(_, assigned)| !assigned.buffered.is_empty())
+            .map(|(partition, _)| partition.clone())
+            .collect();
+        partitions.sort();
+        let mut records = ConsumerRecords::default();
+        let mut left = self.config.max_poll_records.max(1);
+        if partitions.is_empty() {
+            return records;
+        }
+        self.rotation = (self.rotation + 1) % partitions.len();
+        partitions.rotate_left(self.rotation);
+        for partition in partitions {
+            let assigned = self.assigned.get_mut(&partition).expect("listed above");
+            while left > 0 {
+                let Some(chunk) = assigned.buffered.front() else {
+                    break;
+                };
+                let from = assigned
+                    .position
+                    .expect("fetching partitions have a position");
+                let available = chunk.next_offset.saturating_sub(from);
+                let taken = available.min(left as u64);
+                if taken > 0 {
+                    records.parts.push(Part {
+                        partition: partition.clone(),
+                        fetched: Arc::clone(&chunk.fetched),
+                        from,
+                        until: from + taken,
+                    });
+                    records.count += taken as usize;
+                    left -= taken as usize;
+                    assigned.position = Some(from + taken);
+                }
+                if from + taken >= chunk.next_offset {
+                    assigned.buffered.pop_front();
+                }
+            }
+        }
+        records
+    }
+
+    /// The position `auto_offset_reset` gives `partition`.
+    async fn reset_position(
+        &mut self,
+        partition: &TopicPartition,
+    ) -> Result<Option<u64>, ConsumeError> {
+        match self.config.auto_offset_reset {
+            OffsetReset::Earliest => {
+                Ok(Some(self.list_offset(partition, EARLIEST_TIMESTAMP).await?))
+            }
+            OffsetReset::Latest => Ok(Some(self.list_offset(partition, LATEST_TIMESTAMP).await?)),
+            OffsetReset::None => Ok(None),
+        }
+    }
+
+    async fn list_offset(
+        &mut self,
+        partition: &TopicPartition,
+        timestamp: i64,
+    ) -> Result<u64, ConsumeError> {
+        if self.admin.is_none() {
+            self.admin = Some(AsyncClient::connect(self.config.bootstrap.as_str()).await?);
+        }
+        let admin = self.admin.as_mut().expect("connected above");
+        match admin
+            .list_offsets(&partition.topic, partition.partition, timestamp)
+            .await
+        {
+            Ok(result) => Ok(result.offset),
+            Err(error) => {
+                if !matches!(error, ClientError::Broker { .. }) {
+                    self.admin = None;
+                }
+                Err(error.into())
+            }
+        }
+    }
+
+    fn start_fetching(&mut self, partition: &TopicPartition) {
+        let Some(assigned) = self.assigned.get_mut(partition) else {
+            return;
+        };
+        let Some(position) = assigned.position else {
+            return;
+        };
+        if assigned.paused || assigned.task.is_some() {
+            return;
+        }
+        let fetcher = Fetcher {
+            config: self.config.clone(),
+            partition: partition.clone(),
+            generation: assigned.generation,
+            events: self.sender.clone(),
+        };
+        assigned.task = Some(tokio::spawn(fetcher.run(position)));
+    }
+}
+
+/// One partition's background fetch loop.
+struct Fetcher {
+    config: ConsumerConfig,
+    partition: TopicPartition,
+    generation: u64,
+    events: mpsc::Sender<Event>,
+}
+
+impl Fetcher {
+    async fn run(self, mut offset: u64) {
+        let mut client: Option<AsyncClient> = None;
+        let mut attempt = 0u32;
+        let mut reported = false;
+        loop {
+            if client.is_none() {
+                match connect_leader(&self.config.bootstrap, &self.partition).await {
+                    Ok(connected) => client = Some(connected),
+                    Err(error) => {
+                        if !self.failed(error, &mut reported).await {
+                            return;
+                        }
+                        self.pause(&mut attempt).await;
+                        continue;
+                    }
+                }
+            }
+            let connection = client.as_mut().expect("connected above");
+            let max_wait_ms = self.config.fetch_max_wait.as_millis().min(u32::MAX as u128) as u32;
+            let fetched = connection
+                .fetch(
+                    &self.partition.topic,
+                    self.partition.partition,
+                    offset,
+                    self.config.fetch_max_bytes,
+                    max_wait_ms,
+                )
+                .await;
+            let result = fetched.and_then(|fetched| {
+                let next_offset = fetched
+                    .batches()?
+                    .last()
+                    .map(|batch| batch.header().next_offset());
+                Ok((fetched, next_offset))
+            });
+            match result {
+                Ok((_, None)) => {}
+                Ok((fetched, Some(next_offset))) => {
+                    attempt = 0;
+                    reported = false;
+                    let chunk = Chunk {
+                        fetched: Arc::new(fetched),
+                        next_offset,
+                    };
+                    if !self.send(EventKind::Fetched(chunk)).await {
+                        return;
+                    }
+                    offset = next_offset.max(offset);
+                }
+                Err(ClientError::Broker {
+                    code: ErrorCode::OffsetOutOfRange,
+                    ..
+                }) => {
+                    let _ = self.send(EventKind::OutOfRange(offset)).await;
+                    return;
+                }
+                Err(error) => {
+                    client = None;
+                    if !self.failed(error, &mut reported).await {
+                        return;
+                    }
+                    self.pause(&mut attempt).await;
+                }
+            }
+        }
+    }
+
+    /// Reports a broker refusal once per streak of failures (connection problems are
+    /// retried silently). Returns false if the consumer is gone.
+    async fn failed(&self, error: ClientError, reported: &mut bool) -> bool {
+        match error {
+            ClientError::Broker { code, message } if !*reported => {
+                *reported = true;
+                self.send(EventKind::Refused(code, message)).await
+            }
+            _ => !self.events.is_closed(),
+        }
+    }
+
+    async fn pause(&self, attempt: &mut u32) {
+        let factor = 1u32 << (*attempt).min(16);
+        let pause = self
+            .config
+            .retry_backoff
+            .saturating_mul(factor)
+            .min(self.config.retry_backoff_max);
+        *attempt += 1;
+        tokio::time::sleep(pause).await;
+    }
+
+    async fn send(&self, kind: EventKind) -> bool {
+        let event = Event {
+            partition: self.partition.clone(),
+            generation: self.generation,
+            kind,
+        };
+        self.events.send(event).await.is_ok()
+    }
+}
+
+/// A connection to the shard leading `partition`, found through `bootstrap`'s Metadata.
+async fn connect_leader(
+    bootstrap: &str,
+    partition: &TopicPartition,
+) -> Result<AsyncClient, ClientError> {
+    let mut client = AsyncClient::connect(bootstrap).await?;
+    let metadata = client.metadata(Some(&[partition.topic.as_str()])).await?;
+    let topic = metadata
+        .topics
+        .first()
+        .ok_or_else(|| ClientError::Protocol("empty metadata".into()))?;
+    crate::operation::check(&topic.outcome)?;
+    let leader = topic
+        .partitions
+        .get(partition.partition as usize)
+        .map(|found| found.leader_shard)
+        .ok_or_else(|| ClientError::Broker {
+            code: ErrorCode::UnknownPartition,
+            message: format!(
+                "{} has {} partitions",
+                partition.topic,
+                topic.partitions.len()
+            ),
+        })?;
+    let broker = metadata
+        .brokers
+        .first()
+        .ok_or_else(|| ClientError::Protocol("no broker in metadata".into()))?;
+    let port = broker
+        .shards
+        .get(leader as usize)
+        .map(|shard| shard.port)
+        .ok_or_else(|| ClientError::Protocol("unknown shard".into()))?;
+    drop(client);
+    AsyncClient::connect((broker.host.as_str(), port)).await
+}
+
+/// A range of one fetched response.
+#[derive(Debug)]
+struct Part {
+    partition: TopicPartition,
+    fetched: Arc<Fetched>,
+    from: u64,
+    until: u64,
+}
+
+/// What one `poll` returned: fetched responses and the offset range taken from each.
+#[derive(Debug, Default)]
+pub struct ConsumerRecords {
+    parts: Vec<Part>,
+    count: usize,
+}
+
+impl ConsumerRecords {
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The records, in offset order per partition, read in place.
+    pub fn iter(&self) -> impl Iterator<Item = ConsumerRecordView<'_>> {
+        let mut views = Vec::with_capacity(self.count);
+        for part in &self.parts {
+            let batches = part
+                .fetched
+                .batches()
+                .expect("batches were validated on arrival and not changed since");
+            for batch in batches {
+                for record in batch.records() {
+                    if (part.from..part.until).contains(&record.offset()) {
+                        views.push(ConsumerRecordView {
+                            topic: &part.partition.topic,
+                            partition: part.partition.partition,
+                            record,
+                        });
+                    }
+                }
+            }
+        }
+        views.into_iter()
+    }
+}
+
+/// One consumed record, borrowed from the fetched response.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsumerRecordView<'a> {
+    topic: &'a str,
+    partition: u32,
+    record: RecordView<'a>,
+}
+
+impl<'a> ConsumerRecordView<'a> {
+    /// Topic.
+    pub fn topic(&self) -> &'a str {
+        self.topic
+    }
+
+    /// Partition.
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    /// Offset.
+    pub fn offset(&self) -> u64 {
+        self.record.offset()
+    }
+
+    /// Timestamp, ms since the epoch.
+    pub fn timestamp_ms(&self) -> i64 {
+        self.record.timestamp_ms()
+    }
+
+    /// Key.
+    pub fn key(&self) -> Option<&'a [u8]> {
+        self.record.key()
+    }
+
+    /// Value (`None`: a tombstone).
+    pub fn value(&self) -> Option<&'a [u8]> {
+        self.record.value()
+    }
+
+    /// Headers.
+    pub fn headers(&self) -> impl ExactSizeIterator<Item = (&'a str, &'a [u8])> {
+        self.record.headers()
+    }
+
+    /// An owned copy.
+    pub fn to_owned(&self) -> ConsumerRecord {
+        ConsumerRecord {
+            topic: self.topic.to_owned(),
+            partition: self.partition,
+            offset: self.offset(),
+            timestamp_ms: self.timestamp_ms(),
+            key: self.key().map(<[u8]>::to_vec),
+            value: self.value().map(<[u8]>::to_vec),
+            headers: self
+                .headers()
+                .map(|(name, value)| (name.to_owned(), value.to_vec()))
+                .collect(),
+        }
+    }
+}
+
+/// A consumed record, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerRecord {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// Offset.
+    pub offset: u64,
+    /// Timestamp, ms since the epoch.
+    pub timestamp_ms: i64,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Value.
+    pub value: Option<Vec<u8>>,
+    /// Headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
