@@ -62,7 +62,9 @@ pub use flumen_protocol::wire::messages::{
 pub use glommio_client::GlommioClient;
 pub use partitioner::{murmur2, partition_for_key};
 #[cfg(feature = "tokio")]
-pub use producer::{Delivery, DeliveryFuture, ProduceError, Producer, ProducerConfig, Record};
+pub use producer::{
+    Delivery, DeliveryFuture, ProduceError, Producer, ProducerConfig, ProducerMetrics, Record,
+};
 #[cfg(feature = "tokio")]
 pub use sync_facade::{BlockingConsumer, BlockingDelivery, BlockingProducer};
 #[cfg(feature = "tokio")]

@@ -21,6 +21,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -196,6 +197,51 @@ pub enum ProduceError {
 
 type Reply = oneshot::Sender<Result<Delivery, ProduceError>>;
 
+/// Counters of a producer since it started (see [`Producer::metrics`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProducerMetrics {
+    /// Records acknowledged (or sent, with acks=0).
+    pub records_delivered: u64,
+    /// Records that failed.
+    pub records_failed: u64,
+    /// Batches acknowledged.
+    pub batches_delivered: u64,
+    /// Produce attempts retried (connection loss, timeouts, retriable errors).
+    pub retries: u64,
+    /// Retries the partition recognised as duplicates (idempotence at work).
+    pub duplicates_detected: u64,
+    /// Times the producer took a new producer id after the broker lost its state.
+    pub producer_id_resets: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    records_delivered: AtomicU64,
+    records_failed: AtomicU64,
+    batches_delivered: AtomicU64,
+    retries: AtomicU64,
+    duplicates_detected: AtomicU64,
+    producer_id_resets: AtomicU64,
+}
+
+impl Counters {
+    fn add(counter: &AtomicU64, value: u64) {
+        counter.fetch_add(value, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> ProducerMetrics {
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        ProducerMetrics {
+            records_delivered: read(&self.records_delivered),
+            records_failed: read(&self.records_failed),
+            batches_delivered: read(&self.batches_delivered),
+            retries: read(&self.retries),
+            duplicates_detected: read(&self.duplicates_detected),
+            producer_id_resets: read(&self.producer_id_resets),
+        }
+    }
+}
+
 /// Resolves when the record is acknowledged or has failed.
 #[derive(Debug)]
 pub struct DeliveryFuture(oneshot::Receiver<Result<Delivery, ProduceError>>);
@@ -244,6 +290,7 @@ pub struct Producer {
     room: Arc<Semaphore>,
     buffer_bytes: usize,
     max_block: Duration,
+    counters: Arc<Counters>,
 }
 
 impl Producer {
@@ -253,13 +300,20 @@ impl Producer {
         let (commands, receiver) = mpsc::unbounded_channel();
         let buffer_bytes = config.batching.buffer_memory_bytes;
         let max_block = config.max_block;
-        tokio::spawn(Worker::new(config).run(receiver));
+        let counters = Arc::new(Counters::default());
+        tokio::spawn(Worker::new(config, Arc::clone(&counters)).run(receiver));
         Self {
             commands,
             room: Arc::new(Semaphore::new(buffer_bytes)),
             buffer_bytes,
             max_block,
+            counters,
         }
+    }
+
+    /// Counters since the producer started.
+    pub fn metrics(&self) -> ProducerMetrics {
+        self.counters.snapshot()
     }
 
     /// Queues a record; the returned future resolves once it is acknowledged or failed.
@@ -348,6 +402,7 @@ struct Worker {
     waiting: HashMap<u64, Waiting>,
     routes: Routes,
     next_id: u64,
+    counters: Arc<Counters>,
 }
 
 /// How a failed attempt goes on.
@@ -361,13 +416,14 @@ enum Failure {
 }
 
 impl Worker {
-    fn new(config: ProducerConfig) -> Self {
+    fn new(config: ProducerConfig, counters: Arc<Counters>) -> Self {
         Self {
             accumulator: Accumulator::new(config.batching),
             config,
             waiting: HashMap::new(),
             routes: Routes::default(),
             next_id: 0,
+            counters,
         }
     }
 
@@ -470,13 +526,15 @@ impl Worker {
         let deadline = Instant::now() + self.config.max_block;
         let mut attempt = 0;
         loop {
-            let result = self.try_prepare(topic).await;
+            let timeout = self.config.request_timeout;
+            let result = tokio::time::timeout(timeout, self.try_prepare(topic)).await;
             let error = match result {
-                Ok(partitions) => return Ok(partitions),
-                Err(ClientError::Broker { code, message }) if !code.is_retriable() => {
+                Ok(Ok(partitions)) => return Ok(partitions),
+                Ok(Err(ClientError::Broker { code, message })) if !code.is_retriable() => {
                     return Err(ProduceError::Broker { code, message })
                 }
-                Err(error) => error,
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => format!("no answer within {timeout:?}"),
             };
             let pause = self.backoff(attempt);
             if Instant::now() + pause >= deadline {
@@ -549,6 +607,7 @@ impl Worker {
                 Failure::Fatal(error) => break Err(error),
                 Failure::Retry(reason) => reason,
                 Failure::NewProducerId(reason) => {
+                    Counters::add(&self.counters.producer_id_resets, 1);
                     match self.new_producer_id().await {
                         Ok(()) => self.accumulator.restamp(&mut batch),
                         // No producer id yet: the next attempt fails the same way.
@@ -561,10 +620,19 @@ impl Worker {
             if Instant::now() + pause >= deadline {
                 break Err(ProduceError::TimedOut(reason));
             }
+            Counters::add(&self.counters.retries, 1);
             tokio::time::sleep(pause).await;
             attempt += 1;
         };
         self.accumulator.release(batch.payload_bytes);
+        let records = batch.record_count() as u64;
+        match &outcome {
+            Ok(_) => {
+                Counters::add(&self.counters.batches_delivered, 1);
+                Counters::add(&self.counters.records_delivered, records);
+            }
+            Err(_) => Counters::add(&self.counters.records_failed, records),
+        }
         for (index, id) in batch.record_ids.iter().enumerate() {
             if let Some(waiting) = self.waiting.remove(id) {
                 let result = outcome.clone().map(|base_offset| Delivery {
@@ -636,6 +704,9 @@ impl Worker {
                 self.config.acks,
             )
             .await?;
+        if ErrorCode::from_u16(result.outcome.error_code) == ErrorCode::DuplicateSequence {
+            Counters::add(&self.counters.duplicates_detected, 1);
+        }
         Ok(result.base_offset)
     }
 }
