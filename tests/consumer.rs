@@ -247,7 +247,7 @@ fn the_blocking_facade_produces_and_consumes_from_plain_threads() {
                     .map(|record| producer.send(record))
                     .collect::<Vec<_>>()
                 {
-                    assert_eq!(delivery.wait().unwrap().partition, partition);
+                    assert_eq!(delivery.wait().unwrap().partition, Some(partition));
                 }
             })
         })

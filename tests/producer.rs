@@ -42,8 +42,14 @@ async fn ten_thousand_keyed_records_are_delivered_in_order_per_partition() {
     let mut by_position = HashMap::new();
     for (key, index, delivery) in deliveries {
         let delivered = delivery.await.expect("delivered");
-        let partition = *partition_of_key.entry(key).or_insert(delivered.partition);
-        assert_eq!(partition, delivered.partition, "same key, same partition");
+        let partition = *partition_of_key
+            .entry(key)
+            .or_insert(delivered.partition.unwrap());
+        assert_eq!(
+            Some(partition),
+            delivered.partition,
+            "same key, same partition"
+        );
         let offset = delivered.offset.expect("acks=all reports offsets");
         offsets.entry(partition).or_default().push(offset);
         by_position.insert((partition, offset), index);

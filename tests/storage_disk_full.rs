@@ -107,7 +107,7 @@ fn a_full_disk_fails_appends_cleanly_and_they_resume_once_space_is_freed() {
                 Ok(_) => appended += 1,
                 Err(error) => break error,
             }
-            if appended % 8 == 0 {
+            if appended.is_multiple_of(8) {
                 log.flush().await.unwrap();
             }
             assert!(appended < 10_000, "the disk never filled up");

@@ -39,6 +39,8 @@ pub mod consumer;
 #[cfg(feature = "glommio")]
 mod glommio_client;
 pub mod operation;
+#[cfg(feature = "tokio")]
+pub mod outbox;
 mod partitioner;
 #[cfg(feature = "tokio")]
 pub mod producer;

@@ -18,7 +18,7 @@
 //! and resends the batch under it (what was lost stays lost: that is acks=1).
 //! Without idempotence, delivery is at least once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +32,9 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use crate::accumulator::{
     record_size, Accumulator, AccumulatorConfig, AppendError, OutgoingRecord, ReadyBatch,
 };
+use crate::outbox::Outbox;
 use crate::{Acks, AsyncClient, ClientError};
+use flumen_protocol::record::BatchView;
 
 /// Producer settings.
 #[derive(Debug, Clone)]
@@ -57,6 +59,12 @@ pub struct ProducerConfig {
     pub retry_backoff: Duration,
     /// Longest pause between retries.
     pub retry_backoff_max: Duration,
+    /// A directory for the durable outbox (see [`crate::outbox`]): records the broker
+    /// could not take within `delivery_timeout` (or whose topic's metadata did not come
+    /// within `max_block`) because it was unreachable are kept there and published in
+    /// order once it is back; their delivery says `queued_in_outbox`. `None`: such
+    /// records fail with [`ProduceError::TimedOut`].
+    pub outbox: Option<std::path::PathBuf>,
 }
 
 impl ProducerConfig {
@@ -73,6 +81,7 @@ impl ProducerConfig {
             request_timeout: Duration::from_secs(30),
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(1),
+            outbox: None,
         }
     }
 }
@@ -157,10 +166,15 @@ impl Record {
 /// Where a record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivery {
-    /// Partition.
-    pub partition: u32,
-    /// Offset; `None` with acks=0, where the broker does not answer.
+    /// Partition; `None` only for a record queued in the outbox before the producer could
+    /// learn the topic's partitions (it is partitioned when published).
+    pub partition: Option<u32>,
+    /// Offset; `None` with acks=0, where the broker does not answer, and for records
+    /// queued in the outbox.
     pub offset: Option<u64>,
+    /// The broker was unreachable for `delivery_timeout`: the record is in the durable
+    /// outbox and will be published in order once the broker is back.
+    pub queued_in_outbox: bool,
 }
 
 /// Why a record was not delivered.
@@ -212,6 +226,10 @@ pub struct ProducerMetrics {
     pub duplicates_detected: u64,
     /// Times the producer took a new producer id after the broker lost its state.
     pub producer_id_resets: u64,
+    /// Records queued in the outbox.
+    pub records_outboxed: u64,
+    /// Bytes in the outbox not yet published (0 without an outbox).
+    pub outbox_pending_bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -222,6 +240,8 @@ struct Counters {
     retries: AtomicU64,
     duplicates_detected: AtomicU64,
     producer_id_resets: AtomicU64,
+    records_outboxed: AtomicU64,
+    outbox_pending_bytes: AtomicU64,
 }
 
 impl Counters {
@@ -238,6 +258,8 @@ impl Counters {
             retries: read(&self.retries),
             duplicates_detected: read(&self.duplicates_detected),
             producer_id_resets: read(&self.producer_id_resets),
+            records_outboxed: read(&self.records_outboxed),
+            outbox_pending_bytes: read(&self.outbox_pending_bytes),
         }
     }
 }
@@ -268,6 +290,8 @@ enum Command {
     /// A record, its reply and the buffer room it holds until it is resolved.
     Send(Record, Reply, OwnedSemaphorePermit),
     Flush(oneshot::Sender<()>),
+    /// Deliver what was sent before, release the outbox, stop.
+    Close(oneshot::Sender<()>),
 }
 
 /// A handle to the producer; clone it freely (`Send + Sync`).
@@ -279,7 +303,7 @@ enum Command {
 /// let producer = Producer::start(ProducerConfig::new("127.0.0.1:9292"));
 /// let delivery = producer.send(Record::new("orders", "order #1").with_key("customer-7")).await;
 /// let landed = delivery.await?;
-/// println!("partition {} offset {:?}", landed.partition, landed.offset);
+/// println!("partition {:?} offset {:?}", landed.partition, landed.offset);
 /// producer.close().await;
 /// # Ok(())
 /// # }
@@ -365,9 +389,15 @@ impl Producer {
         }
     }
 
-    /// Delivers what is buffered; the background task stops once every handle is gone.
+    /// Delivers (or queues in the outbox) everything sent before, then stops the
+    /// producer and releases its outbox. Sends through other clones of this handle fail
+    /// with [`ProduceError::Closed`] from then on. Dropping every handle without closing
+    /// also delivers what is buffered, in the background.
     pub async fn close(self) {
-        self.flush().await;
+        let (done, closed) = oneshot::channel();
+        if self.commands.send(Command::Close(done)).is_ok() {
+            let _ = closed.await;
+        }
     }
 }
 
@@ -403,6 +433,13 @@ struct Worker {
     routes: Routes,
     next_id: u64,
     counters: Arc<Counters>,
+    outbox: Option<Outbox>,
+    /// Outbox batches being published, with their sequence numbers.
+    outbox_chunk: VecDeque<ReadyBatch>,
+    /// Outbox position after the chunk.
+    outbox_chunk_end: u64,
+    /// The last outbox failure, reported with the next send that needs the outbox.
+    outbox_error: Option<String>,
 }
 
 /// How a failed attempt goes on.
@@ -424,6 +461,10 @@ impl Worker {
             routes: Routes::default(),
             next_id: 0,
             counters,
+            outbox: None,
+            outbox_chunk: VecDeque::new(),
+            outbox_chunk_end: 0,
+            outbox_error: None,
         }
     }
 
@@ -432,7 +473,21 @@ impl Worker {
     }
 
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        if let Some(dir) = self.config.outbox.clone() {
+            match Outbox::open(&dir) {
+                Ok(outbox) => self.outbox = Some(outbox),
+                Err(error) => {
+                    self.outbox_error = Some(format!(
+                        "cannot open the outbox in {}: {error}",
+                        dir.display()
+                    ))
+                }
+            }
+        }
+        let mut drain_tick = tokio::time::interval(self.config.retry_backoff_max);
+        drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            self.publish_gauges();
             let deadline = self.accumulator.next_deadline();
             let sleep = async {
                 match deadline {
@@ -447,11 +502,27 @@ impl Worker {
                         self.send_all().await;
                         let _ = done.send(());
                     }
+                    Some(Command::Close(done)) => {
+                        commands.close();
+                        while let Some(command) = commands.recv().await {
+                            match command {
+                                Command::Send(record, reply, room) => self.append(record, reply, room).await,
+                                Command::Flush(done) | Command::Close(done) => drop(done),
+                            }
+                        }
+                        self.send_all().await;
+                        drop(self.outbox.take());
+                        let _ = done.send(());
+                        return;
+                    }
                     None => {
                         self.send_all().await;
                         return;
                     }
                 },
+                _ = drain_tick.tick(), if self.outbox.as_ref().is_some_and(|outbox| !outbox.is_empty()) => {
+                    self.drain_outbox().await;
+                }
                 () = sleep => {
                     let partitions = self.partition_counts();
                     for batch in self.accumulator.expired(Instant::now(), |topic| partitions.get(topic).copied().unwrap_or(1)) {
@@ -460,6 +531,13 @@ impl Worker {
                 }
             }
         }
+    }
+
+    fn publish_gauges(&self) {
+        let pending = self.outbox.as_ref().map_or(0, Outbox::pending_bytes);
+        self.counters
+            .outbox_pending_bytes
+            .store(pending, Ordering::Relaxed);
     }
 
     fn partition_counts(&self) -> HashMap<String, u32> {
@@ -473,6 +551,24 @@ impl Worker {
     async fn append(&mut self, record: Record, reply: Reply, room: OwnedSemaphorePermit) {
         let partitions = match self.prepare(&record.topic).await {
             Ok(count) => count,
+            Err(ProduceError::TimedOut(reason)) if self.outbox.is_some() => {
+                let outbox = self.outbox.as_mut().expect("checked");
+                let result = match outbox.append(std::slice::from_ref(&record)) {
+                    Ok(()) => {
+                        Counters::add(&self.counters.records_outboxed, 1);
+                        Ok(Delivery {
+                            partition: record.partition,
+                            offset: None,
+                            queued_in_outbox: true,
+                        })
+                    }
+                    Err(error) => Err(ProduceError::TimedOut(format!(
+                        "{reason}; and the outbox failed: {error}"
+                    ))),
+                };
+                let _ = reply.send(result);
+                return;
+            }
             Err(error) => {
                 let _ = reply.send(Err(error));
                 return;
@@ -595,21 +691,174 @@ impl Worker {
 
     /// Sends one batch until acknowledged, failed, or out of time; resolves its records.
     async fn deliver(&mut self, mut batch: ReadyBatch) {
-        let deadline = Instant::now() + self.config.delivery_timeout;
         let acknowledged = self.config.acks != Acks::None;
+        // While the outbox holds records, later batches queue behind them (order).
+        let outcome = if self
+            .outbox
+            .as_ref()
+            .is_some_and(|outbox| !outbox.is_empty())
+        {
+            Err(ProduceError::TimedOut("queued behind the outbox".into()))
+        } else {
+            let deadline = Instant::now() + self.config.delivery_timeout;
+            self.attempt_until(&mut batch, deadline).await
+        };
+        self.accumulator.release(batch.payload_bytes);
+        let records = batch.record_count() as u64;
+        let outcome = match outcome {
+            Err(ProduceError::TimedOut(reason)) if self.outbox.is_some() => {
+                match self.queue_in_outbox(&batch) {
+                    Ok(()) => Ok(None),
+                    Err(error) => Err(ProduceError::TimedOut(format!(
+                        "{reason}; and the outbox failed: {error}"
+                    ))),
+                }
+            }
+            Err(ProduceError::TimedOut(reason)) if self.outbox_error.is_some() => {
+                let problem = self.outbox_error.as_deref().unwrap_or_default();
+                Err(ProduceError::TimedOut(format!(
+                    "{reason}; outbox: {problem}"
+                )))
+            }
+            other => other.map(Some),
+        };
+        match &outcome {
+            Ok(Some(_)) => {
+                Counters::add(&self.counters.batches_delivered, 1);
+                Counters::add(&self.counters.records_delivered, records);
+            }
+            Ok(None) => Counters::add(&self.counters.records_outboxed, records),
+            Err(_) => Counters::add(&self.counters.records_failed, records),
+        }
+        for (index, id) in batch.record_ids.iter().enumerate() {
+            if let Some(waiting) = self.waiting.remove(id) {
+                let result = outcome.clone().map(|base_offset| Delivery {
+                    partition: Some(waiting.partition),
+                    offset: base_offset
+                        .filter(|_| acknowledged)
+                        .map(|base_offset| base_offset + index as u64),
+                    queued_in_outbox: base_offset.is_none(),
+                });
+                let _ = waiting.reply.send(result);
+            }
+        }
+    }
+
+    /// Appends a batch's records to the outbox, each with the partition it was given.
+    fn queue_in_outbox(&mut self, batch: &ReadyBatch) -> std::io::Result<()> {
+        let outbox = self.outbox.as_mut().expect("checked by the caller");
+        let view = BatchView::validate(batch.batch.as_bytes())
+            .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error))?;
+        let records: Vec<Record> = view
+            .records()
+            .map(|record| Record {
+                topic: batch.topic.clone(),
+                partition: Some(batch.partition),
+                key: record.key().map(<[u8]>::to_vec),
+                value: record.value().map(<[u8]>::to_vec),
+                headers: record
+                    .headers()
+                    .map(|(name, value)| (name.to_owned(), value.to_vec()))
+                    .collect(),
+                timestamp_ms: Some(record.timestamp_ms()),
+            })
+            .collect();
+        outbox.append(&records)
+    }
+
+    /// Publishes the outbox in order, one chunk at a time, while the broker answers.
+    /// A chunk's batches keep their sequence numbers until they are acknowledged, so a
+    /// retry after a lost acknowledgement is still recognised as a duplicate.
+    async fn drain_outbox(&mut self) {
+        // Open batches were accepted after the outbox started filling: queue them too.
+        self.send_all().await;
+        loop {
+            if self.outbox_chunk.is_empty() {
+                let Some(outbox) = self.outbox.as_mut() else {
+                    return;
+                };
+                if outbox.is_empty() {
+                    return;
+                }
+                let entries = match outbox.read(self.config.batching.batch_size_bytes * 4) {
+                    Ok(entries) => entries,
+                    Err(error) => {
+                        self.outbox_error = Some(error.to_string());
+                        return;
+                    }
+                };
+                let end = entries.last().map_or(0, |entry| entry.end);
+                for entry in entries {
+                    let Ok(partitions) = self.prepare(&entry.record.topic).await else {
+                        return;
+                    };
+                    let headers = entry.record.header_refs();
+                    let outgoing = entry.record.outgoing(&headers);
+                    // Outbox records have no reply waiting: ids no send uses.
+                    let id = u64::MAX - self.next_id;
+                    self.next_id += 1;
+                    match self
+                        .accumulator
+                        .append(&outgoing, partitions, id, Instant::now())
+                    {
+                        Ok((_, Some(full))) => self.outbox_chunk.push_back(full),
+                        Ok((_, None)) => {}
+                        Err(error) => {
+                            // The topic shrank or the record no longer fits: it cannot be
+                            // published; report it and move on.
+                            self.outbox_error = Some(format!("dropping an outbox record: {error}"));
+                            Counters::add(&self.counters.records_failed, 1);
+                        }
+                    }
+                }
+                let counts = self.partition_counts();
+                let rest = self
+                    .accumulator
+                    .drain(|topic| counts.get(topic).copied().unwrap_or(1));
+                self.outbox_chunk.extend(rest);
+                self.outbox_chunk_end = end;
+            }
+            while let Some(mut batch) = self.outbox_chunk.pop_front() {
+                // Short: while the broker is still away, sends keep being served.
+                let deadline = Instant::now() + self.config.retry_backoff_max;
+                if self.attempt_until(&mut batch, deadline).await.is_err() {
+                    self.outbox_chunk.push_front(batch);
+                    return;
+                }
+                self.accumulator.release(batch.payload_bytes);
+                Counters::add(
+                    &self.counters.records_delivered,
+                    batch.record_count() as u64,
+                );
+                Counters::add(&self.counters.batches_delivered, 1);
+            }
+            let end = self.outbox_chunk_end;
+            if let Some(Err(error)) = self.outbox.as_mut().map(|outbox| outbox.commit(end)) {
+                self.outbox_error = Some(error.to_string());
+                return;
+            }
+        }
+    }
+
+    /// Sends one batch, retrying with backoff until acknowledged, refused, or `deadline`.
+    async fn attempt_until(
+        &mut self,
+        batch: &mut ReadyBatch,
+        deadline: Instant,
+    ) -> Result<u64, ProduceError> {
         let mut attempt = 0;
-        let outcome = loop {
-            let failure = match self.send_once(&batch).await {
-                Ok(base_offset) => break Ok(base_offset),
+        loop {
+            let failure = match self.send_once(batch).await {
+                Ok(base_offset) => return Ok(base_offset),
                 Err(failure) => failure,
             };
             let reason = match failure {
-                Failure::Fatal(error) => break Err(error),
+                Failure::Fatal(error) => return Err(error),
                 Failure::Retry(reason) => reason,
                 Failure::NewProducerId(reason) => {
                     Counters::add(&self.counters.producer_id_resets, 1);
                     match self.new_producer_id().await {
-                        Ok(()) => self.accumulator.restamp(&mut batch),
+                        Ok(()) => self.accumulator.restamp(batch),
                         // No producer id yet: the next attempt fails the same way.
                         Err(_) => self.routes.clients.clear(),
                     }
@@ -618,29 +867,11 @@ impl Worker {
             };
             let pause = self.backoff(attempt);
             if Instant::now() + pause >= deadline {
-                break Err(ProduceError::TimedOut(reason));
+                return Err(ProduceError::TimedOut(reason));
             }
             Counters::add(&self.counters.retries, 1);
             tokio::time::sleep(pause).await;
             attempt += 1;
-        };
-        self.accumulator.release(batch.payload_bytes);
-        let records = batch.record_count() as u64;
-        match &outcome {
-            Ok(_) => {
-                Counters::add(&self.counters.batches_delivered, 1);
-                Counters::add(&self.counters.records_delivered, records);
-            }
-            Err(_) => Counters::add(&self.counters.records_failed, records),
-        }
-        for (index, id) in batch.record_ids.iter().enumerate() {
-            if let Some(waiting) = self.waiting.remove(id) {
-                let result = outcome.clone().map(|base_offset| Delivery {
-                    partition: waiting.partition,
-                    offset: acknowledged.then_some(base_offset + index as u64),
-                });
-                let _ = waiting.reply.send(result);
-            }
         }
     }
 

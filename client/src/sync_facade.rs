@@ -61,7 +61,7 @@ struct ProducerInner {
 impl Drop for ProducerInner {
     fn drop(&mut self) {
         // Deliver what is buffered before the runtime stops.
-        self.runtime.handle.block_on(self.producer.flush());
+        self.runtime.handle.block_on(self.producer.clone().close());
     }
 }
 

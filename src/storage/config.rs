@@ -54,12 +54,12 @@ impl LogConfig {
     pub fn validate(&self) -> Result<(), StorageError> {
         let fail = |why: String| Err(StorageError::InvalidConfig(why));
         let align = IO_ALIGNMENT_BYTES as usize;
-        if self.write_buffer_bytes == 0 || self.write_buffer_bytes % align != 0 {
+        if self.write_buffer_bytes == 0 || !self.write_buffer_bytes.is_multiple_of(align) {
             return fail(format!(
                 "write_buffer_bytes must be a positive multiple of {align}"
             ));
         }
-        if self.read_chunk_bytes == 0 || self.read_chunk_bytes % align != 0 {
+        if self.read_chunk_bytes == 0 || !self.read_chunk_bytes.is_multiple_of(align) {
             return fail(format!(
                 "read_chunk_bytes must be a positive multiple of {align}"
             ));
@@ -80,7 +80,7 @@ impl LogConfig {
                 self.batch_bytes_max
             ));
         }
-        if self.preallocate_bytes % IO_ALIGNMENT_BYTES != 0 {
+        if !self.preallocate_bytes.is_multiple_of(IO_ALIGNMENT_BYTES) {
             return fail(format!("preallocate_bytes must be a multiple of {align}"));
         }
         if self.index_interval_bytes == 0 {

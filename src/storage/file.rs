@@ -49,7 +49,7 @@ impl AlignedBuffer {
 
     /// Shortens the buffer to `len` bytes, which must stay aligned.
     pub(crate) fn trim_to(&mut self, len: usize) {
-        assert!(len as u64 % IO_ALIGNMENT_BYTES == 0 && len <= self.0.len());
+        assert!((len as u64).is_multiple_of(IO_ALIGNMENT_BYTES) && len <= self.0.len());
         self.0.trim_to_size(len);
     }
 }
@@ -94,7 +94,9 @@ impl DirectFile {
             .dma_open(path)
             .await
             .map_err(to_io_error)?;
-        if file.alignment() > IO_ALIGNMENT_BYTES || IO_ALIGNMENT_BYTES % file.alignment() != 0 {
+        if file.alignment() > IO_ALIGNMENT_BYTES
+            || !IO_ALIGNMENT_BYTES.is_multiple_of(file.alignment())
+        {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 format!(
@@ -116,7 +118,7 @@ impl DirectFile {
     /// A buffer of `len` bytes (a multiple of the alignment) for writes. Its contents are
     /// unspecified: writers zero whatever they do not fill.
     pub(crate) fn alloc(&self, len: usize) -> AlignedBuffer {
-        assert!(len as u64 % IO_ALIGNMENT_BYTES == 0);
+        assert!((len as u64).is_multiple_of(IO_ALIGNMENT_BYTES));
         AlignedBuffer(self.file.alloc_dma_buffer(len))
     }
 
@@ -127,7 +129,7 @@ impl DirectFile {
         position: u64,
     ) -> io::Result<()> {
         assert!(
-            position % IO_ALIGNMENT_BYTES == 0,
+            position.is_multiple_of(IO_ALIGNMENT_BYTES),
             "unaligned write at {position}"
         );
         let len = buffer.len();
@@ -148,7 +150,9 @@ impl DirectFile {
     /// Reads up to `len` bytes from `position` (any alignment). Fewer come back at the end
     /// of the file.
     pub(crate) async fn read_at(&self, position: u64, len: usize) -> io::Result<ReadBytes> {
-        let result = if position % IO_ALIGNMENT_BYTES == 0 && len as u64 % IO_ALIGNMENT_BYTES == 0 {
+        let result = if position.is_multiple_of(IO_ALIGNMENT_BYTES)
+            && (len as u64).is_multiple_of(IO_ALIGNMENT_BYTES)
+        {
             self.file.read_at_aligned(position, len).await
         } else {
             self.file.read_at(position, len).await

@@ -151,7 +151,7 @@ pub(crate) async fn scan_segment(
         outcome.batches += 1;
         position += padded;
         outcome.end_position = position;
-        if outcome.batches % 1024 == 0 {
+        if outcome.batches.is_multiple_of(1024) {
             crate::shard::yield_now().await;
         }
     }

@@ -115,7 +115,7 @@ impl SegmentWriter {
         limits: WriterLimits,
         syncs: Rc<Cell<u64>>,
     ) -> io::Result<Self> {
-        assert!(limits.buffer_bytes as u64 % IO_ALIGNMENT_BYTES == 0);
+        assert!((limits.buffer_bytes as u64).is_multiple_of(IO_ALIGNMENT_BYTES));
         let staging_start = align_down(end);
         let staging = if end > staging_start {
             let block = file

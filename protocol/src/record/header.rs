@@ -15,7 +15,7 @@ pub const CRC_COVERED_FROM: usize = 24;
 pub const BATCH_LENGTH_MAX_BYTES: usize = 256 << 20;
 
 const _: () = assert!(std::mem::size_of::<BatchHeader>() == BATCH_HEADER_BYTES);
-const _: () = assert!(BATCH_HEADER_BYTES % BATCH_ALIGNMENT_BYTES == 0);
+const _: () = assert!(BATCH_HEADER_BYTES.is_multiple_of(BATCH_ALIGNMENT_BYTES));
 const _: () = assert!(BATCH_LENGTH_MAX_BYTES <= u32::MAX as usize);
 
 const OFFSET_BASE_OFFSET: usize = 0;

@@ -30,7 +30,7 @@ impl<'a> BatchView<'a> {
     pub fn validate(bytes: &'a [u8]) -> Result<Self, BatchError> {
         let mut view = Self::validate_header_and_crc(bytes)?;
         let body = &bytes[BATCH_HEADER_BYTES..view.header.batch_length as usize];
-        if (bytes.as_ptr() as usize) % BATCH_ALIGNMENT_BYTES == 0 {
+        if (bytes.as_ptr() as usize).is_multiple_of(BATCH_ALIGNMENT_BYTES) {
             let records = check_body(body, &view.header)?;
             view.records = Some(records);
         } else {

@@ -70,7 +70,7 @@ pub fn frame_length(prefix: [u8; 4], limit_bytes: usize) -> Result<usize, FrameE
     if length < REQUEST_HEADER_BYTES.min(RESPONSE_HEADER_BYTES) {
         return Err(FrameError::Truncated("shorter than a header"));
     }
-    if length % FRAME_ALIGNMENT_BYTES != 0 {
+    if !length.is_multiple_of(FRAME_ALIGNMENT_BYTES) {
         return Err(FrameError::Malformed(
             "frame length is not a multiple of 16",
         ));
@@ -121,7 +121,9 @@ impl ArchivedDataRange {
     pub fn slice<'a>(&self, data: &'a [u8]) -> Option<&'a [u8]> {
         let offset = self.offset.to_native() as usize;
         let length = self.length.to_native() as usize;
-        if offset % FRAME_ALIGNMENT_BYTES != 0 || length % FRAME_ALIGNMENT_BYTES != 0 {
+        if !offset.is_multiple_of(FRAME_ALIGNMENT_BYTES)
+            || !length.is_multiple_of(FRAME_ALIGNMENT_BYTES)
+        {
             return None;
         }
         data.get(offset..offset.checked_add(length)?)
@@ -217,7 +219,7 @@ impl<'a> RequestFrame<'a> {
     ) -> Vec<u8> {
         assert!(client_id.len() <= CLIENT_ID_BYTES_MAX, "client id too long");
         assert!(
-            data_length % FRAME_ALIGNMENT_BYTES == 0,
+            data_length.is_multiple_of(FRAME_ALIGNMENT_BYTES),
             "data must be padded"
         );
         let prefix_length = REQUEST_HEADER_BYTES + padded(client_id.len()) + padded(control.len());
@@ -298,7 +300,7 @@ impl<'a> ResponseFrame<'a> {
     /// [`RequestFrame::encode_prefix`]).
     pub fn encode_prefix(header: ResponseHeader, control: &[u8], data_length: usize) -> Vec<u8> {
         assert!(
-            data_length % FRAME_ALIGNMENT_BYTES == 0,
+            data_length.is_multiple_of(FRAME_ALIGNMENT_BYTES),
             "data must be padded"
         );
         let prefix_length = RESPONSE_HEADER_BYTES + padded(control.len());
@@ -337,7 +339,7 @@ fn sections(
     control_length: usize,
     data_length: usize,
 ) -> Result<(&[u8], &[u8]), FrameError> {
-    if data_length % FRAME_ALIGNMENT_BYTES != 0 {
+    if !data_length.is_multiple_of(FRAME_ALIGNMENT_BYTES) {
         return Err(FrameError::Malformed(
             "data section is not padded to 16 bytes",
         ));
@@ -409,7 +411,7 @@ where
     T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>,
 {
     // An empty archive (of an empty struct) has nothing to read in place.
-    if !control.is_empty() && (control.as_ptr() as usize) % FRAME_ALIGNMENT_BYTES != 0 {
+    if !control.is_empty() && !(control.as_ptr() as usize).is_multiple_of(FRAME_ALIGNMENT_BYTES) {
         return Err(FrameError::Misaligned);
     }
     rkyv::access::<T::Archived, rancor::Error>(control)

@@ -250,7 +250,7 @@ fn bad_frames_are_rejected() {
     assert!(RequestFrame::decode(&lying_sections).is_err());
 
     let unaligned = [0u8; 64];
-    let offset = if (unaligned.as_ptr() as usize) % 16 == 0 {
+    let offset = if (unaligned.as_ptr() as usize).is_multiple_of(16) {
         1
     } else {
         0
