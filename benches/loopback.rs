@@ -7,6 +7,7 @@
 //! `FLUMEN_BENCH_SECONDS` (default 10) the produce duration per ack mode;
 //! `FLUMEN_BENCH_CONNECTIONS` (default 4) the concurrent connections, each on its own
 //! thread. Batches are 1,000 records of 1 KiB (about 1 MiB), built once before timing.
+//! `FLUMEN_BENCH_ONLY=producer` runs only the `Producer` mode (for profiling).
 //! Prints `name=value` lines.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,6 +45,11 @@ fn main() {
     Client::connect(&bootstrap)
         .and_then(|mut client| client.create_topic(&topic, PARTITIONS, &[]))
         .expect("broker reachable and topic created");
+    if std::env::var("FLUMEN_BENCH_ONLY").is_ok_and(|only| only == "producer") {
+        let (bytes, elapsed) = producer(&bootstrap, &topic, seconds);
+        println!("producer_acks1_MiBps={:.1}", mib_per_second(bytes, elapsed));
+        return;
+    }
     let batch = build_batch();
     for (name, acks) in [("acks1", Acks::Leader), ("acksall", Acks::All)] {
         let (bytes, elapsed) = produce(&bootstrap, &topic, &batch, acks, connections, seconds);

@@ -140,7 +140,8 @@ struct OpenBatch {
 /// Groups records into per-partition batches.
 pub struct Accumulator {
     config: AccumulatorConfig,
-    open: HashMap<(String, u32), OpenBatch>,
+    /// Open batches by topic, then partition (looked up by `&str`, no allocation).
+    open: HashMap<String, HashMap<u32, OpenBatch>>,
     sticky: HashMap<String, u32>,
     buffered_bytes: usize,
     producer: Option<(i64, i16)>,
@@ -247,8 +248,11 @@ impl Accumulator {
             });
         }
         self.buffered_bytes += size;
-        let key = (record.topic.to_owned(), partition);
-        let open = self.open.entry(key.clone()).or_insert_with(|| OpenBatch {
+        if !self.open.contains_key(record.topic) {
+            self.open.insert(record.topic.to_owned(), HashMap::new());
+        }
+        let batches = self.open.get_mut(record.topic).expect("inserted above");
+        let open = batches.entry(partition).or_insert_with(|| OpenBatch {
             builder: BatchBuilder::new(record.timestamp_ms),
             record_ids: Vec::new(),
             first_append: now,
@@ -265,7 +269,20 @@ impl Accumulator {
         if open.charged_bytes < self.config.batch_size_bytes {
             return Ok((partition, None));
         }
-        Ok((partition, self.close(&key, partitions)))
+        Ok((partition, self.close(record.topic, partition, partitions)))
+    }
+
+    /// `(topic, partition)` of every open batch matching `due`.
+    fn open_keys(&self, due: impl Fn(&OpenBatch) -> bool) -> Vec<(String, u32)> {
+        self.open
+            .iter()
+            .flat_map(|(topic, batches)| {
+                batches
+                    .iter()
+                    .filter(|(_, open)| due(open))
+                    .map(|(partition, _)| (topic.clone(), *partition))
+            })
+            .collect()
     }
 
     /// Batches whose linger has expired at `now`.
@@ -274,27 +291,23 @@ impl Accumulator {
         now: Instant,
         partitions_of: impl Fn(&str) -> u32,
     ) -> Vec<ReadyBatch> {
-        let due: Vec<(String, u32)> = self
-            .open
-            .iter()
-            .filter(|(_, open)| now.duration_since(open.first_append) >= self.config.linger)
-            .map(|(key, _)| key.clone())
-            .collect();
+        let linger = self.config.linger;
+        let due = self.open_keys(|open| now.duration_since(open.first_append) >= linger);
         due.into_iter()
-            .filter_map(|key| {
-                let partitions = partitions_of(&key.0);
-                self.close(&key, partitions)
+            .filter_map(|(topic, partition)| {
+                let partitions = partitions_of(&topic);
+                self.close(&topic, partition, partitions)
             })
             .collect()
     }
 
     /// Every open batch, for a flush or close.
     pub fn drain(&mut self, partitions_of: impl Fn(&str) -> u32) -> Vec<ReadyBatch> {
-        let keys: Vec<(String, u32)> = self.open.keys().cloned().collect();
+        let keys = self.open_keys(|_| true);
         keys.into_iter()
-            .filter_map(|key| {
-                let partitions = partitions_of(&key.0);
-                self.close(&key, partitions)
+            .filter_map(|(topic, partition)| {
+                let partitions = partitions_of(&topic);
+                self.close(&topic, partition, partitions)
             })
             .collect()
     }
@@ -303,6 +316,7 @@ impl Accumulator {
     pub fn next_deadline(&self) -> Option<Instant> {
         self.open
             .values()
+            .flat_map(HashMap::values)
             .map(|open| open.first_append + self.config.linger)
             .min()
     }
@@ -316,16 +330,21 @@ impl Accumulator {
         self.buffered_bytes -= payload_bytes;
     }
 
-    fn close(&mut self, key: &(String, u32), partitions: u32) -> Option<ReadyBatch> {
-        let mut open = self.open.remove(key)?;
+    fn close(&mut self, topic: &str, partition: u32, partitions: u32) -> Option<ReadyBatch> {
+        let key = (topic, partition);
+        let batches = self.open.get_mut(topic)?;
+        let mut open = batches.remove(&partition)?;
+        if batches.is_empty() {
+            self.open.remove(topic);
+        }
         if let Some((producer_id, epoch)) = self.producer {
-            let sequence = self.next_sequence(&key.0, key.1, open.record_ids.len());
+            let sequence = self.next_sequence(key.0, key.1, open.record_ids.len());
             open.builder.producer(producer_id, epoch, sequence);
         }
         // Sticky partitioning: keyless records move on once this partition's batch is sent.
-        if self.sticky.get(&key.0).copied().unwrap_or(0) % partitions.max(1) == key.1 {
+        if self.sticky.get(key.0).copied().unwrap_or(0) % partitions.max(1) == key.1 {
             self.sticky
-                .insert(key.0.clone(), (key.1 + 1) % partitions.max(1));
+                .insert(key.0.to_owned(), (key.1 + 1) % partitions.max(1));
         }
         // Cannot fail: validate() keeps every batch far inside the format's size limit,
         // and a batch has at least one record.
@@ -334,7 +353,7 @@ impl Accumulator {
             .build()
             .expect("batches stay within the format limits");
         Some(ReadyBatch {
-            topic: key.0.clone(),
+            topic: key.0.to_owned(),
             partition: key.1,
             batch,
             record_ids: open.record_ids,

@@ -541,7 +541,13 @@ impl Fetcher {
         let mut reported = false;
         loop {
             if client.is_none() {
-                match connect_leader(&self.config.bootstrap, &self.partition).await {
+                match crate::routing::connect_leader(
+                    &self.config.bootstrap,
+                    &self.partition.topic,
+                    self.partition.partition,
+                )
+                .await
+                {
                     Ok(connected) => client = Some(connected),
                     Err(error) => {
                         if !self.failed(error, &mut reported).await {
@@ -633,43 +639,6 @@ impl Fetcher {
         };
         self.events.send(event).await.is_ok()
     }
-}
-
-/// A connection to the shard leading `partition`, found through `bootstrap`'s Metadata.
-async fn connect_leader(
-    bootstrap: &str,
-    partition: &TopicPartition,
-) -> Result<AsyncClient, ClientError> {
-    let mut client = AsyncClient::connect(bootstrap).await?;
-    let metadata = client.metadata(Some(&[partition.topic.as_str()])).await?;
-    let topic = metadata
-        .topics
-        .first()
-        .ok_or_else(|| ClientError::Protocol("empty metadata".into()))?;
-    crate::operation::check(&topic.outcome)?;
-    let leader = topic
-        .partitions
-        .get(partition.partition as usize)
-        .map(|found| found.leader_shard)
-        .ok_or_else(|| ClientError::Broker {
-            code: ErrorCode::UnknownPartition,
-            message: format!(
-                "{} has {} partitions",
-                partition.topic,
-                topic.partitions.len()
-            ),
-        })?;
-    let broker = metadata
-        .brokers
-        .first()
-        .ok_or_else(|| ClientError::Protocol("no broker in metadata".into()))?;
-    let port = broker
-        .shards
-        .get(leader as usize)
-        .map(|shard| shard.port)
-        .ok_or_else(|| ClientError::Protocol("unknown shard".into()))?;
-    drop(client);
-    AsyncClient::connect((broker.host.as_str(), port)).await
 }
 
 /// A range of one fetched response.

@@ -44,6 +44,8 @@ pub mod outbox;
 mod partitioner;
 #[cfg(feature = "tokio")]
 pub mod producer;
+#[cfg(feature = "tokio")]
+mod routing;
 pub mod serialization;
 #[cfg(feature = "tokio")]
 mod sync_facade;

@@ -1,0 +1,415 @@
+//! The producer, on tokio: `send` returns a delivery future at once; records are batched
+//! per partition by the [`Accumulator`] (size and linger), sent to each partition's own
+//! shard, and retried with exponential backoff on connection loss and retriable errors
+//! until `delivery_timeout`.
+//!
+//! One background task owns the accumulator and the connections; handles are cheap
+//! clones (`Send + Sync`) that talk to it over a channel. Buffered records are bounded
+//! in bytes (`batching.buffer_memory_bytes`): `send` waits up to `max_block` for room,
+//! then fails with [`ProduceError::BufferFull`].
+//!
+//! Idempotence (on by default, with acks 1 and all): the producer gets a producer id
+//! from the broker and stamps every batch with it and a per-partition sequence number.
+//! Batches of a partition are sent one at a time, in order, and retried unchanged, so a
+//! retry after a lost acknowledgement is recognised by the partition and answered with
+//! the original offsets: no duplicates, no reordering. If the partition lost the
+//! producer's state (an acks=1 tail lost in a broker crash, or the producer evicted), it
+//! answers out-of-sequence / unknown-producer; the producer then takes a new producer id
+//! and resends the batch under it (what was lost stays lost: that is acks=1).
+//! Without idempotence, delivery is at least once.
+
+mod worker;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use flumen_protocol::wire::ErrorCode;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+
+use crate::accumulator::{record_size, AccumulatorConfig, AppendError, OutgoingRecord};
+use crate::Acks;
+use worker::Worker;
+
+/// Producer settings.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// A broker address.
+    pub bootstrap: String,
+    /// Acknowledgement mode.
+    pub acks: Acks,
+    /// Batching limits and the buffer bound.
+    pub batching: AccumulatorConfig,
+    /// Idempotent delivery (producer id and sequence numbers); applies to acks 1 and all.
+    pub idempotence: bool,
+    /// How long a record may take from `send` to acknowledgement, retries included.
+    pub delivery_timeout: Duration,
+    /// How long `send` waits for buffer room, and the producer for metadata and a
+    /// producer id, before failing.
+    pub max_block: Duration,
+    /// How long one produce request may take before the connection is dropped and the
+    /// batch retried.
+    pub request_timeout: Duration,
+    /// First pause between retries; it doubles per attempt up to `retry_backoff_max`.
+    pub retry_backoff: Duration,
+    /// Longest pause between retries.
+    pub retry_backoff_max: Duration,
+    /// A directory for the durable outbox (see [`crate::outbox`]): records the broker
+    /// could not take within `delivery_timeout` (or whose topic's metadata did not come
+    /// within `max_block`) because it was unreachable are kept there and published in
+    /// order once it is back; their delivery says `queued_in_outbox`. `None`: such
+    /// records fail with [`ProduceError::TimedOut`].
+    pub outbox: Option<std::path::PathBuf>,
+}
+
+impl ProducerConfig {
+    /// Defaults for `bootstrap`: acks=all, idempotent, 5 ms linger, 32 MiB buffer, 2 min
+    /// delivery timeout, 60 s max block, 30 s request timeout, backoff 100 ms to 1 s.
+    pub fn new(bootstrap: impl Into<String>) -> Self {
+        Self {
+            bootstrap: bootstrap.into(),
+            acks: Acks::All,
+            batching: AccumulatorConfig::default(),
+            idempotence: true,
+            delivery_timeout: Duration::from_secs(120),
+            max_block: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
+            retry_backoff: Duration::from_millis(100),
+            retry_backoff_max: Duration::from_secs(1),
+            outbox: None,
+        }
+    }
+}
+
+/// A record to send: bytes in (see [`crate::serde`] for typed values).
+///
+/// ```
+/// use flumen_client::Record;
+///
+/// let record = Record::new("orders", "order #1").with_key("customer-7").with_header("source", "web");
+/// assert_eq!(record.key.as_deref(), Some(&b"customer-7"[..]));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Record {
+    /// Topic.
+    pub topic: String,
+    /// Explicit partition; `None` lets the partitioner choose (key hash or sticky).
+    pub partition: Option<u32>,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Value (`None`: a tombstone).
+    pub value: Option<Vec<u8>>,
+    /// Headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Timestamp in ms since the epoch; `None` means now.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl Record {
+    /// A record with a value and nothing else.
+    pub fn new(topic: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        Self {
+            topic: topic.into(),
+            value: Some(value.into()),
+            ..Self::default()
+        }
+    }
+
+    /// With a key (records with the same key go to the same partition).
+    pub fn with_key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// To an explicit partition.
+    pub fn with_partition(mut self, partition: u32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+
+    /// With one more header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// With a timestamp (ms since the epoch) instead of the send time.
+    pub fn with_timestamp(mut self, timestamp_ms: i64) -> Self {
+        self.timestamp_ms = Some(timestamp_ms);
+        self
+    }
+
+    fn outgoing<'a>(&'a self, headers: &'a [(&'a str, &'a [u8])]) -> OutgoingRecord<'a> {
+        OutgoingRecord {
+            topic: &self.topic,
+            partition: self.partition,
+            key: self.key.as_deref(),
+            value: self.value.as_deref(),
+            headers,
+            timestamp_ms: self.timestamp_ms.unwrap_or_else(now_ms),
+        }
+    }
+
+    fn header_refs(&self) -> Vec<(&str, &[u8])> {
+        self.headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_slice()))
+            .collect()
+    }
+}
+
+/// Where a record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// Partition; `None` only for a record queued in the outbox before the producer could
+    /// learn the topic's partitions (it is partitioned when published).
+    pub partition: Option<u32>,
+    /// Offset; `None` with acks=0, where the broker does not answer, and for records
+    /// queued in the outbox.
+    pub offset: Option<u64>,
+    /// The broker was unreachable for `delivery_timeout`: the record is in the durable
+    /// outbox and will be published in order once the broker is back.
+    pub queued_in_outbox: bool,
+}
+
+/// Why a record was not delivered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProduceError {
+    /// The broker refused it with a non-retriable error.
+    #[error("{code:?}: {message}")]
+    Broker {
+        /// Error code.
+        code: ErrorCode,
+        /// The broker's message.
+        message: String,
+    },
+    /// The record could not be accepted (size, partition).
+    #[error(transparent)]
+    Rejected(#[from] AppendError),
+    /// The buffer stayed full for `max_block`: the broker is slower than the producer, or
+    /// unreachable.
+    #[error("producer buffer full for {waited:?} (max_block); {buffer_bytes} bytes buffered")]
+    BufferFull {
+        /// How long `send` waited.
+        waited: Duration,
+        /// The buffer bound.
+        buffer_bytes: usize,
+    },
+    /// Not acknowledged within `delivery_timeout` (or, for metadata, `max_block`); the
+    /// last failure is given.
+    #[error("not delivered in time; last error: {0}")]
+    TimedOut(String),
+    /// The producer was closed.
+    #[error("the producer is closed")]
+    Closed,
+}
+
+type Reply = oneshot::Sender<Result<Delivery, ProduceError>>;
+
+/// Counters of a producer since it started (see [`Producer::metrics`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProducerMetrics {
+    /// Records acknowledged (or sent, with acks=0).
+    pub records_delivered: u64,
+    /// Records that failed.
+    pub records_failed: u64,
+    /// Batches acknowledged.
+    pub batches_delivered: u64,
+    /// Produce attempts retried (connection loss, timeouts, retriable errors).
+    pub retries: u64,
+    /// Retries the partition recognised as duplicates (idempotence at work).
+    pub duplicates_detected: u64,
+    /// Times the producer took a new producer id after the broker lost its state.
+    pub producer_id_resets: u64,
+    /// Records queued in the outbox.
+    pub records_outboxed: u64,
+    /// Bytes in the outbox not yet published (0 without an outbox).
+    pub outbox_pending_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    records_delivered: AtomicU64,
+    records_failed: AtomicU64,
+    batches_delivered: AtomicU64,
+    retries: AtomicU64,
+    duplicates_detected: AtomicU64,
+    producer_id_resets: AtomicU64,
+    records_outboxed: AtomicU64,
+    outbox_pending_bytes: AtomicU64,
+}
+
+impl Counters {
+    fn add(counter: &AtomicU64, value: u64) {
+        counter.fetch_add(value, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> ProducerMetrics {
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        ProducerMetrics {
+            records_delivered: read(&self.records_delivered),
+            records_failed: read(&self.records_failed),
+            batches_delivered: read(&self.batches_delivered),
+            retries: read(&self.retries),
+            duplicates_detected: read(&self.duplicates_detected),
+            producer_id_resets: read(&self.producer_id_resets),
+            records_outboxed: read(&self.records_outboxed),
+            outbox_pending_bytes: read(&self.outbox_pending_bytes),
+        }
+    }
+}
+
+/// Resolves when the record is acknowledged or has failed.
+#[derive(Debug)]
+pub struct DeliveryFuture(oneshot::Receiver<Result<Delivery, ProduceError>>);
+
+impl DeliveryFuture {
+    fn failed(error: ProduceError) -> Self {
+        let (reply, delivery) = oneshot::channel();
+        let _ = reply.send(Err(error));
+        Self(delivery)
+    }
+}
+
+impl Future for DeliveryFuture {
+    type Output = Result<Delivery, ProduceError>;
+
+    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(context)
+            .map(|result| result.unwrap_or(Err(ProduceError::Closed)))
+    }
+}
+
+enum Command {
+    /// A record, its reply and the buffer room it holds until it is resolved.
+    Send(Record, Reply, OwnedSemaphorePermit),
+    Flush(oneshot::Sender<()>),
+    /// Deliver what was sent before, release the outbox, stop.
+    Close(oneshot::Sender<()>),
+}
+
+/// A handle to the producer; clone it freely (`Send + Sync`).
+///
+/// ```no_run
+/// use flumen_client::{Producer, ProducerConfig, Record};
+///
+/// # async fn example() -> Result<(), flumen_client::ProduceError> {
+/// let producer = Producer::start(ProducerConfig::new("127.0.0.1:9292"));
+/// let delivery = producer.send(Record::new("orders", "order #1").with_key("customer-7")).await;
+/// let landed = delivery.await?;
+/// println!("partition {:?} offset {:?}", landed.partition, landed.offset);
+/// producer.close().await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Producer {
+    commands: mpsc::UnboundedSender<Command>,
+    room: Arc<Semaphore>,
+    buffer_bytes: usize,
+    max_block: Duration,
+    counters: Arc<Counters>,
+}
+
+impl Producer {
+    /// Starts the producer's background task on the current tokio runtime. Panics if the
+    /// batching limits are invalid ([`AccumulatorConfig::validate`]).
+    pub fn start(config: ProducerConfig) -> Self {
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let buffer_bytes = config.batching.buffer_memory_bytes;
+        let max_block = config.max_block;
+        let counters = Arc::new(Counters::default());
+        tokio::spawn(Worker::new(config, Arc::clone(&counters)).run(receiver));
+        Self {
+            commands,
+            room: Arc::new(Semaphore::new(buffer_bytes)),
+            buffer_bytes,
+            max_block,
+            counters,
+        }
+    }
+
+    /// Counters since the producer started.
+    pub fn metrics(&self) -> ProducerMetrics {
+        self.counters.snapshot()
+    }
+
+    /// Queues a record; the returned future resolves once it is acknowledged or failed.
+    /// Waits up to `max_block` for buffer room. Dropping the future does not cancel the
+    /// send.
+    pub async fn send(&self, record: Record) -> DeliveryFuture {
+        let size = record_size(&record.outgoing(&record.header_refs()));
+        if size > self.buffer_bytes {
+            return DeliveryFuture::failed(ProduceError::Rejected(AppendError::RecordTooLarge {
+                record_bytes: size,
+                limit_bytes: self.buffer_bytes,
+            }));
+        }
+        let acquire = Arc::clone(&self.room).acquire_many_owned(size as u32);
+        let permit = match tokio::time::timeout(self.max_block, acquire).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return DeliveryFuture::failed(ProduceError::Closed),
+            Err(_) => {
+                return DeliveryFuture::failed(ProduceError::BufferFull {
+                    waited: self.max_block,
+                    buffer_bytes: self.buffer_bytes,
+                })
+            }
+        };
+        let (reply, delivery) = oneshot::channel();
+        if let Err(mpsc::error::SendError(Command::Send(_, reply, _))) =
+            self.commands.send(Command::Send(record, reply, permit))
+        {
+            let _ = reply.send(Err(ProduceError::Closed));
+        }
+        DeliveryFuture(delivery)
+    }
+
+    /// Fire and forget: queues the record and returns once it is buffered; its outcome is
+    /// not reported. Fails only if it cannot be buffered.
+    pub async fn send_and_forget(&self, record: Record) -> Result<(), ProduceError> {
+        let mut delivery = self.send(record).await;
+        match futures_poll_once(&mut delivery) {
+            Some(Err(error)) => Err(error),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sends everything queued so far and waits until each record has an outcome.
+    pub async fn flush(&self) {
+        let (done, flushed) = oneshot::channel();
+        if self.commands.send(Command::Flush(done)).is_ok() {
+            let _ = flushed.await;
+        }
+    }
+
+    /// Delivers (or queues in the outbox) everything sent before, then stops the
+    /// producer and releases its outbox. Sends through other clones of this handle fail
+    /// with [`ProduceError::Closed`] from then on. Dropping every handle without closing
+    /// also delivers what is buffered, in the background.
+    pub async fn close(self) {
+        let (done, closed) = oneshot::channel();
+        if self.commands.send(Command::Close(done)).is_ok() {
+            let _ = closed.await;
+        }
+    }
+}
+
+/// The future's result if it is already resolved (a record rejected at `send`).
+fn futures_poll_once(delivery: &mut DeliveryFuture) -> Option<Result<Delivery, ProduceError>> {
+    match delivery.0.try_recv() {
+        Ok(result) => Some(result),
+        Err(oneshot::error::TryRecvError::Empty) => None,
+        Err(oneshot::error::TryRecvError::Closed) => Some(Err(ProduceError::Closed)),
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as i64)
+}

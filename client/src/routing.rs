@@ -1,0 +1,60 @@
+//! Finding partition leaders through Metadata (tokio transport): the shard that leads a
+//! partition, and a connection to it.
+
+use flumen_protocol::wire::messages::MetadataResponse;
+use flumen_protocol::wire::ErrorCode;
+
+use crate::{AsyncClient, ClientError};
+
+async fn metadata(
+    bootstrap: &str,
+    topic: &str,
+) -> Result<(AsyncClient, MetadataResponse), ClientError> {
+    let mut client = AsyncClient::connect(bootstrap).await?;
+    let metadata = client.metadata(Some(&[topic])).await?;
+    let found = metadata
+        .topics
+        .first()
+        .ok_or_else(|| ClientError::Protocol("empty metadata".into()))?;
+    crate::operation::check(&found.outcome)?;
+    Ok((client, metadata))
+}
+
+/// The leader shard of each of the topic's partitions.
+pub(crate) async fn leaders(bootstrap: &str, topic: &str) -> Result<Vec<u32>, ClientError> {
+    let (_, metadata) = metadata(bootstrap, topic).await?;
+    Ok(metadata.topics[0]
+        .partitions
+        .iter()
+        .map(|partition| partition.leader_shard)
+        .collect())
+}
+
+/// A connection to the shard leading `topic`-`partition`.
+pub(crate) async fn connect_leader(
+    bootstrap: &str,
+    topic: &str,
+    partition: u32,
+) -> Result<AsyncClient, ClientError> {
+    let (client, metadata) = metadata(bootstrap, topic).await?;
+    let found = &metadata.topics[0];
+    let leader = found
+        .partitions
+        .get(partition as usize)
+        .map(|found| found.leader_shard)
+        .ok_or_else(|| ClientError::Broker {
+            code: ErrorCode::UnknownPartition,
+            message: format!("{topic} has {} partitions", found.partitions.len()),
+        })?;
+    let broker = metadata
+        .brokers
+        .first()
+        .ok_or_else(|| ClientError::Protocol("no broker in metadata".into()))?;
+    let port = broker
+        .shards
+        .get(leader as usize)
+        .map(|shard| shard.port)
+        .ok_or_else(|| ClientError::Protocol("unknown shard".into()))?;
+    drop(client);
+    AsyncClient::connect((broker.host.as_str(), port)).await
+}
