@@ -736,6 +736,11 @@ impl<'a> ConsumerRecordView<'a> {
         self.record.headers()
     }
 
+    /// The record as stored in its batch.
+    pub fn record(&self) -> RecordView<'a> {
+        self.record
+    }
+
     /// An owned copy.
     pub fn to_owned(&self) -> ConsumerRecord {
         ConsumerRecord {

@@ -1,26 +1,22 @@
-//! `flumen produce`: one record per line of standard input, batched per partition, sent
-//! to each partition's owning shard.
+//! `flumen produce`: one record per line of standard input, sent with the client's
+//! idempotent producer (batched per partition, retried, in order per partition).
 //!
-//! Batches are sent in input order and each is acknowledged before the next is sent, so
-//! with one partition and `--acks all` the acknowledged records are exactly the first N
-//! lines: what the summary reports is what is safe.
+//! Every record's delivery is awaited; the summary on standard error says how many were
+//! acknowledged and at which offsets, and the exit status is non-zero if any failed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::BufRead;
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::Args;
-use flumen_client::{partition_for_key, Acks};
-use flumen_protocol::record::BatchBuilder;
+use flumen_client::{Acks, BlockingDelivery, BlockingProducer, ProducerConfig, Record};
 
 use super::{connect, key_value};
-use crate::cli::consume::ShardClients;
+use crate::cli::consume::topic_partitions;
 
-/// Records per batch before it is sent.
-const BATCH_RECORDS_MAX: usize = 1_000;
-/// Payload bytes per batch before it is sent.
-const BATCH_BYTES_MAX: usize = 1 << 20;
+/// Deliveries awaited at most at once (bounds memory for long inputs).
+const PENDING_MAX: usize = 100_000;
 
 #[derive(Debug, Args)]
 pub(super) struct ProduceArgs {
@@ -29,7 +25,7 @@ pub(super) struct ProduceArgs {
     /// 0 (no acknowledgement), 1 (leader appended) or all (on disk).
     #[arg(long, default_value = "all")]
     acks: String,
-    /// Write every record to this partition (default: by key hash, or round-robin).
+    /// Write every record to this partition (default: by key hash, or sticky).
     #[arg(long)]
     partition: Option<u32>,
     /// Split each line at the first SEP into key and value.
@@ -38,6 +34,9 @@ pub(super) struct ProduceArgs {
     /// A header for every record, name=value (repeatable).
     #[arg(long = "header", value_parser = key_value)]
     headers: Vec<(String, String)>,
+    /// Give up on a record not acknowledged within this long (retries included).
+    #[arg(long, default_value_t = 30_000)]
+    delivery_timeout_ms: u64,
 }
 
 #[derive(Default)]
@@ -45,7 +44,28 @@ struct Summary {
     acknowledged: u64,
     failed: u64,
     bytes: u64,
-    ranges: HashMap<u32, (u64, u64)>,
+    ranges: BTreeMap<u32, (u64, u64)>,
+    first_error: Option<String>,
+}
+
+impl Summary {
+    fn wait(&mut self, delivery: BlockingDelivery, bytes: u64) {
+        match delivery.wait() {
+            Ok(delivered) => {
+                self.acknowledged += 1;
+                self.bytes += bytes;
+                if let (Some(partition), Some(offset)) = (delivered.partition, delivered.offset) {
+                    let range = self.ranges.entry(partition).or_insert((offset, offset));
+                    range.0 = range.0.min(offset);
+                    range.1 = range.1.max(offset);
+                }
+            }
+            Err(error) => {
+                self.failed += 1;
+                self.first_error.get_or_insert_with(|| error.to_string());
+            }
+        }
+    }
 }
 
 pub(super) fn run(bootstrap: &str, args: ProduceArgs) -> Result<ExitCode, String> {
@@ -55,128 +75,54 @@ pub(super) fn run(bootstrap: &str, args: ProduceArgs) -> Result<ExitCode, String
         "all" | "-1" => Acks::All,
         other => return Err(format!("--acks must be 0, 1 or all, not {other}")),
     };
-    let clients = ShardClients::new(connect(bootstrap)?, bootstrap, &args.topic)?;
-    let partitions = clients.partitions();
+    // Fail fast, with a clear line, on an unreachable broker or an unknown topic.
+    let partitions = topic_partitions(connect(bootstrap)?, bootstrap, &args.topic)?;
     if let Some(partition) = args.partition.filter(|&partition| partition >= partitions) {
         return Err(format!(
             "invalid partition {partition}: {} has {partitions}",
             args.topic
         ));
     }
-    let headers: Vec<(&str, &[u8])> = args
-        .headers
-        .iter()
-        .map(|(name, value)| (name.as_str(), value.as_bytes()))
-        .collect();
-    let mut pending: HashMap<u32, (BatchBuilder, u64)> = HashMap::new();
-    let mut next_keyless = 0u32;
-    let mut batches = Batches {
-        clients,
-        topic: &args.topic,
-        acks,
-        summary: Summary::default(),
-        failure: None,
-    };
+    let mut config = ProducerConfig::new(bootstrap);
+    config.acks = acks;
+    config.delivery_timeout = Duration::from_millis(args.delivery_timeout_ms);
+    config.max_block = config.delivery_timeout;
+    let producer = BlockingProducer::start(config)
+        .map_err(|error| format!("cannot start the producer: {error}"))?;
+    let mut summary = Summary::default();
+    let mut pending = VecDeque::new();
     for line in std::io::stdin().lock().lines() {
         let line = line.map_err(|error| format!("cannot read standard input: {error}"))?;
-        let (key, value) = match &args.key_separator {
+        let bytes = line.len() as u64;
+        let mut record = match &args.key_separator {
             Some(separator) => match line.split_once(separator.as_str()) {
-                Some((key, value)) => (Some(key.as_bytes()), value.as_bytes()),
-                None => (None, line.as_bytes()),
+                Some((key, value)) => Record::new(&args.topic, value).with_key(key),
+                None => Record::new(&args.topic, line),
             },
-            None => (None, line.as_bytes()),
+            None => Record::new(&args.topic, line),
         };
-        let partition = args.partition.unwrap_or_else(|| match key {
-            Some(key) => partition_for_key(key, partitions),
-            None => next_keyless % partitions,
-        });
-        let (builder, bytes) = pending
-            .entry(partition)
-            .or_insert_with(|| (BatchBuilder::new(now_ms()), 0));
-        builder.push(now_ms(), key, Some(value), &headers);
-        *bytes += line.len() as u64;
-        if builder.record_count() >= BATCH_RECORDS_MAX || builder.payload_bytes() >= BATCH_BYTES_MAX
-        {
-            let (builder, bytes) = pending.remove(&partition).expect("just filled");
-            next_keyless = next_keyless.wrapping_add(1);
-            batches.send(partition, builder, bytes);
-            if batches.failure.is_some() {
-                break;
-            }
+        record.partition = args.partition;
+        for (name, value) in &args.headers {
+            record = record.with_header(name.as_str(), value.as_bytes());
+        }
+        pending.push_back((producer.send(record), bytes));
+        if pending.len() >= PENDING_MAX {
+            let (delivery, bytes) = pending.pop_front().expect("not empty");
+            summary.wait(delivery, bytes);
         }
     }
-    let mut rest: Vec<_> = pending.drain().collect();
-    rest.sort_by_key(|(partition, _)| *partition);
-    for (partition, (builder, bytes)) in rest {
-        batches.send(partition, builder, bytes);
+    for (delivery, bytes) in pending {
+        summary.wait(delivery, bytes);
     }
-    print_summary(&batches.summary);
-    match batches.failure {
-        None => Ok(ExitCode::SUCCESS),
-        Some(error) => Err(error),
-    }
-}
-
-/// Sends batches in order; after the first failure, only counts what was not sent.
-struct Batches<'a> {
-    clients: ShardClients,
-    topic: &'a str,
-    acks: Acks,
-    summary: Summary,
-    failure: Option<String>,
-}
-
-impl Batches<'_> {
-    fn send(&mut self, partition: u32, builder: BatchBuilder, bytes: u64) {
-        let records = builder.record_count() as u64;
-        if self.failure.is_some() {
-            self.summary.failed += records;
-            return;
-        }
-        if let Err(error) = self.try_send(partition, builder) {
-            self.summary.failed += records;
-            self.failure = Some(format!(
-                "sending to {}-{partition} failed: {error}",
-                self.topic
-            ));
-            return;
-        }
-        self.summary.acknowledged += records;
-        self.summary.bytes += bytes;
-    }
-
-    fn try_send(&mut self, partition: u32, builder: BatchBuilder) -> Result<(), String> {
-        let batch = builder.build().map_err(|error| error.to_string())?;
-        let client = self.clients.client(partition)?;
-        let result = client
-            .produce(self.topic, partition, &[batch.as_bytes()], self.acks)
-            .map_err(|error| error.to_string())?;
-        if self.acks != Acks::None {
-            let range = self
-                .summary
-                .ranges
-                .entry(partition)
-                .or_insert((result.base_offset, result.last_offset));
-            range.1 = result.last_offset;
-        }
-        Ok(())
-    }
-}
-
-fn print_summary(summary: &Summary) {
     eprintln!(
         "acknowledged {} records ({} bytes), failed {}",
         summary.acknowledged, summary.bytes, summary.failed
     );
-    let mut ranges: Vec<_> = summary.ranges.iter().collect();
-    ranges.sort();
-    for (partition, (first, last)) in ranges {
+    for (partition, (first, last)) in &summary.ranges {
         eprintln!("  partition {partition}: offsets {first}..={last}");
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as i64)
+    match summary.first_error {
+        None => Ok(ExitCode::SUCCESS),
+        Some(error) => Err(format!("sending to {} failed: {error}", args.topic)),
+    }
 }
