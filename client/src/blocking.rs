@@ -7,7 +7,18 @@ use std::time::Duration;
 use crate::operation::{Operation, Session};
 use crate::{client_methods, Result};
 
-/// A blocking connection to one broker (its shared port or a shard's own port).
+/// A blocking connection to one broker (its shared port or a shard's own port): topic
+/// administration and raw produce/fetch of whole batches.
+///
+/// ```no_run
+/// use flumen_client::Client;
+///
+/// let mut client = Client::connect("127.0.0.1:9292")?;
+/// client.create_topic("orders", 4, &[("retention.ms", "86400000")])?;
+/// let end = client.list_offsets("orders", 0, flumen_client::LATEST_TIMESTAMP)?;
+/// println!("partition 0 ends at {}", end.log_end_offset);
+/// # Ok::<(), flumen_client::ClientError>(())
+/// ```
 #[derive(Debug)]
 pub struct Client {
     stream: TcpStream,

@@ -89,6 +89,16 @@ pub enum SeekTo {
 }
 
 /// Consumer settings.
+///
+/// ```
+/// use std::time::Duration;
+/// use flumen_client::{ConsumerConfig, OffsetReset};
+///
+/// let mut config = ConsumerConfig::new("127.0.0.1:9292");
+/// config.auto_offset_reset = OffsetReset::Latest;
+/// config.max_poll_records = 1_000;
+/// config.fetch_max_wait = Duration::from_millis(100);
+/// ```
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
     /// A broker address.

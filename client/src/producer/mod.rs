@@ -35,6 +35,18 @@ use crate::Acks;
 use worker::Worker;
 
 /// Producer settings.
+///
+/// ```
+/// use std::time::Duration;
+/// use flumen_client::{Acks, ProducerConfig};
+///
+/// let mut config = ProducerConfig::new("127.0.0.1:9292");
+/// config.acks = Acks::Leader;
+/// config.batching.linger = Duration::from_millis(20);
+/// config.batching.batch_size_bytes = 1 << 20;
+/// config.outbox = Some("/var/lib/orders/outbox".into());
+/// assert!(config.idempotence, "on by default");
+/// ```
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
     /// A broker address.
