@@ -24,9 +24,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Client::connect(bootstrap.as_str())?.create_topic("events", 2, &[])?;
             let producer = Producer::start(ProducerConfig::new(bootstrap.clone()));
             for index in 0..100 {
-                let _ = producer
-                    .send(Record::new("events", format!("event {index}")))
-                    .await;
+                producer
+                    .send_and_forget(Record::new("events", format!("event {index}")))
+                    .await?;
             }
             producer.close().await;
             (bootstrap, "events".to_owned(), Some(broker))
