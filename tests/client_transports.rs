@@ -122,3 +122,32 @@ fn the_glommio_client_works_from_inside_an_executor() {
         .join()
         .unwrap();
 }
+
+/// Handles that services share between tasks and threads are `Send + Sync`; the
+/// consumer is `Send` (one task at a time).
+#[test]
+fn handles_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<flumen_client::Producer>();
+    send_sync::<flumen_client::BlockingProducer>();
+    send_sync::<flumen_client::BlockingConsumer>();
+    send_sync::<flumen_client::AsyncClient>();
+    send_sync::<flumen_client::Client>();
+    send::<flumen_client::Consumer>();
+    send::<flumen_client::DeliveryFuture>();
+}
+
+/// With default features the client needs no io_uring: glommio is not in its tree.
+#[test]
+fn the_default_client_does_not_depend_on_glommio() {
+    let output = std::process::Command::new(env!("CARGO"))
+        .args(["tree", "-p", "flumen-client", "-e", "normal", "--offline"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let tree = String::from_utf8_lossy(&output.stdout);
+    assert!(tree.contains("tokio"), "the default transport is tokio:\n{tree}");
+    assert!(!tree.contains("glommio"), "glommio in the default tree:\n{tree}");
+}
