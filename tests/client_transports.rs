@@ -146,8 +146,18 @@ fn the_default_client_does_not_depend_on_glommio() {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo runs");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let tree = String::from_utf8_lossy(&output.stdout);
-    assert!(tree.contains("tokio"), "the default transport is tokio:\n{tree}");
-    assert!(!tree.contains("glommio"), "glommio in the default tree:\n{tree}");
+    assert!(
+        tree.contains("tokio"),
+        "the default transport is tokio:\n{tree}"
+    );
+    assert!(
+        !tree.contains("glommio"),
+        "glommio in the default tree:\n{tree}"
+    );
 }
