@@ -164,3 +164,53 @@ async fn a_fresh_producer_queues_records_when_the_broker_was_never_reachable() {
     let expected = flumen_client::partition_for_key(b"key-3", 4);
     assert_eq!(partitions[&expected], vec![3], "published by key hash");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn records_the_broker_refuses_for_good_do_not_hold_the_outbox() {
+    let mut broker = EmbeddedBroker::start().unwrap();
+    Client::connect(broker.bootstrap())
+        .unwrap()
+        .create_topic("t", 4, &[])
+        .unwrap();
+    let outbox = tempfile::tempdir().unwrap();
+    let producer = Producer::start(config(&broker, outbox.path()));
+    producer.send(record(0)).await.await.unwrap();
+    broker.shutdown().unwrap();
+    for index in 1..=10 {
+        let delivered = producer.send(record(index)).await.await.unwrap();
+        assert!(delivered.queued_in_outbox);
+    }
+    // The broker comes back without the topic (this test's task does not yield between
+    // the two steps, so the producer cannot publish in between).
+    broker.restart().unwrap();
+    Client::connect(broker.bootstrap())
+        .unwrap()
+        .delete_topic("t")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while producer.metrics().outbox_pending_bytes > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the outbox is stuck: {:?}",
+            producer.metrics()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        producer.metrics().records_failed,
+        10,
+        "{:?}",
+        producer.metrics()
+    );
+    // The producer keeps working for other topics.
+    Client::connect(broker.bootstrap())
+        .unwrap()
+        .create_topic("u", 1, &[])
+        .unwrap();
+    let delivered = producer
+        .send(Record::new("u", "after"))
+        .await
+        .await
+        .unwrap();
+    assert_eq!(delivered.offset, Some(0));
+}

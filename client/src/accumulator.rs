@@ -120,6 +120,8 @@ pub struct ReadyBatch {
     /// Payload bytes counted against the buffer; give them back with
     /// [`Accumulator::release`] once the batch is delivered or failed.
     pub payload_bytes: usize,
+    /// When its first record was appended (a delivery timeout counts from there).
+    pub first_append: Instant,
 }
 
 impl ReadyBatch {
@@ -358,12 +360,13 @@ impl Accumulator {
             batch,
             record_ids: open.record_ids,
             payload_bytes: open.charged_bytes,
+            first_append: open.first_append,
         })
     }
 }
 
 /// Buffer space charged per record beyond its key, value and headers (framing).
-const RECORD_OVERHEAD_BYTES: usize = 32;
+pub const RECORD_OVERHEAD_BYTES: usize = 32;
 
 /// Buffer bytes a record costs: key, value, headers and a fixed overhead. The same cost
 /// decides when a batch is full and what `release` gives back.

@@ -382,7 +382,12 @@ impl Consumer {
             }) {
                 return Err(ConsumeError::NoPosition(partition));
             }
-            while let Ok(event) = self.events.try_recv() {
+            // Take what has arrived, but hold at most about one chunk per partition here:
+            // the rest waits in the bounded channel and its fetch tasks (the memory bound).
+            while self.buffered_chunks() < self.assigned.len().max(1) {
+                let Ok(event) = self.events.try_recv() else {
+                    break;
+                };
                 self.handle(event).await?;
             }
             let records = self.take_buffered();
@@ -396,6 +401,13 @@ impl Consumer {
                 Err(_) => return Ok(ConsumerRecords::default()),
             }
         }
+    }
+
+    fn buffered_chunks(&self) -> usize {
+        self.assigned
+            .values()
+            .map(|assigned| assigned.buffered.len())
+            .sum()
     }
 
     async fn handle(&mut self, event: Event) -> Result<(), ConsumeError> {

@@ -1,18 +1,21 @@
 //! # flumen-client
 //!
-//! A client for Flumen's native protocol: topic administration, produce and fetch. It
-//! depends only on `flumen-protocol` and needs no io_uring, so it runs wherever a
-//! microservice runs.
+//! A client for Flumen's native protocol: topic administration, an idempotent
+//! [`Producer`] (batching, retries, optional durable outbox), a prefetching [`Consumer`],
+//! blocking versions of both, and typed values ([`serialization`]). With default
+//! features it needs no io_uring, so it runs wherever a microservice runs (containers
+//! whose seccomp profile blocks io_uring included): `cargo tree -p flumen-client -e
+//! normal` shows no glommio. The guide is `docs/CLIENT.md`.
 //!
-//! The protocol logic is free of I/O ([`operation`]): each API exchange is an
+//! The protocol logic is free of I/O ([`operation`], and the producer's batching and
+//! sequence numbers in [`accumulator`]): each API exchange is an
 //! [`operation::Operation`], and thin transports only move bytes:
-//! - [`Client`], blocking over `std::net` (what the `flumen` command line uses);
+//! - [`Client`], blocking over `std::net` (the `flumen` command line's admin commands);
 //! - [`AsyncClient`], on tokio (feature `tokio`, on by default), `Send + Sync`-friendly
-//!   for services;
-//! - `GlommioClient` (feature `glommio`), for code already on a glommio executor, such as
-//!   the load generator.
-//!
-//! Neither needs io_uring: `cargo tree -p flumen-client -e normal` shows no glommio.
+//!   for services; the [`Producer`] and [`Consumer`] run on it, and
+//!   [`BlockingProducer`] / [`BlockingConsumer`] run those on a private runtime thread;
+//! - `GlommioClient` (feature `glommio`, needs io_uring), for code already on a glommio
+//!   executor: shard-aware connections without a cross-thread hop.
 //!
 //! ```no_run
 //! use flumen_client::{Acks, Client};

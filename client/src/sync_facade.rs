@@ -1,7 +1,8 @@
 //! The blocking facade: [`BlockingProducer`] and [`BlockingConsumer`] run the tokio
 //! producer and consumer on a private runtime thread, for code that is not async (a CLI,
 //! a batch job, a thread-per-request service). Same logic, same guarantees; calls block
-//! the calling thread.
+//! the calling thread, so they must not be made from inside a tokio runtime (tokio
+//! refuses to block a runtime thread and panics).
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -12,7 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::{
     ConsumeError, Consumer, ConsumerConfig, ConsumerRecords, Delivery, DeliveryFuture,
-    ProduceError, Producer, ProducerConfig, Record, SeekTo, TopicPartition,
+    ProduceError, Producer, ProducerConfig, ProducerMetrics, Record, SeekTo, TopicPartition,
 };
 
 /// A single-threaded tokio runtime driven by its own thread until dropped.
@@ -60,8 +61,11 @@ struct ProducerInner {
 
 impl Drop for ProducerInner {
     fn drop(&mut self) {
-        // Deliver what is buffered before the runtime stops.
-        self.runtime.handle.block_on(self.producer.clone().close());
+        // Deliver what is buffered before the runtime stops. From a plain thread so that
+        // dropping inside some other tokio runtime does not panic.
+        let (handle, producer) = (self.runtime.handle.clone(), self.producer.clone());
+        let closer = std::thread::spawn(move || handle.block_on(producer.close()));
+        let _ = closer.join();
     }
 }
 
@@ -128,6 +132,18 @@ impl BlockingProducer {
             .handle
             .block_on(self.inner.producer.flush());
     }
+
+    /// Counters since the producer started.
+    pub fn metrics(&self) -> ProducerMetrics {
+        self.inner.producer.metrics()
+    }
+
+    /// Delivers (or queues in the outbox) everything sent before and stops the producer;
+    /// sends through other clones fail with [`ProduceError::Closed`] afterwards.
+    pub fn close(self) {
+        let producer = self.inner.producer.clone();
+        self.inner.runtime.handle.block_on(producer.close());
+    }
 }
 
 /// The consumer for blocking code. `Send`; use it from one thread at a time.
@@ -191,6 +207,16 @@ impl BlockingConsumer {
     /// See [`Consumer::seek`].
     pub fn seek(&self, partition: &TopicPartition, to: SeekTo) -> Result<(), ConsumeError> {
         self.run(async |consumer| consumer.seek(partition, to).await)
+    }
+
+    /// See [`Consumer::assignment`].
+    pub fn assignment(&self) -> Vec<TopicPartition> {
+        self.run(async |consumer| consumer.assignment())
+    }
+
+    /// See [`Consumer::paused`].
+    pub fn paused(&self) -> Vec<TopicPartition> {
+        self.run(async |consumer| consumer.paused())
     }
 
     /// See [`Consumer::position`].

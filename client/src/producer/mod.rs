@@ -96,7 +96,7 @@ impl ProducerConfig {
     }
 }
 
-/// A record to send: bytes in (see [`crate::serde`] for typed values).
+/// A record to send: bytes in (see [`crate::serialization`] for typed values).
 ///
 /// ```
 /// use flumen_client::Record;
@@ -320,7 +320,7 @@ enum Command {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Producer {
-    commands: mpsc::UnboundedSender<Command>,
+    commands: mpsc::Sender<Command>,
     room: Arc<Semaphore>,
     buffer_bytes: usize,
     max_block: Duration,
@@ -331,7 +331,11 @@ impl Producer {
     /// Starts the producer's background task on the current tokio runtime. Panics if the
     /// batching limits are invalid ([`AccumulatorConfig::validate`]).
     pub fn start(config: ProducerConfig) -> Self {
-        let (commands, receiver) = mpsc::unbounded_channel();
+        // Every queued record holds at least RECORD_OVERHEAD_BYTES of buffer room, so the
+        // buffer bounds the queue; the capacity only makes that explicit.
+        let capacity =
+            config.batching.buffer_memory_bytes / crate::accumulator::RECORD_OVERHEAD_BYTES + 64;
+        let (commands, receiver) = mpsc::channel(capacity);
         let buffer_bytes = config.batching.buffer_memory_bytes;
         let max_block = config.max_block;
         let counters = Arc::new(Counters::default());
@@ -373,8 +377,10 @@ impl Producer {
             }
         };
         let (reply, delivery) = oneshot::channel();
-        if let Err(mpsc::error::SendError(Command::Send(_, reply, _))) =
-            self.commands.send(Command::Send(record, reply, permit))
+        if let Err(mpsc::error::SendError(Command::Send(_, reply, _))) = self
+            .commands
+            .send(Command::Send(record, reply, permit))
+            .await
         {
             let _ = reply.send(Err(ProduceError::Closed));
         }
@@ -394,7 +400,7 @@ impl Producer {
     /// Sends everything queued so far and waits until each record has an outcome.
     pub async fn flush(&self) {
         let (done, flushed) = oneshot::channel();
-        if self.commands.send(Command::Flush(done)).is_ok() {
+        if self.commands.send(Command::Flush(done)).await.is_ok() {
             let _ = flushed.await;
         }
     }
@@ -405,7 +411,7 @@ impl Producer {
     /// also delivers what is buffered, in the background.
     pub async fn close(self) {
         let (done, closed) = oneshot::channel();
-        if self.commands.send(Command::Close(done)).is_ok() {
+        if self.commands.send(Command::Close(done)).await.is_ok() {
             let _ = closed.await;
         }
     }

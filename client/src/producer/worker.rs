@@ -256,7 +256,7 @@ impl Worker {
             .is_some_and(|outbox| !outbox.is_empty())
     }
 
-    pub(super) async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+    pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         if let Some(dir) = self.config.outbox.clone() {
             match Outbox::open(&dir) {
                 Ok(outbox) => self.outbox = Some(outbox),
@@ -358,6 +358,7 @@ impl Worker {
                 return;
             }
             Err(error) => {
+                Counters::add(&self.counters.records_failed, 1);
                 let _ = reply.send(Err(error));
                 return;
             }
@@ -389,6 +390,7 @@ impl Worker {
                 }
             }
             Err(error) => {
+                Counters::add(&self.counters.records_failed, 1);
                 let _ = reply.send(Err(ProduceError::Rejected(error)));
             }
         }
@@ -419,10 +421,9 @@ impl Worker {
             .and_then(|leaders| leaders.get(batch.partition as usize))
             .copied()
             .unwrap_or(0);
-        let flight = Flight {
-            batch,
-            deadline: Instant::now() + self.config.delivery_timeout,
-        };
+        // Counted from the batch's first record, the closest to its `send`.
+        let deadline = batch.first_append + self.config.delivery_timeout;
+        let flight = Flight { batch, deadline };
         self.queues.entry(shard).or_default().push_back(flight);
         self.launch(shard);
     }
@@ -637,9 +638,19 @@ impl Worker {
                         self.outbox_chunk.push_front(batch);
                         return;
                     }
-                    Landed::Failed(_) => {
+                    Landed::Failed(ProduceError::TimedOut(_)) => {
+                        // Still unreachable: try again on the next tick.
                         self.outbox_chunk.push_front(batch);
                         return;
+                    }
+                    Landed::Failed(error) => {
+                        // Refused for good (topic deleted, batch too large): these
+                        // records can never be published; count them and go on, so one
+                        // bad batch does not hold the outbox forever.
+                        self.accumulator.release(batch.payload_bytes);
+                        let records = batch.record_count() as u64;
+                        Counters::add(&self.counters.records_failed, records);
+                        self.outbox_error = Some(format!("outbox records refused: {error}"));
                     }
                 }
             }
@@ -660,26 +671,39 @@ impl Worker {
         if outbox.is_empty() {
             return false;
         }
-        let entries = match outbox.read(self.config.batching.batch_size_bytes * 4) {
+        // About a few batches, and well inside the buffer so batching them cannot fail.
+        let batching = self.config.batching;
+        let chunk_bytes = (batching.batch_size_bytes * 4).min(batching.buffer_memory_bytes / 2);
+        let entries = match outbox.read(chunk_bytes) {
             Ok(entries) => entries,
             Err(error) => {
                 self.outbox_error = Some(error.to_string());
                 return false;
             }
         };
-        let end = entries.last().map_or(0, |entry| entry.end);
+        let mut end = None;
         for entry in entries {
-            let Ok(partitions) = self.prepare(&entry.record.topic).await else {
-                // Not reachable yet: whatever was appended is drained again next time.
-                let counts = self.partition_counts();
-                for batch in self
-                    .accumulator
-                    .drain(|topic| counts.get(topic).copied().unwrap_or(1))
-                {
-                    self.accumulator.release(batch.payload_bytes);
+            let partitions = match self.prepare(&entry.record.topic).await {
+                Ok(partitions) => partitions,
+                Err(ProduceError::TimedOut(_)) => {
+                    // Not reachable yet: what was batched is read again next time.
+                    let counts = self.partition_counts();
+                    for batch in self
+                        .accumulator
+                        .drain(|topic| counts.get(topic).copied().unwrap_or(1))
+                    {
+                        self.accumulator.release(batch.payload_bytes);
+                    }
+                    self.outbox_chunk.clear();
+                    return false;
                 }
-                self.outbox_chunk.clear();
-                return false;
+                Err(error) => {
+                    // The topic is gone (or refused): this record cannot be published.
+                    self.outbox_error = Some(format!("dropping an outbox record: {error}"));
+                    Counters::add(&self.counters.records_failed, 1);
+                    end = Some(entry.end);
+                    continue;
+                }
             };
             let headers = entry.record.header_refs();
             let outgoing = entry.record.outgoing(&headers);
@@ -692,14 +716,20 @@ impl Worker {
             {
                 Ok((_, Some(full))) => self.outbox_chunk.push_back(full),
                 Ok((_, None)) => {}
+                // No room: this entry and the rest wait for the next chunk.
+                Err(AppendError::BufferFull { .. }) => break,
                 Err(error) => {
-                    // The topic shrank or the record no longer fits: it cannot be
-                    // published; report it and move on.
+                    // The topic shrank below the record's partition, or the record no
+                    // longer fits: it cannot be published; count it and move on.
                     self.outbox_error = Some(format!("dropping an outbox record: {error}"));
                     Counters::add(&self.counters.records_failed, 1);
                 }
             }
+            end = Some(entry.end);
         }
+        let Some(end) = end else {
+            return false;
+        };
         let counts = self.partition_counts();
         let rest = self
             .accumulator
