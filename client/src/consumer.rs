@@ -30,10 +30,12 @@ use std::time::{Duration, Instant};
 use flumen_protocol::record::RecordView;
 use flumen_protocol::wire::messages::{EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
 use flumen_protocol::wire::ErrorCode;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::{AsyncClient, ClientError, Fetched};
+#[cfg(feature = "glommio")]
+use crate::runtime::Glommio;
+use crate::runtime::{Calls, Runtime, Tokio};
+use crate::{ClientError, Fetched};
 
 /// Fetched chunks the prefetch channel holds beyond one per partition.
 pub const PREFETCH_CHANNEL_CHUNKS: usize = 16;
@@ -167,19 +169,19 @@ pub enum ConsumeError {
 }
 
 /// A fetched response and the offset after its last record.
-struct Chunk {
+pub(crate) struct Chunk {
     fetched: Arc<Fetched>,
     next_offset: u64,
 }
 
 /// What a fetch task reports.
-struct Event {
+pub(crate) struct Event {
     partition: TopicPartition,
     generation: u64,
     kind: EventKind,
 }
 
-enum EventKind {
+pub(crate) enum EventKind {
     Fetched(Chunk),
     OutOfRange(u64),
     Refused(ErrorCode, String),
@@ -190,21 +192,21 @@ struct Assigned {
     paused: bool,
     /// Bumped whenever the fetch task is replaced, so its stale results are dropped.
     generation: u64,
-    task: Option<JoinHandle<()>>,
+    /// Dropping it stops the fetch task.
+    task: Option<oneshot::Sender<()>>,
     buffered: VecDeque<Chunk>,
 }
 
 impl Assigned {
     fn stop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+        drop(self.task.take());
         self.buffered.clear();
         self.generation += 1;
     }
 }
 
-/// A consumer of assigned partitions. `Send`; use it from one task at a time.
+/// A consumer of assigned partitions. On tokio (the default, `Consumer`) it is `Send`;
+/// use it from one task at a time. [`GlommioConsumer`] runs on a glommio executor.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -220,17 +222,23 @@ impl Assigned {
 /// # Ok(())
 /// # }
 /// ```
-pub struct Consumer {
+pub struct Consumer<R: Runtime = Tokio> {
     config: ConsumerConfig,
     assigned: HashMap<TopicPartition, Assigned>,
     events: mpsc::Receiver<Event>,
     sender: mpsc::Sender<Event>,
-    admin: Option<AsyncClient>,
+    admin: Option<R::Connection>,
     /// Rotates which partition `poll` serves first, for fairness.
     rotation: usize,
 }
 
-impl std::fmt::Debug for Consumer {
+/// The consumer on a glommio executor (feature `glommio`): its fetch tasks and
+/// connections stay on the executor that created it. Same API as [`Consumer`], created
+/// with [`GlommioConsumer::new_local`].
+#[cfg(feature = "glommio")]
+pub type GlommioConsumer = Consumer<Glommio>;
+
+impl<R: Runtime> std::fmt::Debug for Consumer<R> {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("Consumer")
@@ -240,7 +248,7 @@ impl std::fmt::Debug for Consumer {
     }
 }
 
-impl Drop for Consumer {
+impl<R: Runtime> Drop for Consumer<R> {
     fn drop(&mut self) {
         for assigned in self.assigned.values_mut() {
             assigned.stop();
@@ -248,9 +256,23 @@ impl Drop for Consumer {
     }
 }
 
-impl Consumer {
-    /// A consumer with nothing assigned; it connects when it needs to.
+impl Consumer<Tokio> {
+    /// A consumer with nothing assigned, on tokio; it connects when it needs to.
     pub fn new(config: ConsumerConfig) -> Self {
+        Self::create(config)
+    }
+}
+
+#[cfg(feature = "glommio")]
+impl Consumer<Glommio> {
+    /// A consumer with nothing assigned, on the current glommio executor.
+    pub fn new_local(config: ConsumerConfig) -> Self {
+        Self::create(config)
+    }
+}
+
+impl<R: Runtime> Consumer<R> {
+    fn create(config: ConsumerConfig) -> Self {
         let (sender, events) = mpsc::channel(PREFETCH_CHANNEL_CHUNKS);
         Self {
             config,
@@ -394,11 +416,11 @@ impl Consumer {
             if !records.is_empty() {
                 return Ok(records);
             }
-            let event = tokio::time::timeout_at(deadline.into(), self.events.recv()).await;
-            match event {
-                Ok(Some(event)) => self.handle(event).await?,
-                Ok(None) => unreachable!("the consumer holds a sender"),
-                Err(_) => return Ok(ConsumerRecords::default()),
+            let left = deadline.saturating_duration_since(Instant::now());
+            match crate::runtime::timeout::<R, _>(left, self.events.recv()).await {
+                Some(Some(event)) => self.handle(event).await?,
+                Some(None) => unreachable!("the consumer holds a sender"),
+                None => return Ok(ConsumerRecords::default()),
             }
         }
     }
@@ -511,7 +533,7 @@ impl Consumer {
         timestamp: i64,
     ) -> Result<u64, ConsumeError> {
         if self.admin.is_none() {
-            self.admin = Some(AsyncClient::connect(self.config.bootstrap.as_str()).await?);
+            self.admin = Some(crate::runtime::connect::<R>(&self.config.bootstrap).await?);
         }
         let admin = self.admin.as_mut().expect("connected above");
         match admin
@@ -539,31 +561,43 @@ impl Consumer {
             return;
         }
         let fetcher = Fetcher {
+            runtime: std::marker::PhantomData,
             config: self.config.clone(),
             partition: partition.clone(),
             generation: assigned.generation,
             events: self.sender.clone(),
         };
-        assigned.task = Some(tokio::spawn(fetcher.run(position)));
+        let (stop, stopped) = oneshot::channel();
+        assigned.task = Some(stop);
+        R::spawn_fetcher(fetcher, position, stopped);
     }
 }
 
 /// One partition's background fetch loop.
-struct Fetcher {
+pub(crate) struct Fetcher<R: Runtime> {
+    runtime: std::marker::PhantomData<fn() -> R>,
     config: ConsumerConfig,
     partition: TopicPartition,
     generation: u64,
     events: mpsc::Sender<Event>,
 }
 
-impl Fetcher {
-    async fn run(self, mut offset: u64) {
-        let mut client: Option<AsyncClient> = None;
+impl<R: Runtime> Fetcher<R> {
+    /// Fetches from `offset` until `stopped` resolves (the consumer dropped its sender).
+    pub(crate) async fn run_until(self, offset: u64, stopped: oneshot::Receiver<()>) {
+        tokio::select! {
+            () = self.run(offset) => {}
+            _ = stopped => {}
+        }
+    }
+
+    async fn run(&self, mut offset: u64) {
+        let mut client: Option<R::Connection> = None;
         let mut attempt = 0u32;
         let mut reported = false;
         loop {
             if client.is_none() {
-                match crate::routing::connect_leader(
+                match crate::routing::connect_leader::<R>(
                     &self.config.bootstrap,
                     &self.partition.topic,
                     self.partition.partition,
@@ -650,7 +684,7 @@ impl Fetcher {
             .saturating_mul(factor)
             .min(self.config.retry_backoff_max);
         *attempt += 1;
-        tokio::time::sleep(pause).await;
+        R::sleep(pause).await;
     }
 
     async fn send(&self, kind: EventKind) -> bool {

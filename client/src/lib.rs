@@ -12,10 +12,14 @@
 //! [`operation::Operation`], and thin transports only move bytes:
 //! - [`Client`], blocking over `std::net` (the `flumen` command line's admin commands);
 //! - [`AsyncClient`], on tokio (feature `tokio`, on by default), `Send + Sync`-friendly
-//!   for services; the [`Producer`] and [`Consumer`] run on it, and
-//!   [`BlockingProducer`] / [`BlockingConsumer`] run those on a private runtime thread;
+//!   for services;
 //! - `GlommioClient` (feature `glommio`, needs io_uring), for code already on a glommio
 //!   executor: shard-aware connections without a cross-thread hop.
+//!
+//! The [`Producer`] and [`Consumer`] are written once over a [`runtime::Runtime`]: on
+//! tokio by default, on glommio as `GlommioProducer` / `GlommioConsumer` (feature
+//! `glommio`), and for code that is not async as [`BlockingProducer`] /
+//! [`BlockingConsumer`], which run the tokio ones on a private runtime thread.
 //!
 //! ```no_run
 //! use flumen_client::{Acks, Client};
@@ -49,6 +53,8 @@ mod partitioner;
 pub mod producer;
 #[cfg(feature = "tokio")]
 mod routing;
+#[cfg(feature = "tokio")]
+pub mod runtime;
 pub mod serialization;
 #[cfg(feature = "tokio")]
 mod sync_facade;
@@ -76,6 +82,8 @@ pub use producer::{
 pub use sync_facade::{BlockingConsumer, BlockingDelivery, BlockingProducer};
 #[cfg(feature = "tokio")]
 pub use tokio_client::AsyncClient;
+#[cfg(feature = "glommio")]
+pub use {consumer::GlommioConsumer, producer::GlommioProducer};
 
 use flumen_protocol::record::{first_batch_length, BatchError, BatchView};
 use flumen_protocol::wire::{ErrorCode, FrameBuffer, FrameError};

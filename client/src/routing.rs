@@ -1,28 +1,32 @@
-//! Finding partition leaders through Metadata (tokio transport): the shard that leads a
-//! partition, and a connection to it.
+//! Finding partition leaders through Metadata: the shard that leads a partition, and a
+//! connection to it, on any [`Runtime`].
 
 use flumen_protocol::wire::messages::MetadataResponse;
 use flumen_protocol::wire::ErrorCode;
 
-use crate::{AsyncClient, ClientError};
+use crate::runtime::{Calls, Runtime};
+use crate::ClientError;
 
-async fn metadata(
+async fn metadata<R: Runtime>(
     bootstrap: &str,
     topic: &str,
-) -> Result<(AsyncClient, MetadataResponse), ClientError> {
-    let mut client = AsyncClient::connect(bootstrap).await?;
+) -> Result<MetadataResponse, ClientError> {
+    let mut client = crate::runtime::connect::<R>(bootstrap).await?;
     let metadata = client.metadata(Some(&[topic])).await?;
     let found = metadata
         .topics
         .first()
         .ok_or_else(|| ClientError::Protocol("empty metadata".into()))?;
     crate::operation::check(&found.outcome)?;
-    Ok((client, metadata))
+    Ok(metadata)
 }
 
 /// The leader shard of each of the topic's partitions.
-pub(crate) async fn leaders(bootstrap: &str, topic: &str) -> Result<Vec<u32>, ClientError> {
-    let (_, metadata) = metadata(bootstrap, topic).await?;
+pub(crate) async fn leaders<R: Runtime>(
+    bootstrap: &str,
+    topic: &str,
+) -> Result<Vec<u32>, ClientError> {
+    let metadata = metadata::<R>(bootstrap, topic).await?;
     Ok(metadata.topics[0]
         .partitions
         .iter()
@@ -31,12 +35,12 @@ pub(crate) async fn leaders(bootstrap: &str, topic: &str) -> Result<Vec<u32>, Cl
 }
 
 /// A connection to the shard leading `topic`-`partition`.
-pub(crate) async fn connect_leader(
+pub(crate) async fn connect_leader<R: Runtime>(
     bootstrap: &str,
     topic: &str,
     partition: u32,
-) -> Result<AsyncClient, ClientError> {
-    let (client, metadata) = metadata(bootstrap, topic).await?;
+) -> Result<R::Connection, ClientError> {
+    let metadata = metadata::<R>(bootstrap, topic).await?;
     let found = &metadata.topics[0];
     let leader = found
         .partitions
@@ -55,6 +59,5 @@ pub(crate) async fn connect_leader(
         .get(leader as usize)
         .map(|shard| shard.port)
         .ok_or_else(|| ClientError::Protocol("unknown shard".into()))?;
-    drop(client);
-    AsyncClient::connect((broker.host.as_str(), port)).await
+    R::connect(&broker.host, port).await
 }

@@ -18,7 +18,7 @@
 //! and resends the batch under it (what was lost stays lost: that is acks=1).
 //! Without idempotence, delivery is at least once.
 
-mod worker;
+pub(crate) mod worker;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,6 +31,9 @@ use flumen_protocol::wire::ErrorCode;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::accumulator::{record_size, AccumulatorConfig, AppendError, OutgoingRecord};
+#[cfg(feature = "glommio")]
+use crate::runtime::Glommio;
+use crate::runtime::{Runtime, Tokio};
 use crate::Acks;
 use worker::Worker;
 
@@ -296,7 +299,7 @@ impl Future for DeliveryFuture {
     }
 }
 
-enum Command {
+pub(crate) enum Command {
     /// A record, its reply and the buffer room it holds until it is resolved.
     Send(Record, Reply, OwnedSemaphorePermit),
     Flush(oneshot::Sender<()>),
@@ -304,7 +307,8 @@ enum Command {
     Close(oneshot::Sender<()>),
 }
 
-/// A handle to the producer; clone it freely (`Send + Sync`).
+/// A handle to the producer; clone it freely. On tokio (the default, `Producer`) it is
+/// `Send + Sync`; on glommio ([`GlommioProducer`]) it stays on its executor.
 ///
 /// ```no_run
 /// use flumen_client::{Producer, ProducerConfig, Record};
@@ -318,19 +322,54 @@ enum Command {
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug, Clone)]
-pub struct Producer {
+#[derive(Debug)]
+pub struct Producer<R: Runtime = Tokio> {
     commands: mpsc::Sender<Command>,
     room: Arc<Semaphore>,
     buffer_bytes: usize,
     max_block: Duration,
     counters: Arc<Counters>,
+    runtime: std::marker::PhantomData<fn() -> R>,
 }
 
-impl Producer {
+impl<R: Runtime> Clone for Producer<R> {
+    fn clone(&self) -> Self {
+        Self {
+            commands: self.commands.clone(),
+            room: Arc::clone(&self.room),
+            buffer_bytes: self.buffer_bytes,
+            max_block: self.max_block,
+            counters: Arc::clone(&self.counters),
+            runtime: std::marker::PhantomData,
+        }
+    }
+}
+
+/// The producer on a glommio executor (feature `glommio`): its tasks and connections stay
+/// on the executor that started it. Same API as [`Producer`], started with
+/// [`GlommioProducer::start_local`].
+#[cfg(feature = "glommio")]
+pub type GlommioProducer = Producer<Glommio>;
+
+impl Producer<Tokio> {
     /// Starts the producer's background task on the current tokio runtime. Panics if the
     /// batching limits are invalid ([`AccumulatorConfig::validate`]).
     pub fn start(config: ProducerConfig) -> Self {
+        Self::spawn(config)
+    }
+}
+
+#[cfg(feature = "glommio")]
+impl Producer<Glommio> {
+    /// Starts the producer's background task on the current glommio executor. Panics
+    /// outside one, or if the batching limits are invalid.
+    pub fn start_local(config: ProducerConfig) -> Self {
+        Self::spawn(config)
+    }
+}
+
+impl<R: Runtime> Producer<R> {
+    fn spawn(config: ProducerConfig) -> Self {
         // Every queued record holds at least RECORD_OVERHEAD_BYTES of buffer room, so the
         // buffer bounds the queue; the capacity only makes that explicit.
         let capacity =
@@ -339,13 +378,14 @@ impl Producer {
         let buffer_bytes = config.batching.buffer_memory_bytes;
         let max_block = config.max_block;
         let counters = Arc::new(Counters::default());
-        tokio::spawn(Worker::new(config, Arc::clone(&counters)).run(receiver));
+        R::spawn_worker(Worker::new(config, Arc::clone(&counters)), receiver);
         Self {
             commands,
             room: Arc::new(Semaphore::new(buffer_bytes)),
             buffer_bytes,
             max_block,
             counters,
+            runtime: std::marker::PhantomData,
         }
     }
 
@@ -366,10 +406,10 @@ impl Producer {
             }));
         }
         let acquire = Arc::clone(&self.room).acquire_many_owned(size as u32);
-        let permit = match tokio::time::timeout(self.max_block, acquire).await {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) => return DeliveryFuture::failed(ProduceError::Closed),
-            Err(_) => {
+        let permit = match crate::runtime::timeout::<R, _>(self.max_block, acquire).await {
+            Some(Ok(permit)) => permit,
+            Some(Err(_)) => return DeliveryFuture::failed(ProduceError::Closed),
+            None => {
                 return DeliveryFuture::failed(ProduceError::BufferFull {
                     waited: self.max_block,
                     buffer_bytes: self.buffer_bytes,

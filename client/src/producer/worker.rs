@@ -20,12 +20,12 @@ use std::time::{Duration, Instant};
 use flumen_protocol::record::BatchView;
 use flumen_protocol::wire::ErrorCode;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
-use tokio::task::JoinSet;
 
 use super::{Command, Counters, Delivery, ProduceError, ProducerConfig, Record, Reply};
 use crate::accumulator::{Accumulator, AppendError, ReadyBatch};
 use crate::outbox::Outbox;
-use crate::{Acks, AsyncClient, ClientError};
+use crate::runtime::{timeout, Calls, Runtime};
+use crate::{Acks, ClientError};
 
 /// Hashes the worker's sequential record ids (Fibonacci hashing; SipHash showed up at
 /// 5 % of the producer's profile).
@@ -65,7 +65,7 @@ struct Waiting {
 }
 
 /// A batch on its way, with the time it must be acknowledged by.
-struct Flight {
+pub(crate) struct Flight {
     batch: ReadyBatch,
     deadline: Instant,
 }
@@ -79,16 +79,16 @@ enum Landed {
 }
 
 /// A flight's end, with the connection to reuse.
-struct Landing {
+pub(crate) struct Landing<R: Runtime> {
     shard: u32,
-    client: Option<AsyncClient>,
+    client: Option<R::Connection>,
     flight: Flight,
     landed: Landed,
 }
 
 /// What a flight needs to know; cheap to clone into a task.
-#[derive(Clone)]
-struct Pilot {
+pub(crate) struct Pilot<R: Runtime> {
+    runtime: std::marker::PhantomData<fn() -> R>,
     bootstrap: String,
     acks: Acks,
     request_timeout: Duration,
@@ -97,7 +97,21 @@ struct Pilot {
     counters: Arc<Counters>,
 }
 
-impl Pilot {
+impl<R: Runtime> Clone for Pilot<R> {
+    fn clone(&self) -> Self {
+        Self {
+            runtime: std::marker::PhantomData,
+            bootstrap: self.bootstrap.clone(),
+            acks: self.acks,
+            request_timeout: self.request_timeout,
+            retry_backoff: self.retry_backoff,
+            retry_backoff_max: self.retry_backoff_max,
+            counters: Arc::clone(&self.counters),
+        }
+    }
+}
+
+impl<R: Runtime> Pilot<R> {
     /// The pause before retry `attempt` (0-based): doubling from `retry_backoff` up to
     /// `retry_backoff_max`.
     fn backoff(&self, attempt: u32) -> Duration {
@@ -109,7 +123,12 @@ impl Pilot {
 
     /// Sends the batch, reconnecting and retrying with backoff, until it is acknowledged,
     /// refused, or its deadline passes.
-    async fn fly(self, shard: u32, mut client: Option<AsyncClient>, flight: Flight) -> Landing {
+    pub(crate) async fn fly(
+        self,
+        shard: u32,
+        mut client: Option<R::Connection>,
+        flight: Flight,
+    ) -> Landing<R> {
         let mut attempt = 0;
         let landed = loop {
             let reason = match self.attempt(&mut client, &flight.batch).await {
@@ -122,7 +141,7 @@ impl Pilot {
                 break Landed::Failed(ProduceError::TimedOut(reason));
             }
             Counters::add(&self.counters.retries, 1);
-            tokio::time::sleep(pause).await;
+            R::sleep(pause).await;
             attempt += 1;
         };
         Landing {
@@ -136,14 +155,17 @@ impl Pilot {
     /// One attempt. On failure: `Ok(reason)` to retry, `Err(landed)` to stop.
     async fn attempt(
         &self,
-        client: &mut Option<AsyncClient>,
+        client: &mut Option<R::Connection>,
         batch: &ReadyBatch,
     ) -> Result<u64, Result<String, Landed>> {
-        let timeout = self.request_timeout;
-        let result = tokio::time::timeout(timeout, async {
+        let limit = self.request_timeout;
+        let result = timeout::<R, _>(limit, async {
             if client.is_none() {
-                let leader =
-                    crate::routing::connect_leader(&self.bootstrap, &batch.topic, batch.partition);
+                let leader = crate::routing::connect_leader::<R>(
+                    &self.bootstrap,
+                    &batch.topic,
+                    batch.partition,
+                );
                 *client = Some(leader.await?);
             }
             let connection = client.as_mut().expect("connected above");
@@ -152,7 +174,8 @@ impl Pilot {
                 .produce(&batch.topic, batch.partition, &bytes, self.acks)
                 .await
         })
-        .await;
+        .await
+        .ok_or(());
         match result {
             Ok(Ok(produced)) => {
                 let code = ErrorCode::from_u16(produced.outcome.error_code);
@@ -187,15 +210,15 @@ impl Pilot {
             Err(_) => {
                 // The request may still be in flight: drop the connection.
                 *client = None;
-                Err(Ok(format!("no answer within {timeout:?}")))
+                Err(Ok(format!("no answer within {limit:?}")))
             }
         }
     }
 }
 
-pub(super) struct Worker {
+pub(crate) struct Worker<R: Runtime> {
     config: ProducerConfig,
-    pilot: Pilot,
+    pilot: Pilot<R>,
     accumulator: Accumulator,
     waiting: IdMap<Waiting>,
     routes: Routes,
@@ -206,8 +229,13 @@ pub(super) struct Worker {
     /// Shards with a batch in flight.
     busy: HashSet<u32>,
     /// Connections not in use, per shard.
-    idle: HashMap<u32, AsyncClient>,
-    flying: JoinSet<Landing>,
+    idle: HashMap<u32, R::Connection>,
+    /// Batches in flight report here.
+    landings: mpsc::Sender<Landing<R>>,
+    landed: mpsc::Receiver<Landing<R>>,
+    in_flight: usize,
+    /// When the outbox is next drained.
+    next_drain: Instant,
     outbox: Option<Outbox>,
     /// Outbox batches being published, with their sequence numbers.
     outbox_chunk: VecDeque<ReadyBatch>,
@@ -217,9 +245,12 @@ pub(super) struct Worker {
     outbox_error: Option<String>,
 }
 
-impl Worker {
+impl<R: Runtime> Worker<R> {
     pub(super) fn new(config: ProducerConfig, counters: Arc<Counters>) -> Self {
+        // A landing is sent by a flight that holds a shard's only slot: one per shard.
+        let (landings, landed) = mpsc::channel(1024);
         let pilot = Pilot {
+            runtime: std::marker::PhantomData,
             bootstrap: config.bootstrap.clone(),
             acks: config.acks,
             request_timeout: config.request_timeout,
@@ -238,7 +269,10 @@ impl Worker {
             queues: HashMap::new(),
             busy: HashSet::new(),
             idle: HashMap::new(),
-            flying: JoinSet::new(),
+            landings,
+            landed,
+            in_flight: 0,
+            next_drain: Instant::now(),
             outbox: None,
             outbox_chunk: VecDeque::new(),
             outbox_chunk_end: 0,
@@ -256,7 +290,7 @@ impl Worker {
             .is_some_and(|outbox| !outbox.is_empty())
     }
 
-    pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+    pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         if let Some(dir) = self.config.outbox.clone() {
             match Outbox::open(&dir) {
                 Ok(outbox) => self.outbox = Some(outbox),
@@ -268,18 +302,19 @@ impl Worker {
                 }
             }
         }
-        let mut drain_tick = tokio::time::interval(self.config.retry_backoff_max);
-        drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.publish_gauges();
             let deadline = self.accumulator.next_deadline();
             let sleep = async {
                 match deadline {
-                    Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+                    Some(deadline) => {
+                        R::sleep(deadline.saturating_duration_since(Instant::now())).await
+                    }
                     None => std::future::pending().await,
                 }
             };
             let draining = self.outbox_holds_records();
+            let drain_due = R::sleep(self.next_drain.saturating_duration_since(Instant::now()));
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(Command::Send(record, reply, room)) => self.append(record, reply, room).await,
@@ -305,11 +340,12 @@ impl Worker {
                         return;
                     }
                 },
-                Some(landing) = self.flying.join_next(), if !self.flying.is_empty() => {
-                    self.land(landing.unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()))).await;
+                Some(landing) = self.landed.recv(), if self.in_flight > 0 => {
+                    self.land(landing).await;
                 }
-                _ = drain_tick.tick(), if draining => {
+                () = drain_due, if draining => {
                     self.drain_outbox().await;
+                    self.next_drain = Instant::now() + self.config.retry_backoff_max;
                 }
                 () = sleep => {
                     let partitions = self.partition_counts();
@@ -405,9 +441,8 @@ impl Worker {
         {
             self.dispatch(batch);
         }
-        while let Some(landing) = self.flying.join_next().await {
-            let landing =
-                landing.unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()));
+        while self.in_flight > 0 {
+            let landing = self.landed.recv().await.expect("the worker holds a sender");
             self.land(landing).await;
         }
     }
@@ -441,20 +476,22 @@ impl Worker {
             }
             let client = self.idle.remove(&shard);
             let pilot = self.pilot.clone();
-            self.flying.spawn(pilot.fly(shard, client, flight));
+            R::spawn_flight(pilot, shard, client, flight, self.landings.clone());
+            self.in_flight += 1;
             self.busy.insert(shard);
             return;
         }
     }
 
     /// Handles a flight's end and starts the shard's next batch.
-    async fn land(&mut self, landing: Landing) {
+    async fn land(&mut self, landing: Landing<R>) {
         let Landing {
             shard,
             client,
             mut flight,
             landed,
         } = landing;
+        self.in_flight -= 1;
         self.busy.remove(&shard);
         if let Some(client) = client {
             self.idle.insert(shard, client);
@@ -537,15 +574,15 @@ impl Worker {
         let deadline = Instant::now() + self.config.max_block;
         let mut attempt = 0;
         loop {
-            let timeout = self.config.request_timeout;
-            let result = tokio::time::timeout(timeout, self.try_prepare(topic)).await;
+            let limit = self.config.request_timeout;
+            let result = timeout::<R, _>(limit, self.try_prepare(topic)).await;
             let error = match result {
-                Ok(Ok(partitions)) => return Ok(partitions),
-                Ok(Err(ClientError::Broker { code, message })) if !code.is_retriable() => {
+                Some(Ok(partitions)) => return Ok(partitions),
+                Some(Err(ClientError::Broker { code, message })) if !code.is_retriable() => {
                     return Err(ProduceError::Broker { code, message })
                 }
-                Ok(Err(error)) => error.to_string(),
-                Err(_) => format!("no answer within {timeout:?}"),
+                Some(Err(error)) => error.to_string(),
+                None => format!("no answer within {limit:?}"),
             };
             let pause = self.pilot.backoff(attempt);
             if Instant::now() + pause >= deadline {
@@ -553,7 +590,7 @@ impl Worker {
                     "no metadata for {topic} within max_block: {error}"
                 )));
             }
-            tokio::time::sleep(pause).await;
+            R::sleep(pause).await;
             attempt += 1;
         }
     }
@@ -563,14 +600,14 @@ impl Worker {
             self.new_producer_id().await?;
         }
         if !self.routes.partitions.contains_key(topic) {
-            let leaders = crate::routing::leaders(&self.config.bootstrap, topic).await?;
+            let leaders = crate::routing::leaders::<R>(&self.config.bootstrap, topic).await?;
             self.routes.partitions.insert(topic.to_owned(), leaders);
         }
         Ok(self.routes.partitions.get(topic).map_or(0, Vec::len) as u32)
     }
 
     async fn new_producer_id(&mut self) -> Result<(), ClientError> {
-        let mut client = AsyncClient::connect(self.config.bootstrap.as_str()).await?;
+        let mut client = crate::runtime::connect::<R>(&self.config.bootstrap).await?;
         let (producer_id, epoch) = client.init_producer_id().await?;
         self.accumulator.set_producer(producer_id, epoch);
         Ok(())
