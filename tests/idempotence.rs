@@ -28,6 +28,16 @@ fn refused(result: flumen_client::Result<impl std::fmt::Debug>) -> ErrorCode {
     }
 }
 
+/// Sends `batch` again to `t`-0 and checks it is answered as a duplicate stored at `base`.
+fn assert_duplicate_at(client: &mut Client, batch: &[u8], base: u64) {
+    let retry = client.produce("t", 0, &[batch], Acks::All).unwrap();
+    assert_eq!(
+        ErrorCode::from_u16(retry.outcome.error_code),
+        ErrorCode::DuplicateSequence
+    );
+    assert_eq!(retry.base_offset, base);
+}
+
 fn log_end(client: &mut Client, topic: &str) -> u64 {
     client
         .list_offsets(topic, 0, LATEST_TIMESTAMP)
@@ -124,14 +134,7 @@ fn producer_ids_are_never_reused_and_state_survives_restarts() {
         c.0 > b.0,
         "ids handed out before the restart are not reused"
     );
-    let retry = client
-        .produce("t", 0, &[&batch(b, 4, 4)], Acks::All)
-        .unwrap();
-    assert_eq!(
-        ErrorCode::from_u16(retry.outcome.error_code),
-        ErrorCode::DuplicateSequence
-    );
-    assert_eq!(retry.base_offset, 4);
+    assert_duplicate_at(&mut client, &batch(b, 4, 4), 4);
 
     // Without snapshots the state is rebuilt by replaying the log.
     broker.shutdown().unwrap();
@@ -150,14 +153,7 @@ fn producer_ids_are_never_reused_and_state_survives_restarts() {
     assert!(removed > 0, "a clean shutdown writes a producer snapshot");
     broker.restart().unwrap();
     let mut client = Client::connect(broker.bootstrap()).unwrap();
-    let retry = client
-        .produce("t", 0, &[&batch(b, 4, 4)], Acks::All)
-        .unwrap();
-    assert_eq!(
-        ErrorCode::from_u16(retry.outcome.error_code),
-        ErrorCode::DuplicateSequence
-    );
-    assert_eq!(retry.base_offset, 4);
+    assert_duplicate_at(&mut client, &batch(b, 4, 4), 4);
     let gap = client.produce("t", 0, &[&batch(b, 9, 1)], Acks::All);
     assert_eq!(refused(gap), ErrorCode::OutOfOrderSequence);
     assert_eq!(log_end(&mut client, "t"), 8);

@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use flumen::EmbeddedBroker;
 use flumen_client::{Acks, Client, Producer, ProducerConfig, Record};
 
@@ -25,27 +27,7 @@ fn record(index: u32) -> Record {
 
 /// Each partition's records as indexes, in offset order.
 fn stored(broker: &EmbeddedBroker) -> HashMap<u32, Vec<u32>> {
-    let mut client = Client::connect(broker.bootstrap()).unwrap();
-    let mut partitions = HashMap::new();
-    for partition in 0..4 {
-        let (mut indexes, mut offset) = (Vec::new(), 0);
-        loop {
-            let fetched = client.fetch("t", partition, offset, 4 << 20, 0).unwrap();
-            let batches = fetched.batches().unwrap();
-            if batches.is_empty() {
-                break;
-            }
-            for batch in batches {
-                for stored in batch.records() {
-                    let value = std::str::from_utf8(stored.value().unwrap()).unwrap();
-                    indexes.push(value.parse().unwrap());
-                    offset = stored.offset() + 1;
-                }
-            }
-        }
-        partitions.insert(partition, indexes);
-    }
-    partitions
+    common::stored_indexes(broker.bootstrap(), "t", 4)
 }
 
 #[tokio::test(flavor = "current_thread")]

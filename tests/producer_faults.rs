@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
 use flumen::EmbeddedBroker;
 use flumen_client::accumulator::AccumulatorConfig;
 use flumen_client::{Acks, Client, ProduceError, Producer, ProducerConfig, Record};
@@ -177,28 +179,7 @@ async fn send_and_read_back(
             .await
             .unwrap_or_else(|error| panic!("record {index}: {error}"));
     }
-    let mut client = Client::connect(broker.bootstrap()).unwrap();
-    let mut stored = HashMap::new();
-    for partition in 0..4 {
-        let mut indexes = Vec::new();
-        let mut offset = 0;
-        loop {
-            let fetched = client.fetch("t", partition, offset, 4 << 20, 0).unwrap();
-            let batches = fetched.batches().unwrap();
-            if batches.is_empty() {
-                break;
-            }
-            for batch in batches {
-                for record in batch.records() {
-                    let value = std::str::from_utf8(record.value().unwrap()).unwrap();
-                    indexes.push(value.parse::<u32>().unwrap());
-                    offset = record.offset() + 1;
-                }
-            }
-        }
-        stored.insert(partition, indexes);
-    }
-    stored
+    common::stored_indexes(broker.bootstrap(), "t", 4)
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -292,27 +273,12 @@ async fn a_broker_restart_while_sending_loses_and_duplicates_nothing() {
             .await
             .unwrap_or_else(|error| panic!("record {index}: {error}"));
     }
-    let mut client = Client::connect(broker.bootstrap()).unwrap();
     let mut seen = vec![0u32; 20_000];
-    for partition in 0..4 {
-        let mut offset = 0;
-        loop {
-            let fetched = client.fetch("t", partition, offset, 4 << 20, 0).unwrap();
-            let batches = fetched.batches().unwrap();
-            if batches.is_empty() {
-                break;
-            }
-            for batch in batches {
-                for record in batch.records() {
-                    let index: usize = std::str::from_utf8(record.value().unwrap())
-                        .unwrap()
-                        .parse()
-                        .unwrap();
-                    seen[index] += 1;
-                    offset = record.offset() + 1;
-                }
-            }
-        }
+    for index in common::stored_indexes(broker.bootstrap(), "t", 4)
+        .into_values()
+        .flatten()
+    {
+        seen[index as usize] += 1;
     }
     assert!(
         seen.iter().all(|&copies| copies == 1),

@@ -126,10 +126,7 @@ impl Runtime for Tokio {
         flight: Flight,
         landings: mpsc::Sender<Landing<Self>>,
     ) {
-        tokio::spawn(async move {
-            let landing = pilot.fly(shard, client, flight).await;
-            let _ = landings.send(landing).await;
-        });
+        tokio::spawn(pilot.fly_and_report(shard, client, flight, landings));
     }
 
     fn spawn_fetcher(fetcher: Fetcher<Self>, offset: u64, cancel: oneshot::Receiver<()>) {
@@ -186,11 +183,7 @@ impl Runtime for Glommio {
         flight: Flight,
         landings: mpsc::Sender<Landing<Self>>,
     ) {
-        glommio::spawn_local(async move {
-            let landing = pilot.fly(shard, client, flight).await;
-            let _ = landings.send(landing).await;
-        })
-        .detach();
+        glommio::spawn_local(pilot.fly_and_report(shard, client, flight, landings)).detach();
     }
 
     fn spawn_fetcher(fetcher: Fetcher<Self>, offset: u64, cancel: oneshot::Receiver<()>) {

@@ -103,3 +103,33 @@ pub async fn read_all(log: &Log) -> Vec<StoredBatch> {
     }
     batches
 }
+
+/// The values of `topic`'s partitions `0..partitions`, parsed as record indexes (each
+/// value is the decimal index it was sent with), in offset order per partition.
+pub fn stored_indexes(
+    broker: std::net::SocketAddr,
+    topic: &str,
+    partitions: u32,
+) -> std::collections::HashMap<u32, Vec<u32>> {
+    let mut client = flumen_client::Client::connect(broker).unwrap();
+    let mut stored = std::collections::HashMap::new();
+    for partition in 0..partitions {
+        let (mut indexes, mut offset) = (Vec::new(), 0);
+        loop {
+            let fetched = client.fetch(topic, partition, offset, 4 << 20, 0).unwrap();
+            let batches = fetched.batches().unwrap();
+            if batches.is_empty() {
+                break;
+            }
+            for batch in batches {
+                for record in batch.records() {
+                    let value = std::str::from_utf8(record.value().unwrap()).unwrap();
+                    indexes.push(value.parse().unwrap());
+                    offset = record.offset() + 1;
+                }
+            }
+        }
+        stored.insert(partition, indexes);
+    }
+    stored
+}

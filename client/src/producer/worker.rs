@@ -152,6 +152,19 @@ impl<R: Runtime> Pilot<R> {
         }
     }
 
+    /// Flies and reports the landing to the worker.
+    pub(crate) async fn fly_and_report(
+        self,
+        shard: u32,
+        client: Option<R::Connection>,
+        flight: Flight,
+        landings: mpsc::Sender<Landing<R>>,
+    ) {
+        let landing = self.fly(shard, client, flight).await;
+        // The worker only goes away with the producer.
+        let _ = landings.send(landing).await;
+    }
+
     /// One attempt. On failure: `Ok(reason)` to retry, `Err(landed)` to stop.
     async fn attempt(
         &self,
