@@ -14,8 +14,9 @@
 //!    replication or groups.
 //! 3. [`partition`] and [`cluster`] — a partition (log, topic configuration, append
 //!    notification) and the topic catalog.
-//! 4. [`server`] — the broker: listeners, connections, one handler per API.
-//! 5. [`EmbeddedBroker`] (an in-process broker for tests) and [`cli`], the `flumen`
+//! 4. [`group`] — consumer groups: committed offsets in `__consumer_offsets`.
+//! 5. [`server`] — the broker: listeners, connections, one handler per API.
+//! 6. [`EmbeddedBroker`] (an in-process broker for tests) and [`cli`], the `flumen`
 //!    command line.
 //!
 //! `docs/ARCHITECTURE.md` is the map of the code.
@@ -25,6 +26,7 @@ mod embedded;
 
 pub use embedded::EmbeddedBroker;
 pub mod cluster;
+pub mod group;
 pub mod partition;
 pub mod server;
 pub mod shard;

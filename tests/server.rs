@@ -128,7 +128,9 @@ fn topics_produce_and_fetch_across_shards_and_survive_a_restart() {
     broker.join().unwrap();
 
     let broker = start(dir.path());
-    assert_eq!(broker.summary().partitions, 4);
+    // The topic's 4 and those of the broker's own __consumer_offsets.
+    let internal = flumen::group::OFFSETS_PARTITIONS_DEFAULT as usize;
+    assert_eq!(broker.summary().partitions, 4 + internal);
     let mut client = Client::connect(broker.summary().listen).unwrap();
     assert_eq!(
         values(&mut client, "orders", 3).len(),

@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 
 #[cfg(feature = "glommio")]
 use crate::runtime::Glommio;
-use crate::runtime::{Calls, Runtime, Tokio};
+use crate::runtime::{Calls, Connection, Runtime, Tokio};
 use crate::{ClientError, Fetched};
 
 /// Fetched chunks the prefetch channel holds beyond one per partition.
@@ -113,6 +113,9 @@ pub struct ConsumerConfig {
     pub max_poll_records: usize,
     /// Where partitions without a valid position start.
     pub auto_offset_reset: OffsetReset,
+    /// The consumer group whose committed positions assigned partitions start from, and
+    /// that [`Consumer::commit_sync`] commits to. `None`: positions are not stored.
+    pub group_id: Option<String>,
     /// First pause before a fetch task reconnects; doubles up to `retry_backoff_max`.
     pub retry_backoff: Duration,
     /// Longest pause before a reconnect.
@@ -129,6 +132,7 @@ impl ConsumerConfig {
             fetch_max_wait: Duration::from_millis(500),
             max_poll_records: 500,
             auto_offset_reset: OffsetReset::Earliest,
+            group_id: None,
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(1),
         }
@@ -155,6 +159,19 @@ pub enum ConsumeError {
     /// The partition is not assigned to this consumer.
     #[error("{0} is not assigned to this consumer")]
     NotAssigned(TopicPartition),
+    /// Committing needs a `group_id`.
+    #[error("no group_id is configured: nothing to commit to")]
+    NoGroup,
+    /// The broker refused a position of a commit.
+    #[error("committing {partition}: {code:?}: {message}")]
+    CommitFailed {
+        /// The partition.
+        partition: TopicPartition,
+        /// The broker's code.
+        code: ErrorCode,
+        /// The broker's message.
+        message: String,
+    },
     /// The broker refused fetching the partition (unknown topic or partition, storage
     /// error); the consumer keeps trying.
     #[error("fetching {partition}: {code:?}: {message}")]
@@ -284,8 +301,9 @@ impl<R: Runtime> Consumer<R> {
         }
     }
 
-    /// Replaces the assignment. Partitions kept keep their positions; new ones start
-    /// where `auto_offset_reset` says.
+    /// Replaces the assignment. Partitions kept keep their positions; new ones start at
+    /// the group's committed position (with a `group_id`), else where
+    /// `auto_offset_reset` says.
     pub async fn assign(&mut self, partitions: &[TopicPartition]) -> Result<(), ConsumeError> {
         self.assigned.retain(|partition, assigned| {
             let keep = partitions.contains(partition);
@@ -294,11 +312,20 @@ impl<R: Runtime> Consumer<R> {
             }
             keep
         });
-        for partition in partitions {
-            if self.assigned.contains_key(partition) {
-                continue;
-            }
-            let position = self.reset_position(partition).await?;
+        let new: Vec<TopicPartition> = partitions
+            .iter()
+            .filter(|partition| !self.assigned.contains_key(partition))
+            .cloned()
+            .collect();
+        let committed = match self.config.group_id {
+            Some(_) => self.committed(&new).await?,
+            None => vec![None; new.len()],
+        };
+        for (partition, committed) in new.iter().zip(committed) {
+            let position = match committed {
+                Some(offset) => Some(offset),
+                None => self.reset_position(partition).await?,
+            };
             let assigned = Assigned {
                 position,
                 paused: false,
@@ -527,27 +554,121 @@ impl<R: Runtime> Consumer<R> {
         }
     }
 
+    /// Commits the current position of every assigned partition that has one to the
+    /// group, durably (the broker answers once it is on disk).
+    pub async fn commit_sync(&mut self) -> Result<(), ConsumeError> {
+        let positions: Vec<(TopicPartition, u64)> = self
+            .assigned
+            .iter()
+            .filter_map(|(partition, assigned)| Some((partition.clone(), assigned.position?)))
+            .collect();
+        self.commit_offsets(&positions).await
+    }
+
+    /// Commits these positions (offsets to resume from) to the group.
+    pub async fn commit_offsets(
+        &mut self,
+        positions: &[(TopicPartition, u64)],
+    ) -> Result<(), ConsumeError> {
+        let group = self.config.group_id.clone().ok_or(ConsumeError::NoGroup)?;
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let wire: Vec<(&str, u32, u64, Option<&str>)> = positions
+            .iter()
+            .map(|(partition, offset)| {
+                (partition.topic.as_str(), partition.partition, *offset, None)
+            })
+            .collect();
+        let commit = crate::operation::OffsetCommit {
+            group_id: &group,
+            generation_id: -1,
+            member_id: "",
+            positions: &wire,
+        };
+        let outcomes = self.admin().await?.run(commit).await;
+        let outcomes = self.keep_admin(outcomes)?;
+        for ((partition, _), outcome) in positions.iter().zip(outcomes) {
+            if let Err(ClientError::Broker { code, message }) = outcome {
+                return Err(ConsumeError::CommitFailed {
+                    partition: partition.clone(),
+                    code,
+                    message,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The group's committed positions of `partitions` (`None` where it has none).
+    pub async fn committed(
+        &mut self,
+        partitions: &[TopicPartition],
+    ) -> Result<Vec<Option<u64>>, ConsumeError> {
+        let group = self.config.group_id.clone().ok_or(ConsumeError::NoGroup)?;
+        let mut by_topic: Vec<(&str, Vec<u32>)> = Vec::new();
+        for partition in partitions {
+            match by_topic
+                .iter_mut()
+                .find(|(topic, _)| *topic == partition.topic)
+            {
+                Some((_, numbers)) => numbers.push(partition.partition),
+                None => by_topic.push((&partition.topic, vec![partition.partition])),
+            }
+        }
+        let topics: Vec<(&str, &[u32])> = by_topic
+            .iter()
+            .map(|(topic, numbers)| (*topic, numbers.as_slice()))
+            .collect();
+        let fetch = crate::operation::OffsetFetch {
+            group_id: &group,
+            topics: Some(&topics),
+        };
+        let answer = self.admin().await?.run(fetch).await;
+        let found = self.keep_admin(answer)?;
+        Ok(partitions
+            .iter()
+            .map(|partition| {
+                found
+                    .iter()
+                    .filter(|topic| topic.name == partition.topic)
+                    .flat_map(|topic| topic.partitions.iter())
+                    .find(|position| position.partition == partition.partition)
+                    .and_then(|position| position.offset)
+            })
+            .collect())
+    }
+
+    /// The bootstrap connection used for offsets and commits.
+    async fn admin(&mut self) -> Result<&mut R::Connection, ConsumeError> {
+        if self.admin.is_none() {
+            self.admin = Some(crate::runtime::connect::<R>(&self.config.bootstrap).await?);
+        }
+        Ok(self.admin.as_mut().expect("connected above"))
+    }
+
+    /// Passes a result on, dropping the admin connection after a transport failure.
+    fn keep_admin<T>(&mut self, result: Result<T, ClientError>) -> Result<T, ConsumeError> {
+        if result
+            .as_ref()
+            .is_err_and(|error| !matches!(error, ClientError::Broker { .. }))
+        {
+            self.admin = None;
+        }
+        Ok(result?)
+    }
+
     async fn list_offset(
         &mut self,
         partition: &TopicPartition,
         timestamp: i64,
     ) -> Result<u64, ConsumeError> {
-        if self.admin.is_none() {
-            self.admin = Some(crate::runtime::connect::<R>(&self.config.bootstrap).await?);
-        }
-        let admin = self.admin.as_mut().expect("connected above");
-        match admin
+        let answer = self
+            .admin()
+            .await?
             .list_offsets(&partition.topic, partition.partition, timestamp)
-            .await
-        {
-            Ok(result) => Ok(result.offset),
-            Err(error) => {
-                if !matches!(error, ClientError::Broker { .. }) {
-                    self.admin = None;
-                }
-                Err(error.into())
-            }
-        }
+            .await;
+        Ok(self.keep_admin(answer)?.offset)
     }
 
     fn start_fetching(&mut self, partition: &TopicPartition) {

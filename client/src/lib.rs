@@ -69,7 +69,8 @@ pub use consumer::{
 };
 pub use flumen_protocol::wire::messages::{
     ConfigValue, FetchPartitionResult, ListOffsetsPartitionResult, MetadataResponse,
-    ProducePartitionResult, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP,
+    OffsetFetchPartition, OffsetFetchTopicResult, ProducePartitionResult, EARLIEST_TIMESTAMP,
+    LATEST_TIMESTAMP,
 };
 #[cfg(feature = "glommio")]
 pub use glommio_client::GlommioClient;
@@ -205,6 +206,22 @@ macro_rules! client_methods {
         /// sequence numbers into batches with `BatchBuilder::producer`).
         pub $($asynchronous)* fn init_producer_id(&mut self) -> $crate::Result<(i64, i16)> {
             self.run($crate::operation::InitProducerId) $($wait)*
+        }
+
+        /// Stores `group`'s positions outside group membership: `(topic, partition, offset
+        /// to resume from, metadata)`. One outcome per position, in order.
+        pub $($asynchronous)* fn commit_offsets(&mut self, group: &str, positions: &[(&str, u32, u64, Option<&str>)]) -> $crate::Result<Vec<$crate::Result<()>>> {
+            self.run($crate::operation::OffsetCommit { group_id: group, generation_id: -1, member_id: "", positions }) $($wait)*
+        }
+
+        /// `group`'s committed positions: of `(topic, partitions)`, or all (`None`).
+        pub $($asynchronous)* fn fetch_offsets(&mut self, group: &str, topics: Option<&[(&str, &[u32])]>) -> $crate::Result<Vec<$crate::OffsetFetchTopicResult>> {
+            self.run($crate::operation::OffsetFetch { group_id: group, topics }) $($wait)*
+        }
+
+        /// The consumer groups the broker knows (those with committed positions).
+        pub $($asynchronous)* fn list_groups(&mut self) -> $crate::Result<Vec<String>> {
+            self.run($crate::operation::ListGroups) $($wait)*
         }
 
         /// Reads from `offset`, waiting up to `max_wait_ms` for data if there is none.

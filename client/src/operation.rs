@@ -408,6 +408,131 @@ impl Operation for Produce<'_> {
     }
 }
 
+/// Store a group's positions (`generation_id` -1 and an empty `member_id` outside group
+/// membership). The result has one outcome per position, in request order.
+pub struct OffsetCommit<'a> {
+    /// The group.
+    pub group_id: &'a str,
+    /// The member's generation, or -1.
+    pub generation_id: i32,
+    /// The member, or empty.
+    pub member_id: &'a str,
+    /// `(topic, partition, offset to resume from, metadata)`.
+    pub positions: &'a [(&'a str, u32, u64, Option<&'a str>)],
+}
+
+impl Operation for OffsetCommit<'_> {
+    type Request = OffsetCommitRequest;
+    type Response = OffsetCommitResponse;
+    type Output = Vec<Result<()>>;
+    const API: ApiKey = ApiKey::OffsetCommit;
+
+    fn request(&self) -> OffsetCommitRequest {
+        OffsetCommitRequest {
+            group_id: self.group_id.to_owned(),
+            generation_id: self.generation_id,
+            member_id: self.member_id.to_owned(),
+            // One topic entry per position keeps the answer in request order.
+            topics: self
+                .positions
+                .iter()
+                .map(|(topic, partition, offset, metadata)| OffsetCommitTopic {
+                    name: (*topic).to_owned(),
+                    partitions: vec![OffsetCommitPartition {
+                        partition: *partition,
+                        offset: *offset,
+                        metadata: metadata.map(str::to_owned),
+                    }],
+                })
+                .collect(),
+        }
+    }
+
+    fn output(
+        self,
+        response: OffsetCommitResponse,
+        _: FrameBuffer,
+        _: usize,
+    ) -> Result<Vec<Result<()>>> {
+        let outcomes: Vec<Result<()>> = response
+            .topics
+            .iter()
+            .flat_map(|topic| {
+                topic
+                    .partitions
+                    .iter()
+                    .map(|partition| check(&partition.outcome))
+            })
+            .collect();
+        if outcomes.len() != self.positions.len() {
+            return Err(ClientError::Protocol(format!(
+                "{} positions committed, {} answered",
+                self.positions.len(),
+                outcomes.len()
+            )));
+        }
+        Ok(outcomes)
+    }
+}
+
+/// A group's committed positions: of the given partitions, or (`None`) of all.
+pub struct OffsetFetch<'a> {
+    /// The group.
+    pub group_id: &'a str,
+    /// `(topic, partitions)` to look up, or `None` for every committed one.
+    pub topics: Option<&'a [(&'a str, &'a [u32])]>,
+}
+
+impl Operation for OffsetFetch<'_> {
+    type Request = OffsetFetchRequest;
+    type Response = OffsetFetchResponse;
+    type Output = Vec<OffsetFetchTopicResult>;
+    const API: ApiKey = ApiKey::OffsetFetch;
+
+    fn request(&self) -> OffsetFetchRequest {
+        OffsetFetchRequest {
+            group_id: self.group_id.to_owned(),
+            topics: self.topics.map(|topics| {
+                topics
+                    .iter()
+                    .map(|(name, partitions)| OffsetFetchTopic {
+                        name: (*name).to_owned(),
+                        partitions: partitions.to_vec(),
+                    })
+                    .collect()
+            }),
+        }
+    }
+
+    fn output(
+        self,
+        response: OffsetFetchResponse,
+        _: FrameBuffer,
+        _: usize,
+    ) -> Result<Vec<OffsetFetchTopicResult>> {
+        check(&response.outcome)?;
+        Ok(response.topics)
+    }
+}
+
+/// The groups the broker knows.
+pub struct ListGroups;
+
+impl Operation for ListGroups {
+    type Request = ListGroupsRequest;
+    type Response = ListGroupsResponse;
+    type Output = Vec<String>;
+    const API: ApiKey = ApiKey::ListGroups;
+
+    fn request(&self) -> ListGroupsRequest {
+        ListGroupsRequest {}
+    }
+
+    fn output(self, response: ListGroupsResponse, _: FrameBuffer, _: usize) -> Result<Vec<String>> {
+        Ok(response.groups)
+    }
+}
+
 /// A new producer id and epoch for idempotent produce.
 pub struct InitProducerId;
 

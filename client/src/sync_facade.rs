@@ -219,6 +219,24 @@ impl BlockingConsumer {
         self.run(async |consumer| consumer.paused())
     }
 
+    /// See [`Consumer::commit_sync`].
+    pub fn commit_sync(&self) -> Result<(), ConsumeError> {
+        self.run(async |consumer| consumer.commit_sync().await)
+    }
+
+    /// See [`Consumer::commit_offsets`].
+    pub fn commit_offsets(&self, positions: &[(TopicPartition, u64)]) -> Result<(), ConsumeError> {
+        self.run(async |consumer| consumer.commit_offsets(positions).await)
+    }
+
+    /// See [`Consumer::committed`].
+    pub fn committed(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> Result<Vec<Option<u64>>, ConsumeError> {
+        self.run(async |consumer| consumer.committed(partitions).await)
+    }
+
     /// See [`Consumer::position`].
     pub fn position(&self, partition: &TopicPartition) -> Result<Option<u64>, ConsumeError> {
         self.run(async |consumer| consumer.position(partition))

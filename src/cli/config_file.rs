@@ -25,6 +25,7 @@ pub(super) struct ConfigFile {
     pub in_flight_requests_per_connection: Option<usize>,
     pub retention_check_interval_ms: Option<u64>,
     pub write_out_interval_ms: Option<u64>,
+    pub offsets_topic_partitions: Option<u32>,
     pub log: Option<LogDefaults>,
 }
 
@@ -73,6 +74,9 @@ impl ConfigFile {
             in_flight_requests_per_connection
         );
         set!(retention_check_interval_ms, write_out_interval_ms);
+        if let Some(partitions) = self.offsets_topic_partitions {
+            config.offsets_topic_partitions = partitions;
+        }
         if self.advertised_host.is_some() {
             config.advertised_host = self.advertised_host;
         }
@@ -99,6 +103,7 @@ impl ConfigFile {
             in_flight_requests_per_connection: Some(config.in_flight_requests_per_connection),
             retention_check_interval_ms: Some(config.retention_check_interval_ms),
             write_out_interval_ms: Some(config.write_out_interval_ms),
+            offsets_topic_partitions: Some(config.offsets_topic_partitions),
             log: Some(LogDefaults {
                 segment_bytes: Some(log.segment_bytes_max),
                 segment_ms: Some(log.segment_age_ms_max.unwrap_or(-1)),

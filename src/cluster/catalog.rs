@@ -138,9 +138,14 @@ impl Catalog {
     }
 
     /// A copy with an internal topic (the broker's own, such as `__consumer_offsets`).
-    pub fn with_internal_topic(&self, name: &str, partitions: u32) -> Result<Self, CatalogError> {
+    pub fn with_internal_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        configs: &[(String, String)],
+    ) -> Result<Self, CatalogError> {
         validate_topic_name(name)?;
-        self.with_entry(name, partitions, 1, &[], true)
+        self.with_entry(name, partitions, 1, configs, true)
     }
 
     fn with_entry(
@@ -348,7 +353,7 @@ mod tests {
             Err(CatalogError::InvalidConfig(_))
         ));
         let internal = catalog
-            .with_internal_topic("__consumer_offsets", 8)
+            .with_internal_topic("__consumer_offsets", 8, &[])
             .unwrap();
         assert!(matches!(
             internal.without_topic("__consumer_offsets"),
@@ -375,7 +380,7 @@ mod tests {
             .unwrap()
             .with_topic("a.b-c_d", 1, 1, &[])
             .unwrap()
-            .with_internal_topic("__consumer_offsets", 8)
+            .with_internal_topic("__consumer_offsets", 8, &[])
             .unwrap();
         let text = catalog.encode();
         assert_eq!(Catalog::decode(text.as_bytes()).unwrap(), catalog);

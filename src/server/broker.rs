@@ -324,7 +324,7 @@ async fn run_shard(
 ) {
     let progress = Progress::new(Arc::clone(&shared), ready);
     let config = Rc::new(shared.config.clone());
-    let catalog = match load_catalog(&config).await {
+    let catalog = match load_catalog(&config, context.shard == 0).await {
         Ok(catalog) => catalog,
         Err(error) => return progress.fail(format!("cannot load the topic catalog: {error}")),
     };

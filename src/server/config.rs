@@ -42,6 +42,9 @@ pub struct BrokerConfig {
     /// (written, not synced), in milliseconds: the bound on how long acks=1 data stays
     /// only in memory.
     pub write_out_interval_ms: u64,
+    /// Partitions of `__consumer_offsets` when the broker creates it (changing it later
+    /// has no effect: the topic keeps its partitions).
+    pub offsets_topic_partitions: u32,
 }
 
 impl Default for BrokerConfig {
@@ -62,6 +65,7 @@ impl Default for BrokerConfig {
             log: LogConfig::default(),
             retention_check_interval_ms: 60_000,
             write_out_interval_ms: 10,
+            offsets_topic_partitions: crate::group::OFFSETS_PARTITIONS_DEFAULT,
         }
     }
 }
@@ -69,6 +73,9 @@ impl Default for BrokerConfig {
 impl BrokerConfig {
     /// Checks the options against each other.
     pub fn validate(&self) -> Result<(), String> {
+        if self.offsets_topic_partitions == 0 || self.offsets_topic_partitions > 1024 {
+            return Err("offsets_topic_partitions must be between 1 and 1024".into());
+        }
         if self.shards == 0 || self.shards > 1024 {
             return Err("shards must be between 1 and 1024".into());
         }

@@ -3,6 +3,7 @@
 use flumen_protocol::wire::ErrorCode;
 
 use crate::cluster::CatalogError;
+use crate::group::GroupError;
 use crate::partition::{ProduceError, SequenceError};
 use crate::storage::StorageError;
 
@@ -40,6 +41,16 @@ pub(crate) fn from_produce(error: &ProduceError) -> WireError {
             (code, inner.to_string())
         }
     }
+}
+
+pub(crate) fn from_group(error: &GroupError) -> WireError {
+    let code = match error {
+        GroupError::InvalidGroupId(_) => ErrorCode::InvalidGroupId,
+        GroupError::UnknownMember { .. } => ErrorCode::UnknownMemberId,
+        GroupError::IllegalGeneration { .. } => ErrorCode::IllegalGeneration,
+        GroupError::Append(inner) => return from_produce(inner),
+    };
+    (code, error.to_string())
 }
 
 pub(crate) fn from_catalog(error: &CatalogError) -> WireError {

@@ -8,8 +8,11 @@
 
 use bytes::{Bytes, BytesMut};
 
+use std::collections::BTreeMap;
+
 use super::errors::WireError;
 use crate::cluster::Catalog;
+use crate::group::{CommitEntry, Committed};
 use crate::partition::Acks;
 
 /// What travels on the mesh.
@@ -32,6 +35,8 @@ pub(crate) enum ShardRequest {
     ApplyCatalog(Catalog),
     /// To shard 0: a new idempotent producer id.
     AllocateProducerId,
+    /// To a group's coordinator (or, for `List`, to every shard).
+    Group(GroupOp),
     /// An operation on a partition the receiving shard owns.
     Partition {
         topic: String,
@@ -58,6 +63,27 @@ pub(crate) enum CatalogChange {
     },
 }
 
+/// A group operation, run by the group's coordinator shard.
+pub(crate) enum GroupOp {
+    Commit {
+        group: String,
+        generation: i32,
+        member: String,
+        entries: Vec<CommitEntry>,
+    },
+    Fetch {
+        group: String,
+    },
+    List,
+}
+
+/// A group operation's answer.
+pub(crate) enum GroupReply {
+    Committed(Result<(), WireError>),
+    Positions(BTreeMap<(String, u32), Committed>),
+    Groups(Vec<String>),
+}
+
 /// An operation on one partition, run by its owning shard.
 pub(crate) enum PartitionOp {
     Produce { acks: Acks, batches: BytesMut },
@@ -70,6 +96,7 @@ pub(crate) enum PartitionOp {
 pub(crate) enum ShardResponse {
     Catalog(Result<(), WireError>),
     ProducerId(Result<i64, WireError>),
+    Group(GroupReply),
     Applied,
     Partition(RemoteOutcome),
 }

@@ -12,12 +12,14 @@ use flumen_protocol::wire::messages::{EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
 use flumen_protocol::wire::ErrorCode;
 
 use super::config::BrokerConfig;
+use super::errors::from_group;
 use super::errors::{from_catalog, from_produce, from_storage, WireError};
 use super::mesh::{
-    CatalogChange, FetchResult, MeshMessage, PartitionOp, PartitionStats, ProduceResult,
-    RemoteOutcome, ShardRequest, ShardResponse,
+    CatalogChange, FetchResult, GroupOp, GroupReply, MeshMessage, PartitionOp, PartitionStats,
+    ProduceResult, RemoteOutcome, ShardRequest, ShardResponse,
 };
 use crate::cluster::{Catalog, CatalogError, ProducerIdAllocator};
+use crate::group::{offsets_partition, Coordinator, OFFSETS_PARTITIONS_DEFAULT, OFFSETS_TOPIC};
 use crate::partition::{partition_dir, Partition};
 use crate::shard::{shard_for_partition, Clock, Inbox, LocalMutex, MeshSender, Notify};
 use crate::storage::{StoredBatch, TailCache};
@@ -60,6 +62,8 @@ pub(crate) struct ShardState {
     catalog_lock: LocalMutex,
     /// Used on shard 0 only.
     producer_ids: ProducerIdAllocator,
+    /// Groups whose offsets partitions this shard owns.
+    groups: Coordinator,
     pub shutting_down: Cell<bool>,
     pub shutdown: Notify,
 }
@@ -81,6 +85,7 @@ impl ShardState {
             shards,
             cache: TailCache::new(config.cache_bytes_per_shard),
             producer_ids: ProducerIdAllocator::new(&config.data_dir),
+            groups: Coordinator::new(),
             config,
             clock,
             shard_ports,
@@ -172,6 +177,7 @@ impl ShardState {
             ShardRequest::AllocateProducerId => {
                 ShardResponse::ProducerId(self.allocate_producer_id().await)
             }
+            ShardRequest::Group(op) => ShardResponse::Group(self.group_op_here(op).await),
             ShardRequest::ApplyCatalog(catalog) => {
                 self.apply_catalog(catalog).await;
                 ShardResponse::Applied
@@ -255,6 +261,52 @@ impl ShardState {
                 };
                 Outcome::Offset(offset.map(|offset| (offset, stats)))
             }
+        }
+    }
+
+    /// The shard coordinating `group`.
+    pub fn coordinator_of(&self, group: &str) -> (u32, u32) {
+        let partitions = self
+            .catalog()
+            .topic(OFFSETS_TOPIC)
+            .map_or(OFFSETS_PARTITIONS_DEFAULT, |topic| topic.partitions);
+        let partition = offsets_partition(group, partitions);
+        (self.owner(OFFSETS_TOPIC, partition), partition)
+    }
+
+    /// Runs a group operation on `shard` (here or over the mesh).
+    pub async fn group_op(&self, shard: u32, op: GroupOp) -> GroupReply {
+        if shard == self.shard {
+            return self.group_op_here(op).await;
+        }
+        match self.call(shard, ShardRequest::Group(op)).await {
+            ShardResponse::Group(reply) => reply,
+            _ => unreachable!("group requests get group answers"),
+        }
+    }
+
+    async fn group_op_here(&self, op: GroupOp) -> GroupReply {
+        match op {
+            GroupOp::Commit {
+                group,
+                generation,
+                member,
+                entries,
+            } => {
+                let (_, index) = self.coordinator_of(&group);
+                let Some(partition) = self.local_partition(OFFSETS_TOPIC, index) else {
+                    let message = format!("{OFFSETS_TOPIC}-{index} is not open");
+                    return GroupReply::Committed(Err((ErrorCode::StorageError, message)));
+                };
+                let now = self.clock.now_ms();
+                let committed = self
+                    .groups
+                    .commit(&partition, &group, generation, &member, entries, now)
+                    .await;
+                GroupReply::Committed(committed.map_err(|error| from_group(&error)))
+            }
+            GroupOp::Fetch { group } => GroupReply::Positions(self.groups.committed(&group)),
+            GroupOp::List => GroupReply::Groups(self.groups.groups()),
         }
     }
 
@@ -397,6 +449,19 @@ impl ShardState {
                 Ok((partition, report)) => {
                     bytes_cut += report.bytes_cut;
                     opened += 1;
+                    if name == OFFSETS_TOPIC {
+                        match self.groups.load(&partition).await {
+                            Ok(records) => tracing::debug!(
+                                partition = index,
+                                records,
+                                "loaded committed offsets"
+                            ),
+                            Err(error) => {
+                                tracing::error!(partition = index, %error, "cannot load committed offsets");
+                                continue;
+                            }
+                        }
+                    }
                     self.partitions
                         .borrow_mut()
                         .insert((name.to_owned(), index), Rc::new(partition));
@@ -530,6 +595,22 @@ fn from_remote(outcome: RemoteOutcome) -> Outcome {
 }
 
 /// Loads the catalog for a shard at start-up.
-pub(crate) async fn load_catalog(config: &BrokerConfig) -> Result<Catalog, CatalogError> {
-    Catalog::load(&config.data_dir).await
+/// The catalog of the data directory, with the internal offsets topic added if it is
+/// missing (every shard computes the same; `persist` (shard 0) also writes it).
+pub(crate) async fn load_catalog(
+    config: &BrokerConfig,
+    persist: bool,
+) -> Result<Catalog, CatalogError> {
+    let catalog = Catalog::load(&config.data_dir).await?;
+    if catalog.topic(OFFSETS_TOPIC).is_some() {
+        return Ok(catalog);
+    }
+    // Kept until compaction exists: superseded commits are small, live ones must stay.
+    let configs = [("retention.ms".to_owned(), "-1".to_owned())];
+    let catalog =
+        catalog.with_internal_topic(OFFSETS_TOPIC, config.offsets_topic_partitions, &configs)?;
+    if persist {
+        catalog.persist(&config.data_dir).await?;
+    }
+    Ok(catalog)
 }

@@ -20,7 +20,7 @@ mod runtime;
 mod sync;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use placement::shard_for_partition;
+pub use placement::{fnv1a_64, shard_for_partition};
 pub use runtime::{available_cpus, Inbox, MeshSender, ShardContext, ShardPool, ShardPoolConfig};
 pub use sync::{BudgetPermit, LocalBudget, LocalMutex, LocalMutexGuard, Notify};
 

@@ -17,7 +17,7 @@ pub fn shard_for_partition(topic: &str, partition: u32, shards: u32) -> u32 {
 }
 
 /// FNV-1a, 64 bits: tiny, stable across versions and platforms (unlike `DefaultHasher`).
-fn fnv1a_64(bytes: &[u8]) -> u64 {
+pub fn fnv1a_64(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for &byte in bytes {
         hash ^= u64::from(byte);

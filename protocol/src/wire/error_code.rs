@@ -69,10 +69,20 @@ pub enum ErrorCode {
     /// The partition has no state for this producer id and the batch does not start a
     /// sequence; get a new producer id.
     UnknownProducerId = 29,
+    /// The group id is empty or too long (at most 255 bytes).
+    InvalidGroupId = 30,
+    /// The member's generation is not the group's current one (a stale member).
+    IllegalGeneration = 31,
+    /// The member id is not a member of the group.
+    UnknownMemberId = 32,
+    /// The offset metadata is longer than 4,096 bytes.
+    OffsetMetadataTooLarge = 33,
+    /// The group has active members: the operation needs an empty group.
+    NonEmptyGroup = 34,
 }
 
 impl ErrorCode {
-    const ALL: [ErrorCode; 30] = [
+    const ALL: [ErrorCode; 35] = [
         ErrorCode::None,
         ErrorCode::Unknown,
         ErrorCode::MalformedRequest,
@@ -103,6 +113,11 @@ impl ErrorCode {
         ErrorCode::OutOfOrderSequence,
         ErrorCode::InvalidProducerEpoch,
         ErrorCode::UnknownProducerId,
+        ErrorCode::InvalidGroupId,
+        ErrorCode::IllegalGeneration,
+        ErrorCode::UnknownMemberId,
+        ErrorCode::OffsetMetadataTooLarge,
+        ErrorCode::NonEmptyGroup,
     ];
 
     /// The code with this number; unknown numbers (from a newer broker) map to `Unknown`.

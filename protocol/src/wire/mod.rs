@@ -67,11 +67,17 @@ pub enum ApiKey {
     ListOffsets = 8,
     /// Get a producer id and epoch for idempotent produce.
     InitProducerId = 9,
+    /// Store a consumer group's positions.
+    OffsetCommit = 10,
+    /// Read a consumer group's committed positions.
+    OffsetFetch = 11,
+    /// The consumer groups the broker knows.
+    ListGroups = 12,
 }
 
 impl ApiKey {
     /// Every API, in key order.
-    pub const ALL: [ApiKey; 10] = [
+    pub const ALL: [ApiKey; 13] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -82,6 +88,9 @@ impl ApiKey {
         ApiKey::Fetch,
         ApiKey::ListOffsets,
         ApiKey::InitProducerId,
+        ApiKey::OffsetCommit,
+        ApiKey::OffsetFetch,
+        ApiKey::ListGroups,
     ];
 
     /// The API with this number, if any.

@@ -11,6 +11,8 @@ mod fetch;
 mod init_producer_id;
 mod list_offsets;
 mod metadata;
+mod offset_commit;
+mod offset_fetch;
 mod produce;
 
 use std::rc::Rc;
@@ -113,6 +115,9 @@ pub(crate) async fn dispatch(
         ApiKey::Fetch => fetch::handle(state, control, budget).await.map(Some),
         ApiKey::ListOffsets => list_offsets::handle(state, control).await.map(Some),
         ApiKey::InitProducerId => init_producer_id::handle(state, control).await.map(Some),
+        ApiKey::OffsetCommit => offset_commit::handle(state, control).await.map(Some),
+        ApiKey::OffsetFetch => offset_fetch::handle(state, control).await.map(Some),
+        ApiKey::ListGroups => offset_fetch::list_groups(state, control).await.map(Some),
     };
     match result {
         Ok(response) => response,

@@ -119,6 +119,10 @@ fn start(state: &Rc<ShardState>, job: &mut Job, acks: Option<Acks>) -> Pending {
             format!("unknown topic {}", job.name),
         ));
     };
+    if topic.internal {
+        let message = format!("{} is written by the broker only", job.name);
+        return Pending::Failed((ErrorCode::ReservedTopicName, message));
+    }
     if job.partition >= topic.partitions {
         let message = format!("{} has {} partitions", job.name, topic.partitions);
         return Pending::Failed((ErrorCode::UnknownPartition, message));

@@ -13,6 +13,8 @@ mod fetch;
 mod init_producer_id;
 mod list_offsets;
 mod metadata;
+mod offset_commit;
+mod offset_fetch;
 mod produce;
 
 pub use alter_configs::*;
@@ -24,6 +26,8 @@ pub use fetch::*;
 pub use init_producer_id::*;
 pub use list_offsets::*;
 pub use metadata::*;
+pub use offset_commit::*;
+pub use offset_fetch::*;
 pub use produce::*;
 
 /// A topic-level or partition-level outcome: an error code and an optional message.

@@ -1,0 +1,249 @@
+//! Committed offsets in `__consumer_offsets`: commit and fetch through a real broker,
+//! positions that survive restarts (rebuilt by replaying the topic), clear errors for bad
+//! commits, and a consumer that resumes where its group committed.
+
+use std::time::Duration;
+
+use flumen::EmbeddedBroker;
+use flumen_client::{
+    Acks, Client, ClientError, ConsumeError, Consumer, ConsumerConfig, Producer, ProducerConfig,
+    Record, TopicPartition,
+};
+use flumen_protocol::record::BatchBuilder;
+use flumen_protocol::wire::ErrorCode;
+
+fn broker() -> EmbeddedBroker {
+    let broker = EmbeddedBroker::start_with(|config| config.shards = 2).unwrap();
+    let mut client = Client::connect(broker.bootstrap()).unwrap();
+    client.create_topic("orders", 3, &[]).unwrap();
+    client.create_topic("payments", 1, &[]).unwrap();
+    broker
+}
+
+fn code(result: &flumen_client::Result<()>) -> ErrorCode {
+    match result {
+        Ok(()) => ErrorCode::None,
+        Err(ClientError::Broker { code, .. }) => *code,
+        Err(other) => panic!("not a broker error: {other}"),
+    }
+}
+
+/// `(topic, partition, offset, metadata)` of every position `group` committed.
+fn positions(client: &mut Client, group: &str) -> Vec<(String, u32, Option<u64>, Option<String>)> {
+    client
+        .fetch_offsets(group, None)
+        .unwrap()
+        .into_iter()
+        .flat_map(|topic| {
+            let name = topic.name.clone();
+            topic.partitions.into_iter().map(move |partition| {
+                (
+                    name.clone(),
+                    partition.partition,
+                    partition.offset,
+                    partition.metadata,
+                )
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn committed_positions_round_trip_and_survive_restarts() {
+    let mut broker = broker();
+    let mut client = Client::connect(broker.bootstrap()).unwrap();
+    let outcomes = client
+        .commit_offsets(
+            "billing",
+            &[
+                ("orders", 0, 10, Some("host-a")),
+                ("orders", 2, 7, None),
+                ("payments", 0, 3, None),
+            ],
+        )
+        .unwrap();
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    // A later commit of the same position wins; other groups are separate.
+    client
+        .commit_offsets("billing", &[("orders", 0, 15, None)])
+        .unwrap();
+    client
+        .commit_offsets("audit", &[("orders", 1, 1, None)])
+        .unwrap();
+
+    let expected = vec![
+        ("orders".to_owned(), 0, Some(15), None),
+        ("orders".to_owned(), 2, Some(7), None),
+        ("payments".to_owned(), 0, Some(3), None),
+    ];
+    assert_eq!(positions(&mut client, "billing"), expected);
+    let asked = client
+        .fetch_offsets("billing", Some(&[("orders", &[1, 2])]))
+        .unwrap();
+    assert_eq!(asked[0].partitions[0].offset, None, "never committed");
+    assert_eq!(asked[0].partitions[1].offset, Some(7));
+    assert!(asked[0].partitions[1].commit_timestamp > 0);
+    assert_eq!(client.list_groups().unwrap(), vec!["audit", "billing"]);
+    assert!(positions(&mut client, "nobody").is_empty());
+
+    // Restart: the positions come back by replaying __consumer_offsets.
+    broker.restart().unwrap();
+    let mut client = Client::connect(broker.bootstrap()).unwrap();
+    assert_eq!(positions(&mut client, "billing"), expected);
+    assert_eq!(client.list_groups().unwrap(), vec!["audit", "billing"]);
+    // The offsets topic is the broker's: listed, but not writable by clients.
+    let metadata = client.metadata(Some(&["__consumer_offsets"])).unwrap();
+    assert_eq!(metadata.topics[0].partitions.len(), 16);
+    let mut batch = BatchBuilder::new(0);
+    batch.push(0, None, Some(b"forged"), &[]);
+    let forged = client.produce(
+        "__consumer_offsets",
+        0,
+        &[batch.build().unwrap().as_bytes()],
+        Acks::All,
+    );
+    assert!(matches!(
+        forged,
+        Err(ClientError::Broker {
+            code: ErrorCode::ReservedTopicName,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn bad_commits_get_clear_errors_and_good_ones_in_the_same_request_land() {
+    let broker = broker();
+    let mut client = Client::connect(broker.bootstrap()).unwrap();
+    let long = "x".repeat(5_000);
+    let outcomes = client
+        .commit_offsets(
+            "g",
+            &[
+                ("orders", 1, 5, None),
+                ("missing", 0, 1, None),
+                ("orders", 9, 1, None),
+                ("orders", 0, 1, Some(long.as_str())),
+            ],
+        )
+        .unwrap();
+    let codes: Vec<ErrorCode> = outcomes.iter().map(code).collect();
+    assert_eq!(
+        codes,
+        vec![
+            ErrorCode::None,
+            ErrorCode::UnknownTopic,
+            ErrorCode::UnknownPartition,
+            ErrorCode::OffsetMetadataTooLarge
+        ]
+    );
+    assert_eq!(
+        positions(&mut client, "g"),
+        vec![("orders".to_owned(), 1, Some(5), None)]
+    );
+
+    let invalid = client
+        .commit_offsets("", &[("orders", 0, 1, None)])
+        .unwrap();
+    assert_eq!(code(&invalid[0]), ErrorCode::InvalidGroupId);
+    let too_long = "g".repeat(256);
+    assert!(matches!(
+        client.fetch_offsets(&too_long, None),
+        Err(ClientError::Broker {
+            code: ErrorCode::InvalidGroupId,
+            ..
+        })
+    ));
+    // Membership does not exist yet: a member or a generation is refused.
+    let member = client
+        .run(flumen_client::operation::OffsetCommit {
+            group_id: "g",
+            generation_id: 3,
+            member_id: "member-1",
+            positions: &[("orders", 0, 1, None)],
+        })
+        .unwrap();
+    assert_eq!(code(&member[0]), ErrorCode::UnknownMemberId);
+    let stale = client
+        .run(flumen_client::operation::OffsetCommit {
+            group_id: "g",
+            generation_id: 3,
+            member_id: "",
+            positions: &[("orders", 0, 1, None)],
+        })
+        .unwrap();
+    assert_eq!(code(&stale[0]), ErrorCode::IllegalGeneration);
+    assert_eq!(
+        positions(&mut client, "g").len(),
+        1,
+        "refused commits stored nothing"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_consumer_resumes_where_its_group_committed() {
+    let broker = broker();
+    let producer = Producer::start(ProducerConfig::new(broker.bootstrap().to_string()));
+    let mut deliveries = Vec::new();
+    for index in 0..90u32 {
+        let record = Record::new("orders", index.to_string()).with_partition(index % 3);
+        deliveries.push(producer.send(record).await);
+    }
+    for delivery in deliveries {
+        delivery.await.unwrap();
+    }
+    producer.close().await;
+    let partitions: Vec<TopicPartition> = (0..3)
+        .map(|partition| TopicPartition::new("orders", partition))
+        .collect();
+    let mut config = ConsumerConfig::new(broker.bootstrap().to_string());
+    config.group_id = Some("readers".into());
+    config.max_poll_records = 20;
+
+    let mut first = Consumer::new(config.clone());
+    first.assign(&partitions).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 40 {
+        let records = first.poll(Duration::from_secs(10)).await.unwrap();
+        assert!(!records.is_empty());
+        seen.extend(
+            records
+                .iter()
+                .map(|record| (record.partition(), record.offset())),
+        );
+    }
+    first.commit_sync().await.unwrap();
+    let committed = first.committed(&partitions).await.unwrap();
+    let expected: Vec<Option<u64>> = partitions
+        .iter()
+        .map(|partition| first.position(partition).unwrap())
+        .collect();
+    assert_eq!(committed, expected);
+    drop(first);
+
+    // A new consumer of the group starts at the committed positions: nothing twice,
+    // nothing skipped.
+    let mut second = Consumer::new(config);
+    second.assign(&partitions).await.unwrap();
+    while seen.len() < 90 {
+        let records = second.poll(Duration::from_secs(10)).await.unwrap();
+        assert!(!records.is_empty(), "stalled at {}", seen.len());
+        seen.extend(
+            records
+                .iter()
+                .map(|record| (record.partition(), record.offset())),
+        );
+    }
+    seen.sort_unstable();
+    let all: Vec<(u32, u64)> = (0..3)
+        .flat_map(|partition| (0..30).map(move |offset| (partition, offset)))
+        .collect();
+    assert_eq!(seen, all);
+
+    let mut groupless = Consumer::new(ConsumerConfig::new(broker.bootstrap().to_string()));
+    groupless.assign(&partitions).await.unwrap();
+    assert!(matches!(
+        groupless.commit_sync().await,
+        Err(ConsumeError::NoGroup)
+    ));
+}
