@@ -344,3 +344,112 @@ fn start_up_problems_get_one_clear_line_and_a_non_zero_exit() {
     let (ok, _, stderr) = cli(address, &["topic", "list"], None);
     assert!(!ok && stderr.contains("cannot reach a broker"), "{stderr}");
 }
+
+/// Parses `group describe` rows into `(partition, committed, log end, lag)`.
+fn described(output: &str) -> Vec<(u32, u64, u64, u64)> {
+    output
+        .lines()
+        .filter(|line| line.starts_with("events"))
+        .map(|line| {
+            let fields: Vec<u64> = line
+                .split_whitespace()
+                .skip(1)
+                .take(4)
+                .map(|field| field.parse().unwrap())
+                .collect();
+            (fields[0] as u32, fields[1], fields[2], fields[3])
+        })
+        .collect()
+}
+
+#[test]
+fn a_group_resumes_where_it_committed_across_a_kill_9_and_can_be_reset_and_deleted() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let address = free_address();
+    let broker = Broker::start(dir.path(), address);
+    // One partition: which records a --max-messages read takes is then fixed.
+    let (ok, _, error) = cli(
+        address,
+        &["topic", "create", "events", "--partitions", "1"],
+        None,
+    );
+    assert!(ok, "{error}");
+    let lines: String = (0..10).map(|index| format!("event-{index}\n")).collect();
+    let (ok, _, error) = cli(address, &["produce", "events"], Some(lines.as_bytes()));
+    assert!(ok, "{error}");
+
+    let read = |args: &[&str]| {
+        let mut all = vec!["consume", "events", "--group", "g", "--timeout-ms", "3000"];
+        all.extend_from_slice(args);
+        let (ok, out, error) = cli(address, &all, None);
+        assert!(ok, "{error}");
+        out.lines().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let first = read(&["--from-beginning", "--max-messages", "4"]);
+    assert_eq!(first.len(), 4);
+    let (ok, out, _) = cli(address, &["group", "describe", "g"], None);
+    assert!(ok);
+    let rows = described(&out);
+    assert_eq!(rows.iter().map(|row| row.1).sum::<u64>(), 4, "{out}");
+    assert_eq!(rows.iter().map(|row| row.3).sum::<u64>(), 6, "{out}");
+
+    // Crash and restart: the committed positions come back from __consumer_offsets.
+    broker.kill_9();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(address).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the killed broker's port was never released"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let broker = Broker::start(dir.path(), address);
+    let (ok, out_after, _) = cli(address, &["group", "describe", "g"], None);
+    assert!(ok);
+    assert_eq!(
+        described(&out_after),
+        rows,
+        "same positions and lag after kill -9"
+    );
+
+    // The group goes on where it stopped: together, every record exactly once.
+    let rest = read(&["--from-beginning"]);
+    let mut everything: Vec<String> = first.into_iter().chain(rest).collect();
+    everything.sort();
+    let mut expected: Vec<String> = (0..10).map(|index| format!("event-{index}")).collect();
+    expected.sort();
+    assert_eq!(everything, expected);
+
+    let (ok, out, _) = cli(address, &["group", "list"], None);
+    assert!(ok && out.lines().any(|line| line == "g"), "{out}");
+    let reset = [
+        "group",
+        "reset-offsets",
+        "g",
+        "--topic",
+        "events",
+        "--to-earliest",
+    ];
+    let (ok, out, _) = cli(address, &[&reset[..], &["--dry-run"]].concat(), None);
+    assert!(ok && out.contains("NEW"), "{out}");
+    let (_, out, _) = cli(address, &["group", "describe", "g"], None);
+    assert!(
+        described(&out).iter().all(|row| row.3 == 0),
+        "a dry run commits nothing"
+    );
+    let (ok, _, error) = cli(address, &reset, None);
+    assert!(ok, "{error}");
+    let (_, out, _) = cli(address, &["group", "describe", "g"], None);
+    assert_eq!(described(&out).iter().map(|row| row.3).sum::<u64>(), 10);
+
+    let (ok, _, error) = cli(address, &["group", "delete", "g"], None);
+    assert!(ok, "{error}");
+    let (ok, _, error) = cli(address, &["group", "describe", "g"], None);
+    assert!(!ok && error.contains("no committed positions"), "{error}");
+    let (ok, _, error) = cli(address, &["group", "delete", "nobody"], None);
+    assert!(!ok && error.contains("GroupIdNotFound"), "{error}");
+    broker.stop();
+}

@@ -219,6 +219,11 @@ macro_rules! client_methods {
             self.run($crate::operation::OffsetFetch { group_id: group, topics }) $($wait)*
         }
 
+        /// Forgets a group and its committed positions.
+        pub $($asynchronous)* fn delete_group(&mut self, group: &str) -> $crate::Result<()> {
+            self.run($crate::operation::DeleteGroup(group)) $($wait)*
+        }
+
         /// The consumer groups the broker knows (those with committed positions).
         pub $($asynchronous)* fn list_groups(&mut self) -> $crate::Result<Vec<String>> {
             self.run($crate::operation::ListGroups) $($wait)*

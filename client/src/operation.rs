@@ -515,6 +515,26 @@ impl Operation for OffsetFetch<'_> {
     }
 }
 
+/// Forget a group and its committed positions.
+pub struct DeleteGroup<'a>(pub &'a str);
+
+impl Operation for DeleteGroup<'_> {
+    type Request = DeleteGroupsRequest;
+    type Response = DeleteGroupsResponse;
+    type Output = ();
+    const API: ApiKey = ApiKey::DeleteGroups;
+
+    fn request(&self) -> DeleteGroupsRequest {
+        DeleteGroupsRequest {
+            groups: vec![self.0.to_owned()],
+        }
+    }
+
+    fn output(self, response: DeleteGroupsResponse, _: FrameBuffer, _: usize) -> Result<()> {
+        check(&single(response.groups)?.outcome)
+    }
+}
+
 /// The groups the broker knows.
 pub struct ListGroups;
 

@@ -2,13 +2,19 @@
 //! offset, a time, or the end; stop after `--max-messages`, or after `--timeout-ms`
 //! without new data, or follow the log. Reads with the client's consumer (prefetching
 //! fetches per partition).
+//!
+//! With `--group G` it starts where the group committed (where it never committed: at
+//! the end, or the beginning with `--from-beginning`) and commits the position after
+//! each record it printed, once per poll.
 
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use clap::Args;
-use flumen_client::{BlockingConsumer, Client, ConsumerConfig, SeekTo, TopicPartition};
+use flumen_client::{
+    BlockingConsumer, Client, ConsumerConfig, OffsetReset, SeekTo, TopicPartition,
+};
 
 use super::format::Format;
 
@@ -38,6 +44,9 @@ pub(super) struct ConsumeArgs {
     /// Stop after this long without new records (default: follow forever).
     #[arg(long)]
     timeout_ms: Option<u64>,
+    /// Read as this consumer group: start at its committed positions, commit as it goes.
+    #[arg(long)]
+    group: Option<String>,
     /// Output format with kcat's tokens: %t %p %o %k %s %T %h, \n, \t.
     #[arg(long, default_value = r"%s\n")]
     format: String,
@@ -77,13 +86,24 @@ pub(super) fn run(bootstrap: &str, args: ConsumeArgs) -> Result<ExitCode, String
             .collect(),
     };
     let start = start(&args)?;
-    let consumer = BlockingConsumer::new(ConsumerConfig::new(bootstrap))
+    let mut config = ConsumerConfig::new(bootstrap);
+    config.group_id = args.group.clone();
+    config.auto_offset_reset = if args.from_beginning {
+        OffsetReset::Earliest
+    } else {
+        OffsetReset::Latest
+    };
+    let consumer = BlockingConsumer::new(config)
         .map_err(|error| format!("cannot start the consumer: {error}"))?;
     let failed =
         |error: flumen_client::ConsumeError| format!("reading {} failed: {error}", args.topic);
     consumer.assign(&partitions).map_err(failed)?;
-    for partition in &partitions {
-        consumer.seek(partition, start).map_err(failed)?;
+    // A group resumes where it committed unless told where to start.
+    let explicit = args.offset.is_some() || args.from_time.is_some();
+    if args.group.is_none() || explicit {
+        for partition in &partitions {
+            consumer.seek(partition, start).map_err(failed)?;
+        }
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -96,6 +116,7 @@ pub(super) fn run(bootstrap: &str, args: ConsumeArgs) -> Result<ExitCode, String
         });
         let records = consumer.poll(wait).map_err(failed)?;
         let mut buffer = Vec::new();
+        let mut done: Vec<(TopicPartition, u64)> = Vec::new();
         for record in records.iter() {
             if args.max_messages.is_some_and(|max| printed >= max) {
                 break;
@@ -107,10 +128,25 @@ pub(super) fn run(bootstrap: &str, args: ConsumeArgs) -> Result<ExitCode, String
                 &record.record(),
             );
             printed += 1;
+            let next = record.offset() + 1;
+            match done
+                .iter_mut()
+                .find(|(partition, _)| partition.partition == record.partition())
+            {
+                Some((_, position)) => *position = next,
+                None => done.push((
+                    TopicPartition::new(record.topic(), record.partition()),
+                    next,
+                )),
+            }
         }
         out.write_all(&buffer)
             .and_then(|()| out.flush())
             .map_err(|error| error.to_string())?;
+        // Commit only what was printed (a --max-messages stop may leave records unread).
+        if args.group.is_some() {
+            consumer.commit_offsets(&done).map_err(failed)?;
+        }
         if args.max_messages.is_some_and(|max| printed >= max) {
             return Ok(ExitCode::SUCCESS);
         }

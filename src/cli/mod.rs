@@ -1,5 +1,5 @@
-//! The `flumen` command line: `broker` runs a broker; `topic`, `produce` and `consume`
-//! talk to one over the network with `flumen-client`.
+//! The `flumen` command line: `broker` runs a broker; `topic`, `produce`, `consume` and
+//! `group` talk to one over the network with `flumen-client`.
 //!
 //! Errors print one clear line and exit non-zero.
 
@@ -7,6 +7,7 @@ mod broker_command;
 mod config_file;
 mod consume;
 mod format;
+mod group;
 mod produce;
 mod topic;
 
@@ -41,6 +42,9 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Print records.
     Consume(consume::ConsumeArgs),
+    /// List, describe, reset and delete consumer groups.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -51,6 +55,7 @@ pub fn main() -> ExitCode {
         Command::Topic(command) => topic::run(&cli.bootstrap, command),
         Command::Produce(args) => produce::run(&cli.bootstrap, args),
         Command::Consume(args) => consume::run(&cli.bootstrap, args),
+        Command::Group(command) => group::run(&cli.bootstrap, command),
     };
     match result {
         Ok(code) => code,

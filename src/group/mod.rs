@@ -64,6 +64,9 @@ pub enum GroupError {
         /// The generation named.
         generation: i32,
     },
+    /// The group has no committed positions (and no members) here.
+    #[error("unknown group {0}")]
+    UnknownGroup(String),
     /// Appending the commit failed.
     #[error(transparent)]
     Append(#[from] ProduceError),
@@ -225,6 +228,45 @@ impl Coordinator {
         let base = produced.appended.base_offset;
         for (index, (key, committed)) in records.into_iter().enumerate() {
             self.apply(key, Some(committed), base + index as u64);
+        }
+        Ok(())
+    }
+
+    /// Deletes `group`'s positions: tombstones appended (durably) for each, then the
+    /// cache emptied.
+    pub async fn delete(
+        &self,
+        partition: &Partition,
+        group: &str,
+        now_ms: i64,
+    ) -> Result<(), GroupError> {
+        validate_group_id(group)?;
+        let keys: Vec<OffsetKey> = self
+            .committed(group)
+            .into_keys()
+            .map(|(topic, partition)| OffsetKey {
+                group: group.to_owned(),
+                topic,
+                partition,
+            })
+            .collect();
+        if keys.is_empty() {
+            return Err(GroupError::UnknownGroup(group.to_owned()));
+        }
+        let mut builder = BatchBuilder::new(now_ms);
+        for key in &keys {
+            builder.push(now_ms, Some(&key.encode()), None, &[]);
+        }
+        let batch = builder
+            .build()
+            .map_err(StorageError::from)
+            .map_err(ProduceError::from)?;
+        let produced = partition
+            .produce(BytesMut::from(batch.as_bytes()), Acks::All)
+            .await?;
+        let base = produced.appended.base_offset;
+        for (index, key) in keys.into_iter().enumerate() {
+            self.apply(key, None, base + index as u64);
         }
         Ok(())
     }

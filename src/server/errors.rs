@@ -48,6 +48,7 @@ pub(crate) fn from_group(error: &GroupError) -> WireError {
         GroupError::InvalidGroupId(_) => ErrorCode::InvalidGroupId,
         GroupError::UnknownMember { .. } => ErrorCode::UnknownMemberId,
         GroupError::IllegalGeneration { .. } => ErrorCode::IllegalGeneration,
+        GroupError::UnknownGroup(_) => ErrorCode::GroupIdNotFound,
         GroupError::Append(inner) => return from_produce(inner),
     };
     (code, error.to_string())

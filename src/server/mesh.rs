@@ -74,6 +74,9 @@ pub(crate) enum GroupOp {
     Fetch {
         group: String,
     },
+    Delete {
+        group: String,
+    },
     List,
 }
 

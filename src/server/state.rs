@@ -306,6 +306,16 @@ impl ShardState {
                 GroupReply::Committed(committed.map_err(|error| from_group(&error)))
             }
             GroupOp::Fetch { group } => GroupReply::Positions(self.groups.committed(&group)),
+            GroupOp::Delete { group } => {
+                let (_, index) = self.coordinator_of(&group);
+                let Some(partition) = self.local_partition(OFFSETS_TOPIC, index) else {
+                    let message = format!("{OFFSETS_TOPIC}-{index} is not open");
+                    return GroupReply::Committed(Err((ErrorCode::StorageError, message)));
+                };
+                let now = self.clock.now_ms();
+                let deleted = self.groups.delete(&partition, &group, now).await;
+                GroupReply::Committed(deleted.map_err(|error| from_group(&error)))
+            }
             GroupOp::List => GroupReply::Groups(self.groups.groups()),
         }
     }

@@ -79,10 +79,12 @@ pub enum ErrorCode {
     OffsetMetadataTooLarge = 33,
     /// The group has active members: the operation needs an empty group.
     NonEmptyGroup = 34,
+    /// The broker knows no such group.
+    GroupIdNotFound = 35,
 }
 
 impl ErrorCode {
-    const ALL: [ErrorCode; 35] = [
+    const ALL: [ErrorCode; 36] = [
         ErrorCode::None,
         ErrorCode::Unknown,
         ErrorCode::MalformedRequest,
@@ -118,6 +120,7 @@ impl ErrorCode {
         ErrorCode::UnknownMemberId,
         ErrorCode::OffsetMetadataTooLarge,
         ErrorCode::NonEmptyGroup,
+        ErrorCode::GroupIdNotFound,
     ];
 
     /// The code with this number; unknown numbers (from a newer broker) map to `Unknown`.

@@ -73,11 +73,13 @@ pub enum ApiKey {
     OffsetFetch = 11,
     /// The consumer groups the broker knows.
     ListGroups = 12,
+    /// Forget consumer groups and their positions.
+    DeleteGroups = 13,
 }
 
 impl ApiKey {
     /// Every API, in key order.
-    pub const ALL: [ApiKey; 13] = [
+    pub const ALL: [ApiKey; 14] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -91,6 +93,7 @@ impl ApiKey {
         ApiKey::OffsetCommit,
         ApiKey::OffsetFetch,
         ApiKey::ListGroups,
+        ApiKey::DeleteGroups,
     ];
 
     /// The API with this number, if any.

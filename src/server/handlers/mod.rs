@@ -118,6 +118,7 @@ pub(crate) async fn dispatch(
         ApiKey::OffsetCommit => offset_commit::handle(state, control).await.map(Some),
         ApiKey::OffsetFetch => offset_fetch::handle(state, control).await.map(Some),
         ApiKey::ListGroups => offset_fetch::list_groups(state, control).await.map(Some),
+        ApiKey::DeleteGroups => offset_fetch::delete_groups(state, control).await.map(Some),
     };
     match result {
         Ok(response) => response,

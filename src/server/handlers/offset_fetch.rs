@@ -1,11 +1,12 @@
-//! OffsetFetch and ListGroups: answered from the coordinators' in-memory positions.
+//! OffsetFetch, ListGroups and DeleteGroups: answered from (and, for deletion, through)
+//! the coordinators' in-memory positions.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use flumen_protocol::wire::messages::{
-    ListGroupsRequest, ListGroupsResponse, OffsetFetchPartition, OffsetFetchRequest,
-    OffsetFetchResponse, OffsetFetchTopicResult, Outcome,
+    DeleteGroupsRequest, DeleteGroupsResponse, DeletedGroup, ListGroupsRequest, ListGroupsResponse,
+    OffsetFetchPartition, OffsetFetchRequest, OffsetFetchResponse, OffsetFetchTopicResult, Outcome,
 };
 use flumen_protocol::wire::{decode_control, FrameError};
 
@@ -79,6 +80,38 @@ pub(super) async fn handle(state: &Rc<ShardState>, control: &[u8]) -> Result<Res
         outcome: Outcome::ok(),
         topics,
     })))
+}
+
+pub(super) async fn delete_groups(
+    state: &Rc<ShardState>,
+    control: &[u8],
+) -> Result<Response, FrameError> {
+    let request = decode_control::<DeleteGroupsRequest>(control)?;
+    let mut groups = Vec::with_capacity(request.groups.len());
+    for group in request.groups.iter() {
+        let group = group.as_str().to_owned();
+        let outcome = match validate_group_id(&group) {
+            Err(error) => {
+                let (code, message) = from_group(&error);
+                Outcome::error(code, message)
+            }
+            Ok(()) => {
+                let (coordinator, _) = state.coordinator_of(&group);
+                let op = GroupOp::Delete {
+                    group: group.clone(),
+                };
+                match state.group_op(coordinator, op).await {
+                    GroupReply::Committed(Err((code, message))) => Outcome::error(code, message),
+                    _ => Outcome::ok(),
+                }
+            }
+        };
+        groups.push(DeletedGroup {
+            group_id: group,
+            outcome,
+        });
+    }
+    Ok(Response::ok(encode(&DeleteGroupsResponse { groups })))
 }
 
 pub(super) async fn list_groups(

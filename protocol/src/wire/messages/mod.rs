@@ -7,6 +7,7 @@
 mod alter_configs;
 mod api_versions;
 mod create_topics;
+mod delete_groups;
 mod delete_topics;
 mod describe_configs;
 mod fetch;
@@ -20,6 +21,7 @@ mod produce;
 pub use alter_configs::*;
 pub use api_versions::*;
 pub use create_topics::*;
+pub use delete_groups::*;
 pub use delete_topics::*;
 pub use describe_configs::*;
 pub use fetch::*;
