@@ -68,9 +68,9 @@ pub use consumer::{
     OffsetReset, SeekTo, TopicPartition,
 };
 pub use flumen_protocol::wire::messages::{
-    ConfigValue, FetchPartitionResult, ListOffsetsPartitionResult, MetadataResponse,
-    OffsetFetchPartition, OffsetFetchTopicResult, ProducePartitionResult, EARLIEST_TIMESTAMP,
-    LATEST_TIMESTAMP,
+    ConfigValue, DescribedGroup, DescribedMember, FetchPartitionResult, JoinGroupResponse,
+    ListOffsetsPartitionResult, MetadataResponse, OffsetFetchPartition, OffsetFetchTopicResult,
+    ProducePartitionResult, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP,
 };
 #[cfg(feature = "glommio")]
 pub use glommio_client::GlommioClient;
@@ -222,6 +222,11 @@ macro_rules! client_methods {
         /// Forgets a group and its committed positions.
         pub $($asynchronous)* fn delete_group(&mut self, group: &str) -> $crate::Result<()> {
             self.run($crate::operation::DeleteGroup(group)) $($wait)*
+        }
+
+        /// A group's state, generation, protocol and members.
+        pub $($asynchronous)* fn describe_group(&mut self, group: &str) -> $crate::Result<$crate::DescribedGroup> {
+            self.run($crate::operation::DescribeGroup(group)) $($wait)*
         }
 
         /// The consumer groups the broker knows (those with committed positions).

@@ -535,6 +535,179 @@ impl Operation for DeleteGroup<'_> {
     }
 }
 
+/// Join (or rejoin) a group; the answer comes once the rebalance completed.
+pub struct JoinGroup<'a> {
+    /// The group.
+    pub group_id: &'a str,
+    /// The member's id, empty for a new member.
+    pub member_id: &'a str,
+    /// Session timeout.
+    pub session_timeout_ms: u32,
+    /// Rebalance timeout.
+    pub rebalance_timeout_ms: u32,
+    /// `consumer` for consumers.
+    pub protocol_type: &'a str,
+    /// `(protocol name, metadata)`, preferred first.
+    pub protocols: &'a [(&'a str, &'a [u8])],
+}
+
+impl Operation for JoinGroup<'_> {
+    type Request = JoinGroupRequest;
+    type Response = JoinGroupResponse;
+    type Output = JoinGroupResponse;
+    const API: ApiKey = ApiKey::JoinGroup;
+
+    fn request(&self) -> JoinGroupRequest {
+        JoinGroupRequest {
+            group_id: self.group_id.to_owned(),
+            member_id: self.member_id.to_owned(),
+            session_timeout_ms: self.session_timeout_ms,
+            rebalance_timeout_ms: self.rebalance_timeout_ms,
+            protocol_type: self.protocol_type.to_owned(),
+            protocols: self
+                .protocols
+                .iter()
+                .map(|(name, metadata)| GroupProtocol {
+                    name: (*name).to_owned(),
+                    metadata: metadata.to_vec(),
+                })
+                .collect(),
+        }
+    }
+
+    fn output(
+        self,
+        response: JoinGroupResponse,
+        _: FrameBuffer,
+        _: usize,
+    ) -> Result<JoinGroupResponse> {
+        check(&response.outcome)?;
+        Ok(response)
+    }
+}
+
+/// Hand in (as leader) or fetch a member's assignment.
+pub struct SyncGroup<'a> {
+    /// The group.
+    pub group_id: &'a str,
+    /// The generation JoinGroup returned.
+    pub generation_id: i32,
+    /// The member.
+    pub member_id: &'a str,
+    /// The leader's `(member, assignment)` list; empty for the others.
+    pub assignments: &'a [(&'a str, &'a [u8])],
+}
+
+impl Operation for SyncGroup<'_> {
+    type Request = SyncGroupRequest;
+    type Response = SyncGroupResponse;
+    type Output = Vec<u8>;
+    const API: ApiKey = ApiKey::SyncGroup;
+
+    fn request(&self) -> SyncGroupRequest {
+        SyncGroupRequest {
+            group_id: self.group_id.to_owned(),
+            generation_id: self.generation_id,
+            member_id: self.member_id.to_owned(),
+            assignments: self
+                .assignments
+                .iter()
+                .map(|(member_id, assignment)| MemberAssignment {
+                    member_id: (*member_id).to_owned(),
+                    assignment: assignment.to_vec(),
+                })
+                .collect(),
+        }
+    }
+
+    fn output(self, response: SyncGroupResponse, _: FrameBuffer, _: usize) -> Result<Vec<u8>> {
+        check(&response.outcome)?;
+        Ok(response.assignment)
+    }
+}
+
+/// A member's heartbeat (`RebalanceInProgress`: rejoin).
+pub struct Heartbeat<'a> {
+    /// The group.
+    pub group_id: &'a str,
+    /// The member's generation.
+    pub generation_id: i32,
+    /// The member.
+    pub member_id: &'a str,
+}
+
+impl Operation for Heartbeat<'_> {
+    type Request = HeartbeatRequest;
+    type Response = GroupOutcome;
+    type Output = ();
+    const API: ApiKey = ApiKey::Heartbeat;
+
+    fn request(&self) -> HeartbeatRequest {
+        HeartbeatRequest {
+            group_id: self.group_id.to_owned(),
+            generation_id: self.generation_id,
+            member_id: self.member_id.to_owned(),
+        }
+    }
+
+    fn output(self, response: GroupOutcome, _: FrameBuffer, _: usize) -> Result<()> {
+        check(&response.outcome)
+    }
+}
+
+/// Leave a group.
+pub struct LeaveGroup<'a> {
+    /// The group.
+    pub group_id: &'a str,
+    /// The member.
+    pub member_id: &'a str,
+}
+
+impl Operation for LeaveGroup<'_> {
+    type Request = LeaveGroupRequest;
+    type Response = GroupOutcome;
+    type Output = ();
+    const API: ApiKey = ApiKey::LeaveGroup;
+
+    fn request(&self) -> LeaveGroupRequest {
+        LeaveGroupRequest {
+            group_id: self.group_id.to_owned(),
+            member_id: self.member_id.to_owned(),
+        }
+    }
+
+    fn output(self, response: GroupOutcome, _: FrameBuffer, _: usize) -> Result<()> {
+        check(&response.outcome)
+    }
+}
+
+/// A group's state, generation, protocol and members.
+pub struct DescribeGroup<'a>(pub &'a str);
+
+impl Operation for DescribeGroup<'_> {
+    type Request = DescribeGroupsRequest;
+    type Response = DescribeGroupsResponse;
+    type Output = DescribedGroup;
+    const API: ApiKey = ApiKey::DescribeGroups;
+
+    fn request(&self) -> DescribeGroupsRequest {
+        DescribeGroupsRequest {
+            groups: vec![self.0.to_owned()],
+        }
+    }
+
+    fn output(
+        self,
+        response: DescribeGroupsResponse,
+        _: FrameBuffer,
+        _: usize,
+    ) -> Result<DescribedGroup> {
+        let group = single(response.groups)?;
+        check(&group.outcome)?;
+        Ok(group)
+    }
+}
+
 /// The groups the broker knows.
 pub struct ListGroups;
 

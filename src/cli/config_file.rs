@@ -26,6 +26,9 @@ pub(super) struct ConfigFile {
     pub retention_check_interval_ms: Option<u64>,
     pub write_out_interval_ms: Option<u64>,
     pub offsets_topic_partitions: Option<u32>,
+    pub group_initial_rebalance_delay_ms: Option<u32>,
+    pub group_session_timeout_min_ms: Option<u32>,
+    pub group_session_timeout_max_ms: Option<u32>,
     pub log: Option<LogDefaults>,
 }
 
@@ -77,6 +80,11 @@ impl ConfigFile {
         if let Some(partitions) = self.offsets_topic_partitions {
             config.offsets_topic_partitions = partitions;
         }
+        set!(
+            group_initial_rebalance_delay_ms,
+            group_session_timeout_min_ms,
+            group_session_timeout_max_ms
+        );
         if self.advertised_host.is_some() {
             config.advertised_host = self.advertised_host;
         }
@@ -104,6 +112,9 @@ impl ConfigFile {
             retention_check_interval_ms: Some(config.retention_check_interval_ms),
             write_out_interval_ms: Some(config.write_out_interval_ms),
             offsets_topic_partitions: Some(config.offsets_topic_partitions),
+            group_initial_rebalance_delay_ms: Some(config.group_initial_rebalance_delay_ms),
+            group_session_timeout_min_ms: Some(config.group_session_timeout_min_ms),
+            group_session_timeout_max_ms: Some(config.group_session_timeout_max_ms),
             log: Some(LogDefaults {
                 segment_bytes: Some(log.segment_bytes_max),
                 segment_ms: Some(log.segment_age_ms_max.unwrap_or(-1)),

@@ -97,14 +97,58 @@ pub(super) fn run(bootstrap: &str, command: GroupCommand) -> Result<ExitCode, St
     Ok(ExitCode::SUCCESS)
 }
 
+/// The group's members, from DescribeGroups (none for a group known only by positions).
+fn members(
+    client: &mut Client,
+    group: &str,
+) -> Result<Option<flumen_client::DescribedGroup>, String> {
+    match client.describe_group(group) {
+        Ok(described) => Ok(Some(described)),
+        Err(flumen_client::ClientError::Broker {
+            code: flumen_protocol::wire::ErrorCode::GroupIdNotFound,
+            ..
+        }) => Ok(None),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
 fn describe(client: &mut Client, group: &str) -> Result<(), String> {
     let positions = client
         .fetch_offsets(group, None)
         .map_err(|error| error.to_string())?;
-    if positions.is_empty() {
-        return Err(format!("group {group} has no committed positions"));
+    let described = members(client, group)?;
+    if positions.is_empty()
+        && described
+            .as_ref()
+            .is_none_or(|found| found.members.is_empty())
+    {
+        return Err(format!(
+            "group {group} has no committed positions and no members"
+        ));
     }
-    println!("group {group}: 0 active members (partitions are assigned by the consumers)");
+    match &described {
+        Some(found) => {
+            println!(
+                "group {group}: {} ({} members, generation {}, protocol {})",
+                found.state,
+                found.members.len(),
+                found.generation_id,
+                if found.protocol.is_empty() {
+                    "-"
+                } else {
+                    &found.protocol
+                }
+            );
+            for member in &found.members {
+                println!(
+                    "  member {}: {}",
+                    member.member_id,
+                    String::from_utf8_lossy(&member.assignment)
+                );
+            }
+        }
+        None => println!("group {group}: Empty (0 members)"),
+    }
     println!(
         "{:<24} {:>9} {:>12} {:>12} {:>10}  METADATA",
         "TOPIC", "PARTITION", "COMMITTED", "LOG-END", "LAG"
@@ -143,6 +187,12 @@ fn reset(
     target: Target,
     dry_run: bool,
 ) -> Result<(), String> {
+    if let Some(found) = members(client, group)?.filter(|found| !found.members.is_empty()) {
+        return Err(format!(
+            "group {group} has {} active members; stop its consumers before resetting",
+            found.members.len()
+        ));
+    }
     let metadata = client
         .metadata(Some(&[topic]))
         .map_err(|error| error.to_string())?;

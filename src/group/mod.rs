@@ -10,22 +10,30 @@
 //! that race for the same position end as they are in the log, whatever order their
 //! flushes complete in.
 //!
-//! Membership (join, sync, heartbeats, generations) is not built yet: commits are taken
-//! from applications that assign partitions themselves (`generation_id` -1, no member id);
-//! a commit that names a member or a generation is refused as unknown.
+//! Membership ([`membership`]) lives with the positions on the coordinator: members join,
+//! sync and heartbeat there, and a commit must come from a current member of the
+//! current generation (a zombie from an older one is refused). Applications that assign
+//! partitions themselves commit outside membership (`generation_id` -1, no member id),
+//! which is allowed while the group has no members. Membership is not persisted: after
+//! a broker restart members rejoin (their ids are unknown, so they join anew).
 
+pub mod membership;
 mod records;
 
+pub use membership::{JoinAnswer, JoinRequest, MembershipLimits, Phase};
 pub use records::{Committed, OffsetKey};
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use membership::{Membership, MembershipError};
 
 use bytes::BytesMut;
 use flumen_protocol::record::{BatchBuilder, BatchView, BuiltBatch};
 
 use crate::partition::{Acks, Partition, ProduceError};
-use crate::shard::fnv1a_64;
+use crate::shard::{fnv1a_64, with_deadline, Notify};
 use crate::storage::StorageError;
 
 /// The internal topic holding committed offsets.
@@ -67,6 +75,23 @@ pub enum GroupError {
     /// The group has no committed positions (and no members) here.
     #[error("unknown group {0}")]
     UnknownGroup(String),
+    /// The group is rebalancing: rejoin first.
+    #[error("group {0} is rebalancing; rejoin")]
+    RebalanceInProgress(String),
+    /// The member's protocol type or protocols do not match the group's.
+    #[error("the protocols do not match those of group {0}")]
+    InconsistentProtocol(String),
+    /// A session timeout outside the limits.
+    #[error("session timeout outside {min_ms}..={max_ms} ms (or a zero rebalance timeout)")]
+    InvalidSessionTimeout {
+        /// Shortest accepted.
+        min_ms: u32,
+        /// Longest accepted.
+        max_ms: u32,
+    },
+    /// The group has members; the operation needs an empty group.
+    #[error("group {0} has active members")]
+    NonEmpty(String),
     /// Appending the commit failed.
     #[error(transparent)]
     Append(#[from] ProduceError),
@@ -95,10 +120,60 @@ struct Versioned {
 /// One group's positions, by topic and partition.
 type Positions = BTreeMap<(String, u32), Versioned>;
 
+/// One group: its committed positions and its members.
+#[derive(Debug, Default)]
+struct GroupData {
+    positions: Positions,
+    membership: Membership,
+}
+
+impl GroupData {
+    fn is_unused(&self) -> bool {
+        self.positions.is_empty() && self.membership.is_empty()
+    }
+}
+
+/// A described group.
+#[derive(Debug, Clone)]
+pub struct GroupDescription {
+    /// Its phase.
+    pub phase: Phase,
+    /// Its generation.
+    pub generation: i32,
+    /// The chosen protocol.
+    pub protocol: String,
+    /// `(member, metadata, assignment)`.
+    pub members: Vec<(String, Vec<u8>, Vec<u8>)>,
+}
+
 /// The groups whose offsets partitions this shard owns.
 #[derive(Debug, Default)]
 pub struct Coordinator {
-    groups: RefCell<BTreeMap<String, Positions>>,
+    groups: RefCell<BTreeMap<String, GroupData>>,
+    /// Wakes joins and syncs waiting for a rebalance step.
+    changed: Notify,
+    limits: MembershipLimits,
+    members_created: Cell<u64>,
+}
+
+fn membership_error(group: &str, error: MembershipError, limits: &MembershipLimits) -> GroupError {
+    let group = group.to_owned();
+    match error {
+        MembershipError::UnknownMember => GroupError::UnknownMember {
+            group,
+            member: String::new(),
+        },
+        MembershipError::IllegalGeneration => GroupError::IllegalGeneration {
+            group,
+            generation: -1,
+        },
+        MembershipError::RebalanceInProgress => GroupError::RebalanceInProgress(group),
+        MembershipError::InconsistentProtocol => GroupError::InconsistentProtocol(group),
+        MembershipError::InvalidSessionTimeout => GroupError::InvalidSessionTimeout {
+            min_ms: limits.session_timeout_min_ms,
+            max_ms: limits.session_timeout_max_ms,
+        },
+    }
 }
 
 /// Checks a group id.
@@ -110,9 +185,153 @@ pub fn validate_group_id(group: &str) -> Result<(), GroupError> {
 }
 
 impl Coordinator {
-    /// An empty coordinator.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty coordinator with these membership limits.
+    pub fn new(limits: MembershipLimits) -> Self {
+        Self {
+            limits,
+            ..Self::default()
+        }
+    }
+
+    /// Runs `change` on `group`'s membership (creating the group if needed), wakes
+    /// waiters, and drops the group again if it is left unused.
+    fn with_membership<T>(&self, group: &str, change: impl FnOnce(&mut Membership) -> T) -> T {
+        let mut groups = self.groups.borrow_mut();
+        let data = groups.entry(group.to_owned()).or_default();
+        let result = change(&mut data.membership);
+        if data.is_unused() {
+            groups.remove(group);
+        }
+        drop(groups);
+        self.changed.notify_all();
+        result
+    }
+
+    /// Waits until `answer` has one (it is asked again whenever membership changes), at
+    /// most `limit`.
+    async fn wait_for<T>(
+        &self,
+        group: &str,
+        limit: Duration,
+        answer: impl Fn(&Membership) -> Option<Result<T, MembershipError>>,
+    ) -> Result<T, GroupError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let listener = self.changed.listen();
+            let found = self
+                .groups
+                .borrow()
+                .get(group)
+                .map_or(Some(Err(MembershipError::UnknownMember)), |data| {
+                    answer(&data.membership)
+                });
+            if let Some(result) = found {
+                return result.map_err(|error| membership_error(group, error, &self.limits));
+            }
+            if with_deadline(listener, deadline).await.is_none() {
+                return Err(GroupError::RebalanceInProgress(group.to_owned()));
+            }
+        }
+    }
+
+    /// Joins (or rejoins) `group`; answers once the rebalance completed.
+    pub async fn join(
+        &self,
+        group: &str,
+        request: JoinRequest,
+        now_ms: i64,
+    ) -> Result<JoinAnswer, GroupError> {
+        validate_group_id(group)?;
+        let wait = Duration::from_millis(u64::from(request.rebalance_timeout_ms))
+            + Duration::from_millis(u64::from(self.limits.initial_rebalance_delay_ms))
+            + Duration::from_secs(5);
+        let counter = self.members_created.get() + 1;
+        let new_id = || {
+            self.members_created.set(counter);
+            format!("{group}-member-{counter}-{now_ms:x}")
+        };
+        let joined = self.with_membership(group, |membership| {
+            membership.join(request, new_id, &self.limits, now_ms)
+        });
+        let (member, generation) =
+            joined.map_err(|error| membership_error(group, error, &self.limits))?;
+        self.wait_for(group, wait, |membership| {
+            membership.join_answer(&member, generation)
+        })
+        .await
+    }
+
+    /// Syncs: the leader hands in every member's assignment; every member gets its own
+    /// once the leader's arrived.
+    pub async fn sync(
+        &self,
+        group: &str,
+        generation: i32,
+        member: &str,
+        assignments: Vec<(String, Vec<u8>)>,
+        now_ms: i64,
+    ) -> Result<Vec<u8>, GroupError> {
+        validate_group_id(group)?;
+        let synced = self.with_membership(group, |membership| {
+            membership.sync(member, generation, assignments, now_ms)
+        });
+        match synced.map_err(|error| membership_error(group, error, &self.limits))? {
+            Some(assignment) => Ok(assignment),
+            None => {
+                let limit = Duration::from_millis(u64::from(self.limits.session_timeout_max_ms));
+                self.wait_for(group, limit, |membership| {
+                    membership.sync_answer(member, generation)
+                })
+                .await
+            }
+        }
+    }
+
+    /// A member's heartbeat.
+    pub fn heartbeat(
+        &self,
+        group: &str,
+        generation: i32,
+        member: &str,
+        now_ms: i64,
+    ) -> Result<(), GroupError> {
+        validate_group_id(group)?;
+        let beat = self.with_membership(group, |membership| {
+            membership.heartbeat(member, generation, now_ms)
+        });
+        beat.map_err(|error| membership_error(group, error, &self.limits))
+    }
+
+    /// A member leaves.
+    pub fn leave(&self, group: &str, member: &str, now_ms: i64) -> Result<(), GroupError> {
+        validate_group_id(group)?;
+        let left = self.with_membership(group, |membership| membership.leave(member, now_ms));
+        left.map_err(|error| membership_error(group, error, &self.limits))
+    }
+
+    /// Expires members and completes rebalances whose time has come.
+    pub fn tick(&self, now_ms: i64) {
+        let mut changed = false;
+        self.groups.borrow_mut().retain(|_, data| {
+            changed |= data.membership.tick(now_ms);
+            !data.is_unused()
+        });
+        if changed {
+            self.changed.notify_all();
+        }
+    }
+
+    /// A group's phase, generation, protocol and members; `None` if unknown here.
+    pub fn describe(&self, group: &str) -> Option<GroupDescription> {
+        let groups = self.groups.borrow();
+        let data = groups.get(group)?;
+        let membership = &data.membership;
+        Some(GroupDescription {
+            phase: membership.phase(),
+            generation: membership.generation(),
+            protocol: membership.protocol().to_owned(),
+            members: membership.members(),
+        })
     }
 
     /// Replays one partition of the offsets topic into the cache. Returns the number of
@@ -150,7 +369,8 @@ impl Coordinator {
     /// Sets (or with `None`, deletes) a position if `version` is newer than what is known.
     fn apply(&self, key: OffsetKey, committed: Option<Committed>, version: u64) {
         let mut groups = self.groups.borrow_mut();
-        let group = groups.entry(key.group.clone()).or_default();
+        let data = groups.entry(key.group.clone()).or_default();
+        let group = &mut data.positions;
         let slot = (key.topic, key.partition);
         if group
             .get(&slot)
@@ -166,7 +386,7 @@ impl Coordinator {
                 group.remove(&slot);
             }
         }
-        if group.is_empty() {
+        if data.is_unused() {
             groups.remove(&key.group);
         }
     }
@@ -183,18 +403,21 @@ impl Coordinator {
         now_ms: i64,
     ) -> Result<(), GroupError> {
         validate_group_id(group)?;
-        if !member.is_empty() {
-            return Err(GroupError::UnknownMember {
+        let allowed = self.groups.borrow().get(group).map_or(
+            Membership::default().check_commit(member, generation),
+            |data| data.membership.check_commit(member, generation),
+        );
+        allowed.map_err(|error| match error {
+            MembershipError::UnknownMember => GroupError::UnknownMember {
                 group: group.to_owned(),
                 member: member.to_owned(),
-            });
-        }
-        if generation != -1 {
-            return Err(GroupError::IllegalGeneration {
+            },
+            MembershipError::IllegalGeneration => GroupError::IllegalGeneration {
                 group: group.to_owned(),
                 generation,
-            });
-        }
+            },
+            other => membership_error(group, other, &self.limits),
+        })?;
         if entries.is_empty() {
             return Ok(());
         }
@@ -241,6 +464,14 @@ impl Coordinator {
         now_ms: i64,
     ) -> Result<(), GroupError> {
         validate_group_id(group)?;
+        if self
+            .groups
+            .borrow()
+            .get(group)
+            .is_some_and(|data| !data.membership.is_empty())
+        {
+            return Err(GroupError::NonEmpty(group.to_owned()));
+        }
         let keys: Vec<OffsetKey> = self
             .committed(group)
             .into_keys()
@@ -276,8 +507,8 @@ impl Coordinator {
         self.groups
             .borrow()
             .get(group)
-            .map(|positions| {
-                positions
+            .map(|data| {
+                data.positions
                     .iter()
                     .map(|(slot, versioned)| (slot.clone(), versioned.committed.clone()))
                     .collect()

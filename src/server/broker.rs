@@ -385,6 +385,7 @@ async fn serve_until_stopped(
         })
         .collect();
     let retention = spawn(retention_loop(Rc::clone(state)));
+    let group_timer = spawn(group_timer_loop(Rc::clone(state)));
     let write_out = spawn(write_out_loop(Rc::clone(state)));
     while !shared.stop.load(Ordering::SeqCst) {
         sleep(Duration::from_millis(20)).await;
@@ -395,6 +396,7 @@ async fn serve_until_stopped(
         acceptor.await;
     }
     drop(retention);
+    drop(group_timer);
     drop(write_out);
     // Let connections finish their in-flight requests (they may need other shards, so
     // every shard keeps serving the mesh until all have drained), but not forever: a
@@ -463,6 +465,15 @@ async fn write_out_loop(state: Rc<ShardState>) {
         for partition in state.local_partitions() {
             partition.log().submit_staged();
         }
+    }
+}
+
+/// Expires group members that missed their session and completes rebalances whose
+/// deadline passed (a group's timing is only as fine as this period).
+async fn group_timer_loop(state: Rc<ShardState>) {
+    loop {
+        sleep(Duration::from_millis(100)).await;
+        state.tick_groups();
     }
 }
 

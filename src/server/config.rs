@@ -45,6 +45,12 @@ pub struct BrokerConfig {
     /// Partitions of `__consumer_offsets` when the broker creates it (changing it later
     /// has no effect: the topic keeps its partitions).
     pub offsets_topic_partitions: u32,
+    /// How long an empty group's first rebalance waits for more members to join, in ms.
+    pub group_initial_rebalance_delay_ms: u32,
+    /// Shortest session timeout a group member may ask for, in ms.
+    pub group_session_timeout_min_ms: u32,
+    /// Longest session timeout a group member may ask for, in ms.
+    pub group_session_timeout_max_ms: u32,
 }
 
 impl Default for BrokerConfig {
@@ -66,6 +72,9 @@ impl Default for BrokerConfig {
             retention_check_interval_ms: 60_000,
             write_out_interval_ms: 10,
             offsets_topic_partitions: crate::group::OFFSETS_PARTITIONS_DEFAULT,
+            group_initial_rebalance_delay_ms: 3_000,
+            group_session_timeout_min_ms: 1_000,
+            group_session_timeout_max_ms: 300_000,
         }
     }
 }
@@ -73,6 +82,9 @@ impl Default for BrokerConfig {
 impl BrokerConfig {
     /// Checks the options against each other.
     pub fn validate(&self) -> Result<(), String> {
+        if self.group_session_timeout_min_ms > self.group_session_timeout_max_ms {
+            return Err("group_session_timeout_min_ms exceeds group_session_timeout_max_ms".into());
+        }
         if self.offsets_topic_partitions == 0 || self.offsets_topic_partitions > 1024 {
             return Err("offsets_topic_partitions must be between 1 and 1024".into());
         }

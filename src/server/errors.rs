@@ -49,6 +49,10 @@ pub(crate) fn from_group(error: &GroupError) -> WireError {
         GroupError::UnknownMember { .. } => ErrorCode::UnknownMemberId,
         GroupError::IllegalGeneration { .. } => ErrorCode::IllegalGeneration,
         GroupError::UnknownGroup(_) => ErrorCode::GroupIdNotFound,
+        GroupError::RebalanceInProgress(_) => ErrorCode::RebalanceInProgress,
+        GroupError::InconsistentProtocol(_) => ErrorCode::InconsistentGroupProtocol,
+        GroupError::InvalidSessionTimeout { .. } => ErrorCode::InvalidSessionTimeout,
+        GroupError::NonEmpty(_) => ErrorCode::NonEmptyGroup,
         GroupError::Append(inner) => return from_produce(inner),
     };
     (code, error.to_string())

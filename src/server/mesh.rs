@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use super::errors::WireError;
 use crate::cluster::Catalog;
-use crate::group::{CommitEntry, Committed};
+use crate::group::{CommitEntry, Committed, GroupDescription, JoinAnswer, JoinRequest};
 use crate::partition::Acks;
 
 /// What travels on the mesh.
@@ -77,6 +77,28 @@ pub(crate) enum GroupOp {
     Delete {
         group: String,
     },
+    Join {
+        group: String,
+        request: JoinRequest,
+    },
+    Sync {
+        group: String,
+        generation: i32,
+        member: String,
+        assignments: Vec<(String, Vec<u8>)>,
+    },
+    Heartbeat {
+        group: String,
+        generation: i32,
+        member: String,
+    },
+    Leave {
+        group: String,
+        member: String,
+    },
+    Describe {
+        group: String,
+    },
     List,
 }
 
@@ -85,6 +107,9 @@ pub(crate) enum GroupReply {
     Committed(Result<(), WireError>),
     Positions(BTreeMap<(String, u32), Committed>),
     Groups(Vec<String>),
+    Joined(Result<JoinAnswer, WireError>),
+    Synced(Result<Vec<u8>, WireError>),
+    Described(Option<GroupDescription>),
 }
 
 /// An operation on one partition, run by its owning shard.

@@ -19,7 +19,9 @@ use super::mesh::{
     ProduceResult, RemoteOutcome, ShardRequest, ShardResponse,
 };
 use crate::cluster::{Catalog, CatalogError, ProducerIdAllocator};
-use crate::group::{offsets_partition, Coordinator, OFFSETS_PARTITIONS_DEFAULT, OFFSETS_TOPIC};
+use crate::group::{
+    offsets_partition, Coordinator, MembershipLimits, OFFSETS_PARTITIONS_DEFAULT, OFFSETS_TOPIC,
+};
 use crate::partition::{partition_dir, Partition};
 use crate::shard::{shard_for_partition, Clock, Inbox, LocalMutex, MeshSender, Notify};
 use crate::storage::{StoredBatch, TailCache};
@@ -85,7 +87,11 @@ impl ShardState {
             shards,
             cache: TailCache::new(config.cache_bytes_per_shard),
             producer_ids: ProducerIdAllocator::new(&config.data_dir),
-            groups: Coordinator::new(),
+            groups: Coordinator::new(MembershipLimits {
+                session_timeout_min_ms: config.group_session_timeout_min_ms,
+                session_timeout_max_ms: config.group_session_timeout_max_ms,
+                initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms,
+            }),
             config,
             clock,
             shard_ports,
@@ -306,6 +312,39 @@ impl ShardState {
                 GroupReply::Committed(committed.map_err(|error| from_group(&error)))
             }
             GroupOp::Fetch { group } => GroupReply::Positions(self.groups.committed(&group)),
+            GroupOp::Join { group, request } => {
+                let now = self.clock.now_ms();
+                let joined = self.groups.join(&group, request, now).await;
+                GroupReply::Joined(joined.map_err(|error| from_group(&error)))
+            }
+            GroupOp::Sync {
+                group,
+                generation,
+                member,
+                assignments,
+            } => {
+                let now = self.clock.now_ms();
+                let synced = self
+                    .groups
+                    .sync(&group, generation, &member, assignments, now)
+                    .await;
+                GroupReply::Synced(synced.map_err(|error| from_group(&error)))
+            }
+            GroupOp::Heartbeat {
+                group,
+                generation,
+                member,
+            } => {
+                let now = self.clock.now_ms();
+                let beat = self.groups.heartbeat(&group, generation, &member, now);
+                GroupReply::Committed(beat.map_err(|error| from_group(&error)))
+            }
+            GroupOp::Leave { group, member } => {
+                let now = self.clock.now_ms();
+                let left = self.groups.leave(&group, &member, now);
+                GroupReply::Committed(left.map_err(|error| from_group(&error)))
+            }
+            GroupOp::Describe { group } => GroupReply::Described(self.groups.describe(&group)),
             GroupOp::Delete { group } => {
                 let (_, index) = self.coordinator_of(&group);
                 let Some(partition) = self.local_partition(OFFSETS_TOPIC, index) else {
@@ -318,6 +357,11 @@ impl ShardState {
             }
             GroupOp::List => GroupReply::Groups(self.groups.groups()),
         }
+    }
+
+    /// Expires group members and completes due rebalances (called by a timer).
+    pub fn tick_groups(&self) {
+        self.groups.tick(self.clock.now_ms());
     }
 
     /// A new idempotent producer id; shard 0 hands them out.

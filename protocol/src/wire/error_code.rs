@@ -81,10 +81,16 @@ pub enum ErrorCode {
     NonEmptyGroup = 34,
     /// The broker knows no such group.
     GroupIdNotFound = 35,
+    /// The group is rebalancing: rejoin (JoinGroup) before syncing or committing.
+    RebalanceInProgress = 36,
+    /// The member's protocol type or protocols do not match the group's.
+    InconsistentGroupProtocol = 37,
+    /// A session or rebalance timeout is outside the broker's limits.
+    InvalidSessionTimeout = 38,
 }
 
 impl ErrorCode {
-    const ALL: [ErrorCode; 36] = [
+    const ALL: [ErrorCode; 39] = [
         ErrorCode::None,
         ErrorCode::Unknown,
         ErrorCode::MalformedRequest,
@@ -121,6 +127,9 @@ impl ErrorCode {
         ErrorCode::OffsetMetadataTooLarge,
         ErrorCode::NonEmptyGroup,
         ErrorCode::GroupIdNotFound,
+        ErrorCode::RebalanceInProgress,
+        ErrorCode::InconsistentGroupProtocol,
+        ErrorCode::InvalidSessionTimeout,
     ];
 
     /// The code with this number; unknown numbers (from a newer broker) map to `Unknown`.

@@ -75,11 +75,21 @@ pub enum ApiKey {
     ListGroups = 12,
     /// Forget consumer groups and their positions.
     DeleteGroups = 13,
+    /// Join a consumer group (or rejoin it for a rebalance).
+    JoinGroup = 14,
+    /// Distribute the leader's assignment.
+    SyncGroup = 15,
+    /// Stay in a group; learn of a rebalance.
+    Heartbeat = 16,
+    /// Leave a group.
+    LeaveGroup = 17,
+    /// Groups' state, members and assignments.
+    DescribeGroups = 18,
 }
 
 impl ApiKey {
     /// Every API, in key order.
-    pub const ALL: [ApiKey; 14] = [
+    pub const ALL: [ApiKey; 19] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -94,6 +104,11 @@ impl ApiKey {
         ApiKey::OffsetFetch,
         ApiKey::ListGroups,
         ApiKey::DeleteGroups,
+        ApiKey::JoinGroup,
+        ApiKey::SyncGroup,
+        ApiKey::Heartbeat,
+        ApiKey::LeaveGroup,
+        ApiKey::DescribeGroups,
     ];
 
     /// The API with this number, if any.

@@ -10,6 +10,7 @@ mod describe_configs;
 mod fetch;
 mod init_producer_id;
 mod list_offsets;
+mod membership;
 mod metadata;
 mod offset_commit;
 mod offset_fetch;
@@ -119,6 +120,11 @@ pub(crate) async fn dispatch(
         ApiKey::OffsetFetch => offset_fetch::handle(state, control).await.map(Some),
         ApiKey::ListGroups => offset_fetch::list_groups(state, control).await.map(Some),
         ApiKey::DeleteGroups => offset_fetch::delete_groups(state, control).await.map(Some),
+        ApiKey::JoinGroup => membership::join(state, control).await.map(Some),
+        ApiKey::SyncGroup => membership::sync(state, control).await.map(Some),
+        ApiKey::Heartbeat => membership::heartbeat(state, control).await.map(Some),
+        ApiKey::LeaveGroup => membership::leave(state, control).await.map(Some),
+        ApiKey::DescribeGroups => membership::describe(state, control).await.map(Some),
     };
     match result {
         Ok(response) => response,

@@ -11,12 +11,15 @@ mod delete_groups;
 mod delete_topics;
 mod describe_configs;
 mod fetch;
+mod heartbeat;
 mod init_producer_id;
+mod join_group;
 mod list_offsets;
 mod metadata;
 mod offset_commit;
 mod offset_fetch;
 mod produce;
+mod sync_group;
 
 pub use alter_configs::*;
 pub use api_versions::*;
@@ -25,12 +28,15 @@ pub use delete_groups::*;
 pub use delete_topics::*;
 pub use describe_configs::*;
 pub use fetch::*;
+pub use heartbeat::*;
 pub use init_producer_id::*;
+pub use join_group::*;
 pub use list_offsets::*;
 pub use metadata::*;
 pub use offset_commit::*;
 pub use offset_fetch::*;
 pub use produce::*;
+pub use sync_group::*;
 
 /// A topic-level or partition-level outcome: an error code and an optional message.
 #[derive(
