@@ -30,8 +30,12 @@ use std::time::{Duration, Instant};
 use flumen_protocol::record::RecordView;
 use flumen_protocol::wire::messages::{EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
 use flumen_protocol::wire::ErrorCode;
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
 use tokio::sync::{mpsc, oneshot};
 
+use crate::membership::{lock, CommitMode, Heartbeater, Member, RebalanceListener, Shared};
 #[cfg(feature = "glommio")]
 use crate::runtime::Glommio;
 use crate::runtime::{Calls, Connection, Runtime, Tokio};
@@ -116,6 +120,18 @@ pub struct ConsumerConfig {
     /// The consumer group whose committed positions assigned partitions start from, and
     /// that [`Consumer::commit_sync`] commits to. `None`: positions are not stored.
     pub group_id: Option<String>,
+    /// When positions are committed without being asked (group members and assigned
+    /// consumers with a `group_id`).
+    pub commit_mode: CommitMode,
+    /// Group members: removed if the coordinator hears nothing for this long.
+    pub session_timeout: Duration,
+    /// Group members: how often the background task heartbeats.
+    pub heartbeat_interval: Duration,
+    /// Group members: longest time between polls before the member is presumed stuck
+    /// and leaves (also how long a rebalance waits for it to rejoin).
+    pub max_poll_interval: Duration,
+    /// Group members: assignors, preferred first (see [`crate::assignor::ASSIGNORS`]).
+    pub assignors: Vec<String>,
     /// First pause before a fetch task reconnects; doubles up to `retry_backoff_max`.
     pub retry_backoff: Duration,
     /// Longest pause before a reconnect.
@@ -133,6 +149,11 @@ impl ConsumerConfig {
             max_poll_records: 500,
             auto_offset_reset: OffsetReset::Earliest,
             group_id: None,
+            commit_mode: CommitMode::Auto(Duration::from_secs(5)),
+            session_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(3),
+            max_poll_interval: Duration::from_secs(300),
+            assignors: vec!["range".into(), "cooperative-sticky".into()],
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(1),
         }
@@ -247,6 +268,10 @@ pub struct Consumer<R: Runtime = Tokio> {
     admin: Option<R::Connection>,
     /// Rotates which partition `poll` serves first, for fairness.
     rotation: usize,
+    /// In subscribe mode: the group membership.
+    member: Option<Member>,
+    /// When the commit mode last committed.
+    last_commit: Instant,
 }
 
 /// The consumer on a glommio executor (feature `glommio`): its fetch tasks and
@@ -298,7 +323,326 @@ impl<R: Runtime> Consumer<R> {
             sender,
             admin: None,
             rotation: 0,
+            member: None,
+            last_commit: Instant::now(),
         }
+    }
+
+    /// Joins the group (`group_id`) subscribed to `topics`: the group's members share
+    /// the topics' partitions, and `poll` keeps this member's share current through
+    /// rebalances, telling `listener`. Replaces any earlier subscription or assignment.
+    pub async fn subscribe(
+        &mut self,
+        topics: &[&str],
+        listener: impl RebalanceListener + 'static,
+    ) -> Result<(), ConsumeError> {
+        let group = self.config.group_id.clone().ok_or(ConsumeError::NoGroup)?;
+        self.unsubscribe().await;
+        self.assign(&[]).await?;
+        let shared = Arc::new(Mutex::new(Shared::new()));
+        let (stop, stopped) = oneshot::channel();
+        R::spawn_heartbeater(
+            Heartbeater {
+                runtime: std::marker::PhantomData,
+                bootstrap: self.config.bootstrap.clone(),
+                group,
+                interval: self.config.heartbeat_interval,
+                max_poll_interval: self.config.max_poll_interval,
+                shared: Arc::clone(&shared),
+            },
+            stopped,
+        );
+        self.member = Some(Member {
+            topics: topics.iter().map(|topic| (*topic).to_owned()).collect(),
+            listener: Box::new(listener),
+            shared,
+            _stop_heartbeats: stop,
+            owned: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Leaves the group (committing first, unless commits are manual) and stops reading.
+    /// Dropping a subscribed consumer without this leaves its session to expire.
+    pub async fn unsubscribe(&mut self) {
+        let Some(member) = self.member.as_ref() else {
+            return;
+        };
+        let (member_id, active) = {
+            let shared = lock(&member.shared);
+            (shared.member_id.clone(), shared.active)
+        };
+        if active && self.config.commit_mode != CommitMode::Manual {
+            let _ = self.commit_sync().await;
+        }
+        if let Some(mut member) = self.member.take() {
+            let owned = std::mem::take(&mut member.owned);
+            if !owned.is_empty() {
+                member.listener.on_revoked(&owned);
+            }
+        }
+        if !member_id.is_empty() {
+            if let Some(group) = self.config.group_id.clone() {
+                let leave = crate::operation::LeaveGroup {
+                    group_id: &group,
+                    member_id: &member_id,
+                };
+                if let Ok(admin) = self.admin().await {
+                    let _ = admin.run(leave).await;
+                }
+            }
+        }
+        let _ = self.assign(&[]).await;
+    }
+
+    /// Commits the position after `offset` of `topic`-`partition` (after each record,
+    /// when the application commits record by record).
+    pub async fn commit_record(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+    ) -> Result<(), ConsumeError> {
+        self.commit_offsets(&[(TopicPartition::new(topic, partition), offset + 1)])
+            .await
+    }
+
+    /// Keeps the membership and the commit mode current; called by `poll`.
+    async fn maintain(&mut self) -> Result<(), ConsumeError> {
+        let due = match self.config.commit_mode {
+            CommitMode::Manual => false,
+            CommitMode::AfterPoll => true,
+            CommitMode::Auto(interval) => self.last_commit.elapsed() >= interval,
+        };
+        if due && self.config.group_id.is_some() {
+            match self.commit_sync().await {
+                // A rebalance began: rejoining below settles it.
+                Err(ConsumeError::CommitFailed {
+                    code:
+                        ErrorCode::RebalanceInProgress
+                        | ErrorCode::IllegalGeneration
+                        | ErrorCode::UnknownMemberId,
+                    ..
+                }) => {}
+                other => other?,
+            }
+            self.last_commit = Instant::now();
+        }
+        let Some(member) = self.member.as_mut() else {
+            return Ok(());
+        };
+        let (lost, rejoin) = {
+            let mut shared = lock(&member.shared);
+            shared.last_poll = Instant::now();
+            (std::mem::take(&mut shared.lost), shared.rejoin)
+        };
+        if lost {
+            let owned = std::mem::take(&mut member.owned);
+            if !owned.is_empty() {
+                member.listener.on_lost(&owned);
+            }
+            self.assign(&[]).await?;
+        }
+        if rejoin {
+            self.rejoin().await?;
+        }
+        Ok(())
+    }
+
+    /// One rebalance from this member's side: join, (lead,) sync, apply.
+    async fn rejoin(&mut self) -> Result<(), ConsumeError> {
+        let group = self.config.group_id.clone().ok_or(ConsumeError::NoGroup)?;
+        let config = self.config.clone();
+        let cooperative = config
+            .assignors
+            .first()
+            .is_some_and(|assignor| crate::assignor::is_cooperative(assignor));
+        if !cooperative {
+            // Eager: give everything up first (committed, unless commits are manual).
+            if config.commit_mode != CommitMode::Manual {
+                let _ = self.commit_sync().await;
+            }
+            let member = self.member.as_mut().expect("subscribed");
+            let owned = std::mem::take(&mut member.owned);
+            if !owned.is_empty() {
+                member.listener.on_revoked(&owned);
+            }
+            self.assign(&[]).await?;
+        }
+        loop {
+            let member = self.member.as_ref().expect("subscribed");
+            let subscription = crate::assignor::Subscription {
+                topics: member.topics.clone(),
+                owned: member.owned.clone(),
+            };
+            let member_id = lock(&member.shared).member_id.clone();
+            let metadata = subscription.encode();
+            let protocols: Vec<(&str, &[u8])> = config
+                .assignors
+                .iter()
+                .map(|name| (name.as_str(), metadata.as_slice()))
+                .collect();
+            let join = crate::operation::JoinGroup {
+                group_id: &group,
+                member_id: &member_id,
+                session_timeout_ms: config.session_timeout.as_millis().min(u32::MAX as u128) as u32,
+                rebalance_timeout_ms: config.max_poll_interval.as_millis().min(u32::MAX as u128)
+                    as u32,
+                protocol_type: "consumer",
+                protocols: &protocols,
+            };
+            let joined = self.admin().await?.run(join).await;
+            let joined = match self.keep_admin(joined) {
+                Ok(joined) => joined,
+                Err(ConsumeError::Client(ClientError::Broker {
+                    code: ErrorCode::UnknownMemberId,
+                    ..
+                })) => {
+                    lock(&self.member.as_ref().expect("subscribed").shared)
+                        .member_id
+                        .clear();
+                    continue;
+                }
+                Err(ConsumeError::Client(ClientError::Broker {
+                    code: ErrorCode::RebalanceInProgress,
+                    ..
+                })) => continue,
+                Err(error) => return Err(error),
+            };
+            let assignments = if joined.leader == joined.member_id {
+                self.lead(&joined).await?
+            } else {
+                Vec::new()
+            };
+            let pairs: Vec<(&str, &[u8])> = assignments
+                .iter()
+                .map(|(member, assignment)| (member.as_str(), assignment.as_slice()))
+                .collect();
+            let sync = crate::operation::SyncGroup {
+                group_id: &group,
+                generation_id: joined.generation_id,
+                member_id: &joined.member_id,
+                assignments: &pairs,
+            };
+            let synced = self.admin().await?.run(sync).await;
+            let assignment = match self.keep_admin(synced) {
+                Ok(assignment) => assignment,
+                Err(ConsumeError::Client(ClientError::Broker {
+                    code: ErrorCode::RebalanceInProgress | ErrorCode::IllegalGeneration,
+                    ..
+                })) => continue,
+                Err(ConsumeError::Client(ClientError::Broker {
+                    code: ErrorCode::UnknownMemberId,
+                    ..
+                })) => {
+                    lock(&self.member.as_ref().expect("subscribed").shared)
+                        .member_id
+                        .clear();
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            let new = crate::assignor::decode_partitions(&assignment).ok_or_else(|| {
+                ConsumeError::Client(ClientError::Protocol("malformed assignment".into()))
+            })?;
+            return self
+                .apply(joined.member_id, joined.generation_id, new)
+                .await;
+        }
+    }
+
+    /// As leader: every member's assignment, from their subscriptions.
+    async fn lead(
+        &mut self,
+        joined: &crate::JoinGroupResponse,
+    ) -> Result<Vec<(String, Vec<u8>)>, ConsumeError> {
+        let members: std::collections::BTreeMap<String, crate::assignor::Subscription> = joined
+            .members
+            .iter()
+            .map(|member| {
+                // Malformed metadata subscribes to nothing; the member gets nothing.
+                let subscription =
+                    crate::assignor::Subscription::decode(&member.metadata).unwrap_or_default();
+                (member.member_id.clone(), subscription)
+            })
+            .collect();
+        let topics: BTreeSet<&String> =
+            members.values().flat_map(|member| &member.topics).collect();
+        let mut counts = std::collections::BTreeMap::new();
+        for topic in topics {
+            let metadata = self.admin().await?.metadata(Some(&[topic.as_str()])).await;
+            let metadata = self.keep_admin(metadata)?;
+            if let Some(found) = metadata
+                .topics
+                .first()
+                .filter(|found| found.outcome.error_code == 0)
+            {
+                counts.insert(topic.clone(), found.partitions.len() as u32);
+            }
+        }
+        let assignment = crate::assignor::assign(&joined.protocol_name, &members, &counts);
+        Ok(assignment
+            .into_iter()
+            .map(|(member, partitions)| {
+                (
+                    member,
+                    crate::assignor::encode_partitions(&partitions).into_bytes(),
+                )
+            })
+            .collect())
+    }
+
+    /// Applies a synced assignment: revokes what left (cooperative), assigns, tells the
+    /// listener, and resumes heartbeats.
+    async fn apply(
+        &mut self,
+        member_id: String,
+        generation: i32,
+        new: Vec<TopicPartition>,
+    ) -> Result<(), ConsumeError> {
+        let owned = self.member.as_ref().expect("subscribed").owned.clone();
+        let revoked: Vec<TopicPartition> = owned
+            .iter()
+            .filter(|partition| !new.contains(partition))
+            .cloned()
+            .collect();
+        let added: Vec<TopicPartition> = new
+            .iter()
+            .filter(|partition| !owned.contains(partition))
+            .cloned()
+            .collect();
+        {
+            let member = self.member.as_ref().expect("subscribed");
+            let mut shared = lock(&member.shared);
+            shared.member_id = member_id;
+            shared.generation = generation;
+            shared.active = true;
+            // Cooperative: what was revoked is assigned elsewhere in a follow-up round.
+            shared.rejoin = !revoked.is_empty();
+        }
+        if !revoked.is_empty() {
+            if self.config.commit_mode != CommitMode::Manual {
+                let positions: Vec<(TopicPartition, u64)> = revoked
+                    .iter()
+                    .filter_map(|partition| {
+                        Some((partition.clone(), self.assigned.get(partition)?.position?))
+                    })
+                    .collect();
+                let _ = self.commit_offsets(&positions).await;
+            }
+            self.member
+                .as_mut()
+                .expect("subscribed")
+                .listener
+                .on_revoked(&revoked);
+        }
+        self.assign(&new).await?;
+        let member = self.member.as_mut().expect("subscribed");
+        member.owned = new;
+        if !added.is_empty() {
+            member.listener.on_assigned(&added);
+        }
+        Ok(())
     }
 
     /// Replaces the assignment. Partitions kept keep their positions; new ones start at
@@ -425,6 +769,7 @@ impl<R: Runtime> Consumer<R> {
     /// past them.
     pub async fn poll(&mut self, timeout: Duration) -> Result<ConsumerRecords, ConsumeError> {
         let deadline = Instant::now() + timeout;
+        self.maintain().await?;
         loop {
             if let Some(partition) = self.assigned.iter().find_map(|(partition, assigned)| {
                 (assigned.position.is_none() && !assigned.paused).then(|| partition.clone())
@@ -580,10 +925,17 @@ impl<R: Runtime> Consumer<R> {
                 (partition.topic.as_str(), partition.partition, *offset, None)
             })
             .collect();
+        let (generation_id, member_id) = match &self.member {
+            Some(member) => {
+                let shared = lock(&member.shared);
+                (shared.generation, shared.member_id.clone())
+            }
+            None => (-1, String::new()),
+        };
         let commit = crate::operation::OffsetCommit {
             group_id: &group,
-            generation_id: -1,
-            member_id: "",
+            generation_id,
+            member_id: &member_id,
             positions: &wire,
         };
         let outcomes = self.admin().await?.run(commit).await;

@@ -40,11 +40,15 @@
 //! ```
 
 pub mod accumulator;
+#[cfg(feature = "tokio")]
+pub mod assignor;
 mod blocking;
 #[cfg(feature = "tokio")]
 pub mod consumer;
 #[cfg(feature = "glommio")]
 mod glommio_client;
+#[cfg(feature = "tokio")]
+pub mod membership;
 pub mod operation;
 #[cfg(feature = "tokio")]
 pub mod outbox;
@@ -74,6 +78,8 @@ pub use flumen_protocol::wire::messages::{
 };
 #[cfg(feature = "glommio")]
 pub use glommio_client::GlommioClient;
+#[cfg(feature = "tokio")]
+pub use membership::{CommitMode, NoListener, RebalanceListener};
 pub use partitioner::{murmur2, partition_for_key};
 #[cfg(feature = "tokio")]
 pub use producer::{

@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::consumer::Fetcher;
+use crate::membership::Heartbeater;
 use crate::operation::{self, Operation};
 use crate::producer::worker::{Flight, Landing, Pilot, Worker};
 use crate::producer::Command;
@@ -58,6 +59,10 @@ pub trait Runtime: sealed::Sealed + Sized + 'static {
     /// Runs a partition's fetch loop until `cancel` resolves (its sender is dropped).
     #[doc(hidden)]
     fn spawn_fetcher(fetcher: Fetcher<Self>, offset: u64, cancel: oneshot::Receiver<()>);
+
+    /// Runs a group member's heartbeats until `cancel` resolves.
+    #[doc(hidden)]
+    fn spawn_heartbeater(heartbeater: Heartbeater<Self>, cancel: oneshot::Receiver<()>);
 }
 
 /// One request at a time over one connection: what the producer and consumer need of a
@@ -132,6 +137,10 @@ impl Runtime for Tokio {
     fn spawn_fetcher(fetcher: Fetcher<Self>, offset: u64, cancel: oneshot::Receiver<()>) {
         tokio::spawn(fetcher.run_until(offset, cancel));
     }
+
+    fn spawn_heartbeater(heartbeater: Heartbeater<Self>, cancel: oneshot::Receiver<()>) {
+        tokio::spawn(heartbeater.run_until(cancel));
+    }
 }
 
 impl Connection for crate::AsyncClient {
@@ -188,6 +197,10 @@ impl Runtime for Glommio {
 
     fn spawn_fetcher(fetcher: Fetcher<Self>, offset: u64, cancel: oneshot::Receiver<()>) {
         glommio::spawn_local(fetcher.run_until(offset, cancel)).detach();
+    }
+
+    fn spawn_heartbeater(heartbeater: Heartbeater<Self>, cancel: oneshot::Receiver<()>) {
+        glommio::spawn_local(heartbeater.run_until(cancel)).detach();
     }
 }
 

@@ -219,6 +219,30 @@ impl BlockingConsumer {
         self.run(async |consumer| consumer.paused())
     }
 
+    /// See [`Consumer::subscribe`].
+    pub fn subscribe(
+        &self,
+        topics: &[&str],
+        listener: impl crate::RebalanceListener + 'static,
+    ) -> Result<(), ConsumeError> {
+        self.run(async |consumer| consumer.subscribe(topics, listener).await)
+    }
+
+    /// See [`Consumer::unsubscribe`].
+    pub fn unsubscribe(&self) {
+        self.run(async |consumer| consumer.unsubscribe().await)
+    }
+
+    /// See [`Consumer::commit_record`].
+    pub fn commit_record(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+    ) -> Result<(), ConsumeError> {
+        self.run(async |consumer| consumer.commit_record(topic, partition, offset).await)
+    }
+
     /// See [`Consumer::commit_sync`].
     pub fn commit_sync(&self) -> Result<(), ConsumeError> {
         self.run(async |consumer| consumer.commit_sync().await)

@@ -88,6 +88,8 @@ pub(super) fn run(bootstrap: &str, args: ConsumeArgs) -> Result<ExitCode, String
     let start = start(&args)?;
     let mut config = ConsumerConfig::new(bootstrap);
     config.group_id = args.group.clone();
+    // Commits what was printed, itself (a --max-messages stop may leave records unread).
+    config.commit_mode = flumen_client::CommitMode::Manual;
     config.auto_offset_reset = if args.from_beginning {
         OffsetReset::Earliest
     } else {

@@ -371,7 +371,10 @@ impl Membership {
         if generation != self.generation {
             return Err(MembershipError::IllegalGeneration);
         }
-        if self.phase == Phase::PreparingRebalance {
+        // While members rejoin, the generation is still the old one and a member may
+        // commit what it is about to give up; once the new generation exists but its
+        // assignment is not handed out, nobody may.
+        if self.phase == Phase::CompletingRebalance {
             return Err(MembershipError::RebalanceInProgress);
         }
         Ok(())
@@ -540,7 +543,8 @@ mod tests {
         );
         assert_eq!(
             group.check_commit(&a, 1),
-            Err(MembershipError::RebalanceInProgress)
+            Ok(()),
+            "revoking members commit first"
         );
         let (_, a_before) = group
             .join(request(&a, &["range"]), || unreachable!(), &limits(), 4)
@@ -556,6 +560,10 @@ mod tests {
             group.sync(&b, 2, vec![], 5),
             Ok(None),
             "b waits for the leader"
+        );
+        assert_eq!(
+            group.check_commit(&b, 2),
+            Err(MembershipError::RebalanceInProgress)
         );
         assert_eq!(
             group.sync(&a, 1, vec![], 5),
