@@ -56,6 +56,8 @@ mod partitioner;
 #[cfg(feature = "tokio")]
 pub mod producer;
 #[cfg(feature = "tokio")]
+pub mod recovery;
+#[cfg(feature = "tokio")]
 mod routing;
 #[cfg(feature = "tokio")]
 pub mod runtime;
