@@ -15,12 +15,23 @@ const FLUMEN: &str = env!("CARGO_BIN_EXE_flumen");
 
 struct Broker {
     child: Child,
+    _config: tempfile::TempPath,
 }
 
 impl Broker {
     fn start(data_dir: &Path, address: SocketAddr) -> Self {
+        // Groups: no wait for more members before the first rebalance, short sessions.
+        let mut config = tempfile::NamedTempFile::new().unwrap();
+        config
+            .write_all(
+                b"group_initial_rebalance_delay_ms = 0\ngroup_session_timeout_min_ms = 100\n",
+            )
+            .unwrap();
+        let config = config.into_temp_path();
         let child = Command::new(FLUMEN)
             .args(["broker", "--shards", "2", "--listen", &address.to_string()])
+            .arg("--config")
+            .arg(&config)
             .arg("--data-dir")
             .arg(data_dir)
             .env("RUST_LOG", "warn")
@@ -34,7 +45,10 @@ impl Broker {
             assert!(Instant::now() < deadline, "broker did not start listening");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self { child }
+        Self {
+            child,
+            _config: config,
+        }
     }
 
     fn stop(mut self) {
@@ -454,5 +468,141 @@ fn a_group_resumes_where_it_committed_across_a_kill_9_and_can_be_reset_and_delet
     );
     let (ok, _, error) = cli(address, &["group", "delete", "nobody"], None);
     assert!(!ok && error.contains("GroupIdNotFound"), "{error}");
+    broker.stop();
+}
+
+/// A `flumen consume --group` process whose printed `partition offset` lines are
+/// collected by a reader thread.
+struct GroupMember {
+    child: Child,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+fn group_member(
+    address: SocketAddr,
+    seen: &std::sync::Arc<std::sync::Mutex<Vec<(u32, u64)>>>,
+) -> GroupMember {
+    use std::io::BufRead;
+    let mut child = Command::new(FLUMEN)
+        .arg("--bootstrap")
+        .arg(address.to_string())
+        .args(["consume", "jobs", "--group", "workers", "--from-beginning"])
+        .args(["--session-timeout-ms", "1000", "--format", r"%p %o\n"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let seen = std::sync::Arc::clone(seen);
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let mut fields = line.split(' ');
+            let partition = fields.next().unwrap().parse().unwrap();
+            let offset = fields.next().unwrap().parse().unwrap();
+            seen.lock().unwrap().push((partition, offset));
+        }
+    });
+    GroupMember {
+        child,
+        reader: Some(reader),
+    }
+}
+
+impl Drop for GroupMember {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+/// `group describe` rows: `(members, owned partitions listed)`.
+fn group_members(address: SocketAddr) -> (usize, usize) {
+    let (ok, out, _) = cli(address, &["group", "describe", "workers"], None);
+    if !ok {
+        return (0, 0);
+    }
+    let members: Vec<&str> = out
+        .lines()
+        .filter(|line| line.starts_with("  member "))
+        .collect();
+    let owned = members
+        .iter()
+        .map(|line| line.rsplit(": ").next().unwrap_or(""))
+        .flat_map(|list| list.split(',').filter(|part| !part.is_empty()))
+        .count();
+    (members.len(), owned)
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn three_consumer_processes_share_a_topic_and_one_killed_with_kill_9_loses_nothing() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let address = free_address();
+    let broker = Broker::start(dir.path(), address);
+    let (ok, _, error) = cli(
+        address,
+        &["topic", "create", "jobs", "--partitions", "12"],
+        None,
+    );
+    assert!(ok, "{error}");
+    let produce = |range: std::ops::Range<u32>| {
+        let lines: String = range
+            .map(|index| format!("k{}:job-{index}\n", index % 97))
+            .collect();
+        let (ok, _, error) = cli(
+            address,
+            &["produce", "jobs", "--key-separator", ":"],
+            Some(lines.as_bytes()),
+        );
+        assert!(ok, "{error}");
+    };
+    produce(0..1_200);
+
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut members: Vec<GroupMember> = (0..3).map(|_| group_member(address, &seen)).collect();
+    wait_until("three members share all 12 partitions", || {
+        group_members(address) == (3, 12)
+    });
+    wait_until("the first 1,200 records are read", || {
+        let seen = seen.lock().unwrap();
+        seen.iter().collect::<std::collections::BTreeSet<_>>().len() >= 1_200
+    });
+
+    // kill -9 one member: after its session expires the other two take its partitions.
+    let victim = members.remove(0);
+    drop(victim); // SIGKILL, then reap
+    produce(1_200..2_400);
+    wait_until("two members share all 12 partitions", || {
+        group_members(address) == (2, 12)
+    });
+    wait_until("all 2,400 records are read", || {
+        let seen = seen.lock().unwrap();
+        seen.iter().collect::<std::collections::BTreeSet<_>>().len() >= 2_400
+    });
+    let seen = seen.lock().unwrap().clone();
+    let distinct: std::collections::BTreeSet<_> = seen.iter().collect();
+    assert_eq!(distinct.len(), 2_400, "nothing lost");
+    // Committed after every poll: only what the killed member printed but had not yet
+    // committed can be read twice.
+    assert!(
+        seen.len() - distinct.len() <= 12 * 500,
+        "{} duplicates",
+        seen.len() - distinct.len()
+    );
+    drop(members);
     broker.stop();
 }

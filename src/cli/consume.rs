@@ -3,9 +3,12 @@
 //! without new data, or follow the log. Reads with the client's consumer (prefetching
 //! fetches per partition).
 //!
-//! With `--group G` it starts where the group committed (where it never committed: at
-//! the end, or the beginning with `--from-beginning`) and commits the position after
-//! each record it printed, once per poll.
+//! With `--group G` it joins the consumer group G, subscribed to the topic: the group's
+//! members share its partitions (run several to share the work; one that dies is
+//! replaced after its session timeout). It starts where the group committed (where it
+//! never committed: at the end, or the beginning with `--from-beginning`), commits the
+//! position after each record it printed, once per poll, and leaves the group when it
+//! stops.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -13,8 +16,9 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use clap::Args;
 use flumen_client::{
-    BlockingConsumer, Client, ConsumerConfig, OffsetReset, SeekTo, TopicPartition,
+    BlockingConsumer, Client, ConsumeError, ConsumerConfig, OffsetReset, SeekTo, TopicPartition,
 };
+use flumen_protocol::wire::ErrorCode;
 
 use super::format::Format;
 
@@ -44,9 +48,14 @@ pub(super) struct ConsumeArgs {
     /// Stop after this long without new records (default: follow forever).
     #[arg(long)]
     timeout_ms: Option<u64>,
-    /// Read as this consumer group: start at its committed positions, commit as it goes.
-    #[arg(long)]
+    /// Read as a member of this consumer group (partitions shared with its other
+    /// members; start at its committed positions, commit as it goes).
+    #[arg(long, conflicts_with_all = ["partition", "offset", "from_time"])]
     group: Option<String>,
+    /// With --group: how long the group waits for this member after it stops
+    /// heartbeating (a killed process) before giving its partitions to others.
+    #[arg(long, default_value_t = 10_000)]
+    session_timeout_ms: u64,
     /// Output format with kcat's tokens: %t %p %o %k %s %T %h, \n, \t.
     #[arg(long, default_value = r"%s\n")]
     format: String,
@@ -90,6 +99,8 @@ pub(super) fn run(bootstrap: &str, args: ConsumeArgs) -> Result<ExitCode, String
     config.group_id = args.group.clone();
     // Commits what was printed, itself (a --max-messages stop may leave records unread).
     config.commit_mode = flumen_client::CommitMode::Manual;
+    config.session_timeout = Duration::from_millis(args.session_timeout_ms);
+    config.heartbeat_interval = config.session_timeout / 3;
     config.auto_offset_reset = if args.from_beginning {
         OffsetReset::Earliest
     } else {
@@ -99,14 +110,23 @@ pub(super) fn run(bootstrap: &str, args: ConsumeArgs) -> Result<ExitCode, String
         .map_err(|error| format!("cannot start the consumer: {error}"))?;
     let failed =
         |error: flumen_client::ConsumeError| format!("reading {} failed: {error}", args.topic);
-    consumer.assign(&partitions).map_err(failed)?;
-    // A group resumes where it committed unless told where to start.
-    let explicit = args.offset.is_some() || args.from_time.is_some();
-    if args.group.is_none() || explicit {
-        for partition in &partitions {
-            consumer.seek(partition, start).map_err(failed)?;
+    match &args.group {
+        Some(_) => consumer
+            .subscribe(&[args.topic.as_str()], flumen_client::NoListener)
+            .map_err(failed)?,
+        None => {
+            consumer.assign(&partitions).map_err(failed)?;
+            for partition in &partitions {
+                consumer.seek(partition, start).map_err(failed)?;
+            }
         }
     }
+    let stop = |consumer: &BlockingConsumer| {
+        if args.group.is_some() {
+            consumer.unsubscribe();
+        }
+        Ok(ExitCode::SUCCESS)
+    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut printed = 0u64;
@@ -147,15 +167,26 @@ pub(super) fn run(bootstrap: &str, args: ConsumeArgs) -> Result<ExitCode, String
             .map_err(|error| error.to_string())?;
         // Commit only what was printed (a --max-messages stop may leave records unread).
         if args.group.is_some() {
-            consumer.commit_offsets(&done).map_err(failed)?;
+            match consumer.commit_offsets(&done) {
+                // A rebalance took the partitions: their new owner reads from the last
+                // committed position (at least once).
+                Err(ConsumeError::CommitFailed {
+                    code:
+                        ErrorCode::RebalanceInProgress
+                        | ErrorCode::IllegalGeneration
+                        | ErrorCode::UnknownMemberId,
+                    ..
+                }) => {}
+                other => other.map_err(failed)?,
+            }
         }
         if args.max_messages.is_some_and(|max| printed >= max) {
-            return Ok(ExitCode::SUCCESS);
+            return stop(&consumer);
         }
         if !records.is_empty() {
             last_data = Instant::now();
         } else if idle_limit.is_some_and(|limit| last_data.elapsed() >= limit) {
-            return Ok(ExitCode::SUCCESS);
+            return stop(&consumer);
         }
     }
 }
