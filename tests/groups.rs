@@ -387,3 +387,62 @@ async fn share_partitions_through_joins_and_a_crash(assignor: &'static str) {
     drop(admin_thread);
     admin.list_groups().unwrap();
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_pattern_subscription_picks_up_topics_created_later() {
+    use flumen_client::{Consumer, ConsumerConfig, NoListener, Producer, ProducerConfig, Record};
+
+    let broker = broker();
+    let address = broker.bootstrap();
+    let mut admin = Client::connect(address).unwrap();
+    admin.create_topic("metrics.cpu", 2, &[]).unwrap();
+    admin.create_topic("other", 1, &[]).unwrap();
+    let producer = Producer::start(ProducerConfig::new(address.to_string()));
+    for topic in ["metrics.cpu", "other"] {
+        producer
+            .send(Record::new(topic, "before"))
+            .await
+            .await
+            .unwrap();
+    }
+    let mut config = ConsumerConfig::new(address.to_string());
+    config.group_id = Some("dashboards".into());
+    config.pattern_refresh = Duration::from_millis(100);
+    let mut consumer = Consumer::new(config);
+    consumer
+        .subscribe_pattern("metrics.*", NoListener)
+        .await
+        .unwrap();
+
+    let mut topics_seen = std::collections::BTreeSet::new();
+    let mut created = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !topics_seen.contains("metrics.disk") {
+        assert!(Instant::now() < deadline, "saw only {topics_seen:?}");
+        for record in consumer
+            .poll(Duration::from_millis(100))
+            .await
+            .unwrap()
+            .iter()
+        {
+            topics_seen.insert(record.topic().to_owned());
+        }
+        if topics_seen.contains("metrics.cpu") && !created {
+            // A matching topic created while the member runs joins its subscription.
+            admin.create_topic("metrics.disk", 1, &[]).unwrap();
+            producer
+                .send(Record::new("metrics.disk", "new"))
+                .await
+                .await
+                .unwrap();
+            created = true;
+        }
+    }
+    assert!(!topics_seen.contains("other"), "{topics_seen:?}");
+    consumer.unsubscribe().await;
+    assert_eq!(
+        admin.describe_group("dashboards").unwrap().members.len(),
+        0,
+        "left the group"
+    );
+}

@@ -109,6 +109,15 @@ fn committed_positions_round_trip_and_survive_restarts() {
             ..
         })
     ));
+    // Nor can its configuration be changed (a retention would delete live positions).
+    let altered = client.alter_configs("__consumer_offsets", &[("retention.ms", "1000")]);
+    assert!(matches!(
+        altered,
+        Err(ClientError::Broker {
+            code: ErrorCode::ReservedTopicName,
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -213,6 +222,13 @@ async fn a_consumer_resumes_where_its_group_committed() {
                 .map(|record| (record.partition(), record.offset())),
         );
     }
+    // An asynchronous commit is sent by the next poll, which runs its callback.
+    let (done, outcome) = std::sync::mpsc::channel();
+    first.commit_async(move |result| done.send(result.is_ok()).unwrap());
+    assert!(outcome.try_recv().is_err(), "not sent before the next poll");
+    let more = first.poll(Duration::from_millis(1)).await.unwrap();
+    seen.extend(more.iter().map(|record| (record.partition(), record.offset())));
+    assert_eq!(outcome.try_recv(), Ok(true));
     first.commit_sync().await.unwrap();
     let committed = first.committed(&partitions).await.unwrap();
     let expected: Vec<Option<u64>> = partitions

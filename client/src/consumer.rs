@@ -18,10 +18,15 @@
 //! already in cache.
 //!
 //! Positions: a partition's position is the offset of the next record `poll` returns.
-//! A newly assigned partition starts where `auto_offset_reset` says (earliest or latest);
-//! with [`OffsetReset::None`] it has no position until [`Consumer::seek`], and `poll`
-//! fails with [`ConsumeError::NoPosition`]. A fetch outside the log (data removed by
+//! A newly assigned partition starts at its group's committed position (with a
+//! `group_id`), else where `auto_offset_reset` says (earliest or latest); with
+//! [`OffsetReset::None`] it has no position until [`Consumer::seek`], and `poll` fails
+//! with [`ConsumeError::NoPosition`]. A fetch outside the log (data removed by
 //! retention, or a seek past the end) resets the same way.
+//!
+//! Groups: with a `group_id`, [`Consumer::subscribe`] (or `subscribe_pattern`) makes the
+//! consumer a member that shares the topics' partitions with the group's other members
+//! (see [`crate::membership`]); commits follow [`CommitMode`].
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -132,6 +137,8 @@ pub struct ConsumerConfig {
     pub max_poll_interval: Duration,
     /// Group members: assignors, preferred first (see [`crate::assignor::ASSIGNORS`]).
     pub assignors: Vec<String>,
+    /// Pattern subscriptions: how often the topic list is checked for new matches.
+    pub pattern_refresh: Duration,
     /// First pause before a fetch task reconnects; doubles up to `retry_backoff_max`.
     pub retry_backoff: Duration,
     /// Longest pause before a reconnect.
@@ -154,6 +161,7 @@ impl ConsumerConfig {
             heartbeat_interval: Duration::from_secs(3),
             max_poll_interval: Duration::from_secs(300),
             assignors: vec!["range".into(), "cooperative-sticky".into()],
+            pattern_refresh: Duration::from_secs(5),
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(1),
         }
@@ -272,7 +280,15 @@ pub struct Consumer<R: Runtime = Tokio> {
     member: Option<Member>,
     /// When the commit mode last committed.
     last_commit: Instant,
+    /// `commit_async` requests, sent at the start of the next `poll` (or `unsubscribe`).
+    pending_commits: Vec<PendingCommit>,
 }
+
+/// A `commit_async` request.
+type PendingCommit = (
+    Vec<(TopicPartition, u64)>,
+    Box<dyn FnOnce(Result<(), ConsumeError>) + Send>,
+);
 
 /// The consumer on a glommio executor (feature `glommio`): its fetch tasks and
 /// connections stay on the executor that created it. Same API as [`Consumer`], created
@@ -325,6 +341,7 @@ impl<R: Runtime> Consumer<R> {
             rotation: 0,
             member: None,
             last_commit: Instant::now(),
+            pending_commits: Vec::new(),
         }
     }
 
@@ -354,6 +371,8 @@ impl<R: Runtime> Consumer<R> {
         );
         self.member = Some(Member {
             topics: topics.iter().map(|topic| (*topic).to_owned()).collect(),
+            pattern: None,
+            last_refresh: Instant::now(),
             listener: Box::new(listener),
             shared,
             _stop_heartbeats: stop,
@@ -362,9 +381,38 @@ impl<R: Runtime> Consumer<R> {
         Ok(())
     }
 
+    /// Like [`Consumer::subscribe`], to every topic whose name matches a glob `pattern`
+    /// (`*` any characters, `?` one; internal topics never match). Topics created later
+    /// join the subscription within `pattern_refresh`.
+    pub async fn subscribe_pattern(
+        &mut self,
+        pattern: &str,
+        listener: impl RebalanceListener + 'static,
+    ) -> Result<(), ConsumeError> {
+        let topics = self.matching_topics(pattern).await?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        self.subscribe(&names, listener).await?;
+        if let Some(member) = self.member.as_mut() {
+            member.pattern = Some(pattern.to_owned());
+        }
+        Ok(())
+    }
+
+    async fn matching_topics(&mut self, pattern: &str) -> Result<BTreeSet<String>, ConsumeError> {
+        let metadata = self.admin().await?.metadata(None).await;
+        let metadata = self.keep_admin(metadata)?;
+        Ok(metadata
+            .topics
+            .into_iter()
+            .map(|topic| topic.name)
+            .filter(|name| crate::membership::matches_pattern(pattern, name))
+            .collect())
+    }
+
     /// Leaves the group (committing first, unless commits are manual) and stops reading.
     /// Dropping a subscribed consumer without this leaves its session to expire.
     pub async fn unsubscribe(&mut self) {
+        self.send_pending_commits().await;
         let Some(member) = self.member.as_ref() else {
             return;
         };
@@ -407,8 +455,31 @@ impl<R: Runtime> Consumer<R> {
             .await
     }
 
+    /// Commits the current positions without waiting: the commit is sent at the start of
+    /// the next `poll` (or at `unsubscribe`), and `callback` gets its outcome there, on
+    /// the polling task (as Kafka's `commitAsync` callbacks run inside `poll`).
+    pub fn commit_async(
+        &mut self,
+        callback: impl FnOnce(Result<(), ConsumeError>) + Send + 'static,
+    ) {
+        let positions: Vec<(TopicPartition, u64)> = self
+            .assigned
+            .iter()
+            .filter_map(|(partition, assigned)| Some((partition.clone(), assigned.position?)))
+            .collect();
+        self.pending_commits.push((positions, Box::new(callback)));
+    }
+
+    /// Sends the queued `commit_async` requests, oldest first.
+    async fn send_pending_commits(&mut self) {
+        for (positions, callback) in std::mem::take(&mut self.pending_commits) {
+            callback(self.commit_offsets(&positions).await);
+        }
+    }
+
     /// Keeps the membership and the commit mode current; called by `poll`.
     async fn maintain(&mut self) -> Result<(), ConsumeError> {
+        self.send_pending_commits().await;
         let due = match self.config.commit_mode {
             CommitMode::Manual => false,
             CommitMode::AfterPoll => true,
@@ -427,6 +498,19 @@ impl<R: Runtime> Consumer<R> {
                 other => other?,
             }
             self.last_commit = Instant::now();
+        }
+        let refresh = self.member.as_ref().and_then(|member| {
+            let due = member.last_refresh.elapsed() >= self.config.pattern_refresh;
+            member.pattern.clone().filter(|_| due)
+        });
+        if let Some(pattern) = refresh {
+            let topics = self.matching_topics(&pattern).await?;
+            let member = self.member.as_mut().expect("subscribed");
+            member.last_refresh = Instant::now();
+            if topics != member.topics {
+                member.topics = topics;
+                lock(&member.shared).rejoin = true;
+            }
         }
         let Some(member) = self.member.as_mut() else {
             return Ok(());
@@ -453,10 +537,12 @@ impl<R: Runtime> Consumer<R> {
     async fn rejoin(&mut self) -> Result<(), ConsumeError> {
         let group = self.config.group_id.clone().ok_or(ConsumeError::NoGroup)?;
         let config = self.config.clone();
-        let cooperative = config
-            .assignors
-            .first()
-            .is_some_and(|assignor| crate::assignor::is_cooperative(assignor));
+        // Incremental only if whatever assignor the group picks is: all of ours are.
+        let cooperative = !config.assignors.is_empty()
+            && config
+                .assignors
+                .iter()
+                .all(|assignor| crate::assignor::is_cooperative(assignor));
         if !cooperative {
             // Eager: give everything up first (committed, unless commits are manual).
             if config.commit_mode != CommitMode::Manual {

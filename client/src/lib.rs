@@ -237,7 +237,7 @@ macro_rules! client_methods {
             self.run($crate::operation::DescribeGroup(group)) $($wait)*
         }
 
-        /// The consumer groups the broker knows (those with committed positions).
+        /// The consumer groups the broker knows (with committed positions or members).
         pub $($asynchronous)* fn list_groups(&mut self) -> $crate::Result<Vec<String>> {
             self.run($crate::operation::ListGroups) $($wait)*
         }

@@ -22,7 +22,7 @@ use crate::operation::{Heartbeat, LeaveGroup};
 use crate::runtime::{Connection, Runtime};
 use crate::{ClientError, TopicPartition};
 
-/// Told of partition changes during rebalances. Called from `poll` (or `close`), on the
+/// Told of partition changes during rebalances. Called from `poll` (or `unsubscribe`), on the
 /// application's task.
 pub trait RebalanceListener: Send {
     /// Partitions newly assigned to this member (positions are set; reading starts).
@@ -38,6 +38,26 @@ pub trait RebalanceListener: Send {
 /// A listener that ignores everything.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoListener;
+
+#[cfg(test)]
+mod tests {
+    use super::matches_pattern;
+
+    #[test]
+    fn glob_patterns_match_topic_names() {
+        assert!(matches_pattern("orders.*", "orders.eu"));
+        assert!(matches_pattern("orders.*", "orders."));
+        assert!(!matches_pattern("orders.*", "orders"));
+        assert!(matches_pattern("*-events", "billing-events"));
+        assert!(matches_pattern("log-??", "log-01"));
+        assert!(!matches_pattern("log-??", "log-1"));
+        assert!(matches_pattern("*", "anything"));
+        assert!(
+            !matches_pattern("*", "__consumer_offsets"),
+            "internal topics never match"
+        );
+    }
+}
 
 impl RebalanceListener for NoListener {}
 
@@ -79,6 +99,28 @@ impl Shared {
             last_poll: Instant::now(),
         }
     }
+}
+
+/// Whether `topic` matches a glob `pattern` (`*`: any run of characters, `?`: one).
+/// Internal topics (`__` prefix) never match.
+pub fn matches_pattern(pattern: &str, topic: &str) -> bool {
+    fn matches(pattern: &[char], topic: &[char]) -> bool {
+        match (pattern.first(), topic.first()) {
+            (None, None) => true,
+            (Some('*'), _) => {
+                matches(&pattern[1..], topic)
+                    || (!topic.is_empty() && matches(pattern, &topic[1..]))
+            }
+            (Some('?'), Some(_)) => matches(&pattern[1..], &topic[1..]),
+            (Some(expected), Some(found)) if expected == found => {
+                matches(&pattern[1..], &topic[1..])
+            }
+            _ => false,
+        }
+    }
+    let pattern: Vec<char> = pattern.chars().collect();
+    let topic_chars: Vec<char> = topic.chars().collect();
+    !topic.starts_with("__") && matches(&pattern, &topic_chars)
 }
 
 /// Locks the shared state (a poisoned lock still holds valid state: plain fields).
@@ -172,6 +214,10 @@ impl<R: Runtime> Heartbeater<R> {
 /// The consumer's side of its membership.
 pub(crate) struct Member {
     pub topics: BTreeSet<String>,
+    /// A subscription by pattern: the topics are those matching it, checked again on
+    /// every `pattern_refresh`.
+    pub pattern: Option<String>,
+    pub last_refresh: Instant,
     pub listener: Box<dyn RebalanceListener>,
     pub shared: Arc<Mutex<Shared>>,
     /// Dropping it stops the heartbeat task.

@@ -206,6 +206,10 @@ impl Catalog {
             .topics
             .get(name)
             .ok_or_else(|| CatalogError::UnknownTopic(name.to_owned()))?;
+        if entry.internal {
+            // The broker's own topics keep the configuration it gave them.
+            return Err(CatalogError::ReservedName(name.to_owned()));
+        }
         let config = entry.config.with_changes(
             changes
                 .iter()

@@ -130,6 +130,18 @@ pub struct Membership {
     rebalance_deadline_ms: i64,
     /// In the first rebalance of an empty group: complete no sooner than then.
     not_before_ms: i64,
+    /// The answer of the last completed rebalance, kept so that a join waiting for it
+    /// still gets it if another rebalance begins before the waiter wakes up.
+    completed: Option<Completed>,
+}
+
+/// A completed rebalance, as its joins are answered.
+#[derive(Debug, Clone)]
+struct Completed {
+    generation: i32,
+    protocol: String,
+    leader: String,
+    members: Vec<(String, Vec<u8>)>,
 }
 
 impl Default for Membership {
@@ -143,6 +155,7 @@ impl Default for Membership {
             members: BTreeMap::new(),
             rebalance_deadline_ms: 0,
             not_before_ms: 0,
+            completed: None,
         }
     }
 }
@@ -263,26 +276,27 @@ impl Membership {
         member_id: &str,
         generation: i32,
     ) -> Option<Result<JoinAnswer, MembershipError>> {
-        if !self.members.contains_key(member_id) {
+        let completed = self
+            .completed
+            .as_ref()
+            .filter(|completed| completed.generation > generation);
+        let Some(completed) = completed else {
+            return (!self.members.contains_key(member_id))
+                .then_some(Err(MembershipError::UnknownMember));
+        };
+        if !completed.members.iter().any(|(id, _)| id == member_id) {
             return Some(Err(MembershipError::UnknownMember));
         }
-        let done = matches!(self.phase, Phase::CompletingRebalance | Phase::Stable)
-            && self.generation > generation;
-        if !done {
-            return None;
-        }
-        let members = if self.leader == member_id {
-            self.members
-                .iter()
-                .map(|(id, member)| (id.clone(), metadata_for(member, &self.protocol)))
-                .collect()
+        // If yet another rebalance began meanwhile, this answer's sync is told to rejoin.
+        let members = if completed.leader == member_id {
+            completed.members.clone()
         } else {
             Vec::new()
         };
         Some(Ok(JoinAnswer {
-            generation: self.generation,
-            protocol: self.protocol.clone(),
-            leader: self.leader.clone(),
+            generation: completed.generation,
+            protocol: completed.protocol.clone(),
+            leader: completed.leader.clone(),
             member_id: member_id.to_owned(),
             members,
         }))
@@ -475,6 +489,16 @@ impl Membership {
             member.last_seen_ms = now_ms;
         }
         self.phase = Phase::CompletingRebalance;
+        self.completed = Some(Completed {
+            generation: self.generation,
+            protocol: self.protocol.clone(),
+            leader: self.leader.clone(),
+            members: self
+                .members
+                .iter()
+                .map(|(id, member)| (id.clone(), metadata_for(member, &self.protocol)))
+                .collect(),
+        });
     }
 }
 

@@ -357,7 +357,15 @@ impl Coordinator {
                     let Some(key) = record.key().and_then(OffsetKey::decode) else {
                         continue;
                     };
-                    let value = record.value().and_then(Committed::decode);
+                    // A value this broker cannot read (a newer format) is skipped, not
+                    // taken for a deletion; a missing value is a deletion.
+                    let value = match record.value() {
+                        None => None,
+                        Some(bytes) => match Committed::decode(bytes) {
+                            Some(committed) => Some(committed),
+                            None => continue,
+                        },
+                    };
                     self.apply(key, value, record.offset());
                 }
                 offset = offset.max(view.header().next_offset());

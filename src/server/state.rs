@@ -648,7 +648,6 @@ fn from_remote(outcome: RemoteOutcome) -> Outcome {
     }
 }
 
-/// Loads the catalog for a shard at start-up.
 /// The catalog of the data directory, with the internal offsets topic added if it is
 /// missing (every shard computes the same; `persist` (shard 0) also writes it).
 pub(crate) async fn load_catalog(
@@ -660,7 +659,10 @@ pub(crate) async fn load_catalog(
         return Ok(catalog);
     }
     // Kept until compaction exists: superseded commits are small, live ones must stay.
-    let configs = [("retention.ms".to_owned(), "-1".to_owned())];
+    let configs = [
+        ("retention.ms".to_owned(), "-1".to_owned()),
+        ("retention.bytes".to_owned(), "-1".to_owned()),
+    ];
     let catalog =
         catalog.with_internal_topic(OFFSETS_TOPIC, config.offsets_topic_partitions, &configs)?;
     if persist {

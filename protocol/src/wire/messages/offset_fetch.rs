@@ -68,6 +68,6 @@ pub struct ListGroupsRequest {}
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
 pub struct ListGroupsResponse {
-    /// Every group with committed offsets (or, later, members), sorted.
+    /// Every group with committed offsets or members, sorted.
     pub groups: Vec<String>,
 }
