@@ -227,7 +227,10 @@ async fn a_consumer_resumes_where_its_group_committed() {
     first.commit_async(move |result| done.send(result.is_ok()).unwrap());
     assert!(outcome.try_recv().is_err(), "not sent before the next poll");
     let more = first.poll(Duration::from_millis(1)).await.unwrap();
-    seen.extend(more.iter().map(|record| (record.partition(), record.offset())));
+    seen.extend(
+        more.iter()
+            .map(|record| (record.partition(), record.offset())),
+    );
     assert_eq!(outcome.try_recv(), Ok(true));
     first.commit_sync().await.unwrap();
     let committed = first.committed(&partitions).await.unwrap();

@@ -595,6 +595,10 @@ impl<R: Runtime> Consumer<R> {
                 })) => continue,
                 Err(error) => return Err(error),
             };
+            // Keep the id now: if the sync is refused, the rejoin must reuse it, or the
+            // group would wait for a member that never comes back.
+            lock(&self.member.as_ref().expect("subscribed").shared).member_id =
+                joined.member_id.clone();
             let assignments = if joined.leader == joined.member_id {
                 self.lead(&joined).await?
             } else {
