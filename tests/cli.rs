@@ -577,6 +577,13 @@ fn three_consumer_processes_share_a_topic_and_one_killed_with_kill_9_loses_nothi
     wait_until("three members share all 12 partitions", || {
         group_members(address) == (3, 12)
     });
+    // Positions of a group with active members cannot be reset from outside.
+    let (ok, _, error) = cli(
+        address,
+        &["group", "reset-offsets", "workers", "--topic", "jobs", "--to-earliest"],
+        None,
+    );
+    assert!(!ok && error.contains("active members"), "{error}");
     wait_until("the first 1,200 records are read", || {
         let seen = seen.lock().unwrap();
         seen.iter().collect::<std::collections::BTreeSet<_>>().len() >= 1_200
