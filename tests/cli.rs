@@ -580,7 +580,14 @@ fn three_consumer_processes_share_a_topic_and_one_killed_with_kill_9_loses_nothi
     // Positions of a group with active members cannot be reset from outside.
     let (ok, _, error) = cli(
         address,
-        &["group", "reset-offsets", "workers", "--topic", "jobs", "--to-earliest"],
+        &[
+            "group",
+            "reset-offsets",
+            "workers",
+            "--topic",
+            "jobs",
+            "--to-earliest",
+        ],
         None,
     );
     assert!(!ok && error.contains("active members"), "{error}");

@@ -267,3 +267,48 @@ async fn a_consumer_resumes_where_its_group_committed() {
         Err(ConsumeError::NoGroup)
     ));
 }
+
+#[test]
+fn retention_removes_superseded_commits_but_never_a_live_position() {
+    let mut broker = EmbeddedBroker::start_with(|config| {
+        config.offsets_retention_ms = 2_000;
+        config.retention_check_interval_ms = 100;
+    })
+    .unwrap();
+    let mut client = Client::connect(broker.bootstrap()).unwrap();
+    client.create_topic("orders", 1, &[]).unwrap();
+    client
+        .commit_offsets("keeper", &[("orders", 0, 42, Some("once"))])
+        .unwrap();
+    let partitions = flumen::group::OFFSETS_PARTITIONS_DEFAULT;
+    let index = flumen::group::offsets_partition("keeper", partitions);
+    let log_start = |client: &mut Client| {
+        client
+            .list_offsets(
+                "__consumer_offsets",
+                index,
+                flumen_client::EARLIEST_TIMESTAMP,
+            )
+            .unwrap()
+            .log_start_offset
+    };
+    assert_eq!(log_start(&mut client), 0);
+    // The first record (the commit itself) is removed by retention once a refreshed copy
+    // exists in a newer segment; the position stays.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while log_start(&mut client) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retention never removed the first record"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let kept = client.fetch_offsets("keeper", None).unwrap();
+    assert_eq!(kept[0].partitions[0].offset, Some(42));
+    assert_eq!(kept[0].partitions[0].metadata.as_deref(), Some("once"));
+    // And it comes back from what is left of the log after a restart.
+    broker.restart().unwrap();
+    let mut client = Client::connect(broker.bootstrap()).unwrap();
+    let kept = client.fetch_offsets("keeper", None).unwrap();
+    assert_eq!(kept[0].partitions[0].offset, Some(42));
+}

@@ -26,6 +26,7 @@ pub(super) struct ConfigFile {
     pub retention_check_interval_ms: Option<u64>,
     pub write_out_interval_ms: Option<u64>,
     pub offsets_topic_partitions: Option<u32>,
+    pub offsets_retention_ms: Option<u64>,
     pub group_initial_rebalance_delay_ms: Option<u32>,
     pub group_session_timeout_min_ms: Option<u32>,
     pub group_session_timeout_max_ms: Option<u32>,
@@ -80,6 +81,7 @@ impl ConfigFile {
         if let Some(partitions) = self.offsets_topic_partitions {
             config.offsets_topic_partitions = partitions;
         }
+        set!(offsets_retention_ms);
         set!(
             group_initial_rebalance_delay_ms,
             group_session_timeout_min_ms,
@@ -112,6 +114,7 @@ impl ConfigFile {
             retention_check_interval_ms: Some(config.retention_check_interval_ms),
             write_out_interval_ms: Some(config.write_out_interval_ms),
             offsets_topic_partitions: Some(config.offsets_topic_partitions),
+            offsets_retention_ms: Some(config.offsets_retention_ms),
             group_initial_rebalance_delay_ms: Some(config.group_initial_rebalance_delay_ms),
             group_session_timeout_min_ms: Some(config.group_session_timeout_min_ms),
             group_session_timeout_max_ms: Some(config.group_session_timeout_max_ms),

@@ -115,6 +115,8 @@ pub struct CommitEntry {
 struct Versioned {
     committed: Committed,
     version: u64,
+    /// When the record that set it was written (its batch's timestamp), for the refresh.
+    written_ms: i64,
 }
 
 /// One group's positions, by topic and partition.
@@ -154,6 +156,71 @@ pub struct Coordinator {
     changed: Notify,
     limits: MembershipLimits,
     members_created: Cell<u64>,
+    /// Commits and deletions (shared) against refreshes (exclusive).
+    gate: WriteGate,
+}
+
+/// Many writers at once, or one refresh alone.
+#[derive(Debug, Default)]
+struct WriteGate {
+    writers: Cell<usize>,
+    exclusive: Cell<bool>,
+    changed: Notify,
+}
+
+/// Held by a writer or a refresh; releases on drop.
+struct GateGuard<'a> {
+    gate: &'a WriteGate,
+    exclusive: bool,
+}
+
+impl Drop for GateGuard<'_> {
+    fn drop(&mut self) {
+        if self.exclusive {
+            self.gate.exclusive.set(false);
+        } else {
+            self.gate.writers.set(self.gate.writers.get() - 1);
+        }
+        self.gate.changed.notify_all();
+    }
+}
+
+impl WriteGate {
+    async fn shared(&self) -> GateGuard<'_> {
+        loop {
+            let listener = self.changed.listen();
+            if !self.exclusive.get() {
+                self.writers.set(self.writers.get() + 1);
+                return GateGuard {
+                    gate: self,
+                    exclusive: false,
+                };
+            }
+            listener.await;
+        }
+    }
+
+    async fn exclusive(&self) -> GateGuard<'_> {
+        loop {
+            let listener = self.changed.listen();
+            if !self.exclusive.get() {
+                break;
+            }
+            listener.await;
+        }
+        self.exclusive.set(true);
+        let guard = GateGuard {
+            gate: self,
+            exclusive: true,
+        };
+        loop {
+            let listener = self.changed.listen();
+            if self.writers.get() == 0 {
+                return guard;
+            }
+            listener.await;
+        }
+    }
 }
 
 fn membership_error(group: &str, error: MembershipError, limits: &MembershipLimits) -> GroupError {
@@ -366,7 +433,7 @@ impl Coordinator {
                             None => continue,
                         },
                     };
-                    self.apply(key, value, record.offset());
+                    self.apply(key, value, record.offset(), record.timestamp_ms());
                 }
                 offset = offset.max(view.header().next_offset());
             }
@@ -375,7 +442,7 @@ impl Coordinator {
     }
 
     /// Sets (or with `None`, deletes) a position if `version` is newer than what is known.
-    fn apply(&self, key: OffsetKey, committed: Option<Committed>, version: u64) {
+    fn apply(&self, key: OffsetKey, committed: Option<Committed>, version: u64, written_ms: i64) {
         let mut groups = self.groups.borrow_mut();
         let data = groups.entry(key.group.clone()).or_default();
         let group = &mut data.positions;
@@ -388,7 +455,12 @@ impl Coordinator {
         }
         match committed {
             Some(committed) => {
-                group.insert(slot, Versioned { committed, version });
+                let versioned = Versioned {
+                    committed,
+                    version,
+                    written_ms,
+                };
+                group.insert(slot, versioned);
             }
             None => {
                 group.remove(&slot);
@@ -429,8 +501,7 @@ impl Coordinator {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut builder = BatchBuilder::new(now_ms);
-        let records: Vec<(OffsetKey, Committed)> = entries
+        let records = entries
             .into_iter()
             .map(|entry| {
                 let key = OffsetKey {
@@ -443,11 +514,34 @@ impl Coordinator {
                     metadata: entry.metadata,
                     timestamp_ms: now_ms,
                 };
-                (key, committed)
+                (key, Some(committed))
             })
             .collect();
+        self.append(partition, records, now_ms).await
+    }
+
+    /// Appends records (positions, or `None` for deletions) as one batch, durably, then
+    /// applies them to the cache in log order. Refreshes wait for it.
+    async fn append(
+        &self,
+        partition: &Partition,
+        records: Vec<(OffsetKey, Option<Committed>)>,
+        now_ms: i64,
+    ) -> Result<(), GroupError> {
+        let _writing = self.gate.shared().await;
+        self.append_now(partition, records, now_ms).await
+    }
+
+    async fn append_now(
+        &self,
+        partition: &Partition,
+        records: Vec<(OffsetKey, Option<Committed>)>,
+        now_ms: i64,
+    ) -> Result<(), GroupError> {
+        let mut builder = BatchBuilder::new(now_ms);
         for (key, committed) in &records {
-            builder.push(now_ms, Some(&key.encode()), Some(&committed.encode()), &[]);
+            let value = committed.as_ref().map(Committed::encode);
+            builder.push(now_ms, Some(&key.encode()), value.as_deref(), &[]);
         }
         let batch = builder
             .build()
@@ -458,9 +552,51 @@ impl Coordinator {
             .await?;
         let base = produced.appended.base_offset;
         for (index, (key, committed)) in records.into_iter().enumerate() {
-            self.apply(key, Some(committed), base + index as u64);
+            self.apply(key, committed, base + index as u64, now_ms);
         }
         Ok(())
+    }
+
+    /// Writes again the positions of the groups held by offsets partition `index` (of
+    /// `partitions`) whose newest record is older than `older_than_ms`, so that retention
+    /// of `__consumer_offsets`, which removes superseded commits, never removes a live
+    /// one. Commits wait while it runs. Returns the number of positions written.
+    pub async fn refresh(
+        &self,
+        partition: &Partition,
+        index: u32,
+        partitions: u32,
+        now_ms: i64,
+        older_than_ms: i64,
+    ) -> Result<usize, GroupError> {
+        let _exclusive = self.gate.exclusive().await;
+        let stale: Vec<(OffsetKey, Option<Committed>)> = self
+            .groups
+            .borrow()
+            .iter()
+            .filter(|(group, _)| offsets_partition(group, partitions) == index)
+            .flat_map(|(group, data)| {
+                data.positions
+                    .iter()
+                    .filter(|(_, versioned)| versioned.written_ms < older_than_ms)
+                    .map(move |((topic, partition), versioned)| {
+                        let key = OffsetKey {
+                            group: group.clone(),
+                            topic: topic.clone(),
+                            partition: *partition,
+                        };
+                        (key, Some(versioned.committed.clone()))
+                    })
+            })
+            .collect();
+        let count = stale.len();
+        // One batch at a time keeps each within the batch size limits.
+        let mut stale = stale.into_iter().peekable();
+        while stale.peek().is_some() {
+            let chunk: Vec<_> = stale.by_ref().take(1_000).collect();
+            self.append_now(partition, chunk, now_ms).await?;
+        }
+        Ok(count)
     }
 
     /// Deletes `group`'s positions: tombstones appended (durably) for each, then the
@@ -492,22 +628,8 @@ impl Coordinator {
         if keys.is_empty() {
             return Err(GroupError::UnknownGroup(group.to_owned()));
         }
-        let mut builder = BatchBuilder::new(now_ms);
-        for key in &keys {
-            builder.push(now_ms, Some(&key.encode()), None, &[]);
-        }
-        let batch = builder
-            .build()
-            .map_err(StorageError::from)
-            .map_err(ProduceError::from)?;
-        let produced = partition
-            .produce(BytesMut::from(batch.as_bytes()), Acks::All)
-            .await?;
-        let base = produced.appended.base_offset;
-        for (index, key) in keys.into_iter().enumerate() {
-            self.apply(key, None, base + index as u64);
-        }
-        Ok(())
+        let records = keys.into_iter().map(|key| (key, None)).collect();
+        self.append(partition, records, now_ms).await
     }
 
     /// The committed positions of `group`, by topic and partition.

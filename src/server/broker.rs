@@ -386,6 +386,7 @@ async fn serve_until_stopped(
         .collect();
     let retention = spawn(retention_loop(Rc::clone(state)));
     let group_timer = spawn(group_timer_loop(Rc::clone(state)));
+    let offsets_refresh = spawn(offsets_refresh_loop(Rc::clone(state)));
     let write_out = spawn(write_out_loop(Rc::clone(state)));
     while !shared.stop.load(Ordering::SeqCst) {
         sleep(Duration::from_millis(20)).await;
@@ -397,6 +398,7 @@ async fn serve_until_stopped(
     }
     drop(retention);
     drop(group_timer);
+    drop(offsets_refresh);
     drop(write_out);
     // Let connections finish their in-flight requests (they may need other shards, so
     // every shard keeps serving the mesh until all have drained), but not forever: a
@@ -474,6 +476,16 @@ async fn group_timer_loop(state: Rc<ShardState>) {
     loop {
         sleep(Duration::from_millis(100)).await;
         state.tick_groups();
+    }
+}
+
+/// Writes live committed positions again before `__consumer_offsets`' retention could
+/// remove them: every eighth of the retention time, at most hourly.
+async fn offsets_refresh_loop(state: Rc<ShardState>) {
+    let period = (state.config.offsets_retention_ms / 8).clamp(100, 3_600_000);
+    loop {
+        sleep(Duration::from_millis(period)).await;
+        state.refresh_offsets().await;
     }
 }
 

@@ -45,6 +45,9 @@ pub struct BrokerConfig {
     /// Partitions of `__consumer_offsets` when the broker creates it (changing it later
     /// has no effect: the topic keeps its partitions).
     pub offsets_topic_partitions: u32,
+    /// How long superseded commits stay in `__consumer_offsets` (its `retention.ms` when
+    /// the broker creates it); live positions are written again before they would go.
+    pub offsets_retention_ms: u64,
     /// How long an empty group's first rebalance waits for more members to join, in ms.
     pub group_initial_rebalance_delay_ms: u32,
     /// Shortest session timeout a group member may ask for, in ms.
@@ -72,6 +75,7 @@ impl Default for BrokerConfig {
             retention_check_interval_ms: 60_000,
             write_out_interval_ms: 10,
             offsets_topic_partitions: crate::group::OFFSETS_PARTITIONS_DEFAULT,
+            offsets_retention_ms: 7 * 24 * 3_600_000,
             group_initial_rebalance_delay_ms: 3_000,
             group_session_timeout_min_ms: 1_000,
             group_session_timeout_max_ms: 300_000,
@@ -82,6 +86,9 @@ impl Default for BrokerConfig {
 impl BrokerConfig {
     /// Checks the options against each other.
     pub fn validate(&self) -> Result<(), String> {
+        if self.offsets_retention_ms < 1_000 {
+            return Err("offsets_retention_ms must be at least 1000".into());
+        }
         if self.group_session_timeout_min_ms > self.group_session_timeout_max_ms {
             return Err("group_session_timeout_min_ms exceeds group_session_timeout_max_ms".into());
         }

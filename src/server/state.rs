@@ -359,6 +359,36 @@ impl ShardState {
         }
     }
 
+    /// Writes again the live positions held by this shard's offsets partitions whose
+    /// newest record is older than a quarter of `offsets_retention_ms` (called by a
+    /// timer), so retention never removes them.
+    pub async fn refresh_offsets(&self) {
+        let partitions = self
+            .catalog()
+            .topic(OFFSETS_TOPIC)
+            .map_or(OFFSETS_PARTITIONS_DEFAULT, |topic| topic.partitions);
+        let now = self.clock.now_ms();
+        let older_than = now - (self.config.offsets_retention_ms / 4) as i64;
+        for index in 0..partitions {
+            let Some(partition) = self.local_partition(OFFSETS_TOPIC, index) else {
+                continue;
+            };
+            let refreshed = self
+                .groups
+                .refresh(&partition, index, partitions, now, older_than)
+                .await;
+            match refreshed {
+                Ok(0) => {}
+                Ok(count) => {
+                    tracing::debug!(partition = index, count, "refreshed committed offsets")
+                }
+                Err(error) => {
+                    tracing::warn!(partition = index, %error, "cannot refresh committed offsets")
+                }
+            }
+        }
+    }
+
     /// Expires group members and completes due rebalances (called by a timer).
     pub fn tick_groups(&self) {
         self.groups.tick(self.clock.now_ms());
@@ -658,10 +688,13 @@ pub(crate) async fn load_catalog(
     if catalog.topic(OFFSETS_TOPIC).is_some() {
         return Ok(catalog);
     }
-    // Kept until compaction exists: superseded commits are small, live ones must stay.
+    // Superseded commits go with retention; live positions are written again before
+    // they would (see `refresh_offsets`). Segments roll often enough to be deletable.
+    let retention = config.offsets_retention_ms;
     let configs = [
-        ("retention.ms".to_owned(), "-1".to_owned()),
+        ("retention.ms".to_owned(), retention.to_string()),
         ("retention.bytes".to_owned(), "-1".to_owned()),
+        ("segment.ms".to_owned(), (retention / 4).to_string()),
     ];
     let catalog =
         catalog.with_internal_topic(OFFSETS_TOPIC, config.offsets_topic_partitions, &configs)?;
