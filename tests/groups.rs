@@ -446,3 +446,64 @@ async fn a_pattern_subscription_picks_up_topics_created_later() {
         "left the group"
     );
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_member_with_malformed_metadata_gets_nothing_and_breaks_nothing() {
+    use flumen_client::{Consumer, ConsumerConfig, NoListener};
+
+    let broker = broker();
+    let address = broker.bootstrap();
+    let mut config = ConsumerConfig::new(address.to_string());
+    config.group_id = Some("mixed".into());
+    config.heartbeat_interval = Duration::from_millis(100);
+    let mut consumer = Consumer::new(config);
+    consumer.subscribe(&["orders"], NoListener).await.unwrap();
+    consumer.poll(Duration::from_millis(10)).await.unwrap();
+
+    // A member speaking the protocol with garbage metadata joins from another thread.
+    let garbage = tokio::task::spawn_blocking(move || {
+        let mut client = Client::connect(address).unwrap();
+        let joined = client
+            .run(JoinGroup {
+                group_id: "mixed",
+                member_id: "",
+                session_timeout_ms: 30_000,
+                rebalance_timeout_ms: 30_000,
+                protocol_type: "consumer",
+                protocols: &[("range", b"\xff\x00not metadata")],
+            })
+            .unwrap();
+        let assignment = client
+            .run(SyncGroup {
+                group_id: "mixed",
+                generation_id: joined.generation_id,
+                member_id: &joined.member_id,
+                assignments: &[],
+            })
+            .unwrap();
+        (client, joined.member_id, assignment)
+    });
+    // The real consumer learns of the rebalance from its heartbeat and leads it.
+    let (mut client, garbage_member, assignment) = loop {
+        consumer.poll(Duration::from_millis(20)).await.unwrap();
+        if garbage.is_finished() {
+            break garbage.await.unwrap();
+        }
+    };
+    assert!(
+        assignment.is_empty(),
+        "malformed metadata subscribes to nothing"
+    );
+    consumer.poll(Duration::from_millis(10)).await.unwrap();
+    let described = client.describe_group("mixed").unwrap();
+    assert_eq!(described.members.len(), 2);
+    for member in &described.members {
+        let owned = flumen_client::assignor::decode_partitions(&member.assignment).unwrap();
+        let expected = if member.member_id == garbage_member {
+            0
+        } else {
+            2
+        };
+        assert_eq!(owned.len(), expected, "{}", member.member_id);
+    }
+}

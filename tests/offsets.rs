@@ -312,3 +312,44 @@ fn retention_removes_superseded_commits_but_never_a_live_position() {
     let kept = client.fetch_offsets("keeper", None).unwrap();
     assert_eq!(kept[0].partitions[0].offset, Some(42));
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn after_record_commits_land_as_each_record_is_handled() {
+    let broker = broker();
+    let producer = Producer::start(ProducerConfig::new(broker.bootstrap().to_string()));
+    for index in 0..10u32 {
+        let record = Record::new("payments", index.to_string());
+        producer.send(record).await.await.unwrap();
+    }
+    let mut config = ConsumerConfig::new(broker.bootstrap().to_string());
+    config.group_id = Some("per-record".into());
+    config.commit_mode = flumen_client::CommitMode::AfterRecord;
+    let mut consumer = Consumer::new(config);
+    consumer
+        .assign(&[TopicPartition::new("payments", 0)])
+        .await
+        .unwrap();
+    let mut observer = Client::connect(broker.bootstrap()).unwrap();
+    let mut handled = 0;
+    while handled < 10 {
+        handled += consumer
+            .poll_each(Duration::from_secs(10), |record| {
+                // When a record is handed over, every earlier one is already committed.
+                let committed = observer
+                    .fetch_offsets("per-record", Some(&[("payments", &[0])]))
+                    .unwrap()[0]
+                    .partitions[0]
+                    .offset;
+                let expected = (record.offset > 0).then_some(record.offset);
+                assert_eq!(committed, expected, "before record {}", record.offset);
+                std::future::ready(())
+            })
+            .await
+            .unwrap();
+    }
+    let committed = consumer
+        .committed(&[TopicPartition::new("payments", 0)])
+        .await
+        .unwrap();
+    assert_eq!(committed, vec![Some(10)]);
+}

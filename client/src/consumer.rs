@@ -455,6 +455,37 @@ impl<R: Runtime> Consumer<R> {
             .await
     }
 
+    /// Polls once and hands each record (owned) to `handle`, in order, awaiting it; with
+    /// [`CommitMode::AfterRecord`] the position after each record is committed as soon as
+    /// `handle` returns, so a crash re-reads at most the record being handled. Returns the
+    /// number of records handled.
+    pub async fn poll_each<F, Fut>(
+        &mut self,
+        timeout: Duration,
+        mut handle: F,
+    ) -> Result<usize, ConsumeError>
+    where
+        F: FnMut(ConsumerRecord) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let records: Vec<ConsumerRecord> = self
+            .poll(timeout)
+            .await?
+            .iter()
+            .map(|record| record.to_owned())
+            .collect();
+        let count = records.len();
+        for record in records {
+            let (topic, partition, offset) =
+                (record.topic.clone(), record.partition, record.offset);
+            handle(record).await;
+            if self.config.commit_mode == CommitMode::AfterRecord {
+                self.commit_record(&topic, partition, offset).await?;
+            }
+        }
+        Ok(count)
+    }
+
     /// Commits the current positions without waiting: the commit is sent at the start of
     /// the next `poll` (or at `unsubscribe`), and `callback` gets its outcome there, on
     /// the polling task (as Kafka's `commitAsync` callbacks run inside `poll`).
@@ -481,7 +512,7 @@ impl<R: Runtime> Consumer<R> {
     async fn maintain(&mut self) -> Result<(), ConsumeError> {
         self.send_pending_commits().await;
         let due = match self.config.commit_mode {
-            CommitMode::Manual => false,
+            CommitMode::Manual | CommitMode::AfterRecord => false,
             CommitMode::AfterPoll => true,
             CommitMode::Auto(interval) => self.last_commit.elapsed() >= interval,
         };

@@ -70,6 +70,8 @@ pub enum CommitMode {
     /// At the start of each `poll`: what the previous poll returned counts as processed
     /// (batch commits, the default of most frameworks).
     AfterPoll,
+    /// After each record handed to [`crate::Consumer::poll_each`]'s handler returns.
+    AfterRecord,
     /// At most this often, from `poll` (Kafka's `enable.auto.commit`).
     Auto(Duration),
 }
