@@ -214,6 +214,23 @@ pub enum ConsumeError {
     },
 }
 
+impl ConsumeError {
+    /// Whether a commit was refused because the group rebalanced (or this member left
+    /// it): the partitions' next owner continues from the last accepted commit, so the
+    /// records since are read again (at least once).
+    pub fn is_rebalance(&self) -> bool {
+        matches!(
+            self,
+            ConsumeError::CommitFailed {
+                code: ErrorCode::RebalanceInProgress
+                    | ErrorCode::IllegalGeneration
+                    | ErrorCode::UnknownMemberId,
+                ..
+            }
+        )
+    }
+}
+
 /// A fetched response and the offset after its last record.
 pub(crate) struct Chunk {
     fetched: Arc<Fetched>,
@@ -519,13 +536,7 @@ impl<R: Runtime> Consumer<R> {
         if due && self.config.group_id.is_some() {
             match self.commit_sync().await {
                 // A rebalance began: rejoining below settles it.
-                Err(ConsumeError::CommitFailed {
-                    code:
-                        ErrorCode::RebalanceInProgress
-                        | ErrorCode::IllegalGeneration
-                        | ErrorCode::UnknownMemberId,
-                    ..
-                }) => {}
+                Err(error) if error.is_rebalance() => {}
                 other => other?,
             }
             self.last_commit = Instant::now();

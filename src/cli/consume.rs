@@ -16,9 +16,8 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use clap::Args;
 use flumen_client::{
-    BlockingConsumer, Client, ConsumeError, ConsumerConfig, OffsetReset, SeekTo, TopicPartition,
+    BlockingConsumer, Client, ConsumerConfig, OffsetReset, SeekTo, TopicPartition,
 };
-use flumen_protocol::wire::ErrorCode;
 
 use super::format::Format;
 
@@ -170,13 +169,7 @@ pub(super) fn run(bootstrap: &str, args: ConsumeArgs) -> Result<ExitCode, String
             match consumer.commit_offsets(&done) {
                 // A rebalance took the partitions: their new owner reads from the last
                 // committed position (at least once).
-                Err(ConsumeError::CommitFailed {
-                    code:
-                        ErrorCode::RebalanceInProgress
-                        | ErrorCode::IllegalGeneration
-                        | ErrorCode::UnknownMemberId,
-                    ..
-                }) => {}
+                Err(error) if error.is_rebalance() => {}
                 other => other.map_err(failed)?,
             }
         }
