@@ -80,6 +80,27 @@ impl Drop for Broker {
 /// collide.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Holds the tests of this file to one at a time.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The killed broker's io_uring rings are torn down asynchronously by the kernel and can
+/// keep its listening sockets open a moment after the process is gone; a connection made
+/// then is reset. Waits (bounded) until the old listeners are gone.
+fn wait_until_port_released(address: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(address).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the killed broker's port was never released"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn free_address() -> SocketAddr {
     // Three consecutive free ports: the shared one and one per shard.
     loop {
@@ -119,9 +140,7 @@ fn cli(address: SocketAddr, args: &[&str], stdin: Option<&[u8]>) -> (bool, Strin
 
 #[test]
 fn a_hundred_thousand_keyed_messages_through_the_cli_survive_a_restart() {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let address = free_address();
     let broker = Broker::start(dir.path(), address);
@@ -203,9 +222,7 @@ fn a_hundred_thousand_keyed_messages_through_the_cli_survive_a_restart() {
 
 #[test]
 fn every_acknowledged_message_survives_kill_9() {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let address = free_address();
     let broker = Broker::start(dir.path(), address);
@@ -237,17 +254,7 @@ fn every_acknowledged_message_survives_kill_9() {
     }
     killer.expect("the broker was killed").join().unwrap();
     assert!(acknowledged.len() > 300);
-    // The killed broker's io_uring rings are torn down asynchronously by the kernel and can
-    // keep its listening sockets open a moment after the process is gone; a connection
-    // made then is reset. Wait (bounded) until the old listeners are gone.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(address).is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "the killed broker's port was never released"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_port_released(address);
     let broker = Broker::start(dir.path(), address);
     let mut client = Client::connect(address).unwrap();
     let mut stored = HashMap::new();
@@ -297,9 +304,7 @@ fn every_acknowledged_message_survives_kill_9() {
 
 #[test]
 fn start_up_problems_get_one_clear_line_and_a_non_zero_exit() {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let address = free_address();
     let broker = Broker::start(dir.path(), address);
@@ -378,9 +383,7 @@ fn described(output: &str) -> Vec<(u32, u64, u64, u64)> {
 
 #[test]
 fn a_group_resumes_where_it_committed_across_a_kill_9_and_can_be_reset_and_deleted() {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let address = free_address();
     let broker = Broker::start(dir.path(), address);
@@ -412,14 +415,7 @@ fn a_group_resumes_where_it_committed_across_a_kill_9_and_can_be_reset_and_delet
 
     // Crash and restart: the committed positions come back from __consumer_offsets.
     broker.kill_9();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(address).is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "the killed broker's port was never released"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_port_released(address);
     let broker = Broker::start(dir.path(), address);
     let (ok, out_after, _) = cli(address, &["group", "describe", "g"], None);
     assert!(ok);
@@ -547,9 +543,7 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn three_consumer_processes_share_a_topic_and_one_killed_with_kill_9_loses_nothing() {
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let address = free_address();
     let broker = Broker::start(dir.path(), address);

@@ -66,5 +66,5 @@ impl Client {
         self.session.finish(operation, correlation_id, frame)
     }
 
-    client_methods!([] []);
+    client_methods!([pub] [] []);
 }

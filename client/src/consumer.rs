@@ -855,13 +855,16 @@ impl<R: Runtime> Consumer<R> {
         Ok(())
     }
 
+    fn assigned_mut(&mut self, partition: &TopicPartition) -> Result<&mut Assigned, ConsumeError> {
+        self.assigned
+            .get_mut(partition)
+            .ok_or_else(|| ConsumeError::NotAssigned(partition.clone()))
+    }
+
     /// Stops fetching these partitions (their positions stay) until [`Consumer::resume`].
     pub fn pause(&mut self, partitions: &[TopicPartition]) -> Result<(), ConsumeError> {
         for partition in partitions {
-            let assigned = self
-                .assigned
-                .get_mut(partition)
-                .ok_or_else(|| ConsumeError::NotAssigned(partition.clone()))?;
+            let assigned = self.assigned_mut(partition)?;
             assigned.paused = true;
             assigned.stop();
         }
@@ -871,10 +874,7 @@ impl<R: Runtime> Consumer<R> {
     /// Fetches paused partitions again, from their positions.
     pub fn resume(&mut self, partitions: &[TopicPartition]) -> Result<(), ConsumeError> {
         for partition in partitions {
-            let assigned = self
-                .assigned
-                .get_mut(partition)
-                .ok_or_else(|| ConsumeError::NotAssigned(partition.clone()))?;
+            let assigned = self.assigned_mut(partition)?;
             if assigned.paused {
                 assigned.paused = false;
                 self.start_fetching(partition);

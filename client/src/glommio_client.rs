@@ -53,5 +53,5 @@ impl GlommioClient {
         self.session.set_frame_bytes_max(bytes);
     }
 
-    client_methods!([async] [.await]);
+    client_methods!([pub] [async] [.await]);
 }

@@ -175,81 +175,82 @@ impl Fetched {
     }
 }
 
-/// The convenience methods, written once for both transports: `[async] [.await]` for the
-/// tokio one, `[] []` for the blocking one.
+/// The convenience methods, written once: `[pub] [async] [.await]` for the async
+/// transports, `[pub] [] []` for the blocking one, and `[] [async] [.await]` inside the
+/// producer's and consumer's `Calls` trait (any runtime's connection).
 macro_rules! client_methods {
-    ([$($asynchronous:tt)*] [$($wait:tt)*]) => {
+    ([$($vis:tt)*] [$($asynchronous:tt)*] [$($wait:tt)*]) => {
         /// Brokers, shards and the given topics (all topics for `None`).
-        pub $($asynchronous)* fn metadata(&mut self, topics: Option<&[&str]>) -> $crate::Result<$crate::MetadataResponse> {
+        $($vis)* $($asynchronous)* fn metadata(&mut self, topics: Option<&[&str]>) -> $crate::Result<$crate::MetadataResponse> {
             self.run($crate::operation::Metadata(topics)) $($wait)*
         }
 
         /// Creates a topic with `partitions` partitions and configuration overrides.
-        pub $($asynchronous)* fn create_topic(&mut self, name: &str, partitions: u32, configs: &[(&str, &str)]) -> $crate::Result<()> {
+        $($vis)* $($asynchronous)* fn create_topic(&mut self, name: &str, partitions: u32, configs: &[(&str, &str)]) -> $crate::Result<()> {
             self.run($crate::operation::CreateTopic { name, partitions, configs }) $($wait)*
         }
 
         /// Deletes a topic and all its data.
-        pub $($asynchronous)* fn delete_topic(&mut self, name: &str) -> $crate::Result<()> {
+        $($vis)* $($asynchronous)* fn delete_topic(&mut self, name: &str) -> $crate::Result<()> {
             self.run($crate::operation::DeleteTopic(name)) $($wait)*
         }
 
         /// A topic's effective configuration.
-        pub $($asynchronous)* fn describe_configs(&mut self, name: &str) -> $crate::Result<Vec<$crate::ConfigValue>> {
+        $($vis)* $($asynchronous)* fn describe_configs(&mut self, name: &str) -> $crate::Result<Vec<$crate::ConfigValue>> {
             self.run($crate::operation::DescribeConfigs(name)) $($wait)*
         }
 
         /// Sets configuration keys of a topic (an empty value resets a key).
-        pub $($asynchronous)* fn alter_configs(&mut self, name: &str, configs: &[(&str, &str)]) -> $crate::Result<()> {
+        $($vis)* $($asynchronous)* fn alter_configs(&mut self, name: &str, configs: &[(&str, &str)]) -> $crate::Result<()> {
             self.run($crate::operation::AlterConfigs { name, configs }) $($wait)*
         }
 
         /// Appends whole, padded batches to a partition. With [`Acks::None`] nothing comes
         /// back and the result's offsets are zero.
-        pub $($asynchronous)* fn produce(&mut self, topic: &str, partition: u32, batches: &[&[u8]], acks: $crate::Acks) -> $crate::Result<$crate::ProducePartitionResult> {
+        $($vis)* $($asynchronous)* fn produce(&mut self, topic: &str, partition: u32, batches: &[&[u8]], acks: $crate::Acks) -> $crate::Result<$crate::ProducePartitionResult> {
             self.run($crate::operation::Produce { topic, partition, batches, acks }) $($wait)*
         }
 
         /// A new producer id and epoch for idempotent produce (stamp them and per-partition
         /// sequence numbers into batches with `BatchBuilder::producer`).
-        pub $($asynchronous)* fn init_producer_id(&mut self) -> $crate::Result<(i64, i16)> {
+        $($vis)* $($asynchronous)* fn init_producer_id(&mut self) -> $crate::Result<(i64, i16)> {
             self.run($crate::operation::InitProducerId) $($wait)*
         }
 
         /// Stores `group`'s positions outside group membership: `(topic, partition, offset
         /// to resume from, metadata)`. One outcome per position, in order.
-        pub $($asynchronous)* fn commit_offsets(&mut self, group: &str, positions: &[(&str, u32, u64, Option<&str>)]) -> $crate::Result<Vec<$crate::Result<()>>> {
+        $($vis)* $($asynchronous)* fn commit_offsets(&mut self, group: &str, positions: &[(&str, u32, u64, Option<&str>)]) -> $crate::Result<Vec<$crate::Result<()>>> {
             self.run($crate::operation::OffsetCommit { group_id: group, generation_id: -1, member_id: "", positions }) $($wait)*
         }
 
         /// `group`'s committed positions: of `(topic, partitions)`, or all (`None`).
-        pub $($asynchronous)* fn fetch_offsets(&mut self, group: &str, topics: Option<&[(&str, &[u32])]>) -> $crate::Result<Vec<$crate::OffsetFetchTopicResult>> {
+        $($vis)* $($asynchronous)* fn fetch_offsets(&mut self, group: &str, topics: Option<&[(&str, &[u32])]>) -> $crate::Result<Vec<$crate::OffsetFetchTopicResult>> {
             self.run($crate::operation::OffsetFetch { group_id: group, topics }) $($wait)*
         }
 
         /// Forgets a group and its committed positions.
-        pub $($asynchronous)* fn delete_group(&mut self, group: &str) -> $crate::Result<()> {
+        $($vis)* $($asynchronous)* fn delete_group(&mut self, group: &str) -> $crate::Result<()> {
             self.run($crate::operation::DeleteGroup(group)) $($wait)*
         }
 
         /// A group's state, generation, protocol and members.
-        pub $($asynchronous)* fn describe_group(&mut self, group: &str) -> $crate::Result<$crate::DescribedGroup> {
+        $($vis)* $($asynchronous)* fn describe_group(&mut self, group: &str) -> $crate::Result<$crate::DescribedGroup> {
             self.run($crate::operation::DescribeGroup(group)) $($wait)*
         }
 
         /// The consumer groups the broker knows (with committed positions or members).
-        pub $($asynchronous)* fn list_groups(&mut self) -> $crate::Result<Vec<String>> {
+        $($vis)* $($asynchronous)* fn list_groups(&mut self) -> $crate::Result<Vec<String>> {
             self.run($crate::operation::ListGroups) $($wait)*
         }
 
         /// Reads from `offset`, waiting up to `max_wait_ms` for data if there is none.
-        pub $($asynchronous)* fn fetch(&mut self, topic: &str, partition: u32, offset: u64, max_bytes: u32, max_wait_ms: u32) -> $crate::Result<$crate::Fetched> {
+        $($vis)* $($asynchronous)* fn fetch(&mut self, topic: &str, partition: u32, offset: u64, max_bytes: u32, max_wait_ms: u32) -> $crate::Result<$crate::Fetched> {
             self.run($crate::operation::Fetch { topic, partition, offset, max_bytes, max_wait_ms }) $($wait)*
         }
 
         /// The offset for `timestamp` (or [`LATEST_TIMESTAMP`] / [`EARLIEST_TIMESTAMP`]),
         /// with the partition's bounds and size.
-        pub $($asynchronous)* fn list_offsets(&mut self, topic: &str, partition: u32, timestamp: i64) -> $crate::Result<$crate::ListOffsetsPartitionResult> {
+        $($vis)* $($asynchronous)* fn list_offsets(&mut self, topic: &str, partition: u32, timestamp: i64) -> $crate::Result<$crate::ListOffsetsPartitionResult> {
             self.run($crate::operation::ListOffsets { topic, partition, timestamp }) $($wait)*
         }
     };

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::consumer::Fetcher;
 use crate::membership::Heartbeater;
-use crate::operation::{self, Operation};
+use crate::operation::Operation;
 use crate::producer::worker::{Flight, Landing, Pilot, Worker};
 use crate::producer::Command;
 use crate::Result;
@@ -211,63 +211,11 @@ impl Connection for crate::GlommioClient {
     }
 }
 
-/// The calls the producer and consumer make, written once over [`Connection::run`].
+/// The client calls, on any runtime's connection (the same methods the transports have;
+/// the producer and consumer use some of them).
+#[allow(dead_code)]
 pub(crate) trait Calls: Connection {
-    async fn metadata(&mut self, topics: Option<&[&str]>) -> Result<crate::MetadataResponse> {
-        self.run(operation::Metadata(topics)).await
-    }
-
-    async fn produce(
-        &mut self,
-        topic: &str,
-        partition: u32,
-        batches: &[&[u8]],
-        acks: crate::Acks,
-    ) -> Result<crate::ProducePartitionResult> {
-        let produce = operation::Produce {
-            topic,
-            partition,
-            batches,
-            acks,
-        };
-        self.run(produce).await
-    }
-
-    async fn fetch(
-        &mut self,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-        max_bytes: u32,
-        max_wait_ms: u32,
-    ) -> Result<crate::Fetched> {
-        let fetch = operation::Fetch {
-            topic,
-            partition,
-            offset,
-            max_bytes,
-            max_wait_ms,
-        };
-        self.run(fetch).await
-    }
-
-    async fn list_offsets(
-        &mut self,
-        topic: &str,
-        partition: u32,
-        timestamp: i64,
-    ) -> Result<crate::ListOffsetsPartitionResult> {
-        let list = operation::ListOffsets {
-            topic,
-            partition,
-            timestamp,
-        };
-        self.run(list).await
-    }
-
-    async fn init_producer_id(&mut self) -> Result<(i64, i16)> {
-        self.run(operation::InitProducerId).await
-    }
+    crate::client_methods!([] [async] [.await]);
 }
 
 impl<C: Connection> Calls for C {}

@@ -61,5 +61,5 @@ impl AsyncClient {
         self.session.set_frame_bytes_max(bytes);
     }
 
-    client_methods!([async] [.await]);
+    client_methods!([pub] [async] [.await]);
 }
