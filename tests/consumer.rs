@@ -277,3 +277,42 @@ fn the_blocking_facade_produces_and_consumes_from_plain_threads() {
         Some(201)
     );
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_large_backlog_is_held_to_about_one_fetch_per_partition() {
+    let broker = setup(2);
+    let value = "x".repeat(1_000);
+    // Batches well under the fetch size, so a fetch is about fetch_max_bytes.
+    let mut config = ProducerConfig::new(broker.bootstrap().to_string());
+    config.batching.batch_size_bytes = 16 << 10;
+    let producer = Producer::start(config);
+    let mut deliveries = Vec::new();
+    for index in 0..4_000u32 {
+        let record = Record::new("t", value.clone()).with_partition(index % 2);
+        deliveries.push(producer.send(record).await);
+    }
+    for delivery in deliveries {
+        delivery.await.unwrap();
+    }
+    let mut config = ConsumerConfig::new(broker.bootstrap().to_string());
+    config.fetch_max_bytes = 64 << 10;
+    config.max_poll_records = 1;
+    let mut consumer = Consumer::new(config);
+    consumer
+        .assign(&[TopicPartition::new("t", 0), TopicPartition::new("t", 1)])
+        .await
+        .unwrap();
+    // Let the fetch tasks fill everything they may while nobody polls.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut read = 0;
+    while read < 4_000 {
+        read += consumer.poll(POLL).await.unwrap().len();
+        // One chunk per partition, plus the one a waiting poll may take: never the backlog.
+        // (A response can exceed fetch_max_bytes by its framing.)
+        assert!(
+            consumer.buffered_bytes() <= 3 * (64 << 10) + 3 * 4096,
+            "{} bytes buffered after {read} records",
+            consumer.buffered_bytes()
+        );
+    }
+}

@@ -235,6 +235,8 @@ impl ConsumeError {
 pub(crate) struct Chunk {
     fetched: Arc<Fetched>,
     next_offset: u64,
+    /// Size of the response frame.
+    bytes: usize,
 }
 
 /// What a fetch task reports.
@@ -929,6 +931,17 @@ impl<R: Runtime> Consumer<R> {
         }
     }
 
+    /// Bytes of fetched responses held by the consumer itself, not yet fully returned by
+    /// `poll` (the prefetch channel and the fetch tasks hold at most
+    /// `(partitions + PREFETCH_CHANNEL_CHUNKS) × fetch_max_bytes` more).
+    pub fn buffered_bytes(&self) -> usize {
+        self.assigned
+            .values()
+            .flat_map(|assigned| &assigned.buffered)
+            .map(|chunk| chunk.bytes)
+            .sum()
+    }
+
     fn buffered_chunks(&self) -> usize {
         self.assigned
             .values()
@@ -1243,6 +1256,7 @@ impl<R: Runtime> Fetcher<R> {
                     attempt = 0;
                     reported = false;
                     let chunk = Chunk {
+                        bytes: fetched.frame.as_slice().len(),
                         fetched: Arc::new(fetched),
                         next_offset,
                     };
