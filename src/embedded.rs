@@ -49,9 +49,20 @@ impl EmbeddedBroker {
         };
         configure(&mut config);
         config.data_dir = data_dir.path().to_path_buf();
-        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.shard_port_base = 0;
-        let handle = run_broker(config.clone())?;
+        // A free port below the kernel's ephemeral range: a client retrying a connection
+        // while the broker is stopped can then never be given this port as its own
+        // local port (a loopback self-connection), which would keep `restart` from
+        // binding it again.
+        let mut attempt = 0;
+        let handle = loop {
+            config.listen = SocketAddr::from(([127, 0, 0, 1], stable_port(attempt)));
+            match run_broker(config.clone()) {
+                Ok(handle) => break handle,
+                Err(error) if port_taken(&error) && attempt < 20 => attempt += 1,
+                Err(error) => return Err(error),
+            }
+        };
         let bootstrap = handle.summary().listen;
         config.listen = bootstrap;
         Ok(Self {
@@ -72,8 +83,22 @@ impl EmbeddedBroker {
     /// directory and bootstrap address; shard ports may change, as after a real restart.
     pub fn restart(&mut self) -> Result<(), StartupError> {
         let _ = self.shut_down();
-        self.handle = Some(run_broker(self.config.clone())?);
-        Ok(())
+        // The stopped broker's io_uring rings are torn down asynchronously by the kernel,
+        // and its listening socket with them: the port can stay taken for a moment.
+        // Retry (bounded) while it does.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match run_broker(self.config.clone()) {
+                Ok(handle) => {
+                    self.handle = Some(handle);
+                    return Ok(());
+                }
+                Err(error) if port_taken(&error) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// The address clients connect to.
@@ -99,6 +124,42 @@ impl EmbeddedBroker {
             }
             None => Ok(()),
         }
+    }
+}
+
+/// A free port below the ephemeral range (`ip_local_port_range`), chosen from a
+/// different start for every call; 0 (any port) if none is found.
+fn stable_port(attempt: u32) -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if low <= 12_000 {
+        return 0;
+    }
+    let span = low - 10_000;
+    let seed = std::process::id()
+        .wrapping_mul(2_654_435_761)
+        .wrapping_add(CALLS.fetch_add(1, Ordering::Relaxed).wrapping_mul(7_919))
+        .wrapping_add(attempt.wrapping_mul(104_729));
+    for step in 0..200u32 {
+        let port = 10_000 + (seed.wrapping_add(step.wrapping_mul(7_919))) % span;
+        let port = port as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    0
+}
+
+/// Whether a start failed only because a listening port is still taken.
+fn port_taken(error: &StartupError) -> bool {
+    match error {
+        StartupError::PortInUse { .. } | StartupError::Listen { .. } => true,
+        StartupError::Shard(message) => message.contains("Address already in use"),
+        _ => false,
     }
 }
 
