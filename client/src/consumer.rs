@@ -624,20 +624,10 @@ impl<R: Runtime> Consumer<R> {
             let joined = self.admin().await?.run(join).await;
             let joined = match self.keep_admin(joined) {
                 Ok(joined) => joined,
-                Err(ConsumeError::Client(ClientError::Broker {
-                    code: ErrorCode::UnknownMemberId,
-                    ..
-                })) => {
-                    lock(&self.member.as_ref().expect("subscribed").shared)
-                        .member_id
-                        .clear();
+                Err(error) => {
+                    self.retry_join(error)?;
                     continue;
                 }
-                Err(ConsumeError::Client(ClientError::Broker {
-                    code: ErrorCode::RebalanceInProgress,
-                    ..
-                })) => continue,
-                Err(error) => return Err(error),
             };
             // Keep the id now: if the sync is refused, the rejoin must reuse it, or the
             // group would wait for a member that never comes back.
@@ -661,20 +651,10 @@ impl<R: Runtime> Consumer<R> {
             let synced = self.admin().await?.run(sync).await;
             let assignment = match self.keep_admin(synced) {
                 Ok(assignment) => assignment,
-                Err(ConsumeError::Client(ClientError::Broker {
-                    code: ErrorCode::RebalanceInProgress | ErrorCode::IllegalGeneration,
-                    ..
-                })) => continue,
-                Err(ConsumeError::Client(ClientError::Broker {
-                    code: ErrorCode::UnknownMemberId,
-                    ..
-                })) => {
-                    lock(&self.member.as_ref().expect("subscribed").shared)
-                        .member_id
-                        .clear();
+                Err(error) => {
+                    self.retry_join(error)?;
                     continue;
                 }
-                Err(error) => return Err(error),
             };
             let new = crate::assignor::decode_partitions(&assignment).ok_or_else(|| {
                 ConsumeError::Client(ClientError::Protocol("malformed assignment".into()))
@@ -682,6 +662,26 @@ impl<R: Runtime> Consumer<R> {
             return self
                 .apply(joined.member_id, joined.generation_id, new)
                 .await;
+        }
+    }
+
+    /// Whether a failed join or sync is retried: a new rebalance or a newer generation
+    /// means join again; an unknown member joins again as a new one. Anything else fails.
+    fn retry_join(&mut self, error: ConsumeError) -> Result<(), ConsumeError> {
+        match error {
+            ConsumeError::Client(ClientError::Broker {
+                code: ErrorCode::RebalanceInProgress | ErrorCode::IllegalGeneration,
+                ..
+            }) => Ok(()),
+            ConsumeError::Client(ClientError::Broker {
+                code: ErrorCode::UnknownMemberId,
+                ..
+            }) => {
+                let member = self.member.as_ref().expect("subscribed");
+                lock(&member.shared).member_id.clear();
+                Ok(())
+            }
+            other => Err(other),
         }
     }
 
