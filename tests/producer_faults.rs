@@ -339,3 +339,37 @@ async fn a_full_buffer_fails_sends_after_max_block() {
         "{too_large:?}"
     );
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_partition_that_lost_the_producers_state_gets_a_new_producer_id_not_an_error() {
+    let broker = EmbeddedBroker::start().unwrap();
+    let mut admin = Client::connect(broker.bootstrap()).unwrap();
+    admin.create_topic("t", 1, &[]).unwrap();
+    let producer = Producer::start(config(broker.bootstrap().to_string()));
+    for index in 0..10u32 {
+        producer
+            .send(Record::new("t", index.to_string()))
+            .await
+            .await
+            .unwrap();
+    }
+    assert_eq!(producer.metrics().producer_id_resets, 0);
+    // The topic is recreated: its partition knows nothing of this producer, whose next
+    // batch does not start at sequence 0 (UnknownProducerId).
+    admin.delete_topic("t").unwrap();
+    admin.create_topic("t", 1, &[]).unwrap();
+    for index in 10..20u32 {
+        let delivered = producer
+            .send(Record::new("t", index.to_string()))
+            .await
+            .await;
+        assert_eq!(delivered.unwrap().offset, Some(u64::from(index - 10)));
+    }
+    assert!(
+        producer.metrics().producer_id_resets >= 1,
+        "{:?}",
+        producer.metrics()
+    );
+    let stored = common::stored_indexes(broker.bootstrap(), "t", 1);
+    assert_eq!(stored[&0], (10..20).collect::<Vec<u32>>());
+}
