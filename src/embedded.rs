@@ -34,11 +34,20 @@ impl EmbeddedBroker {
     /// Like [`EmbeddedBroker::start`], letting `configure` adjust the configuration (data
     /// directory and address are chosen here and override any change to them).
     pub fn start_with(configure: impl FnOnce(&mut BrokerConfig)) -> Result<Self, StartupError> {
+        Self::start_in(&std::env::temp_dir(), configure)
+    }
+
+    /// Like [`EmbeddedBroker::start_with`], with the temporary data directory created
+    /// inside `parent` (a benchmark on a chosen disk, say); it is still deleted on drop.
+    pub fn start_in(
+        parent: &Path,
+        configure: impl FnOnce(&mut BrokerConfig),
+    ) -> Result<Self, StartupError> {
         let data_dir = tempfile::Builder::new()
             .prefix("flumen-embedded-")
-            .tempdir()
+            .tempdir_in(parent)
             .map_err(|error| StartupError::DataDirNotWritable {
-                path: std::env::temp_dir(),
+                path: parent.to_path_buf(),
                 reason: error.to_string(),
             })?;
         let mut config = BrokerConfig {

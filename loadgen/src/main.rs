@@ -1,52 +1,106 @@
-//! `flumen-loadgen`: drives a broker with the public client and reports throughput and
-//! publish latency per ack mode, side by side.
+//! `flumen-loadgen`: drives a Flumen broker through the public client and reports
+//! throughput and tail latency per ack mode, side by side.
 //!
-//! This first version runs the **max-rate** (closed-loop) producer workload: for each ack
-//! mode of `--acks`, `--producers` producers send `--message-size` records as fast as the
-//! producer's buffer lets them, for `--warmup` then `--duration`. Publish latency is the
-//! time from `send` to the delivery's outcome, recorded in an HdrHistogram with
-//! microsecond resolution (warm-up excluded). A collector per producer awaits deliveries
-//! in send order, so a delivery that completes behind an earlier one is recorded when
-//! that one completes (at most the earlier one's latency later).
+//! Scenarios (`--scenario`):
+//! - `produce-consume` (default): producers and consumers on the same topics for
+//!   `--warmup` then `--duration`, once per ack mode of `--acks`. Closed loop (as fast
+//!   as the producer's buffer takes records) unless `--rate` sets an open-loop target,
+//!   where latency counts from each send's intended time (see [`schedule`]).
+//! - `drain`: build a backlog of `--backlog` bytes, then time consumers reading it all
+//!   back from the beginning.
+//! - `idle`: the broker's resident memory per idle partition and per idle connection.
 //!
-//! Not yet built: the open-loop (rate-paced) mode, consumers and end-to-end latency,
-//! keyed and variable-size workloads, the time series, plots and `scripts/bench.sh`.
-//! The JSON report already has its final shape: absent figures are `null`.
+//! Output: a live progress line, a table, and optionally `--json` (versioned schema,
+//! see [`report`]), `--plot` (SVG or HTML) and `--hdr-log` (HdrHistogram interval
+//! logs). `--embedded` runs an in-process broker, so one command benchmarks a fresh
+//! machine; `--broker-cpus` and `--cpus` pin it and the load.
 
+mod plot;
 mod report;
+mod run;
+mod schedule;
+mod stats;
+mod workload;
 
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use flumen::EmbeddedBroker;
 use flumen_client::accumulator::AccumulatorConfig;
-use flumen_client::{Acks, Client, Producer, ProducerConfig, Record};
-use hdrhistogram::Histogram;
+use flumen_client::Acks;
+use serde::Serialize;
 
-use report::{AckRun, Report};
+use report::{Broker, Machine, Report, FSYNC_POLICY, SCHEMA_VERSION};
+use run::{ModeResult, Plan};
+use workload::{KeyChooser, KeyDistribution, SizeDistribution};
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Scenario {
+    /// Producers and consumers together, once per ack mode.
+    ProduceConsume,
+    /// Build a backlog, then time reading it back.
+    Drain,
+    /// Broker memory per idle partition and per idle connection.
+    Idle,
+}
 
 /// Throughput and tail latency of a Flumen broker across ack modes.
-#[derive(Debug, Clone, Parser)]
+#[derive(Debug, Clone, Parser, Serialize)]
 #[command(name = "flumen-loadgen", version, about)]
 pub struct Args {
+    /// What to measure.
+    #[arg(long, value_enum, default_value = "produce-consume")]
+    scenario: Scenario,
     /// Broker address (ignored with --embedded).
     #[arg(long, default_value = "127.0.0.1:9292")]
     bootstrap: String,
-    /// Start an in-process broker (temporary data directory) and load it.
+    /// Start an in-process broker and load it (its data is deleted at the end).
     #[arg(long)]
     embedded: bool,
-    /// Topic name prefix; each ack mode gets its own topic.
+    /// With --embedded: where the broker's temporary data directory goes (default: the
+    /// system temporary directory). Put it on the disk you want to measure.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// With --embedded: CPUs to pin the broker's shards to, e.g. `0` or `0-3`; one
+    /// shard per CPU unless --broker-shards says otherwise.
+    #[arg(long)]
+    broker_cpus: Option<String>,
+    /// With --embedded: number of broker shards (default: one per --broker-cpus, else 1).
+    #[arg(long)]
+    broker_shards: Option<usize>,
+    /// CPUs to pin the load (producers, consumers) to, e.g. `1`.
+    #[arg(long)]
+    cpus: Option<String>,
+    /// Threads running the load (1: everything on one thread).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Topic name prefix; each ack mode gets its own topics.
     #[arg(long, default_value = "loadgen")]
     topic: String,
+    /// Topics per ack mode (producers spread records over them).
+    #[arg(long, default_value_t = 1)]
+    topics: u32,
     /// Partitions per topic.
     #[arg(long, default_value_t = 8)]
     partitions: u32,
     /// Producers (each its own client and connections).
     #[arg(long, default_value_t = 1)]
     producers: usize,
-    /// Record value size in bytes.
-    #[arg(long, default_value_t = 1024)]
-    message_size: usize,
+    /// Consumers, sharing the partitions evenly (0: produce only).
+    #[arg(long, default_value_t = 1)]
+    consumers: usize,
+    /// Value size in bytes: `N`, `uniform:MIN-MAX` or `normal:MEAN,STDDEV`.
+    #[arg(long, default_value = "1024")]
+    message_size: String,
+    /// Distinct keys (0: keyless records, spread by the sticky partitioner).
+    #[arg(long, default_value_t = 0)]
+    keys: u64,
+    /// How keys are drawn: `uniform`, `zipf` or `zipf:EXPONENT`.
+    #[arg(long, default_value = "uniform")]
+    key_distribution: String,
     /// Producer batch size in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     batch_size: usize,
@@ -54,17 +108,59 @@ pub struct Args {
     #[arg(long, default_value_t = 5)]
     linger_ms: u64,
     /// Ack modes to run, comma-separated: 0, 1, all.
-    #[arg(long, default_value = "1,all")]
+    #[arg(long, default_value = "0,1,all")]
     acks: String,
+    /// Open loop at this rate over all producers: records a second (`50000`, `50k`) or
+    /// bytes of values a second (`100MB/s`, `1GiB/s`). Without it: max rate, closed loop.
+    #[arg(long)]
+    rate: Option<String>,
     /// Measured time per ack mode, in seconds.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
     /// Time per ack mode before measuring starts, in seconds.
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
-    /// Also write the full report as JSON to this file.
+    /// Drain scenario: bytes of values to build up before reading (`4GB`, `512MiB`).
+    #[arg(long, default_value = "1GB")]
+    backlog: String,
+    /// Idle scenario: partitions to create.
+    #[arg(long, default_value_t = 10_000)]
+    idle_partitions: u32,
+    /// Idle scenario: connections to open.
+    #[arg(long, default_value_t = 1_000)]
+    idle_connections: u32,
+    /// Idle scenario against a broker elsewhere on this machine: its process id.
     #[arg(long)]
-    json: Option<std::path::PathBuf>,
+    broker_pid: Option<u32>,
+    /// Seconds consumers wait for missing records after producers stop.
+    #[arg(long, default_value_t = 10.0)]
+    drain_grace: f64,
+    /// Seed of the workload's random choices (sizes, keys).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Write the full report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Draw latency percentile curves and throughput to this SVG (or .html) file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Write HdrHistogram interval logs (one interval a second) into this directory.
+    #[arg(long)]
+    hdr_log: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// The `config` part of the report: every flag, and what they came to.
+#[derive(Debug, Serialize)]
+struct Config<'a> {
+    mode: &'static str,
+    target_rate_msgs_per_s: Option<f64>,
+    compression: &'static str,
+    client_version: &'static str,
+    #[serde(flatten)]
+    flags: &'a Args,
 }
 
 fn parse_acks(list: &str) -> Result<Vec<(String, Acks)>, String> {
@@ -78,120 +174,94 @@ fn parse_acks(list: &str) -> Result<Vec<(String, Acks)>, String> {
         .collect()
 }
 
-/// What one producer measured.
-struct Measured {
-    histogram: Histogram<u64>,
-    messages: u64,
-    errors: u64,
-}
-
-fn new_histogram() -> Histogram<u64> {
-    // 1 µs to 10 minutes, 3 significant digits.
-    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
-}
-
-/// One producer's closed loop: sends until the end, measuring after the warm-up.
-async fn produce(
-    producer: Producer,
-    topic: String,
-    value: Vec<u8>,
-    measure_from: Instant,
-    until: Instant,
-) -> Measured {
-    let (sent, mut received) =
-        tokio::sync::mpsc::channel::<(Instant, flumen_client::DeliveryFuture)>(100_000);
-    let collector = tokio::spawn(async move {
-        let mut measured = Measured {
-            histogram: new_histogram(),
-            messages: 0,
-            errors: 0,
-        };
-        while let Some((started, delivery)) = received.recv().await {
-            let outcome = delivery.await;
-            if started < measure_from {
-                continue;
-            }
-            match outcome {
-                Ok(_) => {
-                    let micros = started.elapsed().as_micros().max(1) as u64;
-                    measured.histogram.saturating_record(micros);
-                    measured.messages += 1;
-                }
-                Err(_) => measured.errors += 1,
-            }
-        }
-        measured
-    });
-    while Instant::now() < until {
-        let record = Record::new(topic.as_str(), value.clone());
-        let started = Instant::now();
-        let delivery = producer.send(record).await;
-        if sent.send((started, delivery)).await.is_err() {
-            break;
-        }
-    }
-    drop(sent);
-    collector.await.expect("the collector does not panic")
-}
-
-async fn run_mode(args: &Args, bootstrap: &str, name: &str, acks: Acks) -> Result<AckRun, String> {
-    let topic = format!("{}-acks{}-{}", args.topic, name, std::process::id());
-    Client::connect(bootstrap)
-        .and_then(|mut client| client.create_topic(&topic, args.partitions, &[]))
-        .map_err(|error| format!("cannot create {topic} on {bootstrap}: {error}"))?;
-    let mut config = ProducerConfig::new(bootstrap);
-    config.acks = acks;
-    config.batching = AccumulatorConfig {
-        batch_size_bytes: args.batch_size,
-        linger: Duration::from_millis(args.linger_ms),
-        buffer_memory_bytes: (args.batch_size * 32).max(32 << 20),
+/// `4GB`, `512MiB`, `1000`: bytes.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 4GB, 512MiB)"))?;
+    let scale = match unit.trim() {
+        "" | "B" => 1.0,
+        "k" | "kB" | "KB" => 1e3,
+        "KiB" => 1024.0,
+        "M" | "MB" => 1e6,
+        "MiB" => 1048576.0,
+        "G" | "GB" => 1e9,
+        "GiB" => 1073741824.0,
+        other => return Err(format!("unknown size unit {other:?} in {text:?}")),
     };
-    config
-        .batching
-        .validate()
-        .map_err(|reason| format!("invalid batching: {reason}"))?;
-    let start = Instant::now();
-    let measure_from = start + Duration::from_secs_f64(args.warmup);
-    let until = measure_from + Duration::from_secs_f64(args.duration);
-    let value = vec![b'x'; args.message_size];
-    let mut tasks = Vec::new();
-    let mut producers = Vec::new();
-    for _ in 0..args.producers {
-        let producer = Producer::start(config.clone());
-        producers.push(producer.clone());
-        tasks.push(tokio::spawn(produce(
-            producer,
-            topic.clone(),
-            value.clone(),
-            measure_from,
-            until,
-        )));
+    Ok((number * scale) as u64)
+}
+
+/// `--rate`: records a second (`50000`, `50k`, `1.5M`) or value bytes a second
+/// (`100MB/s`), turned into records a second at the mean value size.
+fn parse_rate(text: &str, mean_size: f64) -> Result<f64, String> {
+    let rate = match text.strip_suffix("/s") {
+        Some(bytes) => parse_bytes(bytes)? as f64 / mean_size,
+        None => match text.strip_suffix(['k', 'K']) {
+            Some(thousands) => thousands.parse::<f64>().map(|n| n * 1e3),
+            None => match text.strip_suffix('M') {
+                Some(millions) => millions.parse::<f64>().map(|n| n * 1e6),
+                None => text.parse::<f64>(),
+            },
+        }
+        .map_err(|_| {
+            format!("--rate takes records a second (50000, 50k) or bytes (100MB/s), not {text:?}")
+        })?,
+    };
+    if rate > 0.0 && rate.is_finite() {
+        Ok(rate)
+    } else {
+        Err("--rate must be positive".into())
     }
-    let mut histogram = new_histogram();
-    let (mut messages, mut errors) = (0, 0);
-    for task in tasks {
-        let measured = task.await.map_err(|error| error.to_string())?;
-        histogram
-            .add(&measured.histogram)
-            .map_err(|error| error.to_string())?;
-        messages += measured.messages;
-        errors += measured.errors;
+}
+
+/// `0`, `0-3`, `0,2,4-5`: CPU numbers.
+fn parse_cpus(text: &str) -> Result<Vec<usize>, String> {
+    let mut cpus = Vec::new();
+    for part in text.split(',') {
+        let number = |n: &str| {
+            n.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("{text:?} is not a CPU list (e.g. 0, 0-3, 0,2)"))
+        };
+        match part.split_once('-') {
+            Some((first, last)) => cpus.extend(number(first)?..=number(last)?),
+            None => cpus.push(number(part)?),
+        }
     }
-    let mut retries = 0;
-    for producer in producers {
-        retries += producer.metrics().retries;
-        producer.close().await;
+    if cpus.is_empty() || cpus.iter().any(|&cpu| cpu >= libc::CPU_SETSIZE as usize) {
+        return Err(format!("{text:?} is not a CPU list"));
     }
-    let seconds = args.duration;
-    Ok(AckRun::new(
-        name,
-        messages,
-        (messages as f64) * args.message_size as f64,
-        seconds,
-        &histogram,
-        errors,
-        retries,
-    ))
+    Ok(cpus)
+}
+
+/// The CPUs the calling thread may run on.
+fn current_cpus() -> Vec<usize> {
+    flumen::shard::available_cpus()
+}
+
+/// Restricts the calling thread (and the threads it starts later) to `cpus`.
+fn pin_current_thread(cpus: &[usize]) -> Result<(), String> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET stays inside it (checked by parse_cpus);
+    // sched_setaffinity reads `size` bytes of it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(format!(
+                "cannot pin to CPUs {cpus:?}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
@@ -205,41 +275,271 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// The checked plan of `args`.
+fn plan(args: &Args) -> Result<Plan, String> {
+    if args.producers == 0 || args.producers > 1_000 {
+        return Err("--producers must be between 1 and 1000".into());
+    }
+    if args.consumers > 10_000 || args.threads == 0 || args.threads > 1_024 {
+        return Err("--consumers takes at most 10000, --threads 1 to 1024".into());
+    }
+    if args.topics == 0 || args.partitions == 0 {
+        return Err("--topics and --partitions must be positive".into());
+    }
+    let positive = |value: f64| value.is_finite() && value > 0.0;
+    if !(positive(args.duration) && args.warmup >= 0.0 && args.warmup.is_finite()) {
+        return Err("--duration must be positive and --warmup not negative".into());
+    }
+    if !(args.drain_grace >= 0.0 && args.drain_grace.is_finite()) {
+        return Err("--drain-grace must not be negative".into());
+    }
+    let sizes = SizeDistribution::parse(&args.message_size)?;
+    let keys = KeyChooser::new(KeyDistribution::parse(args.keys, &args.key_distribution)?);
+    let batching = AccumulatorConfig {
+        batch_size_bytes: args.batch_size,
+        linger: Duration::from_millis(args.linger_ms),
+        buffer_memory_bytes: (args.batch_size * 32).max(32 << 20),
+    };
+    batching
+        .validate()
+        .map_err(|reason| format!("invalid batching: {reason}"))?;
+    let rate_msgs_per_s = args
+        .rate
+        .as_deref()
+        .map(|rate| parse_rate(rate, sizes.mean()))
+        .transpose()?;
+    Ok(Plan {
+        bootstrap: args.bootstrap.clone(),
+        topic_prefix: args.topic.clone(),
+        topics: args.topics,
+        partitions: args.partitions,
+        producers: args.producers,
+        consumers: args.consumers,
+        sizes,
+        keys,
+        batching,
+        rate_msgs_per_s,
+        warmup: Duration::from_secs_f64(args.warmup),
+        duration: Duration::from_secs_f64(args.duration),
+        drain_grace: Duration::from_secs_f64(args.drain_grace),
+        interval_logs: args.hdr_log.is_some(),
+        progress: !args.quiet,
+        seed: args.seed,
+    })
+}
+
+/// Starts the embedded broker on `--broker-cpus`, leaving the calling thread on the
+/// CPUs it had.
+fn start_embedded(args: &Args) -> Result<(EmbeddedBroker, Vec<usize>, usize), String> {
+    let original = current_cpus();
+    let broker_cpus = args.broker_cpus.as_deref().map(parse_cpus).transpose()?;
+    if let Some(cpus) = &broker_cpus {
+        pin_current_thread(cpus)?;
+    }
+    let shards = args
+        .broker_shards
+        .unwrap_or_else(|| broker_cpus.as_ref().map_or(1, Vec::len));
+    let parent = args.data_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let started = EmbeddedBroker::start_in(&parent, |config| {
+        let defaults = flumen::server::BrokerConfig::default();
+        config.shards = shards;
+        config.io_memory_bytes = defaults.io_memory_bytes;
+        config.cache_bytes_per_shard = defaults.cache_bytes_per_shard;
+    })
+    .map_err(|error| format!("cannot start the embedded broker: {error}"));
+    let pinned_to = current_cpus();
+    pin_current_thread(&original)?;
+    Ok((started?, pinned_to, shards))
+}
+
 fn run(args: &Args) -> Result<(), String> {
     let modes = parse_acks(&args.acks)?;
-    if args.producers == 0 || args.duration <= 0.0 || args.warmup < 0.0 {
-        return Err("--producers and --duration must be positive, --warmup not negative".into());
-    }
-    let embedded = if args.embedded {
-        Some(
-            EmbeddedBroker::start()
-                .map_err(|error| format!("cannot start the embedded broker: {error}"))?,
-        )
-    } else {
-        None
+    let mut plan = plan(args)?;
+    let load_cpus = args.cpus.as_deref().map(parse_cpus).transpose()?;
+    let embedded = match args.embedded {
+        true => Some(start_embedded(args)?),
+        false => None,
     };
-    let bootstrap = match &embedded {
-        Some(broker) => broker.bootstrap().to_string(),
-        None => args.bootstrap.clone(),
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| error.to_string())?;
-    let mut runs = Vec::new();
-    for (name, acks) in modes {
-        eprintln!(
-            "acks={name}: {}s warm-up, {}s measured ...",
-            args.warmup, args.duration
-        );
-        runs.push(runtime.block_on(run_mode(args, &bootstrap, &name, acks))?);
+    if let Some(cpus) = &load_cpus {
+        pin_current_thread(cpus)?;
     }
-    let report = Report::new(args, args.embedded, runs);
+    let broker = match &embedded {
+        Some((broker, cpus, shards)) => {
+            plan.bootstrap = broker.bootstrap().to_string();
+            Broker {
+                embedded: true,
+                bootstrap: plan.bootstrap.clone(),
+                version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+                shards: Some(*shards),
+                cpus: cpus.clone(),
+                fsync_policy: FSYNC_POLICY,
+                write_out_interval_ms: Some(
+                    flumen::server::BrokerConfig::default().write_out_interval_ms,
+                ),
+            }
+        }
+        None => Broker {
+            embedded: false,
+            bootstrap: plan.bootstrap.clone(),
+            version: None,
+            shards: None,
+            cpus: Vec::new(),
+            fsync_policy: FSYNC_POLICY,
+            write_out_interval_ms: None,
+        },
+    };
+    let disk_path = match &embedded {
+        Some((broker, _, _)) => broker.data_dir().to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    let runtime = match args.threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        threads => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build(),
+    }
+    .map_err(|error| format!("cannot start the load runtime: {error}"))?;
+
+    let mut results: Vec<ModeResult> = Vec::new();
+    let (mut backlog_drain, mut idle) = (None, None);
+    match args.scenario {
+        Scenario::ProduceConsume => {
+            for (label, acks) in &modes {
+                if !args.quiet {
+                    eprintln!(
+                        "acks={label}: {}s warm-up, {}s measured",
+                        args.warmup, args.duration
+                    );
+                }
+                results.push(runtime.block_on(run::run_mode(&plan, label, *acks))?);
+            }
+        }
+        Scenario::Drain => {
+            let (label, acks) = &modes[0];
+            let bytes = parse_bytes(&args.backlog)?;
+            if bytes == 0 {
+                return Err("--backlog must be positive".into());
+            }
+            let (result, drain) = runtime.block_on(run::run_drain(&plan, label, *acks, bytes))?;
+            results.push(result);
+            backlog_drain = Some(drain);
+        }
+        Scenario::Idle => {
+            let pid = match (args.broker_pid, args.embedded) {
+                (Some(pid), _) => pid,
+                (None, true) => std::process::id(),
+                (None, false) => {
+                    return Err("--scenario idle needs --embedded or --broker-pid".into())
+                }
+            };
+            idle = Some(run::run_idle(
+                &plan,
+                pid,
+                args.idle_partitions,
+                args.idle_connections,
+                Duration::from_secs(2),
+            )?);
+        }
+    }
+
+    let report = Report {
+        schema_version: SCHEMA_VERSION,
+        machine: Machine::here(&disk_path),
+        broker,
+        config: Config {
+            mode: match plan.rate_msgs_per_s {
+                Some(_) => "open-loop",
+                None => "max-rate",
+            },
+            target_rate_msgs_per_s: plan.rate_msgs_per_s,
+            compression: "none",
+            client_version: env!("CARGO_PKG_VERSION"),
+            flags: args,
+        },
+        runs: results.iter().map(|result| result.run.clone()).collect(),
+        backlog_drain,
+        idle,
+    };
     print!("{}", report.table());
     if let Some(path) = &args.json {
         std::fs::write(path, report.json())
             .map_err(|error| format!("cannot write {}: {error}", path.display()))?;
     }
+    if let Some(path) = &args.plot {
+        let curves: Vec<plot::Curves<'_>> = results
+            .iter()
+            .map(|result| plot::Curves {
+                label: &result.run.acks,
+                publish: &result.total.publish,
+                end_to_end: (result.run.end_to_end_latency_us.is_some())
+                    .then_some(&result.total.end_to_end),
+                series: &result.run.time_series,
+            })
+            .collect();
+        let title = format!(
+            "flumen-loadgen {}: {}, {} B values, {} × {} partitions, {} producer(s), {} consumer(s) — {}",
+            report.config.mode,
+            match args.scenario {
+                Scenario::ProduceConsume => "produce + consume",
+                Scenario::Drain => "backlog drain",
+                Scenario::Idle => "idle",
+            },
+            args.message_size,
+            args.topics,
+            args.partitions,
+            args.producers,
+            args.consumers,
+            report.machine.cpu_model
+        );
+        std::fs::write(path, plot::document(path, &title, &curves))
+            .map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+    }
+    if let Some(dir) = &args.hdr_log {
+        std::fs::create_dir_all(dir)
+            .map_err(|error| format!("cannot create {}: {error}", dir.display()))?;
+        for result in &results {
+            let logs = [
+                ("publish", &result.publish_log),
+                ("end-to-end", &result.end_to_end_log),
+            ];
+            for (kind, log) in logs {
+                if log.len() == 0 || (kind == "end-to-end" && args.consumers == 0) {
+                    continue;
+                }
+                let path = dir.join(format!("acks-{}.{kind}.hlog", result.run.acks));
+                log.write(
+                    &path,
+                    &format!("flumen-loadgen {kind} latency, acks={}", result.run.acks),
+                )
+                .map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+            }
+        }
+    }
+    drop(runtime);
     drop(embedded);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse_into_rates_sizes_and_cpu_lists() {
+        assert_eq!(parse_rate("50000", 1024.0), Ok(50_000.0));
+        assert_eq!(parse_rate("50k", 1024.0), Ok(50_000.0));
+        assert_eq!(parse_rate("1.5M", 1024.0), Ok(1_500_000.0));
+        assert_eq!(parse_rate("100MB/s", 1000.0), Ok(100_000.0));
+        assert_eq!(parse_rate("1GiB/s", 1024.0), Ok(1_048_576.0));
+        assert!(parse_rate("0", 1.0).is_err() && parse_rate("fast", 1.0).is_err());
+        assert_eq!(parse_bytes("4GB"), Ok(4_000_000_000));
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert!(parse_bytes("4 parsecs").is_err());
+        assert_eq!(parse_cpus("0,2-4"), Ok(vec![0, 2, 3, 4]));
+        assert!(parse_cpus("x").is_err() && parse_cpus("100000").is_err());
+        assert_eq!(parse_acks("0, 1,all").unwrap().len(), 3);
+    }
 }
