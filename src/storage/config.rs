@@ -43,7 +43,7 @@ impl Default for LogConfig {
             index_interval_bytes: 16 << 10,
             write_buffer_bytes: 1 << 20,
             writes_in_flight_max: 8,
-            preallocate_bytes: 32 << 20,
+            preallocate_bytes: 4 << 20,
             read_chunk_bytes: 1 << 20,
         }
     }
