@@ -86,6 +86,10 @@ pub struct Args {
     /// Partitions per topic.
     #[arg(long, default_value_t = 8)]
     partitions: u32,
+    /// A config of the topics the run creates, `KEY=VALUE` (repeatable), e.g.
+    /// `retention.bytes=268435456` to keep long runs within the disk.
+    #[arg(long = "topic-config", value_name = "KEY=VALUE")]
+    topic_configs: Vec<String>,
     /// Producers (each its own client and connections).
     #[arg(long, default_value_t = 1)]
     producers: usize,
@@ -293,6 +297,14 @@ fn plan(args: &Args) -> Result<Plan, String> {
     if !(args.drain_grace >= 0.0 && args.drain_grace.is_finite()) {
         return Err("--drain-grace must not be negative".into());
     }
+    let topic_configs = args
+        .topic_configs
+        .iter()
+        .map(|pair| match pair.split_once('=') {
+            Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+            _ => Err(format!("--topic-config takes KEY=VALUE, not {pair:?}")),
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     let sizes = SizeDistribution::parse(&args.message_size)?;
     let keys = KeyChooser::new(KeyDistribution::parse(args.keys, &args.key_distribution)?);
     let batching = AccumulatorConfig {
@@ -312,6 +324,7 @@ fn plan(args: &Args) -> Result<Plan, String> {
         bootstrap: args.bootstrap.clone(),
         topic_prefix: args.topic.clone(),
         topics: args.topics,
+        topic_configs,
         partitions: args.partitions,
         producers: args.producers,
         consumers: args.consumers,

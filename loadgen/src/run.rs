@@ -32,6 +32,8 @@ pub struct Plan {
     pub bootstrap: String,
     pub topic_prefix: String,
     pub topics: u32,
+    /// Configs of the topics created, `(key, value)`.
+    pub topic_configs: Vec<(String, String)>,
     pub partitions: u32,
     pub producers: usize,
     pub consumers: usize,
@@ -110,9 +112,14 @@ fn create_topics(plan: &Plan, label: &str) -> Result<Vec<String>, String> {
         .collect();
     let mut client = Client::connect(plan.bootstrap.as_str())
         .map_err(|error| format!("cannot reach the broker at {}: {error}", plan.bootstrap))?;
+    let configs: Vec<(&str, &str)> = plan
+        .topic_configs
+        .iter()
+        .map(|(key, value)| (key.as_str(), value.as_str()))
+        .collect();
     for name in &names {
         client
-            .create_topic(name, plan.partitions, &[])
+            .create_topic(name, plan.partitions, &configs)
             .map_err(|error| format!("cannot create topic {name}: {error}"))?;
     }
     Ok(names)

@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# The reference benchmark (docs/BENCHMARKS.md, "The reference benchmark"): measures this
+# machine's limits in the same run (iperf3 over loopback; fio O_DIRECT sequential write
+# with and without fdatasync, and read, on the data directory's disk), runs the
+# reference workloads with flumen-loadgen, and prints every result next to its limit
+# as a ratio, with the bar it must meet.
+#
+# The broker runs as its own process with one shard pinned to CPU $BROKER_CPU; the load
+# generator (and iperf3's client) run on CPU $LOAD_CPU.
+#
+# Usage: scripts/bench.sh [OUT_DIR]        (default ./target/bench)
+# Environment: DATA_DIR (broker and fio files; default ./target/bench-data),
+#   SECONDS_PER_RUN (measured seconds per ack mode, default 40: >= 8 GB at 200 MB/s),
+#   WARMUP (default 5), BACKLOG (drain scenario, default 4GB), BROKER_CPU (0), LOAD_CPU (1),
+#   QUICK=1 (short runs to check the script: 3 s, 256MB backlog, 1,000 idle partitions).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="$(realpath -m "${1:-./target/bench}")"
+DATA_DIR="$(realpath -m "${DATA_DIR:-./target/bench-data}")"
+SECONDS_PER_RUN="${SECONDS_PER_RUN:-40}"
+WARMUP="${WARMUP:-5}"
+BACKLOG="${BACKLOG:-4GB}"
+BROKER_CPU="${BROKER_CPU:-0}"
+LOAD_CPU="${LOAD_CPU:-1}"
+IDLE_PARTITIONS=10000
+IDLE_CONNECTIONS=1000
+FIO_SIZE=4G
+if [[ "${QUICK:-0}" == 1 ]]; then
+  SECONDS_PER_RUN=3 WARMUP=1 BACKLOG=256MB IDLE_PARTITIONS=1000 IDLE_CONNECTIONS=200 FIO_SIZE=512M
+fi
+PORT=19292
+
+need() {
+  command -v "$1" >/dev/null && return
+  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2"
+}
+need iperf3 iperf3
+need fio fio
+need python3 python3
+
+cargo build --release -p flumen --bin flumen && cargo build --release -p flumen-loadgen
+FLUMEN=target/release/flumen
+LOADGEN=target/release/flumen-loadgen
+mkdir -p "$OUT" "$DATA_DIR"
+rm -rf "$OUT"/*.json "$OUT"/*.svg "$OUT"/hlog
+
+echo "cpu:    $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "nproc:  $(nproc)   kernel: $(uname -r)   memory: $(free -g | awk '/Mem:/ {print $2}') GiB"
+echo "disk:   $(df -h "$DATA_DIR" | awk 'NR==2 {print $1" ("$2", "$4" free)"}')"
+echo "broker on CPU $BROKER_CPU, load on CPU $LOAD_CPU, $SECONDS_PER_RUN s per run"
+
+# --- This machine's limits -------------------------------------------------------------
+iperf3 -s -A "$BROKER_CPU" -p 15201 -1 >/dev/null 2>&1 &
+sleep 0.5
+iperf3 -c 127.0.0.1 -p 15201 -A "$LOAD_CPU" -t 10 -J > "$OUT/iperf3.json"
+IPERF=$(python3 -c 'import json,sys; print("%.1f" % (json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"] / 8e6))' "$OUT/iperf3.json")
+
+fio_mb() { # name rw extra-args... -> MB/s (10^6)
+  local name=$1 rw=$2; shift 2
+  fio --name="$name" --filename="$DATA_DIR/fio.dat" --rw="$rw" --bs=1M --size="$FIO_SIZE" \
+    --direct=1 --output-format=json "$@" > "$OUT/fio-$name.json"
+  python3 -c 'import json,sys
+job = json.load(open(sys.argv[1]))["jobs"][0]
+side = job["read"] if sys.argv[2] == "read" else job["write"]
+print("%.1f" % (side["bw_bytes"] / 1e6))' "$OUT/fio-$name.json" "$rw"
+}
+FIO_WRITE=$(fio_mb write write --ioengine=io_uring --iodepth=4 --end_fsync=1)
+FIO_WRITE_SYNC=$(fio_mb write-fdatasync write --ioengine=psync --iodepth=1 --fdatasync=1)
+FIO_READ=$(fio_mb read read --ioengine=io_uring --iodepth=4)
+rm -f "$DATA_DIR/fio.dat"
+echo "limits: iperf3 $IPERF MB/s; fio write $FIO_WRITE MB/s, with fdatasync per 1 MiB $FIO_WRITE_SYNC MB/s, read $FIO_READ MB/s"
+
+# --- The broker ------------------------------------------------------------------------
+# Retention checked every 5 s, so long runs stay within the disk (see TOPIC below).
+printf 'retention_check_interval_ms = 5000\n' > "$OUT/broker.toml"
+start_broker() {
+  rm -rf "$DATA_DIR/broker" && mkdir -p "$DATA_DIR/broker"
+  taskset -c "$BROKER_CPU" "$FLUMEN" broker --config "$OUT/broker.toml" --shards 1 --listen 127.0.0.1:$PORT \
+    --data-dir "$DATA_DIR/broker" --log-level warn &
+  BROKER=$!
+  for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$PORT) 2>/dev/null && return; sleep 0.1; done
+  echo "the broker did not start" >&2; exit 1
+}
+stop_broker() { kill "$BROKER" 2>/dev/null; wait "$BROKER" 2>/dev/null || true; }
+trap 'stop_broker' EXIT
+
+load() { # json-name args... : one loadgen run on the load CPU
+  local name=$1; shift
+  echo "== $name: $*"
+  taskset -c "$LOAD_CPU" "$LOADGEN" --bootstrap 127.0.0.1:$PORT --json "$OUT/$name.json" "$@"
+}
+# Each partition keeps at most ~384 MiB (256 MiB retained + a 128 MiB active segment).
+TOPIC=(--topic-config retention.bytes=268435456 --topic-config segment.bytes=134217728)
+COMMON=(--message-size 1024 --batch-size 1048576 --duration "$SECONDS_PER_RUN" --warmup "$WARMUP" "${TOPIC[@]}")
+# Latency runs linger 1 ms instead of 5 (measured: p99.99 7.7 ms instead of 16 ms at 120k msg/s).
+LOW_LATENCY=(--linger-ms 1)
+
+# A fresh broker per workload, so one run's data never slows the next.
+start_broker
+load max-rate "${COMMON[@]}" --partitions 8 --acks 1,all --consumers 0
+stop_broker
+HALF=$(python3 -c 'import json,sys
+runs = json.load(open(sys.argv[1]))["runs"]
+print("%.0f" % (next(r for r in runs if r["acks"] == "1")["producer"]["msgs_per_s"] / 2))' "$OUT/max-rate.json")
+
+start_broker
+load open-loop "${COMMON[@]}" "${LOW_LATENCY[@]}" --partitions 8 --acks 1,all --consumers 1 --rate "$HALF" \
+  --plot "$OUT/open-loop.svg" --hdr-log "$OUT/hlog"
+stop_broker
+
+start_broker
+load drain --scenario drain --backlog "$BACKLOG" --message-size 1024 --batch-size 1048576 \
+  --partitions 8 --acks 1 --consumers 1
+stop_broker
+
+start_broker
+load scale "${COMMON[@]}" --partitions 1000 --acks 1 --consumers 0
+stop_broker
+
+start_broker
+load idle --scenario idle --broker-pid "$BROKER" --idle-partitions "$IDLE_PARTITIONS" \
+  --idle-connections "$IDLE_CONNECTIONS"
+stop_broker
+
+# The peer's workloads: 4 partitions, ~1 MB batches (1,000 x 1 KB); end to end at 100 MB/s.
+start_broker
+load peer-max "${COMMON[@]}" --partitions 4 --acks 1,all --consumers 0
+stop_broker
+start_broker
+load peer-e2e "${COMMON[@]}" "${LOW_LATENCY[@]}" --partitions 4 --acks 1,all --consumers 1 --rate 100MB/s
+stop_broker
+
+# --- The summary -----------------------------------------------------------------------
+python3 - "$OUT" "$IPERF" "$FIO_WRITE" "$FIO_WRITE_SYNC" "$FIO_READ" <<'EOF' | tee "$OUT/summary.md"
+import json, sys
+out, iperf, fio_write, fio_sync, fio_read = sys.argv[1], *map(float, sys.argv[2:])
+load = lambda name: json.load(open(f"{out}/{name}.json"))
+run = lambda report, acks: next(r for r in report["runs"] if r["acks"] == acks)
+rows = []
+def row(workload, value, unit, limit_name, limit, bar, passed):
+    ratio = f"{value / limit:.2f}" if limit else "-"
+    rows.append((workload, f"{value:,.1f} {unit}", f"{limit_name} {limit:,.1f}" if limit else limit_name,
+                 ratio, bar, "yes" if passed else "**no**"))
+
+m = load("max-rate")
+a1, aall = run(m, "1"), run(m, "all")
+row("acks=1 max rate", a1["producer"]["mb_per_s"], "MB/s", "iperf3", iperf, ">= 0.5 x iperf3",
+    a1["producer"]["mb_per_s"] >= 0.5 * iperf)
+limit = min(iperf, fio_sync)
+row("acks=all max rate", aall["producer"]["mb_per_s"], "MB/s", "min(iperf3, fio fdatasync)", limit,
+    ">= 0.5 x limit", aall["producer"]["mb_per_s"] >= 0.5 * limit)
+o = load("open-loop")
+for acks, bar in (("1", 2000), ("all", 5000)):
+    r = run(o, acks)
+    p = r["publish_latency_us"]["p9999"]
+    row(f"open loop {o['config']['target_rate_msgs_per_s']:,.0f} msg/s acks={acks}: publish p99.99",
+        p / 1000, "ms", "-", 0, f"<= {bar/1000:g} ms", p <= bar)
+e = run(o, "1")["end_to_end_latency_us"]["p9999"]
+row("open loop acks=1: end-to-end p99.99", e / 1000, "ms", "-", 0, "<= 3 ms", e <= 3000)
+d = load("drain")["backlog_drain"]
+row(f"backlog drain {d['backlog_bytes']/1e9:.1f} GB", d["drain"]["mb_per_s"], "MB/s", "fio read", fio_read,
+    ">= 0.7 x fio read", d["drain"]["mb_per_s"] >= 0.7 * fio_read)
+s = run(load("scale"), "1")["producer"]["mb_per_s"]
+row("1,000 partitions acks=1", s, "MB/s", "8 partitions", a1["producer"]["mb_per_s"], ">= 0.7 x 8 partitions",
+    s >= 0.7 * a1["producer"]["mb_per_s"])
+i = load("idle")["idle"]
+row(f"{i['partitions']:,} idle partitions", i["bytes_per_partition"] / 1024, "KiB each", "-", 0, "<= 64 KiB",
+    i["bytes_per_partition"] <= 64 * 1024)
+row(f"{i['connections']:,} idle connections", i["bytes_per_connection"] / 1024, "KiB each", "-", 0, "<= 32 KiB",
+    i["bytes_per_connection"] <= 32 * 1024)
+pm, pe = load("peer-max"), load("peer-e2e")
+for acks, label, mb, p99, p9999 in (("1", "fsync off", 445, 34.5, 122), ("all", "fsync per batch", 496, None, 46)):
+    r = run(pm, acks)
+    row(f"vs peer, acks={acks} ({label}), 4 partitions", r["producer"]["mb_per_s"], "MB/s", "peer", mb,
+        ">= 1.5 x peer", r["producer"]["mb_per_s"] >= 1.5 * mb)
+    if p99 is not None:
+        v = r["publish_latency_us"]["p99"] / 1000
+        row(f"vs peer, acks={acks}: publish p99", v, "ms", "peer", p99, "<= 0.5 x peer", v <= p99 / 2)
+    v = r["publish_latency_us"]["p9999"] / 1000
+    row(f"vs peer, acks={acks}: publish p99.99", v, "ms", "peer", p9999, "<= 0.5 x peer", v <= p9999 / 2)
+for acks, peer in (("1", 4.0), ("all", 15.3)):
+    v = run(pe, acks)["end_to_end_latency_us"]["p99"] / 1000
+    row(f"vs peer, 100 MB/s acks={acks}: end-to-end p99", v, "ms", "peer", peer, "<= 0.5 x peer", v <= peer / 2)
+gb = sum(r["producer"]["mb_per_s"] * load("max-rate")["config"]["duration"] / 1e3 for r in m["runs"])
+print(f"limits: iperf3 {iperf:,.1f} MB/s, fio write {fio_write:,.1f} MB/s, "
+      f"fio write+fdatasync/1 MiB {fio_sync:,.1f} MB/s, fio read {fio_read:,.1f} MB/s; "
+      f"max-rate runs moved {gb:.1f} GB\n")
+print("| workload | Flumen | limit / reference | ratio | bar | met |")
+print("|---|---|---|---|---|---|")
+for r in rows:
+    print("| " + " | ".join(r) + " |")
+EOF
+echo "reports, plot and HdrHistogram logs in $OUT"
