@@ -406,3 +406,67 @@ fn staged_bytes_reach_the_file_without_a_flush_once_submitted() {
         assert_eq!(read, vec![(1, 0), (2, 0)]);
     });
 }
+
+/// A roll by an append starts the next segment at once and leaves the old one's syncs
+/// for later: no index files, the checkpoint and durable offset unmoved, data readable.
+/// The seal then runs on its own, or first thing in a flush, and a crash after that
+/// flush loses nothing.
+#[test]
+fn a_roll_leaves_the_seal_off_the_append_path() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open_uncached(dir.path(), small_config()).await;
+        let mut tag = 0;
+        while log.segment_count() < 2 {
+            log.append(batch(tag, 4, 2000, 0)).await.unwrap();
+            tag += 1;
+        }
+        let new_base = log.segment_base_offsets()[1];
+        let index = |base: u64| std::fs::read(dir.path().join(format!("{base:020}.index")));
+        assert!(
+            log.has_pending_seal(),
+            "the append did not wait for the seal"
+        );
+        // The index file written at open still describes the empty segment.
+        let unsealed_index = index(0).unwrap_or_default();
+        assert_eq!(log.durable_offset(), 0);
+        let read: Vec<_> = read_all(&log).await.iter().flat_map(tags).collect();
+        assert_eq!(
+            read.len(),
+            tag as usize * 4,
+            "the unsealed segment serves reads"
+        );
+
+        log.finish_pending_seal().await.unwrap();
+        assert!(!log.has_pending_seal());
+        assert_ne!(
+            index(0).unwrap(),
+            unsealed_index,
+            "the seal wrote the index"
+        );
+        assert_eq!(log.durable_offset(), new_base);
+        let old_size = std::fs::metadata(dir.path().join(format!("{:020}.log", 0)))
+            .unwrap()
+            .len();
+        assert!(
+            old_size <= 256 << 10,
+            "the seal dropped the reserved space: {old_size}"
+        );
+
+        // Another roll, sealed this time by the flush an acks=all produce makes.
+        while log.segment_count() < 3 {
+            log.append(batch(tag, 4, 2000, 0)).await.unwrap();
+            tag += 1;
+        }
+        assert!(log.has_pending_seal());
+        assert_eq!(log.flush().await.unwrap(), log.next_offset());
+        assert!(!log.has_pending_seal());
+        assert!(index(log.segment_base_offsets()[1]).is_ok());
+        drop(log); // crash: no clean close
+
+        let (log, report) = open_uncached(dir.path(), small_config()).await;
+        assert_eq!(report.bytes_cut, 0);
+        let read: Vec<_> = read_all(&log).await.iter().flat_map(tags).collect();
+        assert_eq!(read.len(), tag as usize * 4);
+    });
+}

@@ -326,7 +326,10 @@ fn bad_flags_get_one_clear_line() {
         let error = String::from_utf8_lossy(&output.stderr);
         assert!(error.contains(expected), "{args:?}: {error}");
         assert_eq!(
-            error.lines().filter(|line| line.starts_with("error: ")).count(),
+            error
+                .lines()
+                .filter(|line| line.starts_with("error: "))
+                .count(),
             1,
             "{error}"
         );

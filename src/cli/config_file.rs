@@ -25,6 +25,8 @@ pub(super) struct ConfigFile {
     pub in_flight_requests_per_connection: Option<usize>,
     pub retention_check_interval_ms: Option<u64>,
     pub write_out_interval_ms: Option<u64>,
+    pub flush_interval_ms: Option<u64>,
+    pub flush_bytes: Option<u64>,
     pub offsets_topic_partitions: Option<u32>,
     pub offsets_retention_ms: Option<u64>,
     pub group_initial_rebalance_delay_ms: Option<u32>,
@@ -77,7 +79,12 @@ impl ConfigFile {
             in_flight_bytes_per_connection,
             in_flight_requests_per_connection
         );
-        set!(retention_check_interval_ms, write_out_interval_ms);
+        set!(
+            retention_check_interval_ms,
+            write_out_interval_ms,
+            flush_interval_ms,
+            flush_bytes
+        );
         if let Some(partitions) = self.offsets_topic_partitions {
             config.offsets_topic_partitions = partitions;
         }
@@ -113,6 +120,8 @@ impl ConfigFile {
             in_flight_requests_per_connection: Some(config.in_flight_requests_per_connection),
             retention_check_interval_ms: Some(config.retention_check_interval_ms),
             write_out_interval_ms: Some(config.write_out_interval_ms),
+            flush_interval_ms: Some(config.flush_interval_ms),
+            flush_bytes: Some(config.flush_bytes),
             offsets_topic_partitions: Some(config.offsets_topic_partitions),
             offsets_retention_ms: Some(config.offsets_retention_ms),
             group_initial_rebalance_delay_ms: Some(config.group_initial_rebalance_delay_ms),

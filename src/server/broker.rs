@@ -388,6 +388,7 @@ async fn serve_until_stopped(
     let group_timer = spawn(group_timer_loop(Rc::clone(state)));
     let offsets_refresh = spawn(offsets_refresh_loop(Rc::clone(state)));
     let write_out = spawn(write_out_loop(Rc::clone(state)));
+    let background_flush = spawn(background_flush_loop(Rc::clone(state)));
     while !shared.stop.load(Ordering::SeqCst) {
         sleep(Duration::from_millis(20)).await;
     }
@@ -400,6 +401,7 @@ async fn serve_until_stopped(
     drop(group_timer);
     drop(offsets_refresh);
     drop(write_out);
+    drop(background_flush);
     // Let connections finish their in-flight requests (they may need other shards, so
     // every shard keeps serving the mesh until all have drained), but not forever: a
     // client that stops reading must not hold the broker up.
@@ -466,6 +468,46 @@ async fn write_out_loop(state: Rc<ShardState>) {
         sleep(interval).await;
         for partition in state.local_partitions() {
             partition.log().submit_staged();
+        }
+    }
+}
+
+/// The syncs kept off the produce path, in a task per partition so one slow sync never
+/// delays another partition's (and a flush already running absorbs a new one):
+/// - segments a roll left behind are sealed soon after (`Log::finish_pending_seal`);
+/// - with `flush_interval_ms` set, partitions whose appended bytes went unsynced that long
+///   or exceed `flush_bytes` are synced, bounding what a power loss takes of acks=0/1 data.
+async fn background_flush_loop(state: Rc<ShardState>) {
+    let interval = state.config.flush_interval_ms;
+    let tick = if interval == 0 {
+        100
+    } else {
+        interval.clamp(1, 100)
+    };
+    let ticks_per_interval = interval.div_ceil(tick).max(1);
+    let mut ticks = 0u64;
+    loop {
+        sleep(Duration::from_millis(tick)).await;
+        ticks += 1;
+        let due = interval > 0 && ticks.is_multiple_of(ticks_per_interval);
+        for partition in state.local_partitions() {
+            let log = partition.log();
+            let unsynced = log.unsynced_bytes();
+            let flush =
+                interval > 0 && unsynced > 0 && (due || unsynced >= state.config.flush_bytes);
+            if !flush && !log.has_pending_seal() {
+                continue;
+            }
+            spawn_detached(async move {
+                let log = partition.log();
+                let outcome = match flush {
+                    true => log.flush().await.map(drop),
+                    false => log.finish_pending_seal().await,
+                };
+                if let Err(error) = outcome {
+                    tracing::error!(?partition, %error, "background sync failed");
+                }
+            });
         }
     }
 }

@@ -42,6 +42,14 @@ pub struct BrokerConfig {
     /// (written, not synced), in milliseconds: the bound on how long acks=1 data stays
     /// only in memory.
     pub write_out_interval_ms: u64,
+    /// Longest time appended bytes go without `fdatasync` when no acks=all produce
+    /// syncs them, in milliseconds (0: never, as before): the bound on how long acks=0/1
+    /// data can be lost to a power failure, and what keeps a segment roll (which syncs
+    /// under the partition's append lock) from having much to sync.
+    pub flush_interval_ms: u64,
+    /// A partition with this many appended bytes not yet synced is synced at once
+    /// (checked every 100 ms or `flush_interval_ms`, whichever is shorter).
+    pub flush_bytes: u64,
     /// Partitions of `__consumer_offsets` when the broker creates it (changing it later
     /// has no effect: the topic keeps its partitions).
     pub offsets_topic_partitions: u32,
@@ -74,6 +82,8 @@ impl Default for BrokerConfig {
             log: LogConfig::default(),
             retention_check_interval_ms: 60_000,
             write_out_interval_ms: 10,
+            flush_interval_ms: 1_000,
+            flush_bytes: 4 << 20,
             offsets_topic_partitions: crate::group::OFFSETS_PARTITIONS_DEFAULT,
             offsets_retention_ms: 7 * 24 * 3_600_000,
             group_initial_rebalance_delay_ms: 3_000,

@@ -163,6 +163,14 @@ struct Recovered {
     checkpoint: Checkpoint,
 }
 
+/// A segment a roll moved away from whose seal (write-out, `fdatasync`, index files,
+/// truncation of its reserved space) has not run yet.
+struct PendingSeal {
+    segment: Rc<Segment>,
+    /// The checkpoint once it is sealed: the start of the segment after it.
+    checkpoint: Checkpoint,
+}
+
 /// One partition's log. See the module documentation.
 pub struct Log {
     dir: PathBuf,
@@ -171,6 +179,15 @@ pub struct Log {
     cache: Rc<TailCache>,
     cache_key: CacheKey,
     append_lock: LocalMutex,
+    /// Serialises `partition.meta` writes, some of which (after retention) happen
+    /// without the append lock.
+    meta_lock: LocalMutex,
+    /// One retention pass at a time (its file removals run without the append lock).
+    retention_lock: LocalMutex,
+    /// The segment the last roll left behind, until it is sealed.
+    pending_seal: RefCell<Option<PendingSeal>>,
+    /// One seal at a time.
+    seal_lock: LocalMutex,
     syncs: Rc<Cell<u64>>,
     read_ahead: ReadAhead,
     state: RefCell<LogState>,
@@ -254,6 +271,10 @@ impl Log {
             cache,
             cache_key,
             append_lock: LocalMutex::new(),
+            meta_lock: LocalMutex::new(),
+            retention_lock: LocalMutex::new(),
+            pending_seal: RefCell::new(None),
+            seal_lock: LocalMutex::new(),
             syncs: Rc::new(Cell::new(0)),
             read_ahead: ReadAhead::default(),
             state: RefCell::new(LogState {
@@ -515,6 +536,7 @@ impl Log {
         self.check_open()?;
         if self.active_segment().size() > 0 {
             self.roll_locked(self.clock.now_ms()).await?;
+            self.finish_pending_seal().await?;
         }
         Ok(())
     }
@@ -523,6 +545,12 @@ impl Log {
         let active = self.active_segment();
         if active.writer().is_some() && active.size() == 0 {
             return Ok(active);
+        }
+        // At most one segment waits for its seal: a roll before the previous seal
+        // finished (a segment filled faster than a sync) waits for it.
+        self.finish_pending_seal().await?;
+        if let (Some(writer), true) = (active.writer(), active.size() > 0) {
+            return self.roll_deferring_seal(active, writer, now).await;
         }
         active
             .seal()
@@ -567,6 +595,88 @@ impl Log {
         Ok(segment)
     }
 
+    /// The usual roll, of a full active segment: starts the next segment at once and
+    /// leaves the sealed segment's syncs to [`Log::finish_pending_seal`], so appends never
+    /// wait on them (on a disk with a large volatile cache, syncing a segment after 128 MiB
+    /// of unsynced writes held appends for up to two seconds). Until the seal, the
+    /// checkpoint and the durable offset stay where they were; a flush seals first.
+    async fn roll_deferring_seal(
+        &self,
+        active: Rc<Segment>,
+        writer: super::writer::SegmentWriter,
+        now: i64,
+    ) -> Result<Rc<Segment>> {
+        writer.submit_staged();
+        let next_offset = self.next_offset();
+        let created = Segment::create(&self.dir, next_offset, now)
+            .await
+            .map_err(|error| {
+                StorageError::io(
+                    "creating",
+                    segment_path(&self.dir, next_offset, "log"),
+                    error,
+                )
+            })?;
+        let segment = Rc::new(created);
+        segment
+            .activate(self.writer_limits(), Rc::clone(&self.syncs))
+            .await
+            .map_err(|error| StorageError::io("activating", segment.path(), error))?;
+        self.state
+            .borrow_mut()
+            .segments
+            .insert(segment.base_offset, Rc::clone(&segment));
+        *self.pending_seal.borrow_mut() = Some(PendingSeal {
+            segment: active,
+            checkpoint: Checkpoint {
+                segment_base: segment.base_offset,
+                position: 0,
+                next_offset,
+                max_timestamp: i64::MIN,
+            },
+        });
+        Ok(segment)
+    }
+
+    /// Whether a rolled segment still waits for its seal (the broker seals it in the
+    /// background soon after the roll).
+    pub fn has_pending_seal(&self) -> bool {
+        self.pending_seal.borrow().is_some()
+    }
+
+    /// Seals the segment the last roll left behind, if any: writes out and syncs it,
+    /// writes its index files, drops its reserved space, syncs the directory (making the
+    /// new segment's file durable) and moves the checkpoint past it. Appends never wait
+    /// for this; flushes, rolls, retention and close do. A failure leaves the seal
+    /// pending, to be retried by the next call.
+    pub async fn finish_pending_seal(&self) -> Result<()> {
+        let _guard = self.seal_lock.lock().await;
+        let Some((segment, checkpoint)) = self
+            .pending_seal
+            .borrow()
+            .as_ref()
+            .map(|pending| (Rc::clone(&pending.segment), pending.checkpoint))
+        else {
+            return Ok(());
+        };
+        segment
+            .seal()
+            .await
+            .map_err(|error| StorageError::io("sealing", segment.path(), error))?;
+        file::sync_dir(&self.dir)
+            .await
+            .map_err(|error| StorageError::io("syncing", &self.dir, error))?;
+        {
+            let mut state = self.state.borrow_mut();
+            if state.checkpoint.segment_base < checkpoint.segment_base {
+                state.checkpoint = checkpoint;
+            }
+            state.durable_offset = state.durable_offset.max(checkpoint.next_offset);
+        }
+        *self.pending_seal.borrow_mut() = None;
+        self.write_meta().await
+    }
+
     /// Hands every appended byte to the device (no `fdatasync`, no waiting). The broker
     /// calls this every few milliseconds, so acks=1 data reaches the disk's queue soon
     /// after it is appended even when a partition receives too little to fill a staging
@@ -577,11 +687,21 @@ impl Log {
         }
     }
 
+    /// Bytes appended to the active segment and not yet covered by an `fdatasync` (the
+    /// broker's background flush syncs a partition when this grows or ages).
+    pub fn unsynced_bytes(&self) -> u64 {
+        self.active_segment()
+            .writer()
+            .map_or(0, |writer| writer.unsynced_bytes())
+    }
+
     /// Makes every batch appended before the call durable; returns the offset below which
     /// everything is durable. Concurrent calls share `fdatasync`s.
     pub async fn flush(&self) -> Result<u64> {
         self.check_open()?;
         let target = self.next_offset();
+        // Everything before the active segment first: durable means every earlier byte.
+        self.finish_pending_seal().await?;
         let active = self.active_segment();
         if let Some(writer) = active.writer() {
             writer
@@ -865,17 +985,55 @@ impl Log {
     /// Deletes whole segments, oldest first, while the log exceeds `retention_bytes` or a
     /// segment's newest record is older than `retention_ms`. The active segment is never
     /// deleted. Advances the log start offset.
+    ///
+    /// Only choosing the segments and dropping them from the log's state holds the append
+    /// lock; removing their files and writing `partition.meta` (which syncs the
+    /// directory) happen after, so appends never wait on those syncs.
     pub async fn apply_retention(&self) -> Result<RetentionReport> {
+        let _pass = self.retention_lock.lock().await;
+        // A segment still being sealed is kept, so seal the last roll's first.
+        self.finish_pending_seal().await?;
+        let (report, deleted) = self.drop_expired_segments().await?;
+        if deleted.is_empty() {
+            return Ok(report);
+        }
+        // Files first: a crash in between leaves the segments and an older epoch history
+        // on disk, which is harmless (retention deletes them again); the meta write also
+        // syncs the directory, making the deletion durable.
+        for segment in &deleted {
+            segment
+                .remove_files()
+                .await
+                .map_err(|error| StorageError::io("deleting", segment.path(), error))?;
+        }
+        // A log closed meanwhile wrote its own meta, which already reflects the deletion.
+        self.check_open()?;
+        self.write_meta().await?;
+        tracing::info!(dir = %self.dir.display(), ?report, "retention deleted segments");
+        Ok(report)
+    }
+
+    /// Under the append lock, drops the segments retention removes from the log's state
+    /// and advances the log start; returns them for their files to be removed.
+    async fn drop_expired_segments(&self) -> Result<(RetentionReport, Vec<Rc<Segment>>)> {
         let _guard = self.append_lock.lock().await;
         self.check_open()?;
         let now = self.clock.now_ms();
         let mut report = RetentionReport::default();
+        let mut deleted = Vec::new();
+        // Like the active segment, a segment still being sealed stays.
+        let sealing = self
+            .pending_seal
+            .borrow()
+            .as_ref()
+            .map(|pending| pending.segment.base_offset);
         loop {
             let (candidate, total) = {
                 let state = self.state.borrow();
                 let total: u64 = state.segments.values().map(|segment| segment.size()).sum();
                 let candidate = (state.segments.len() > 1)
-                    .then(|| Rc::clone(state.segments.values().next().expect("non-empty")));
+                    .then(|| Rc::clone(state.segments.values().next().expect("non-empty")))
+                    .filter(|oldest| Some(oldest.base_offset) != sealing);
                 (candidate, total)
             };
             let Some(oldest) = candidate else { break };
@@ -892,16 +1050,15 @@ impl Log {
             }
             report.segments_deleted += 1;
             report.bytes_deleted += oldest.size();
-            self.delete_oldest(&oldest).await?;
+            self.forget_oldest(&oldest);
+            deleted.push(oldest);
         }
         report.log_start_offset = self.log_start_offset();
-        if report.segments_deleted > 0 {
-            tracing::info!(dir = %self.dir.display(), ?report, "retention deleted segments");
-        }
-        Ok(report)
+        Ok((report, deleted))
     }
 
-    async fn delete_oldest(&self, oldest: &Segment) -> Result<()> {
+    /// Drops the oldest segment from the log's state (its files stay until removed).
+    fn forget_oldest(&self, oldest: &Segment) {
         let new_start = {
             let mut state = self.state.borrow_mut();
             state.segments.remove(&oldest.base_offset);
@@ -924,13 +1081,6 @@ impl Log {
         };
         self.cache.remove_before(self.cache_key, new_start);
         self.read_ahead.clear();
-        // Files first: a crash in between leaves an older epoch history, which is harmless;
-        // the meta write also syncs the directory, making the deletion durable.
-        oldest
-            .remove_files()
-            .await
-            .map_err(|error| StorageError::io("deleting", oldest.path(), error))?;
-        self.write_meta().await
     }
 
     /// Removes every batch that contains an offset `>= offset`, so the log ends at or
@@ -1194,6 +1344,7 @@ impl Log {
     }
 
     async fn write_meta(&self) -> Result<()> {
+        let _guard = self.meta_lock.lock().await;
         let meta = {
             let state = self.state.borrow();
             PartitionMeta {

@@ -161,6 +161,12 @@ impl SegmentWriter {
     }
 
     /// Logical end: bytes appended so far.
+    /// Bytes appended and not yet covered by an `fdatasync`.
+    pub(crate) fn unsynced_bytes(&self) -> u64 {
+        let state = self.shared.state.borrow();
+        state.end - state.durable_end
+    }
+
     pub(crate) fn end(&self) -> u64 {
         self.shared.state.borrow().end
     }
