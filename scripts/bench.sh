@@ -24,7 +24,7 @@ BROKER_CPU="${BROKER_CPU:-0}"
 LOAD_CPU="${LOAD_CPU:-1}"
 IDLE_PARTITIONS=10000
 IDLE_CONNECTIONS=1000
-FIO_SIZE=4G
+FIO_SIZE=8G
 if [[ "${QUICK:-0}" == 1 ]]; then
   SECONDS_PER_RUN=3 WARMUP=1 BACKLOG=256MB IDLE_PARTITIONS=1000 IDLE_CONNECTIONS=200 FIO_SIZE=512M
 fi
@@ -146,6 +146,9 @@ m = load("max-rate")
 a1, aall = run(m, "1"), run(m, "all")
 row("acks=1 max rate", a1["producer"]["mb_per_s"], "MB/s", "iperf3", iperf, ">= 0.5 x iperf3",
     a1["producer"]["mb_per_s"] >= 0.5 * iperf)
+# Not a bar of the issue: what bounds acks=1 over runs longer than any cache is the disk.
+row("acks=1 max rate, against the disk", a1["producer"]["mb_per_s"], "MB/s", "fio write", fio_write,
+    "(context)", True)
 limit = min(iperf, fio_sync)
 row("acks=all max rate", aall["producer"]["mb_per_s"], "MB/s", "min(iperf3, fio fdatasync)", limit,
     ">= 0.5 x limit", aall["producer"]["mb_per_s"] >= 0.5 * limit)

@@ -470,3 +470,43 @@ fn a_roll_leaves_the_seal_off_the_append_path() {
         assert_eq!(read.len(), tag as usize * 4);
     });
 }
+
+/// Retention does not sync: a crash right after it brings the deleted segments back
+/// whole (never half), and the next pass deletes them again.
+#[test]
+fn a_crash_after_retention_brings_back_whole_segments_only() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            retention_bytes: Some(300 << 10),
+            ..small_config()
+        };
+        let (log, _) = open_uncached(dir.path(), config.clone()).await;
+        for tag in 0..400 {
+            log.append(batch(tag, 4, 2000, 0)).await.unwrap();
+        }
+        log.flush().await.unwrap();
+        let report = log.apply_retention().await.unwrap();
+        assert!(report.segments_deleted > 0);
+        let start = log.log_start_offset();
+        let end = log.next_offset();
+        drop(log); // crash: no clean close
+
+        let (log, recovery) = open_uncached(dir.path(), config).await;
+        assert_eq!(recovery.bytes_cut, 0);
+        assert_eq!(log.next_offset(), end);
+        let first = log.log_start_offset();
+        assert!(first <= start, "{first} > {start}");
+        // Whatever came back is whole: every offset from the log start reads back.
+        let read = read_all(&log).await;
+        assert_eq!(read[0].header().base_offset, first);
+        let records: u64 = read
+            .iter()
+            .map(|batch| batch.header().record_count as u64)
+            .sum();
+        assert_eq!(records, end - first);
+        log.apply_retention().await.unwrap();
+        assert_eq!(log.log_start_offset(), start);
+        log.close().await.unwrap();
+    });
+}

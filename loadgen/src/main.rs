@@ -389,6 +389,7 @@ fn run(args: &Args) -> Result<(), String> {
                 write_out_interval_ms: Some(
                     flumen::server::BrokerConfig::default().write_out_interval_ms,
                 ),
+                flush_interval_ms: Some(flumen::server::BrokerConfig::default().flush_interval_ms),
             }
         }
         None => Broker {
@@ -399,6 +400,7 @@ fn run(args: &Args) -> Result<(), String> {
             cpus: Vec::new(),
             fsync_policy: FSYNC_POLICY,
             write_out_interval_ms: None,
+            flush_interval_ms: None,
         },
     };
     let disk_path = match &embedded {

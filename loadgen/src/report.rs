@@ -3,7 +3,8 @@
 //!
 //! Schema version 1. Top level: `schema_version`, `machine` (`cpu_model`, `cores`,
 //! `kernel`, `memory_bytes`, `disk`), `broker` (`embedded`, `bootstrap`, `version`,
-//! `shards`, `cpus`, `fsync_policy`, `write_out_interval_ms`), `config` (every flag,
+//! `shards`, `cpus`, `fsync_policy`, `write_out_interval_ms`, `flush_interval_ms`),
+//! `config` (every flag,
 //! plus `mode` and `target_rate_msgs_per_s`), `runs` (one per ack mode, in the order
 //! run), `backlog_drain` and `idle` (`null` unless that scenario ran). Each run: `acks`
 //! (`"0"`, `"1"`, `"all"`), `messages`, `producer` and `consumer` (`msgs_per_s`,
@@ -228,12 +229,14 @@ pub struct Broker {
     /// When data reaches the disk for each ack mode.
     pub fsync_policy: &'static str,
     pub write_out_interval_ms: Option<u64>,
+    pub flush_interval_ms: Option<u64>,
 }
 
 /// Flumen's durability contract (DESIGN.md): what each ack mode waits for.
 pub const FSYNC_POLICY: &str = "acks=all: fdatasync of the partition before the ack; \
-     acks=1: ack once appended to the page-aligned staging buffer, written (not synced) \
-     within write_out_interval_ms; acks=0: no ack";
+     acks=1: ack once appended to the staging buffer, written within \
+     write_out_interval_ms and fdatasync'ed in the background within flush_interval_ms; \
+     acks=0: no ack, same writes and syncs";
 
 /// The backlog-drain scenario's figures.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -401,6 +404,7 @@ mod tests {
                 cpus: vec![0],
                 fsync_policy: FSYNC_POLICY,
                 write_out_interval_ms: Some(10),
+                flush_interval_ms: Some(1_000),
             },
             config: serde_json::json!({"mode": "max-rate"}),
             runs: vec![run_of("1"), run_of("all")],

@@ -918,6 +918,15 @@ impl Log {
             .read(position, len)
             .await
             .map_err(|error| StorageError::io("reading", segment.path(), error))?;
+        if bytes.len() < len && segment.is_deleted() {
+            // Retention removed the segment while this read was in it: the data is gone,
+            // as it would be for a read that came a moment later.
+            return Err(StorageError::OffsetOutOfRange {
+                offset: segment.base_offset,
+                log_start_offset: self.log_start_offset(),
+                next_offset: self.next_offset(),
+            });
+        }
         if bytes.len() < len {
             return Err(self.corrupt(segment, position, "segment file is shorter than its log"));
         }
@@ -997,18 +1006,18 @@ impl Log {
         if deleted.is_empty() {
             return Ok(report);
         }
-        // Files first: a crash in between leaves the segments and an older epoch history
-        // on disk, which is harmless (retention deletes them again); the meta write also
-        // syncs the directory, making the deletion durable.
+        // No sync here: the deletion becomes durable with the next `partition.meta` write
+        // (the next seal, epoch change or close), which also syncs the directory. A crash
+        // before that brings back the deleted segments and the older epoch history, which
+        // is harmless: they are whole, and retention deletes them again. Syncing at every
+        // deletion cost each partition two journal commits, which on a disk with a large
+        // volatile cache held up writes for as long as the cache took to persist.
         for segment in &deleted {
             segment
                 .remove_files()
                 .await
                 .map_err(|error| StorageError::io("deleting", segment.path(), error))?;
         }
-        // A log closed meanwhile wrote its own meta, which already reflects the deletion.
-        self.check_open()?;
-        self.write_meta().await?;
         tracing::info!(dir = %self.dir.display(), ?report, "retention deleted segments");
         Ok(report)
     }

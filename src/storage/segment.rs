@@ -11,6 +11,12 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use super::file::{self, DirectFile, ReadBytes};
+
+/// How much of a deleted segment's file is freed at a time.
+pub(crate) const SHRINK_STEP_BYTES: u64 = 8 << 20;
+
+/// The pause between two shrink steps: 128 MiB takes about 0.3 s to free.
+pub(crate) const SHRINK_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 use super::index::{SegmentIndex, SegmentSummary};
 use super::writer::{SegmentWriter, WriterLimits};
 
@@ -37,6 +43,8 @@ pub(crate) struct Segment {
     pub created_ms: i64,
     state: RefCell<SegmentState>,
     writer: RefCell<Option<SegmentWriter>>,
+    /// Retention removed it: its file is shrinking or gone.
+    deleted: Cell<bool>,
 }
 
 impl Segment {
@@ -73,7 +81,14 @@ impl Segment {
             created_ms,
             state: RefCell::new(state),
             writer: RefCell::new(None),
+            deleted: Cell::new(false),
         }
+    }
+
+    /// Whether retention removed this segment (a read still holding it may find its file
+    /// shorter than its log).
+    pub(crate) fn is_deleted(&self) -> bool {
+        self.deleted.get()
     }
 
     /// Opens an existing segment file.
@@ -189,7 +204,18 @@ impl Segment {
     }
 
     /// Removes all the segment's files. Open handles keep working until dropped.
+    ///
+    /// The log file shrinks in steps of [`SHRINK_STEP_BYTES`], [`SHRINK_PAUSE`] apart,
+    /// before it is unlinked: freeing a whole segment's blocks in one go made ext4 hold
+    /// up every other partition's writes for up to a second (`docs/BENCHMARKS.md`).
     pub(crate) async fn remove_files(&self) -> io::Result<()> {
+        self.deleted.set(true);
+        let mut size = self.file.size().await?;
+        while size > SHRINK_STEP_BYTES {
+            size -= SHRINK_STEP_BYTES;
+            self.file.truncate(size).await?;
+            crate::shard::sleep(SHRINK_PAUSE).await;
+        }
         self.remove_index().await?;
         file::remove_file(&segment_path(&self.dir, self.base_offset, "log")).await
     }
