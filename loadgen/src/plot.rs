@@ -260,16 +260,14 @@ fn throughput_panel(out: &mut String, modes: &[Curves<'_>]) {
         );
     }
     for mode in modes {
-        let produced: Vec<(f64, f64)> = mode
-            .series
-            .iter()
+        // The last window of a run is a fraction of a second: its rate says little.
+        let whole = || mode.series.iter().filter(|point| point.window_s >= 0.5);
+        let produced: Vec<(f64, f64)> = whole()
             .map(|point| (x_of(point.t_s), y_of(point.producer_mb_per_s)))
             .collect();
         polyline(out, &produced, color(mode.label), false);
         if mode.end_to_end.is_some() {
-            let consumed: Vec<(f64, f64)> = mode
-                .series
-                .iter()
+            let consumed: Vec<(f64, f64)> = whole()
                 .map(|point| (x_of(point.t_s), y_of(point.consumer_mb_per_s)))
                 .collect();
             polyline(out, &consumed, color(mode.label), true);
