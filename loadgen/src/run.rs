@@ -330,6 +330,47 @@ async fn consume(
     }
 }
 
+/// What the progress task hands back: the time series and the interval logs.
+type Progressed = (Vec<Point>, IntervalLog, IntervalLog);
+
+/// The running progress task of one phase, and how to stop it.
+struct Reporter {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Progressed>,
+}
+
+impl Reporter {
+    /// Reports on `recorders` once a second from `start`; windows before `measure_from`
+    /// are the warm-up.
+    fn start(
+        label: String,
+        recorders: &[SharedRecorder],
+        (start, measure_from): (Instant, Instant),
+        show: bool,
+        logs: bool,
+    ) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(report_progress(
+            label,
+            recorders.to_vec(),
+            start,
+            measure_from,
+            show,
+            logs,
+            stopped,
+        ));
+        Self { stop, task }
+    }
+
+    /// Takes the last window and ends the task.
+    async fn finish(self) -> Result<Progressed, String> {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .map_err(|error| format!("the progress task failed: {error}"))
+    }
+}
+
 /// Prints and records one point a second until `stop`.
 async fn report_progress(
     label: String,
@@ -545,26 +586,20 @@ pub async fn run_mode(plan: &Plan, label: &str, acks: Acks) -> Result<ModeResult
         }
     };
     let (producers, producing) = start_producers(plan, acks, &topics, &mut load, period, pace);
-    let (stop_progress, stopped) = tokio::sync::oneshot::channel();
-    let reporter = tokio::spawn(report_progress(
+    let reporter = Reporter::start(
         label.to_owned(),
-        load.recorders.clone(),
-        start,
-        period.from,
+        &load.recorders,
+        (start, period.from),
         plan.progress,
         plan.interval_logs,
-        stopped,
-    ));
+    );
     join_all(producing).await?;
     let retries = close(producers).await;
     load.progress.producers_done.store(true, Ordering::Release);
     for outcome in join_all(consumers).await? {
         outcome?;
     }
-    let _ = stop_progress.send(());
-    let (series, publish_log, end_to_end_log) = reporter
-        .await
-        .map_err(|error| format!("the progress task failed: {error}"))?;
+    let (series, publish_log, end_to_end_log) = reporter.finish().await?;
     let total = totals(&load.recorders);
     let mut run = AckRun::new(
         label,
@@ -612,16 +647,13 @@ pub async fn run_drain(
         target: backlog_bytes,
     };
     let (producers, producing) = start_producers(plan, acks, &topics, &mut load, everything, pace);
-    let (stop_progress, stopped) = tokio::sync::oneshot::channel();
-    let reporter = tokio::spawn(report_progress(
+    let reporter = Reporter::start(
         format!("{label} (backlog)"),
-        load.recorders.clone(),
-        start,
-        start,
+        &load.recorders,
+        (start, start),
         plan.progress,
         false,
-        stopped,
-    ));
+    );
     join_all(producing).await?;
     let retries = close(producers).await;
     let build_seconds = start.elapsed().as_secs_f64();
@@ -633,8 +665,7 @@ pub async fn run_drain(
         consumers: plan.consumers.max(1),
         ..plan.clone()
     };
-    let _ = stop_progress.send(());
-    let _ = reporter.await;
+    reporter.finish().await?;
     // The readers get recorders of their own, so the drain is timed apart from the build.
     let mut readers = Load {
         clock: load.clock,
@@ -642,22 +673,18 @@ pub async fn run_drain(
         recorders: Vec::new(),
     };
     let consumers = start_consumers(&plan, &topics, &mut readers, None);
-    let (stop_progress, stopped) = tokio::sync::oneshot::channel();
-    let reporter = tokio::spawn(report_progress(
+    let reporter = Reporter::start(
         format!("{label} (drain)"),
-        readers.recorders.clone(),
-        drain_start,
-        drain_start,
+        &readers.recorders,
+        (drain_start, drain_start),
         plan.progress,
         false,
-        stopped,
-    ));
+    );
     let mut last_record = drain_start;
     for outcome in join_all(consumers).await? {
         last_record = last_record.max(outcome?.unwrap_or(drain_start));
     }
-    let _ = stop_progress.send(());
-    let _ = reporter.await;
+    reporter.finish().await?;
     // Up to the last record read: the wait for more after it is not reading time.
     let drain_seconds = last_record.duration_since(drain_start).as_secs_f64();
     let read = totals(&readers.recorders);

@@ -558,23 +558,11 @@ impl Log {
             .map_err(|error| StorageError::io("sealing", active.path(), error))?;
         let next_offset = self.next_offset();
         let segment = if active.size() == 0 {
+            self.activate(&active).await?;
             active
         } else {
-            let created = Segment::create(&self.dir, next_offset, now)
-                .await
-                .map_err(|error| {
-                    StorageError::io(
-                        "creating",
-                        segment_path(&self.dir, next_offset, "log"),
-                        error,
-                    )
-                })?;
-            Rc::new(created)
+            self.start_segment(next_offset, now).await?
         };
-        segment
-            .activate(self.writer_limits(), Rc::clone(&self.syncs))
-            .await
-            .map_err(|error| StorageError::io("activating", segment.path(), error))?;
         file::sync_dir(&self.dir)
             .await
             .map_err(|error| StorageError::io("syncing", &self.dir, error))?;
@@ -608,20 +596,7 @@ impl Log {
     ) -> Result<Rc<Segment>> {
         writer.submit_staged();
         let next_offset = self.next_offset();
-        let created = Segment::create(&self.dir, next_offset, now)
-            .await
-            .map_err(|error| {
-                StorageError::io(
-                    "creating",
-                    segment_path(&self.dir, next_offset, "log"),
-                    error,
-                )
-            })?;
-        let segment = Rc::new(created);
-        segment
-            .activate(self.writer_limits(), Rc::clone(&self.syncs))
-            .await
-            .map_err(|error| StorageError::io("activating", segment.path(), error))?;
+        let segment = self.start_segment(next_offset, now).await?;
         self.state
             .borrow_mut()
             .segments
@@ -636,6 +611,30 @@ impl Log {
             },
         });
         Ok(segment)
+    }
+
+    /// Creates the segment starting at `next_offset` and gives it a writer (nothing synced).
+    async fn start_segment(&self, next_offset: u64, now: i64) -> Result<Rc<Segment>> {
+        let created = Segment::create(&self.dir, next_offset, now)
+            .await
+            .map_err(|error| {
+                StorageError::io(
+                    "creating",
+                    segment_path(&self.dir, next_offset, "log"),
+                    error,
+                )
+            })?;
+        let segment = Rc::new(created);
+        self.activate(&segment).await?;
+        Ok(segment)
+    }
+
+    async fn activate(&self, segment: &Segment) -> Result<()> {
+        segment
+            .activate(self.writer_limits(), Rc::clone(&self.syncs))
+            .await
+            .map(drop)
+            .map_err(|error| StorageError::io("activating", segment.path(), error))
     }
 
     /// Whether a rolled segment still waits for its seal (the broker seals it in the
