@@ -510,3 +510,110 @@ fn a_crash_after_retention_brings_back_whole_segments_only() {
         log.close().await.unwrap();
     });
 }
+
+/// Appends until a roll leaves the first segment unsealed, puts one batch in the second,
+/// waits until it is written, and crashes (drops the log). Returns the records appended.
+async fn crash_with_a_seal_pending(dir: &std::path::Path) -> u64 {
+    let (log, _) = open_uncached(dir, small_config()).await;
+    let mut tag = 0;
+    while log.segment_count() < 2 {
+        log.append(batch(tag, 4, 2000, 0)).await.unwrap();
+        tag += 1;
+    }
+    log.append(batch(tag, 4, 2000, 0)).await.unwrap();
+    assert!(log.has_pending_seal());
+    log.submit_staged();
+    let second = dir.join(format!("{:020}.log", log.segment_base_offsets()[1]));
+    // Bounded wait for the background write (not a timing assertion).
+    for _ in 0..5_000 {
+        if std::fs::read(&second)
+            .unwrap()
+            .iter()
+            .any(|&byte| byte != 0)
+        {
+            break;
+        }
+        flumen::shard::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    drop(log); // crash: the seal never ran
+    (tag + 1) * 4
+}
+
+/// A crash with a seal pending loses nothing that was written: recovery finds the
+/// unsealed segment, seals it, and the next open trusts it.
+#[test]
+fn recovery_seals_a_segment_left_unsealed_by_a_crash() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let records = crash_with_a_seal_pending(dir.path()).await;
+        let (log, report) = open_uncached(dir.path(), small_config()).await;
+        assert_eq!(report.bytes_cut, 0);
+        assert_eq!(log.next_offset(), records);
+        let read: Vec<_> = read_all(&log).await.iter().flat_map(tags).collect();
+        assert_eq!(read.len() as u64, records);
+        let first = dir.path().join(format!("{:020}.log", 0));
+        assert!(
+            std::fs::metadata(&first).unwrap().len() <= 256 << 10,
+            "its reserved space was dropped"
+        );
+        log.close().await.unwrap();
+        let (_, report) = open_uncached(dir.path(), small_config()).await;
+        assert_eq!(report.batches_scanned, 0, "the sealed segment is trusted");
+    });
+}
+
+/// If the unsealed segment lost its unsynced tail in the crash (here: all of it), the
+/// segment after it follows a hole and goes: offsets stay dense.
+#[test]
+fn recovery_ends_the_log_at_a_hole_before_a_later_segment() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        crash_with_a_seal_pending(dir.path()).await;
+        let first = dir.path().join(format!("{:020}.log", 0));
+        let length = std::fs::metadata(&first).unwrap().len() as usize;
+        std::fs::write(&first, vec![0u8; length]).unwrap();
+        let (log, report) = open_uncached(dir.path(), small_config()).await;
+        assert!(
+            report.cuts.iter().any(|cut| cut.contains("after a hole")),
+            "{:?}",
+            report.cuts
+        );
+        assert_eq!(log.next_offset(), 0);
+        assert_eq!(log.segment_base_offsets(), vec![0]);
+        assert!(read_all(&log).await.is_empty());
+        log.append(batch(1, 1, 10, 0)).await.unwrap();
+        assert_eq!(log.flush().await.unwrap(), 1);
+    });
+}
+
+/// A flush whose task is cancelled while it leads a round (as the broker's tasks are at
+/// shutdown) must not leave later flushes waiting for that round forever.
+#[test]
+fn a_flush_cancelled_mid_round_does_not_block_later_ones() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open_uncached(dir.path(), small_config()).await;
+        let mut cancelled = 0;
+        for tag in 0..20 {
+            log.append(batch(tag, 4, 2000, 0)).await.unwrap();
+            let stop = async {
+                for _ in 0..3 {
+                    flumen::shard::yield_to_ready_tasks().await;
+                }
+            };
+            if flumen::shard::until(log.flush(), stop).await.is_none() {
+                cancelled += 1;
+            }
+            let bounded = flumen::shard::until(
+                log.flush(),
+                flumen::shard::sleep(std::time::Duration::from_secs(10)),
+            )
+            .await;
+            assert_eq!(
+                bounded.expect("the next flush finishes").unwrap(),
+                log.next_offset()
+            );
+        }
+        assert!(cancelled > 0, "some flush was cancelled while it ran");
+    });
+}

@@ -44,8 +44,8 @@ pub struct BrokerConfig {
     pub write_out_interval_ms: u64,
     /// Longest time appended bytes go without `fdatasync` when no acks=all produce
     /// syncs them, in milliseconds (0: never, as before): the bound on how long acks=0/1
-    /// data can be lost to a power failure, and what keeps a segment roll (which syncs
-    /// under the partition's append lock) from having much to sync.
+    /// data can be lost to a power failure, and what keeps every sync (a segment seal
+    /// among them) short on disks that hold writes in a large volatile cache.
     pub flush_interval_ms: u64,
     /// A partition with this many appended bytes not yet synced is synced at once
     /// (checked every 100 ms or `flush_interval_ms`, whichever is shorter).

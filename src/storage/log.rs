@@ -594,7 +594,15 @@ impl Log {
         writer: super::writer::SegmentWriter,
         now: i64,
     ) -> Result<Rc<Segment>> {
-        writer.submit_staged();
+        // The old segment's bytes are written (not synced) before the next segment takes
+        // any: a process crash then never leaves a later segment after a hole.
+        writer
+            .write_out(writer.end())
+            .await
+            .map_err(|error| match writer.failure() {
+                Some(cause) => self.poisoned(cause),
+                None => StorageError::io("writing out", active.path(), error),
+            })?;
         let next_offset = self.next_offset();
         let segment = self.start_segment(next_offset, now).await?;
         self.state
@@ -650,6 +658,9 @@ impl Log {
     /// pending, to be retried by the next call.
     pub async fn finish_pending_seal(&self) -> Result<()> {
         let _guard = self.seal_lock.lock().await;
+        // A closed log sealed everything it could; never write into a directory that may
+        // belong to a new log by now.
+        self.check_open()?;
         let Some((segment, checkpoint)) = self
             .pending_seal
             .borrow()
@@ -998,7 +1009,7 @@ impl Log {
     /// lock; removing their files and writing `partition.meta` (which syncs the
     /// directory) happen after, so appends never wait on those syncs.
     pub async fn apply_retention(&self) -> Result<RetentionReport> {
-        let _pass = self.retention_lock.lock().await;
+        let pass = self.retention_lock.lock().await;
         // A segment still being sealed is kept, so seal the last roll's first.
         self.finish_pending_seal().await?;
         let (report, deleted) = self.drop_expired_segments().await?;
@@ -1011,11 +1022,22 @@ impl Log {
         // is harmless: they are whole, and retention deletes them again. Syncing at every
         // deletion cost each partition two journal commits, which on a disk with a large
         // volatile cache held up writes for as long as the cache took to persist.
+        let mut first_error = None;
         for segment in &deleted {
-            segment
-                .remove_files()
-                .await
-                .map_err(|error| StorageError::io("deleting", segment.path(), error))?;
+            if let Err(error) = segment.remove_files().await {
+                first_error.get_or_insert(StorageError::io("deleting", segment.path(), error));
+            }
+        }
+        // The names are gone: `close` (which waits for this lock) and a topic created
+        // again at the same path can no longer meet them. The blocks go after, gently.
+        drop(pass);
+        for segment in &deleted {
+            if let Err(error) = segment.release_space().await {
+                first_error.get_or_insert(StorageError::io("freeing", segment.path(), error));
+            }
+        }
+        if let Some(error) = first_error {
+            return Err(error);
         }
         tracing::info!(dir = %self.dir.display(), ?report, "retention deleted segments");
         Ok(report)
@@ -1299,6 +1321,8 @@ impl Log {
     /// Flushes, writes the active segment's index and a checkpoint at the log end, and
     /// releases the files. The next open trusts everything and scans nothing.
     pub async fn close(&self) -> Result<()> {
+        // A retention pass removing files by name finishes first.
+        let _retention = self.retention_lock.lock().await;
         let _guard = self.append_lock.lock().await;
         if self.state.borrow().closed {
             return Ok(());

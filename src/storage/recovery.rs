@@ -87,6 +87,23 @@ pub(crate) async fn recover(
     let epochs = meta.map(|meta| &meta.epochs[..]);
     let mut previous_next_offset = None;
     for (number, &base) in bases.iter().enumerate() {
+        // A segment after the checkpoint that does not start where the previous one ends
+        // follows lost bytes: its predecessor was rolled away from but not yet sealed
+        // when the crash came, and lost its tail. Nothing after a hole was ever durable
+        // (a flush seals the earlier segment first), and offsets must stay dense, so the
+        // log ends at the hole.
+        let after_checkpoint = checkpoint.is_none_or(|checkpoint| base > checkpoint.segment_base);
+        if let Some(previous) = previous_next_offset.filter(|&previous| previous != base) {
+            if after_checkpoint {
+                for &later in &bases[number..] {
+                    remove_segment_files(dir, later).await?;
+                    report.cuts.push(format!(
+                        "deleted segment {later:020}.log after a hole (offsets {previous} to {base})"
+                    ));
+                }
+                break;
+            }
+        }
         let (segment, opened) = open_segment(
             dir,
             config,
@@ -103,6 +120,16 @@ pub(crate) async fn recover(
                 .persist_index()
                 .await
                 .map_err(|error| StorageError::io("writing index of", segment.path(), error))?;
+        }
+        let trusted = checkpoint.is_some_and(|checkpoint| base < checkpoint.segment_base);
+        if opened == Opened::Intact && !trusted && number + 1 < bases.len() {
+            // A scanned segment with later ones was rolled away from and not sealed
+            // before the crash: seal it now, so it is durable before the checkpoint moves
+            // past it and trusted (not rescanned) by the next open.
+            segment
+                .seal_recovered()
+                .await
+                .map_err(|error| StorageError::io("sealing", segment.path(), error))?;
         }
         if opened == Opened::DamagedBeforeCheckpoint {
             // Durable data after this segment is kept; reads of the damaged range fail

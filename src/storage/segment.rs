@@ -170,6 +170,16 @@ impl Segment {
         Ok(())
     }
 
+    /// Seals a segment found unsealed by recovery (it has no writer): drops its reserved
+    /// space, syncs it and writes its index files.
+    pub(crate) async fn seal_recovered(&self) -> io::Result<()> {
+        if self.file.size().await? > self.size() {
+            self.file.truncate(self.size()).await?;
+        }
+        self.file.fdatasync().await?;
+        self.persist_index().await
+    }
+
     /// Drops the writer without flushing (used before truncation, after a flush).
     pub(crate) fn deactivate(&self) {
         *self.writer.borrow_mut() = None;
@@ -203,21 +213,30 @@ impl Segment {
         file::remove_file(&segment_path(&self.dir, self.base_offset, "timeindex")).await
     }
 
-    /// Removes all the segment's files. Open handles keep working until dropped.
-    ///
-    /// The log file shrinks in steps of [`SHRINK_STEP_BYTES`], [`SHRINK_PAUSE`] apart,
-    /// before it is unlinked: freeing a whole segment's blocks in one go made ext4 hold
-    /// up every other partition's writes for up to a second (`docs/BENCHMARKS.md`).
+    /// Removes all the segment's files (names only: the open handle keeps the blocks
+    /// until it is dropped, or until [`Segment::release_space`] frees them).
     pub(crate) async fn remove_files(&self) -> io::Result<()> {
         self.deleted.set(true);
-        let mut size = self.file.size().await?;
+        self.remove_index().await?;
+        file::remove_file(&segment_path(&self.dir, self.base_offset, "log")).await
+    }
+
+    /// Frees a removed segment's blocks through its open handle, in steps of
+    /// [`SHRINK_STEP_BYTES`], [`SHRINK_PAUSE`] apart: freeing a whole segment's blocks in
+    /// one go (when the last handle closes) made ext4 hold up every other partition's
+    /// writes for up to a second (`docs/BENCHMARKS.md`). The file has no name any more,
+    /// so a crash meanwhile leaves nothing behind.
+    pub(crate) async fn release_space(&self) -> io::Result<()> {
+        debug_assert!(self.is_deleted(), "only removed segments shrink");
+        // Its logical size: a sealed segment's file was truncated to it. (The file has
+        // no name, so it is not asked: that would go by path.)
+        let mut size = self.size();
         while size > SHRINK_STEP_BYTES {
             size -= SHRINK_STEP_BYTES;
             self.file.truncate(size).await?;
             crate::shard::sleep(SHRINK_PAUSE).await;
         }
-        self.remove_index().await?;
-        file::remove_file(&segment_path(&self.dir, self.base_offset, "log")).await
+        self.file.truncate(0).await
     }
 
     /// Reads `len` bytes at `position`, first writing out any of them still in memory.

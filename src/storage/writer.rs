@@ -160,13 +160,13 @@ impl SegmentWriter {
         })
     }
 
-    /// Logical end: bytes appended so far.
     /// Bytes appended and not yet covered by an `fdatasync`.
     pub(crate) fn unsynced_bytes(&self) -> u64 {
         let state = self.shared.state.borrow();
         state.end - state.durable_end
     }
 
+    /// Logical end: bytes appended so far.
     pub(crate) fn end(&self) -> u64 {
         self.shared.state.borrow().end
     }
@@ -358,9 +358,11 @@ impl SegmentWriter {
                 continue;
             }
             self.shared.state.borrow_mut().flushing = true;
+            // Ends the round even if this future is dropped mid-round (a cancelled task):
+            // otherwise every later flush would wait for a round that never finishes.
+            let round = RoundGuard(&self.shared);
             let result = self.flush_round().await;
-            self.shared.state.borrow_mut().flushing = false;
-            self.shared.changed.notify_all();
+            drop(round);
             result?;
         }
     }
@@ -368,7 +370,19 @@ impl SegmentWriter {
     async fn flush_round(&self) -> io::Result<()> {
         let round_target = self.end();
         self.write_out(round_target).await?;
-        self.shared.file.fdatasync().await?;
+        if let Err(error) = self.shared.file.fdatasync().await {
+            // A failed fdatasync may have dropped the dirty state of the very writes it
+            // was to persist, so a later one that succeeds proves nothing: never retry.
+            let mut state = self.shared.state.borrow_mut();
+            if state.failure.is_none() {
+                tracing::error!(path = %self.shared.file.path().display(), %error, "fdatasync failed");
+                state.failure = Some(format!(
+                    "fdatasync of {} failed: {error}",
+                    self.shared.file.path().display()
+                ));
+            }
+            return Err(error);
+        }
         self.shared.syncs.set(self.shared.syncs.get() + 1);
         let mut state = self.shared.state.borrow_mut();
         assert!(
@@ -411,6 +425,16 @@ impl SegmentWriter {
             }
             listener.await;
         }
+    }
+}
+
+/// Marks the leading flush round finished when dropped, and wakes the flushes waiting on it.
+struct RoundGuard<'a>(&'a Shared);
+
+impl Drop for RoundGuard<'_> {
+    fn drop(&mut self) {
+        self.0.state.borrow_mut().flushing = false;
+        self.0.changed.notify_all();
     }
 }
 
