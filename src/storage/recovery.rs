@@ -127,7 +127,7 @@ pub(crate) async fn recover(
             // before the crash: seal it now, so it is durable before the checkpoint moves
             // past it and trusted (not rescanned) by the next open.
             segment
-                .seal_recovered()
+                .finish_files()
                 .await
                 .map_err(|error| StorageError::io("sealing", segment.path(), error))?;
         }

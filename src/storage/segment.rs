@@ -161,23 +161,20 @@ impl Segment {
             return Ok(());
         };
         writer.flush().await?;
-        // The index first: if the disk is full this fails while the segment is still
-        // active with its preallocated space, so nothing changes.
-        self.persist_index().await?;
-        self.file.truncate(self.size()).await?;
-        self.file.fdatasync().await?;
+        self.finish_files().await?;
         *self.writer.borrow_mut() = None;
         Ok(())
     }
 
-    /// Seals a segment found unsealed by recovery (it has no writer): drops its reserved
-    /// space, syncs it and writes its index files.
-    pub(crate) async fn seal_recovered(&self) -> io::Result<()> {
-        if self.file.size().await? > self.size() {
-            self.file.truncate(self.size()).await?;
-        }
-        self.file.fdatasync().await?;
-        self.persist_index().await
+    /// Puts the files in their sealed state: index files written, reserved space dropped,
+    /// synced. [`Segment::seal`] ends with it; recovery runs it alone on a segment a crash
+    /// left unsealed (one with no writer and later segments after it).
+    pub(crate) async fn finish_files(&self) -> io::Result<()> {
+        // The index first: if the disk is full this fails while the segment still has its
+        // reserved space, so nothing changes.
+        self.persist_index().await?;
+        self.file.truncate(self.size()).await?;
+        self.file.fdatasync().await
     }
 
     /// Drops the writer without flushing (used before truncation, after a flush).
