@@ -38,3 +38,44 @@ fn an_embedded_broker_serves_at_once_and_cleans_up_on_drop() {
     drop(broker);
     assert!(!data_dir.exists(), "the data directory is removed on drop");
 }
+
+/// A roll leaves the old segment's seal to the broker's background task: with only
+/// acks=1 produces (no flush ever asked for) and the periodic sync off, the rolled
+/// segment is still sealed soon after: its reserved space dropped, its index written.
+#[test]
+fn the_broker_seals_rolled_segments_in_the_background() {
+    let broker = EmbeddedBroker::start_with(|config| config.flush_interval_ms = 0).unwrap();
+    let mut client = Client::connect(broker.bootstrap()).unwrap();
+    client
+        .create_topic("t", 1, &[("segment.bytes", "4194304")])
+        .unwrap();
+    let value = vec![7u8; 1000];
+    for tag in 0..60i64 {
+        let mut builder = BatchBuilder::new(tag);
+        for _ in 0..100 {
+            builder.push(tag, None, Some(&value), &[]);
+        }
+        let batch = builder.build().unwrap();
+        client
+            .produce("t", 0, &[batch.as_bytes()], Acks::Leader)
+            .unwrap();
+    }
+    let partition = broker.data_dir().join("t").join("0");
+    let first = partition.join(format!("{:020}.log", 0));
+    let index = partition.join(format!("{:020}.index", 0));
+    let sealed = || {
+        std::fs::metadata(&first).unwrap().len() <= 4 << 20
+            && std::fs::metadata(&index).is_ok_and(|index| index.len() > 64)
+    };
+    // Bounded wait for the background task (not a timing assertion).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !sealed() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        sealed(),
+        "the first segment is still unsealed: {} bytes, index {:?}",
+        std::fs::metadata(&first).unwrap().len(),
+        std::fs::metadata(&index).map(|index| index.len())
+    );
+}

@@ -461,6 +461,11 @@ fn a_roll_leaves_the_seal_off_the_append_path() {
         assert!(log.has_pending_seal());
         assert_eq!(log.flush().await.unwrap(), log.next_offset());
         assert!(!log.has_pending_seal());
+        assert_eq!(
+            log.unsynced_bytes(),
+            0,
+            "the flush synced the active segment"
+        );
         assert!(index(log.segment_base_offsets()[1]).is_ok());
         drop(log); // crash: no clean close
 

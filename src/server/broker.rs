@@ -492,9 +492,12 @@ async fn background_flush_loop(state: Rc<ShardState>) {
         let due = interval > 0 && ticks.is_multiple_of(ticks_per_interval);
         for partition in state.local_partitions() {
             let log = partition.log();
-            let unsynced = log.unsynced_bytes();
-            let flush =
-                interval > 0 && unsynced > 0 && (due || unsynced >= state.config.flush_bytes);
+            let flush = background_flush_due(
+                log.unsynced_bytes(),
+                interval,
+                due,
+                state.config.flush_bytes,
+            );
             if !flush && !log.has_pending_seal() {
                 continue;
             }
@@ -510,6 +513,17 @@ async fn background_flush_loop(state: Rc<ShardState>) {
             });
         }
     }
+}
+
+/// Whether the background task syncs a partition holding `unsynced` bytes: periodic syncs
+/// are on (`interval_ms > 0`), and the interval came round or it holds `flush_bytes`.
+fn background_flush_due(
+    unsynced: u64,
+    interval_ms: u64,
+    interval_came: bool,
+    flush_bytes: u64,
+) -> bool {
+    interval_ms > 0 && unsynced > 0 && (interval_came || unsynced >= flush_bytes)
 }
 
 /// Expires group members that missed their session and completes rebalances whose
@@ -696,4 +710,23 @@ fn free_port(addr: SocketAddr) -> Result<u16, StartupError> {
         std::thread::sleep(Duration::from_millis(200));
     }
     Err(StartupError::PortInUse { addr })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::background_flush_due;
+
+    #[test]
+    fn background_syncs_follow_the_interval_and_the_byte_threshold() {
+        let mib = 1 << 20;
+        // Off: never, however much is unsynced.
+        assert!(!background_flush_due(100 * mib, 0, true, 4 * mib));
+        // Nothing unsynced: nothing to do.
+        assert!(!background_flush_due(0, 1_000, true, 4 * mib));
+        // Between intervals only a partition past the threshold is synced.
+        assert!(!background_flush_due(mib, 1_000, false, 4 * mib));
+        assert!(background_flush_due(4 * mib, 1_000, false, 4 * mib));
+        // When the interval comes round, every partition with unsynced bytes is.
+        assert!(background_flush_due(1, 1_000, true, 4 * mib));
+    }
 }
