@@ -185,6 +185,10 @@ fn an_open_loop_run_sends_exactly_on_schedule() {
         "2",
         "--consumers",
         "2",
+        "--topics",
+        "2",
+        "--threads",
+        "2",
         "--keys",
         "100",
         "--key-distribution",
@@ -223,6 +227,10 @@ fn the_backlog_drain_reads_back_everything_it_built() {
         dir.path().to_str().unwrap(),
         "--scenario",
         "drain",
+        "--broker-cpus",
+        "0",
+        "--cpus",
+        "0",
         "--backlog",
         "16MB",
         "--acks",
@@ -248,6 +256,12 @@ fn the_backlog_drain_reads_back_everything_it_built() {
     let run = &report["runs"][0];
     assert_eq!(run["unconsumed"], 0, "{run}");
     assert_eq!(run["messages"], drain["messages"]);
+    assert_eq!(
+        report["broker"]["cpus"],
+        serde_json::json!([0]),
+        "pinned shards"
+    );
+    assert_eq!(report["config"]["cpus"], "0");
     // The broker's data directory was made inside --data-dir, and removed at the end.
     let left: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
