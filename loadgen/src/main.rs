@@ -244,11 +244,6 @@ fn parse_cpus(text: &str) -> Result<Vec<usize>, String> {
     Ok(cpus)
 }
 
-/// The CPUs the calling thread may run on.
-fn current_cpus() -> Vec<usize> {
-    flumen::shard::available_cpus()
-}
-
 /// Restricts the calling thread (and the threads it starts later) to `cpus`.
 fn pin_current_thread(cpus: &[usize]) -> Result<(), String> {
     // SAFETY: cpu_set_t is plain data; CPU_SET stays inside it (checked by parse_cpus);
@@ -344,7 +339,7 @@ fn plan(args: &Args) -> Result<Plan, String> {
 /// Starts the embedded broker on `--broker-cpus`, leaving the calling thread on the
 /// CPUs it had.
 fn start_embedded(args: &Args) -> Result<(EmbeddedBroker, Vec<usize>, usize), String> {
-    let original = current_cpus();
+    let original = flumen::shard::available_cpus();
     let broker_cpus = args.broker_cpus.as_deref().map(parse_cpus).transpose()?;
     if let Some(cpus) = &broker_cpus {
         pin_current_thread(cpus)?;
@@ -360,7 +355,7 @@ fn start_embedded(args: &Args) -> Result<(EmbeddedBroker, Vec<usize>, usize), St
         config.cache_bytes_per_shard = defaults.cache_bytes_per_shard;
     })
     .map_err(|error| format!("cannot start the embedded broker: {error}"));
-    let pinned_to = current_cpus();
+    let pinned_to = flumen::shard::available_cpus();
     pin_current_thread(&original)?;
     Ok((started?, pinned_to, shards))
 }
