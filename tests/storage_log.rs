@@ -622,3 +622,46 @@ fn a_flush_cancelled_mid_round_does_not_block_later_ones() {
         assert!(cancelled > 0, "some flush was cancelled while it ran");
     });
 }
+
+#[test]
+fn space_is_reserved_ahead_in_the_background_and_given_back_at_the_seal() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            segment_bytes_max: 64 << 20,
+            ..small_config()
+        };
+        let step = config.preallocate_bytes;
+        let (log, _) = open(dir.path(), config, Rc::new(ManualClock::new(0))).await;
+        let file = dir.path().join(format!("{:020}.log", 0));
+        let file_len = || std::fs::metadata(&file).unwrap().len();
+        for tag in 0..64 {
+            log.append(batch(tag, 4, 2_000, 0)).await.unwrap();
+            // The append did not wait for `fallocate`, yet a whole step is soon reserved
+            // beyond the data again: the top-up ran in the background. (Reserving only
+            // when an append outruns the reservation lets the room ahead fall to zero.)
+            let end = log.size_bytes();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while file_len() < end + step && std::time::Instant::now() < deadline {
+                flumen::shard::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            assert!(
+                file_len() >= end + step,
+                "after {end} bytes only {} are reserved",
+                file_len()
+            );
+        }
+        // Appends past the whole reservation (so the last starts a top-up), then at once a
+        // roll and its seal: the seal waits for the top-up, so the reserved space is
+        // dropped and stays dropped.
+        for tag in 64..67 {
+            log.append(batch(tag, 4, 14_000, 0)).await.unwrap();
+        }
+        let sealed_size = log.size_bytes();
+        log.roll().await.unwrap();
+        log.finish_pending_seal().await.unwrap();
+        flumen::shard::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(file_len(), sealed_size);
+        log.close().await.unwrap();
+    });
+}

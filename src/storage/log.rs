@@ -1162,7 +1162,7 @@ impl Log {
                 return Ok(());
             }
             self.state.borrow_mut().segments.remove(&last.base_offset);
-            last.deactivate();
+            last.deactivate().await;
             last.remove_files()
                 .await
                 .map_err(|error| StorageError::io("deleting", last.path(), error))?;
@@ -1225,7 +1225,7 @@ impl Log {
 
     /// Shrinks `segment` to `cut` on disk and in memory and makes it the active segment.
     async fn cut_segment(&self, segment: &Rc<Segment>, cut: SegmentState) -> Result<()> {
-        segment.deactivate();
+        segment.deactivate().await;
         segment
             .remove_index()
             .await

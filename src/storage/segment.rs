@@ -161,6 +161,7 @@ impl Segment {
             return Ok(());
         };
         writer.flush().await?;
+        writer.retire().await;
         self.finish_files().await?;
         *self.writer.borrow_mut() = None;
         Ok(())
@@ -177,9 +178,13 @@ impl Segment {
         self.file.fdatasync().await
     }
 
-    /// Drops the writer without flushing (used before truncation, after a flush).
-    pub(crate) fn deactivate(&self) {
-        *self.writer.borrow_mut() = None;
+    /// Drops the writer without flushing (used before truncation, after a flush), once no
+    /// background `fallocate` can extend the file any more.
+    pub(crate) async fn deactivate(&self) {
+        let writer = self.writer.borrow_mut().take();
+        if let Some(writer) = writer {
+            writer.retire().await;
+        }
     }
 
     /// Writes the `.index` and `.timeindex` files for the current state.

@@ -32,7 +32,10 @@
 //!
 //! Space is reserved ahead of the write position with `fallocate`, so a full disk is
 //! discovered by `reserve`, before an append is accepted, rather than by a background
-//! write after it was acknowledged.
+//! write after it was acknowledged. The reservation is topped up in the background while
+//! at least one `preallocate_bytes` step of it is left, so appends do not wait for
+//! `fallocate` (on ext4 it waits for the journal, tens of milliseconds while a sync
+//! commits it); an append waits only when it outruns the reservation.
 //!
 //! Ownership: one writer per active segment, owned by the shard that owns the partition.
 
@@ -83,6 +86,11 @@ struct State {
     /// File bytes reserved by `fallocate` (or the file size).
     allocated_end: u64,
     preallocate: bool,
+    /// A background `fallocate` is running.
+    topping_up: bool,
+    /// The last background `fallocate` failed (a full disk): none starts until an
+    /// append's own succeeds, so the failure is reported to that append.
+    top_up_failed: bool,
     slots: VecDeque<WriteSlot>,
     next_slot_id: u64,
     /// Aligned end of the last submitted write, and its slot, for overlap ordering.
@@ -149,6 +157,8 @@ impl SegmentWriter {
                     durable_end: end,
                     allocated_end,
                     preallocate: limits.preallocate_bytes > 0,
+                    topping_up: false,
+                    top_up_failed: false,
                     slots: VecDeque::new(),
                     next_slot_id: 0,
                     last_submitted: None,
@@ -186,39 +196,90 @@ impl SegmentWriter {
     /// awaiting in between. A full disk is reported here, before anything changes.
     pub(crate) async fn reserve(&self, len: usize) -> io::Result<()> {
         let buffers = len.div_ceil(self.shared.limits.buffer_bytes) + 1;
+        let step = self.shared.limits.preallocate_bytes;
         loop {
             let listener = self.shared.changed.listen();
-            let room = {
+            let needed_end = {
                 let state = self.shared.state.borrow();
                 if let Some(failure) = &state.failure {
                     return Err(io::Error::other(failure.clone()));
                 }
-                (state.slots.len() + buffers <= self.shared.limits.in_flight_max).then(|| {
-                    (
-                        align_up(state.end + len as u64),
-                        state.allocated_end,
-                        state.preallocate,
-                    )
-                })
+                if state.slots.len() + buffers > self.shared.limits.in_flight_max {
+                    None
+                } else if !state.preallocate {
+                    return Ok(());
+                } else {
+                    Some(align_up(state.end + len as u64))
+                }
             };
-            let Some((needed_end, allocated_end, preallocate)) = room else {
+            let Some(needed_end) = needed_end else {
                 listener.await;
                 continue;
             };
-            if !preallocate || needed_end <= allocated_end {
+            let (allocated_end, topping_up, top_up_failed) = {
+                let state = self.shared.state.borrow();
+                (state.allocated_end, state.topping_up, state.top_up_failed)
+            };
+            if needed_end <= allocated_end {
+                if allocated_end - needed_end < step && !topping_up && !top_up_failed {
+                    self.top_up(needed_end + 2 * step);
+                }
                 return Ok(());
             }
-            let target = needed_end + self.shared.limits.preallocate_bytes;
+            if topping_up {
+                // It may cover this append; if not, the next pass allocates.
+                listener.await;
+                continue;
+            }
+            let target = needed_end + step;
             match self.shared.file.preallocate(target).await {
                 Ok(()) => {
                     let mut state = self.shared.state.borrow_mut();
                     state.allocated_end = state.allocated_end.max(target);
+                    state.top_up_failed = false;
                 }
                 Err(error) if error.raw_os_error() == Some(libc::EOPNOTSUPP) => {
                     self.shared.state.borrow_mut().preallocate = false;
                 }
                 Err(error) => return Err(error),
             }
+        }
+    }
+
+    /// Extends the reservation to `target` in the background.
+    fn top_up(&self, target: u64) {
+        self.shared.state.borrow_mut().topping_up = true;
+        let shared = Rc::clone(&self.shared);
+        spawn_detached(async move {
+            let result = shared.file.preallocate(target).await;
+            let mut state = shared.state.borrow_mut();
+            state.topping_up = false;
+            match result {
+                Ok(()) => state.allocated_end = state.allocated_end.max(target),
+                Err(error) if error.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                    state.preallocate = false;
+                }
+                Err(error) => {
+                    tracing::debug!(path = %shared.file.path().display(), %error, "background fallocate failed");
+                    state.top_up_failed = true;
+                }
+            }
+            drop(state);
+            shared.changed.notify_all();
+        });
+    }
+
+    /// Stops reserving space and waits for a background `fallocate` to finish, so
+    /// nothing extends the file after this returns (before a seal or a truncation
+    /// shrinks it).
+    pub(crate) async fn retire(&self) {
+        self.shared.state.borrow_mut().preallocate = false;
+        loop {
+            let listener = self.shared.changed.listen();
+            if !self.shared.state.borrow().topping_up {
+                return;
+            }
+            listener.await;
         }
     }
 
