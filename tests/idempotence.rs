@@ -182,19 +182,26 @@ fn snapshots_are_taken_at_segment_rolls() {
             .unwrap();
         sequence += 16;
     }
-    let snapshots: Vec<_> = std::fs::read_dir(broker.data_dir().join("rolling").join("0"))
-        .unwrap()
-        .filter_map(|entry| entry.ok())
-        .filter(|entry| {
-            entry
-                .path()
-                .extension()
-                .is_some_and(|extension| extension == "producers")
-        })
-        .collect();
+    let snapshots = || {
+        std::fs::read_dir(broker.data_dir().join("rolling").join("0"))
+            .unwrap()
+            .filter_map(|entry| entry.ok())
+            .filter(|entry| {
+                entry
+                    .path()
+                    .extension()
+                    .is_some_and(|extension| extension == "producers")
+            })
+            .count()
+    };
+    // The broker writes them in the background, within about 100 ms of a roll.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while snapshots() == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let count = snapshots();
     assert!(
-        (1..=2).contains(&snapshots.len()),
-        "snapshots are written at rolls and only the newest two are kept: {}",
-        snapshots.len()
+        (1..=2).contains(&count),
+        "snapshots are written after rolls and only the newest two are kept: {count}"
     );
 }

@@ -30,8 +30,8 @@ use flumen_protocol::record::first_batch_length;
 
 use crate::shard::{with_deadline, Clock, LocalMutex, Notify};
 use crate::storage::{
-    read_small_file, write_file_atomically, Log, LogConfig, RecoveryReport, StorageError,
-    StoredBatch, TailCache, ValidatedBatch,
+    read_small_file, remove_file, write_file_atomically, Log, LogConfig, RecoveryReport,
+    StorageError, StoredBatch, TailCache, ValidatedBatch,
 };
 
 /// How many replicas must have a batch before a produce is answered.
@@ -102,7 +102,11 @@ pub struct Partition {
     produce_lock: LocalMutex,
     /// Active segment when producer state was last snapshotted.
     snapshot_segment: Cell<u64>,
-    snapshotting: Cell<bool>,
+    /// The producer-state snapshot the last roll asked for, written by
+    /// [`Partition::write_due_snapshot`] off the produce path.
+    snapshot_due: RefCell<Option<(String, Vec<u8>)>>,
+    /// Held while a snapshot is written, so close never races a background write.
+    snapshot_lock: LocalMutex,
 }
 
 impl std::fmt::Debug for Partition {
@@ -139,7 +143,8 @@ impl Partition {
             appended: Notify::new(),
             producers: RefCell::new(producers),
             produce_lock: LocalMutex::new(),
-            snapshotting: Cell::new(false),
+            snapshot_due: RefCell::new(None),
+            snapshot_lock: LocalMutex::new(),
         };
         Ok((partition, report))
     }
@@ -229,14 +234,11 @@ impl Partition {
                 last_offset,
             });
         }
-        let snapshot = self.snapshot_if_rolled();
+        self.snapshot_if_rolled();
         drop(guard);
         let appended = range.expect("at least one batch");
         if !duplicate {
             self.appended.notify_all();
-        }
-        if let Some((name, bytes)) = snapshot {
-            self.write_snapshot(&name, &bytes).await;
         }
         if acks == Acks::All {
             // Also for duplicates: the first attempt may not be on disk yet.
@@ -252,22 +254,41 @@ impl Partition {
         })
     }
 
-    /// After a segment roll, the producer state to snapshot (file name and contents).
-    fn snapshot_if_rolled(&self) -> Option<(String, Vec<u8>)> {
+    /// After a segment roll, captures the producer state (under the produce lock, so it
+    /// matches the log end it names) as the snapshot due; a newer one replaces an older
+    /// one still waiting.
+    fn snapshot_if_rolled(&self) {
         let active = self.log.active_segment_base();
-        if active == self.snapshot_segment.get() || self.snapshotting.get() {
-            return None;
+        if active == self.snapshot_segment.get() {
+            return;
         }
         self.snapshot_segment.set(active);
         let covered = self.log.next_offset();
         let bytes = self.producers.borrow().encode(covered);
-        Some((producers::snapshot_name(covered), bytes))
+        *self.snapshot_due.borrow_mut() = Some((producers::snapshot_name(covered), bytes));
+    }
+
+    /// Whether a roll left a producer-state snapshot to write.
+    pub fn has_due_snapshot(&self) -> bool {
+        self.snapshot_due.borrow().is_some()
+    }
+
+    /// Writes the snapshot the last roll captured, if any. The broker calls this in the
+    /// background: producers never wait for it (its syncs took up to 60 ms under load).
+    pub async fn write_due_snapshot(&self) {
+        // Taken at once, so the next tick does not start a second writer for it.
+        let Some((name, bytes)) = self.snapshot_due.borrow_mut().take() else {
+            return;
+        };
+        let _guard = self.snapshot_lock.lock().await;
+        if !self.log.is_closed() {
+            self.write_snapshot(&name, &bytes).await;
+        }
     }
 
     /// Writes a producer-state snapshot and removes all but the newest few. A failure is
-    /// logged: snapshots only shorten recovery.
+    /// logged: snapshots only shorten recovery. Callers hold `snapshot_lock`.
     async fn write_snapshot(&self, name: &str, bytes: &[u8]) {
-        self.snapshotting.set(true);
         let path = self.log.dir().join(name);
         if let Err(error) = write_file_atomically(&path, bytes).await {
             tracing::warn!(path = %path.display(), %error, "cannot write producer snapshot");
@@ -275,9 +296,11 @@ impl Partition {
         let mut snapshots = list_snapshots(self.log.dir());
         snapshots.sort_unstable_by(|a, b| b.cmp(a));
         for covered in snapshots.into_iter().skip(SNAPSHOTS_KEPT) {
-            let _ = std::fs::remove_file(self.log.dir().join(producers::snapshot_name(covered)));
+            let old = self.log.dir().join(producers::snapshot_name(covered));
+            if let Err(error) = remove_file(&old).await {
+                tracing::warn!(path = %old.display(), %error, "cannot remove an old producer snapshot");
+            }
         }
-        self.snapshotting.set(false);
     }
 
     /// Batches from `offset`, up to about `max_bytes` (at least one batch).
@@ -307,7 +330,10 @@ impl Partition {
     pub async fn close(&self) -> Result<(), StorageError> {
         self.appended.notify_all();
         let _guard = self.produce_lock.lock().await;
+        let _snapshot = self.snapshot_lock.lock().await;
         self.log.close().await?;
+        // The final snapshot covers whatever one still due would have.
+        self.snapshot_due.borrow_mut().take();
         let covered = self.log.next_offset();
         let bytes = self.producers.borrow().encode(covered);
         self.write_snapshot(&producers::snapshot_name(covered), &bytes)

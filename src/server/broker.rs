@@ -474,7 +474,8 @@ async fn write_out_loop(state: Rc<ShardState>) {
 
 /// The syncs kept off the produce path, in a task per partition so one slow sync never
 /// delays another partition's (and a flush already running absorbs a new one):
-/// - segments a roll left behind are sealed soon after (`Log::finish_pending_seal`);
+/// - segments a roll left behind are sealed soon after (`Log::finish_pending_seal`), and
+///   the producer-state snapshot it captured is written (`Partition::write_due_snapshot`);
 /// - with `flush_interval_ms` set, partitions whose appended bytes went unsynced that long
 ///   or exceed `flush_bytes` are synced, bounding what a power loss takes of acks=0/1 data.
 async fn background_flush_loop(state: Rc<ShardState>) {
@@ -491,6 +492,10 @@ async fn background_flush_loop(state: Rc<ShardState>) {
         ticks += 1;
         let due = interval > 0 && ticks.is_multiple_of(ticks_per_interval);
         for partition in state.local_partitions() {
+            if partition.has_due_snapshot() {
+                let partition = Rc::clone(&partition);
+                spawn_detached(async move { partition.write_due_snapshot().await });
+            }
             let log = partition.log();
             let flush = background_flush_due(
                 log.unsynced_bytes(),

@@ -415,6 +415,11 @@ impl Log {
         self.state.borrow().segments.keys().copied().collect()
     }
 
+    /// Whether [`Log::close`] ran (nothing may write into its directory any more).
+    pub fn is_closed(&self) -> bool {
+        self.state.borrow().closed
+    }
+
     fn check_open(&self) -> Result<()> {
         if self.state.borrow().closed {
             return Err(StorageError::Closed(self.dir.clone()));

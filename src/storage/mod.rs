@@ -38,4 +38,4 @@ pub use meta::EpochEntry;
 
 /// Small metadata files written atomically (write, sync, rename, sync directory) through
 /// the same direct-I/O adapter, for the layers above.
-pub(crate) use file::{read_small_file, write_file_atomically};
+pub(crate) use file::{read_small_file, remove_file, write_file_atomically};
