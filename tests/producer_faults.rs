@@ -373,3 +373,50 @@ async fn a_partition_that_lost_the_producers_state_gets_a_new_producer_id_not_an
     let stored = common::stored_indexes(broker.bootstrap(), "t", 1);
     assert_eq!(stored[&0], (10..20).collect::<Vec<u32>>());
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_reset_with_batches_of_several_partitions_in_flight_keeps_each_partition_in_order() {
+    let broker = EmbeddedBroker::start_with(|config| config.shards = 1).unwrap();
+    let mut admin = Client::connect(broker.bootstrap()).unwrap();
+    admin.create_topic("t", 4, &[]).unwrap();
+    let mut config = config(broker.bootstrap().to_string());
+    // Every partition of the one shard can have a batch in flight when the reset comes.
+    config.max_in_flight_per_shard = 4;
+    config.batching.batch_size_bytes = 1 << 10;
+    let producer = Producer::start(config);
+    let send_all = |range: std::ops::Range<u32>| {
+        let producer = &producer;
+        async move {
+            let mut deliveries = Vec::new();
+            for index in range {
+                let record =
+                    Record::new("t", index.to_string()).with_key(format!("key-{}", index % 64));
+                deliveries.push(producer.send(record).await);
+            }
+            for delivery in deliveries {
+                delivery.await.unwrap();
+            }
+        }
+    };
+    send_all(0..2_000).await;
+    // Recreated, the partitions know nothing of this producer: the first batch to land
+    // asks for a new producer id while the other partitions' batches are still out under
+    // the old one.
+    admin.delete_topic("t").unwrap();
+    admin.create_topic("t", 4, &[]).unwrap();
+    send_all(2_000..6_000).await;
+    // One new id: the batches stamped under the old one start their partitions over
+    // under the new one instead of each asking for another.
+    assert_eq!(producer.metrics().producer_id_resets, 1);
+    producer.close().await;
+    let stored = common::stored_indexes(broker.bootstrap(), "t", 4);
+    let mut all: Vec<u32> = stored.values().flatten().copied().collect();
+    for (partition, indexes) in &stored {
+        assert!(
+            indexes.windows(2).all(|pair| pair[0] < pair[1]),
+            "partition {partition} out of order"
+        );
+    }
+    all.sort_unstable();
+    assert_eq!(all, (2_000..6_000).collect::<Vec<u32>>());
+}

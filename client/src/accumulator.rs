@@ -189,6 +189,12 @@ impl Accumulator {
         }
     }
 
+    /// Starts the partition's sequences over at 0 (its batches are about to be stamped
+    /// again, in order, under a producer id the broker has seen nothing from for it).
+    pub fn restart_sequence(&mut self, topic: &str, partition: u32) {
+        self.sequences.remove(&(topic.to_owned(), partition));
+    }
+
     /// The partition's next base sequence, advanced past `records` (wrapping like Kafka).
     fn next_sequence(&mut self, topic: &str, partition: u32, records: usize) -> i32 {
         let slot = self

@@ -111,6 +111,10 @@ pub struct Args {
     /// Producer linger in milliseconds.
     #[arg(long, default_value_t = 5)]
     linger_ms: u64,
+    /// Batches each producer keeps in flight per broker shard (each for a different
+    /// partition).
+    #[arg(long, default_value_t = 5)]
+    max_in_flight: usize,
     /// Ack modes to run, comma-separated: 0, 1, all.
     #[arg(long, default_value = "0,1,all")]
     acks: String,
@@ -310,6 +314,9 @@ fn plan(args: &Args) -> Result<Plan, String> {
     batching
         .validate()
         .map_err(|reason| format!("invalid batching: {reason}"))?;
+    if args.max_in_flight == 0 {
+        return Err("--max-in-flight must be at least 1".into());
+    }
     let rate_msgs_per_s = args
         .rate
         .as_deref()
@@ -326,6 +333,7 @@ fn plan(args: &Args) -> Result<Plan, String> {
         sizes,
         keys,
         batching,
+        max_in_flight: args.max_in_flight,
         rate_msgs_per_s,
         warmup: Duration::from_secs_f64(args.warmup),
         duration: Duration::from_secs_f64(args.duration),

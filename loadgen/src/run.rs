@@ -40,6 +40,8 @@ pub struct Plan {
     pub sizes: SizeDistribution,
     pub keys: KeyChooser,
     pub batching: AccumulatorConfig,
+    /// Producer batches in flight per broker shard.
+    pub max_in_flight: usize,
     /// Open loop: records a second over all producers; `None`: closed loop.
     pub rate_msgs_per_s: Option<f64>,
     pub warmup: Duration,
@@ -129,6 +131,7 @@ fn producer_config(plan: &Plan, acks: Acks) -> ProducerConfig {
     let mut config = ProducerConfig::new(plan.bootstrap.as_str());
     config.acks = acks;
     config.batching = plan.batching;
+    config.max_in_flight_per_shard = plan.max_in_flight;
     config
 }
 

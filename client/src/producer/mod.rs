@@ -60,6 +60,12 @@ pub struct ProducerConfig {
     pub batching: AccumulatorConfig,
     /// Idempotent delivery (producer id and sequence numbers); applies to acks 1 and all.
     pub idempotence: bool,
+    /// Batches in flight to one broker shard at once, each on its own connection and each
+    /// for a different partition: a partition never has two, so its batches land in order
+    /// whatever fails. More than one lets the shard cover several partitions' batches
+    /// with one `fdatasync` (acks=all) and keeps one slow partition from holding up the
+    /// others. 0 counts as 1.
+    pub max_in_flight_per_shard: usize,
     /// How long a record may take from `send` to acknowledgement, retries included.
     pub delivery_timeout: Duration,
     /// How long `send` waits for buffer room, and the producer for metadata and a
@@ -81,14 +87,16 @@ pub struct ProducerConfig {
 }
 
 impl ProducerConfig {
-    /// Defaults for `bootstrap`: acks=all, idempotent, 5 ms linger, 32 MiB buffer, 2 min
-    /// delivery timeout, 60 s max block, 30 s request timeout, backoff 100 ms to 1 s.
+    /// Defaults for `bootstrap`: acks=all, idempotent, 5 batches in flight per shard, 5 ms
+    /// linger, 32 MiB buffer, 2 min delivery timeout, 60 s max block, 30 s request timeout,
+    /// backoff 100 ms to 1 s.
     pub fn new(bootstrap: impl Into<String>) -> Self {
         Self {
             bootstrap: bootstrap.into(),
             acks: Acks::All,
             batching: AccumulatorConfig::default(),
             idempotence: true,
+            max_in_flight_per_shard: 5,
             delivery_timeout: Duration::from_secs(120),
             max_block: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),

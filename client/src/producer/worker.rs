@@ -1,12 +1,20 @@
 //! The producer's background task: it owns the accumulator, the routes and the outbox,
-//! and keeps one batch in flight per broker shard while it goes on accumulating.
+//! and keeps up to `max_in_flight_per_shard` batches in flight per broker shard while it
+//! goes on accumulating.
 //!
-//! Ordering: ready batches join their shard's queue in the order they were closed; a
-//! shard's queue sends one batch at a time and retries it until it is acknowledged,
+//! Ordering: ready batches join their shard's queue in the order they were closed. A
+//! shard sends up to `max_in_flight_per_shard` of them at once, each of a different
+//! partition and on its own connection, and retries each until it is acknowledged,
 //! refused, or out of time ([`Pilot::fly`], a spawned task that owns the connection
-//! while the batch is in flight). So batches of a partition reach the broker in order,
-//! and a retry is always of the partition's latest batch, which the broker's idempotence
-//! state recognises. Different shards proceed in parallel.
+//! while the batch is in flight). A partition has at most one batch in flight, and its
+//! next is the oldest queued: so batches of a partition reach the broker in order, and a
+//! retry is always of the partition's latest batch, which the broker's idempotence state
+//! recognises. Different partitions and shards proceed in parallel.
+//!
+//! A new producer id (the broker lost this producer's state) starts every partition's
+//! sequences over: the batch that found out and every queued batch are stamped again, in
+//! order. A batch of another partition still in flight under the old id that is refused
+//! too starts its own partition over again, ahead of that partition's queued batches.
 //!
 //! Outbox: while it holds records, a batch whose turn comes is queued in it instead of
 //! sent, so nothing overtakes what is waiting there.
@@ -68,6 +76,8 @@ struct Waiting {
 pub(crate) struct Flight {
     batch: ReadyBatch,
     deadline: Instant,
+    /// The producer id and epoch the batch carries.
+    stamped: Option<(i64, i16)>,
 }
 
 /// How a flight ended.
@@ -239,10 +249,12 @@ pub(crate) struct Worker<R: Runtime> {
     counters: Arc<Counters>,
     /// Ready batches per shard, oldest first, not yet in flight.
     queues: HashMap<u32, VecDeque<Flight>>,
-    /// Shards with a batch in flight.
-    busy: HashSet<u32>,
+    /// Partitions with a batch in flight.
+    busy: HashSet<(String, u32)>,
+    /// Batches in flight per shard.
+    flying: HashMap<u32, usize>,
     /// Connections not in use, per shard.
-    idle: HashMap<u32, R::Connection>,
+    idle: HashMap<u32, Vec<R::Connection>>,
     /// Batches in flight report here.
     landings: mpsc::Sender<Landing<R>>,
     landed: mpsc::Receiver<Landing<R>>,
@@ -260,7 +272,7 @@ pub(crate) struct Worker<R: Runtime> {
 
 impl<R: Runtime> Worker<R> {
     pub(super) fn new(config: ProducerConfig, counters: Arc<Counters>) -> Self {
-        // A landing is sent by a flight that holds a shard's only slot: one per shard.
+        // A landing is sent by a flight holding one of its shard's slots.
         let (landings, landed) = mpsc::channel(1024);
         let pilot = Pilot {
             runtime: std::marker::PhantomData,
@@ -281,6 +293,7 @@ impl<R: Runtime> Worker<R> {
             counters,
             queues: HashMap::new(),
             busy: HashSet::new(),
+            flying: HashMap::new(),
             idle: HashMap::new(),
             landings,
             landed,
@@ -471,29 +484,53 @@ impl<R: Runtime> Worker<R> {
             .unwrap_or(0);
         // Counted from the batch's first record, the closest to its `send`.
         let deadline = batch.first_append + self.config.delivery_timeout;
-        let flight = Flight { batch, deadline };
+        let stamped = self.accumulator.producer();
+        let flight = Flight {
+            batch,
+            deadline,
+            stamped,
+        };
         self.queues.entry(shard).or_default().push_back(flight);
         self.launch(shard);
     }
 
-    /// Starts the shard's next batch unless one is in flight.
+    /// Starts the shard's oldest queued batches whose partitions have none in flight,
+    /// while it has free slots.
     fn launch(&mut self, shard: u32) {
-        if self.busy.contains(&shard) {
-            return;
-        }
-        while let Some(flight) = self.queues.get_mut(&shard).and_then(VecDeque::pop_front) {
+        let slots = self.config.max_in_flight_per_shard.max(1);
+        let mut index = 0;
+        while self.flying.get(&shard).copied().unwrap_or(0) < slots {
+            let Some(queue) = self.queues.get_mut(&shard) else {
+                return;
+            };
+            let Some(next) = queue.get(index) else {
+                return;
+            };
+            let key = (next.batch.topic.clone(), next.batch.partition);
+            if self.busy.contains(&key) {
+                // Its partition's earlier batch is in flight; so is every later one's.
+                index += 1;
+                continue;
+            }
+            let flight = queue.remove(index).expect("indexed above");
             if self.outbox_holds_records() {
                 let queued = Err(ProduceError::TimedOut("queued behind the outbox".into()));
                 self.finish(flight.batch, queued);
                 continue;
             }
-            let client = self.idle.remove(&shard);
+            let client = self.idle.get_mut(&shard).and_then(Vec::pop);
             let pilot = self.pilot.clone();
             R::spawn_flight(pilot, shard, client, flight, self.landings.clone());
             self.in_flight += 1;
-            self.busy.insert(shard);
-            return;
+            *self.flying.entry(shard).or_default() += 1;
+            self.busy.insert(key);
         }
+    }
+
+    /// Stamps a batch with the current producer id and its partition's next sequence.
+    fn restamp(&mut self, flight: &mut Flight) {
+        self.accumulator.restamp(&mut flight.batch);
+        flight.stamped = self.accumulator.producer();
     }
 
     /// Handles a flight's end and starts the shard's next batch.
@@ -505,27 +542,49 @@ impl<R: Runtime> Worker<R> {
             landed,
         } = landing;
         self.in_flight -= 1;
-        self.busy.remove(&shard);
+        if let Some(count) = self.flying.get_mut(&shard) {
+            *count -= 1;
+        }
+        self.busy
+            .remove(&(flight.batch.topic.clone(), flight.batch.partition));
         if let Some(client) = client {
-            self.idle.insert(shard, client);
+            self.idle.entry(shard).or_default().push(client);
         }
         match landed {
             Landed::Acked(base_offset) => self.finish(flight.batch, Ok(base_offset)),
             Landed::Failed(error) => self.finish(flight.batch, Err(error)),
             Landed::NewProducerId(reason) => {
-                Counters::add(&self.counters.producer_id_resets, 1);
                 if Instant::now() >= flight.deadline {
+                    Counters::add(&self.counters.producer_id_resets, 1);
                     self.finish(flight.batch, Err(ProduceError::TimedOut(reason)));
-                } else {
+                } else if flight.stamped == self.accumulator.producer() {
                     // Every batch of this producer after the reset is stamped anew; the
                     // failed one goes first again.
+                    Counters::add(&self.counters.producer_id_resets, 1);
                     if self.new_producer_id().await.is_ok() {
-                        self.accumulator.restamp(&mut flight.batch);
-                        for queued in self.queues.values_mut().flatten() {
-                            self.accumulator.restamp(&mut queued.batch);
+                        self.restamp(&mut flight);
+                        let mut queues = std::mem::take(&mut self.queues);
+                        for queued in queues.values_mut().flatten() {
+                            self.restamp(queued);
                         }
+                        self.queues = queues;
                     }
                     self.queues.entry(shard).or_default().push_front(flight);
+                } else {
+                    // Stamped before a reset another batch already made: its partition's
+                    // queued batches took the new id first, so the partition starts over
+                    // with this batch ahead of them (none of them was sent).
+                    let (topic, partition) = (flight.batch.topic.clone(), flight.batch.partition);
+                    self.accumulator.restart_sequence(&topic, partition);
+                    self.restamp(&mut flight);
+                    let mut queue = self.queues.remove(&shard).unwrap_or_default();
+                    for queued in &mut queue {
+                        if queued.batch.topic == topic && queued.batch.partition == partition {
+                            self.restamp(queued);
+                        }
+                    }
+                    queue.push_front(flight);
+                    self.queues.insert(shard, queue);
                 }
             }
         }
@@ -663,11 +722,12 @@ impl<R: Runtime> Worker<R> {
                 let flight = Flight {
                     batch,
                     deadline: Instant::now() + self.config.retry_backoff_max,
+                    stamped: self.accumulator.producer(),
                 };
-                let client = self.idle.remove(&u32::MAX);
+                let client = self.idle.get_mut(&u32::MAX).and_then(Vec::pop);
                 let landing = self.pilot.clone().fly(u32::MAX, client, flight).await;
                 if let Some(client) = landing.client {
-                    self.idle.insert(u32::MAX, client);
+                    self.idle.entry(u32::MAX).or_default().push(client);
                 }
                 let mut batch = landing.flight.batch;
                 match landing.landed {
