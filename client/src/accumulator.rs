@@ -281,26 +281,31 @@ impl Accumulator {
     }
 
     /// `(topic, partition)` of every open batch matching `due`.
-    fn open_keys(&self, due: impl Fn(&OpenBatch) -> bool) -> Vec<(String, u32)> {
+    fn open_keys(&self, due: impl Fn(&str, u32, &OpenBatch) -> bool) -> Vec<(String, u32)> {
         self.open
             .iter()
             .flat_map(|(topic, batches)| {
                 batches
                     .iter()
-                    .filter(|(_, open)| due(open))
+                    .filter(|(partition, open)| due(topic, **partition, open))
                     .map(|(partition, _)| (topic.clone(), *partition))
             })
             .collect()
     }
 
-    /// Batches whose linger has expired at `now`.
+    /// Batches whose linger has expired at `now`, of the partitions `sendable` accepts
+    /// (the producer leaves a partition's batch open while an earlier one is still on its
+    /// way, so records keep joining it: batches grow with load even with no linger).
     pub fn expired(
         &mut self,
         now: Instant,
         partitions_of: impl Fn(&str) -> u32,
+        sendable: impl Fn(&str, u32) -> bool,
     ) -> Vec<ReadyBatch> {
         let linger = self.config.linger;
-        let due = self.open_keys(|open| now.duration_since(open.first_append) >= linger);
+        let due = self.open_keys(|topic, partition, open| {
+            now.duration_since(open.first_append) >= linger && sendable(topic, partition)
+        });
         due.into_iter()
             .filter_map(|(topic, partition)| {
                 let partitions = partitions_of(&topic);
@@ -309,9 +314,24 @@ impl Accumulator {
             .collect()
     }
 
+    /// The partition's open batch, closed, if its linger has expired at `now`.
+    pub fn close_if_expired(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        now: Instant,
+        partitions: u32,
+    ) -> Option<ReadyBatch> {
+        let open = self.open.get(topic)?.get(&partition)?;
+        if now.duration_since(open.first_append) < self.config.linger {
+            return None;
+        }
+        self.close(topic, partition, partitions)
+    }
+
     /// Every open batch, for a flush or close.
     pub fn drain(&mut self, partitions_of: impl Fn(&str) -> u32) -> Vec<ReadyBatch> {
-        let keys = self.open_keys(|_| true);
+        let keys = self.open_keys(|_, _, _| true);
         keys.into_iter()
             .filter_map(|(topic, partition)| {
                 let partitions = partitions_of(&topic);
@@ -320,12 +340,16 @@ impl Accumulator {
             .collect()
     }
 
-    /// When the earliest open batch's linger expires.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    /// When the earliest linger of the partitions `sendable` accepts expires.
+    pub fn next_deadline(&self, sendable: impl Fn(&str, u32) -> bool) -> Option<Instant> {
         self.open
-            .values()
-            .flat_map(HashMap::values)
-            .map(|open| open.first_append + self.config.linger)
+            .iter()
+            .flat_map(|(topic, batches)| {
+                batches
+                    .iter()
+                    .filter(|(partition, _)| sendable(topic, **partition))
+                    .map(|(_, open)| open.first_append + self.config.linger)
+            })
             .min()
     }
 
@@ -431,16 +455,37 @@ mod tests {
             .append(&record(Some(b"other"), &[3; 10]), 4, 3, now)
             .unwrap();
         assert_eq!(
-            accumulator.next_deadline(),
+            accumulator.next_deadline(|_, _| true),
             Some(now + Duration::from_millis(10))
         );
         assert!(accumulator
-            .expired(now + Duration::from_millis(9), |_| 4)
+            .expired(now + Duration::from_millis(9), |_| 4, |_, _| true)
             .is_empty());
-        let expired = accumulator.expired(now + Duration::from_millis(10), |_| 4);
+        let expired = accumulator.expired(now + Duration::from_millis(10), |_| 4, |_, _| true);
         assert_eq!(expired.len(), 1);
         assert_eq!(expired[0].record_ids, vec![3]);
-        assert_eq!(accumulator.next_deadline(), None);
+        assert_eq!(accumulator.next_deadline(|_, _| true), None);
+    }
+
+    #[test]
+    fn a_partition_that_cannot_send_keeps_its_batch_open_past_the_linger() {
+        let mut accumulator = Accumulator::new(config(1_000));
+        let now = Instant::now();
+        let key = Some(&b"k"[..]);
+        let (partition, _) = accumulator
+            .append(&record(key, &[1; 10]), 4, 1, now)
+            .unwrap();
+        let blocked = |_: &str, candidate: u32| candidate != partition;
+        let later = now + Duration::from_millis(50);
+        assert_eq!(accumulator.next_deadline(blocked), None, "no timer for it");
+        assert!(accumulator.expired(later, |_| 4, blocked).is_empty());
+        // Records keep joining the open batch; once the partition can send, it goes as one.
+        accumulator
+            .append(&record(key, &[2; 10]), 4, 2, later)
+            .unwrap();
+        let ready = accumulator.expired(later, |_| 4, |_, _| true);
+        assert_eq!(ready.len(), 1);
+        assert_eq!(ready[0].record_ids, vec![1, 2]);
     }
 
     #[test]

@@ -58,6 +58,22 @@ impl Hasher for IdHasher {
 
 type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 
+/// Commands handled in one pass of the worker's loop before it looks at its timers and
+/// landings again.
+const COMMANDS_PER_PASS: usize = 256;
+
+/// Batches of each partition dispatched and not yet resolved (queued or in flight).
+type Unresolved = HashMap<String, HashMap<u32, usize>>;
+
+/// Whether a partition may have its open batch closed and sent: nothing of it is queued
+/// or in flight. Until then records keep joining the open batch.
+fn sendable(unresolved: &Unresolved, topic: &str, partition: u32) -> bool {
+    unresolved
+        .get(topic)
+        .and_then(|partitions| partitions.get(&partition))
+        .is_none_or(|&count| count == 0)
+}
+
 /// Where each topic's partitions lead, from Metadata.
 #[derive(Default)]
 struct Routes {
@@ -253,6 +269,10 @@ pub(crate) struct Worker<R: Runtime> {
     busy: HashSet<(String, u32)>,
     /// Batches in flight per shard.
     flying: HashMap<u32, usize>,
+    /// Batches dispatched and not yet resolved, per partition.
+    unresolved: Unresolved,
+    /// Partitions whose open batch may have become sendable since the last check.
+    touched: Vec<(String, u32)>,
     /// Connections not in use, per shard.
     idle: HashMap<u32, Vec<R::Connection>>,
     /// Batches in flight report here.
@@ -294,6 +314,8 @@ impl<R: Runtime> Worker<R> {
             queues: HashMap::new(),
             busy: HashSet::new(),
             flying: HashMap::new(),
+            unresolved: HashMap::new(),
+            touched: Vec::new(),
             idle: HashMap::new(),
             landings,
             landed,
@@ -330,8 +352,12 @@ impl<R: Runtime> Worker<R> {
         }
         loop {
             self.publish_gauges();
-            let deadline = self.accumulator.next_deadline();
-            let sleep = async {
+            let deadline = {
+                let unresolved = &self.unresolved;
+                self.accumulator
+                    .next_deadline(|topic, partition| sendable(unresolved, topic, partition))
+            };
+            let sleep = async move {
                 match deadline {
                     Some(deadline) => {
                         R::sleep(deadline.saturating_duration_since(Instant::now())).await
@@ -340,47 +366,112 @@ impl<R: Runtime> Worker<R> {
                 }
             };
             let draining = self.outbox_holds_records();
-            let drain_due = R::sleep(self.next_drain.saturating_duration_since(Instant::now()));
+            let next_drain = self.next_drain;
+            let drain_due =
+                async move { R::sleep(next_drain.saturating_duration_since(Instant::now())).await };
             tokio::select! {
-                command = commands.recv() => match command {
-                    Some(Command::Send(record, reply, room)) => self.append(record, reply, room).await,
-                    Some(Command::Flush(done)) => {
+                command = commands.recv() => {
+                    let Some(command) = command else {
                         self.settle().await;
-                        let _ = done.send(());
+                        return;
+                    };
+                    if !self.handle(command, &mut commands).await {
+                        return;
                     }
-                    Some(Command::Close(done)) => {
-                        commands.close();
-                        while let Some(command) = commands.recv().await {
-                            match command {
-                                Command::Send(record, reply, room) => self.append(record, reply, room).await,
-                                Command::Flush(done) | Command::Close(done) => drop(done),
-                            }
+                    // The rest of a burst in the same pass: one round of timers and
+                    // checks per burst rather than per record.
+                    for _ in 1..COMMANDS_PER_PASS {
+                        let Ok(command) = commands.try_recv() else {
+                            break;
+                        };
+                        if !self.handle(command, &mut commands).await {
+                            return;
                         }
-                        self.settle().await;
-                        drop(self.outbox.take());
-                        let _ = done.send(());
-                        return;
                     }
-                    None => {
-                        self.settle().await;
-                        return;
-                    }
-                },
+                    self.send_touched();
+                }
                 Some(landing) = self.landed.recv(), if self.in_flight > 0 => {
                     self.land(landing).await;
+                    while let Ok(landing) = self.landed.try_recv() {
+                        self.land(landing).await;
+                    }
+                    self.send_touched();
                 }
                 () = drain_due, if draining => {
                     self.drain_outbox().await;
                     self.next_drain = Instant::now() + self.config.retry_backoff_max;
                 }
                 () = sleep => {
-                    let partitions = self.partition_counts();
-                    for batch in self.accumulator.expired(Instant::now(), |topic| partitions.get(topic).copied().unwrap_or(1)) {
+                    let routes = &self.routes.partitions;
+                    let unresolved = &self.unresolved;
+                    let expired = self.accumulator.expired(
+                        Instant::now(),
+                        |topic| routes.get(topic).map_or(1, |leaders| leaders.len() as u32),
+                        |topic, partition| sendable(unresolved, topic, partition),
+                    );
+                    for batch in expired {
                         self.dispatch(batch);
                     }
                 }
             }
         }
+    }
+
+    /// Handles one command; false once the producer is closed.
+    async fn handle(&mut self, command: Command, commands: &mut mpsc::Receiver<Command>) -> bool {
+        match command {
+            Command::Send(record, reply, room) => self.append(record, reply, room).await,
+            Command::Flush(done) => {
+                self.settle().await;
+                let _ = done.send(());
+            }
+            Command::Close(done) => {
+                commands.close();
+                while let Some(command) = commands.recv().await {
+                    match command {
+                        Command::Send(record, reply, room) => {
+                            self.append(record, reply, room).await
+                        }
+                        Command::Flush(done) | Command::Close(done) => drop(done),
+                    }
+                }
+                self.settle().await;
+                drop(self.outbox.take());
+                let _ = done.send(());
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Sends the open batches of the partitions that took records or had a batch
+    /// resolved since the last check, where the linger has passed and the partition has
+    /// nothing on its way. (Lingers passing with time are the timer's.)
+    fn send_touched(&mut self) {
+        if self.touched.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.sort_unstable();
+        touched.dedup();
+        for (topic, partition) in touched.drain(..) {
+            if !sendable(&self.unresolved, &topic, partition) {
+                continue;
+            }
+            let partitions = self
+                .routes
+                .partitions
+                .get(&topic)
+                .map_or(1, |leaders| leaders.len() as u32);
+            if let Some(batch) = self
+                .accumulator
+                .close_if_expired(&topic, partition, now, partitions)
+            {
+                self.dispatch(batch);
+            }
+        }
+        self.touched = touched;
     }
 
     fn publish_gauges(&self) {
@@ -447,8 +538,13 @@ impl<R: Runtime> Worker<R> {
                     _room: room,
                 };
                 self.waiting.insert(id, waiting);
-                if let Some(batch) = ready {
-                    self.dispatch(batch);
+                match ready {
+                    Some(batch) => self.dispatch(batch),
+                    // With no linger the batch is due at once, if its partition is free.
+                    None if self.config.batching.linger.is_zero() => {
+                        self.touched.push((record.topic, partition))
+                    }
+                    None => {}
                 }
             }
             Err(error) => {
@@ -485,6 +581,12 @@ impl<R: Runtime> Worker<R> {
         // Counted from the batch's first record, the closest to its `send`.
         let deadline = batch.first_append + self.config.delivery_timeout;
         let stamped = self.accumulator.producer();
+        *self
+            .unresolved
+            .entry(batch.topic.clone())
+            .or_default()
+            .entry(batch.partition)
+            .or_default() += 1;
         let flight = Flight {
             batch,
             deadline,
@@ -545,8 +647,9 @@ impl<R: Runtime> Worker<R> {
         if let Some(count) = self.flying.get_mut(&shard) {
             *count -= 1;
         }
-        self.busy
-            .remove(&(flight.batch.topic.clone(), flight.batch.partition));
+        let key = (flight.batch.topic.clone(), flight.batch.partition);
+        self.busy.remove(&key);
+        self.touched.push(key);
         if let Some(client) = client {
             self.idle.entry(shard).or_default().push(client);
         }
@@ -593,6 +696,14 @@ impl<R: Runtime> Worker<R> {
 
     /// Resolves a batch's records: delivered, queued in the outbox, or failed.
     fn finish(&mut self, batch: ReadyBatch, outcome: Result<u64, ProduceError>) {
+        if let Some(partitions) = self.unresolved.get_mut(&batch.topic) {
+            if let Some(count) = partitions.get_mut(&batch.partition) {
+                *count -= 1;
+                if *count == 0 {
+                    partitions.remove(&batch.partition);
+                }
+            }
+        }
         let acknowledged = self.config.acks != Acks::None;
         self.accumulator.release(batch.payload_bytes);
         let records = batch.record_count() as u64;
