@@ -6,6 +6,10 @@
 //! request bytes; beyond that it stops reading the socket (backpressure) until the
 //! writer has sent responses. The writer awaits requests strictly in arrival order.
 //!
+//! A response up to 4 KiB (a produce acknowledgement, most control answers) goes out in
+//! one `send`: header and data are copied into one buffer. Larger ones (fetches) are sent
+//! in parts rather than copied.
+//!
 //! Bad input: a frame over the limit is answered `FrameTooLarge` and the connection is
 //! closed (the stream cannot be resynchronised without reading the frame); a malformed
 //! frame, an unknown API or version is answered with an error and the connection goes on.
@@ -26,6 +30,9 @@ use glommio::net::TcpStream;
 use super::handlers::{dispatch, Response};
 use super::state::ShardState;
 use crate::shard::{spawn, until, LocalBudget, Notify, Task};
+
+/// Responses up to this size are copied into one buffer and sent with one call.
+const COALESCED_RESPONSE_BYTES: usize = 4 << 10;
 
 /// A request whose response is pending or ready.
 struct Entry {
@@ -235,10 +242,17 @@ async fn write_response(
         correlation_id,
         error_code: response.error_code,
     };
-    let prefix = ResponseFrame::encode_prefix(header, &response.control, data_length);
-    writer.write_all(&prefix).await?;
-    for part in &response.data {
-        writer.write_all(part.as_bytes()).await?;
+    let mut prefix = ResponseFrame::encode_prefix(header, &response.control, data_length);
+    if prefix.len() + data_length <= COALESCED_RESPONSE_BYTES {
+        for part in &response.data {
+            prefix.extend_from_slice(part.as_bytes());
+        }
+        writer.write_all(&prefix).await?;
+    } else {
+        writer.write_all(&prefix).await?;
+        for part in &response.data {
+            writer.write_all(part.as_bytes()).await?;
+        }
     }
     writer.flush().await
 }
