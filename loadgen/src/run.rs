@@ -5,7 +5,7 @@
 //! no group, so no rebalance disturbs the measurement) and start reading; producers
 //! then send for the warm-up and the measured period, either as fast as the producer's
 //! buffer lets them (closed loop) or on an [`OpenLoop`] schedule. A collector per
-//! producer awaits deliveries in send order and records publish latency; consumers read
+//! producer records each delivery's publish latency when it completes; consumers read
 //! each value's stamp and record end-to-end latency. Once producers stop, consumers
 //! read until they have every record produced, or nothing came for
 //! [`Plan::drain_grace`] (then the remainder is reported as `unconsumed`).
@@ -14,6 +14,8 @@ use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use flumen_client::accumulator::AccumulatorConfig;
 use flumen_client::{
@@ -190,23 +192,37 @@ struct InFlight {
     delivery: DeliveryFuture,
 }
 
-/// Awaits deliveries in send order and records them.
+/// Awaits deliveries in whatever order they complete and records each when it does: a
+/// record acknowledged while an earlier one (of another partition) is still out is not
+/// charged that one's wait.
 async fn collect(
     mut in_flight: tokio::sync::mpsc::Receiver<InFlight>,
     recorder: SharedRecorder,
     progress: Arc<Progress>,
     period: Period,
 ) {
-    while let Some(sent) = in_flight.recv().await {
-        let outcome = sent.delivery.await;
-        let measured = period.contains(sent.intended);
-        let mut recorder = recorder.lock().expect("no task panics holding it");
-        match outcome {
-            Ok(_) => {
-                recorder.delivered(sent.intended.elapsed(), sent.bytes, measured);
-                progress.produced.fetch_add(1, Ordering::Relaxed);
+    let mut pending = FuturesUnordered::new();
+    let mut sending = true;
+    loop {
+        tokio::select! {
+            sent = in_flight.recv(), if sending => match sent {
+                Some(sent) => pending.push(async move {
+                    let outcome = sent.delivery.await;
+                    (sent.intended, sent.bytes, outcome.is_ok())
+                }),
+                None => sending = false,
+            },
+            Some((intended, bytes, delivered)) = pending.next(), if !pending.is_empty() => {
+                let measured = period.contains(intended);
+                let mut recorder = recorder.lock().expect("no task panics holding it");
+                if delivered {
+                    recorder.delivered(intended.elapsed(), bytes, measured);
+                    progress.produced.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    recorder.failed(measured);
+                }
             }
-            Err(_) => recorder.failed(measured),
+            else => return,
         }
     }
 }
