@@ -476,6 +476,8 @@ async fn write_out_loop(state: Rc<ShardState>) {
 /// delays another partition's (and a flush already running absorbs a new one):
 /// - segments a roll left behind are sealed soon after (`Log::finish_pending_seal`), and
 ///   the producer-state snapshot it captured is written (`Partition::write_due_snapshot`);
+/// - a partition whose active segment is half full gets the spare file its next roll
+///   takes (`Log::prepare_spare`), so the roll does not create a file while appends wait;
 /// - with `flush_interval_ms` set, partitions whose appended bytes went unsynced that long
 ///   or exceed `flush_bytes` are synced, bounding what a power loss takes of acks=0/1 data.
 async fn background_flush_loop(state: Rc<ShardState>) {
@@ -497,6 +499,14 @@ async fn background_flush_loop(state: Rc<ShardState>) {
                 spawn_detached(async move { partition.write_due_snapshot().await });
             }
             let log = partition.log();
+            if log.wants_spare() {
+                let partition = Rc::clone(&partition);
+                spawn_detached(async move {
+                    if let Err(error) = partition.log().prepare_spare().await {
+                        tracing::warn!(?partition, %error, "cannot create a spare segment file");
+                    }
+                });
+            }
             let flush = background_flush_due(
                 log.unsynced_bytes(),
                 interval,

@@ -238,6 +238,13 @@ pub(crate) async fn remove_file(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Renames `from` to `to` (replacing `to`); not durable until the directory is synced.
+pub(crate) async fn rename(from: &Path, to: &Path) -> io::Result<()> {
+    glommio::io::rename(std::path::absolute(from)?, std::path::absolute(to)?)
+        .await
+        .map_err(to_io_error)
+}
+
 /// Makes directory entry changes (creations, renames, removals) in `dir` durable.
 pub(crate) async fn sync_dir(dir: &Path) -> io::Result<()> {
     let directory = glommio::io::Directory::open(std::path::absolute(dir)?)

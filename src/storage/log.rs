@@ -24,7 +24,7 @@ use flumen_protocol::record::{
 };
 
 use super::cache::{CacheKey, CachedBatch, TailCache};
-use super::config::LogConfig;
+use super::config::{LogConfig, IO_ALIGNMENT_BYTES};
 use super::error::context;
 use super::file::{self, ReadBytes};
 use super::meta::{Checkpoint, EpochEntry, PartitionMeta};
@@ -169,7 +169,15 @@ struct PendingSeal {
     segment: Rc<Segment>,
     /// The checkpoint once it is sealed: the start of the segment after it.
     checkpoint: Checkpoint,
+    /// The segment after it is the spare, still under [`SPARE_FILE`]: the seal gives it
+    /// its segment name.
+    renames_spare: bool,
 }
+
+/// The file a log creates ahead of a roll, in the background, so that the roll takes it
+/// instead of creating a file while appends wait (15 to 40 ms on ext4 under load,
+/// measured). It keeps this name until the seal of the segment before it renames it.
+pub const SPARE_FILE: &str = "next.log.spare";
 
 /// One partition's log. See the module documentation.
 pub struct Log {
@@ -188,6 +196,10 @@ pub struct Log {
     pending_seal: RefCell<Option<PendingSeal>>,
     /// One seal at a time.
     seal_lock: LocalMutex,
+    /// The spare file the next roll takes ([`Log::prepare_spare`]).
+    spare: RefCell<Option<file::DirectFile>>,
+    /// A spare is being created.
+    preparing_spare: Cell<bool>,
     syncs: Rc<Cell<u64>>,
     read_ahead: ReadAhead,
     state: RefCell<LogState>,
@@ -226,6 +238,7 @@ impl Log {
     ) -> Result<(Self, RecoveryReport)> {
         config.validate()?;
         std::fs::create_dir_all(dir).map_err(|error| StorageError::io("creating", dir, error))?;
+        adopt_spare(dir).await?;
         let bases = list_segments(dir)?;
         let meta = read_meta(dir).await?;
         let now = clock.now_ms();
@@ -275,6 +288,8 @@ impl Log {
             retention_lock: LocalMutex::new(),
             pending_seal: RefCell::new(None),
             seal_lock: LocalMutex::new(),
+            spare: RefCell::new(None),
+            preparing_spare: Cell::new(false),
             syncs: Rc::new(Cell::new(0)),
             read_ahead: ReadAhead::default(),
             state: RefCell::new(LogState {
@@ -609,7 +624,16 @@ impl Log {
                 None => StorageError::io("writing out", active.path(), error),
             })?;
         let next_offset = self.next_offset();
-        let segment = self.start_segment(next_offset, now).await?;
+        let spare = self.spare.borrow_mut().take();
+        let renames_spare = spare.is_some();
+        let segment = match spare {
+            Some(file) => {
+                let segment = Rc::new(Segment::empty(&self.dir, next_offset, file, now));
+                self.activate(&segment).await?;
+                segment
+            }
+            None => self.start_segment(next_offset, now).await?,
+        };
         self.state
             .borrow_mut()
             .segments
@@ -622,8 +646,55 @@ impl Log {
                 next_offset,
                 max_timestamp: i64::MIN,
             },
+            renames_spare,
         });
         Ok(segment)
+    }
+
+    /// Whether [`Log::prepare_spare`] has work: the active segment is at least half full,
+    /// no spare exists or is being made, and the last roll's spare has its name.
+    pub fn wants_spare(&self) -> bool {
+        let half = self.config().segment_bytes_max / 2;
+        self.spare.borrow().is_none()
+            && !self.preparing_spare.get()
+            && self.pending_seal.borrow().is_none()
+            && !self.state.borrow().closed
+            && self.active_segment().size() >= half
+    }
+
+    /// Creates the spare file the next roll takes, with one `preallocate_bytes` step
+    /// reserved, if [`Log::wants_spare`]. The broker calls this in the background. A
+    /// failure (a full disk) only means the next roll creates its file itself.
+    pub async fn prepare_spare(&self) -> Result<()> {
+        if !self.wants_spare() {
+            return Ok(());
+        }
+        self.preparing_spare.set(true);
+        let path = self.dir.join(SPARE_FILE);
+        let step = self.config().preallocate_bytes;
+        let created = async {
+            let file = file::DirectFile::open(&path, true).await?;
+            file.truncate(0).await?;
+            if step > 0 {
+                match file.preallocate(step).await {
+                    Err(error) if error.raw_os_error() != Some(libc::EOPNOTSUPP) => {
+                        return Err(error)
+                    }
+                    _ => {}
+                }
+            }
+            Ok(file)
+        }
+        .await;
+        self.preparing_spare.set(false);
+        let file = created.map_err(|error| StorageError::io("creating", &path, error))?;
+        if self.state.borrow().closed {
+            // Closed meanwhile: its directory may belong to a new log by now.
+            let _ = file.close().await;
+            return Ok(());
+        }
+        *self.spare.borrow_mut() = Some(file);
+        Ok(())
     }
 
     /// Creates the segment starting at `next_offset` and gives it a writer (nothing synced).
@@ -671,11 +742,11 @@ impl Log {
         // A closed log sealed everything it could; never write into a directory that may
         // belong to a new log by now.
         self.check_open()?;
-        let Some((segment, checkpoint)) = self
-            .pending_seal
-            .borrow()
-            .as_ref()
-            .map(|pending| (Rc::clone(&pending.segment), pending.checkpoint))
+        let Some((segment, checkpoint, renames_spare)) =
+            self.pending_seal.borrow().as_ref().map(|pending| {
+                let segment = Rc::clone(&pending.segment);
+                (segment, pending.checkpoint, pending.renames_spare)
+            })
         else {
             return Ok(());
         };
@@ -683,6 +754,16 @@ impl Log {
             .seal()
             .await
             .map_err(|error| StorageError::io("sealing", segment.path(), error))?;
+        if renames_spare {
+            let from = self.dir.join(SPARE_FILE);
+            let to = segment_path(&self.dir, checkpoint.segment_base, "log");
+            file::rename(&from, &to)
+                .await
+                .map_err(|error| StorageError::io("renaming", &from, error))?;
+            if let Some(pending) = self.pending_seal.borrow_mut().as_mut() {
+                pending.renames_spare = false;
+            }
+        }
         file::sync_dir(&self.dir)
             .await
             .map_err(|error| StorageError::io("syncing", &self.dir, error))?;
@@ -1359,6 +1440,17 @@ impl Log {
             state.closed = true;
             std::mem::take(&mut state.segments)
         };
+        let spare = self.spare.borrow_mut().take();
+        if let Some(spare) = spare {
+            let path = self.dir.join(SPARE_FILE);
+            spare
+                .close()
+                .await
+                .map_err(|error| StorageError::io("closing", &path, error))?;
+            file::remove_file(&path)
+                .await
+                .map_err(|error| StorageError::io("removing", &path, error))?;
+        }
         self.cache.unregister(self.cache_key);
         drop(active);
         for (_, segment) in segments {
@@ -1394,4 +1486,44 @@ impl Drop for Log {
     fn drop(&mut self) {
         self.cache.unregister(self.cache_key);
     }
+}
+
+/// Gives a spare file a crash left holding data back its segment name: a roll took it
+/// and the seal that renames it never ran. It holds the newest segment; its first batch
+/// names its base offset (recovery then checks it like any unsealed segment). A spare
+/// that holds no batch, or whose name is taken, goes.
+async fn adopt_spare(dir: &Path) -> Result<()> {
+    let path = dir.join(SPARE_FILE);
+    if !path.exists() {
+        return Ok(());
+    }
+    let base = {
+        let spare = file::DirectFile::open(&path, false)
+            .await
+            .map_err(|error| StorageError::io("opening", &path, error))?;
+        let head = spare
+            .read_at(0, IO_ALIGNMENT_BYTES as usize)
+            .await
+            .map_err(|error| StorageError::io("reading", &path, error))?;
+        let base = BatchHeader::decode(&head)
+            .ok()
+            .map(|header| header.base_offset);
+        let _ = spare.close().await;
+        base
+    };
+    match base {
+        Some(base) if !segment_path(dir, base, "log").exists() => {
+            let to = segment_path(dir, base, "log");
+            tracing::info!(from = %path.display(), to = %to.display(), "recovering a spare segment");
+            file::rename(&path, &to)
+                .await
+                .map_err(|error| StorageError::io("renaming", &path, error))?;
+        }
+        _ => file::remove_file(&path)
+            .await
+            .map_err(|error| StorageError::io("removing", &path, error))?,
+    }
+    file::sync_dir(dir)
+        .await
+        .map_err(|error| StorageError::io("syncing", dir, error))
 }

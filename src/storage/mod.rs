@@ -33,7 +33,9 @@ pub use cache::{CacheStats, TailCache};
 pub use config::{LogConfig, IO_ALIGNMENT_BYTES};
 pub use error::{Result, StorageError};
 pub use file::ReadBytes;
-pub use log::{AppendInfo, Log, RecoveryReport, RetentionReport, StoredBatch, ValidatedBatch};
+pub use log::{
+    AppendInfo, Log, RecoveryReport, RetentionReport, StoredBatch, ValidatedBatch, SPARE_FILE,
+};
 pub use meta::EpochEntry;
 
 /// Small metadata files written atomically (write, sync, rename, sync directory) through

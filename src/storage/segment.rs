@@ -53,7 +53,13 @@ impl Segment {
         let path = segment_path(dir, base_offset, "log");
         let file = DirectFile::open(&path, true).await?;
         file.truncate(0).await?;
-        Ok(Self::new(
+        Ok(Self::empty(dir, base_offset, file, created_ms))
+    }
+
+    /// An empty segment in an already open, empty file (a spare the log created ahead;
+    /// its name is the log's business).
+    pub(crate) fn empty(dir: &Path, base_offset: u64, file: DirectFile, created_ms: i64) -> Self {
+        Self::new(
             dir,
             base_offset,
             file,
@@ -64,7 +70,7 @@ impl Segment {
                 max_timestamp: i64::MIN,
                 index: SegmentIndex::new(),
             },
-        ))
+        )
     }
 
     pub(crate) fn new(
