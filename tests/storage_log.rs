@@ -782,3 +782,50 @@ fn an_unused_spare_is_removed_at_open() {
         log.close().await.unwrap();
     });
 }
+
+/// The broker prepares spares from a background task that runs whenever the shard has a
+/// moment, a roll's own awaits included: a spare made while a roll is taking the last
+/// one would reuse its name (and truncate the file now holding the active segment).
+#[test]
+fn no_spare_is_made_while_a_roll_still_holds_the_last_ones_name() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open_uncached(dir.path(), small_config()).await;
+        let log = Rc::new(log);
+        let done = Rc::new(std::cell::Cell::new(false));
+        let background = {
+            let (log, done) = (Rc::clone(&log), Rc::clone(&done));
+            glommio::spawn_local(async move {
+                while !done.get() {
+                    log.prepare_spare().await.unwrap();
+                    log.finish_pending_seal().await.unwrap();
+                    glommio::yield_if_needed().await;
+                    flumen::shard::sleep(std::time::Duration::from_micros(50)).await;
+                }
+            })
+        };
+        let mut tag = 0;
+        while log.segment_count() < 12 {
+            log.append(batch(tag, 4, 2000, 0)).await.unwrap();
+            tag += 1;
+        }
+        done.set(true);
+        background.await;
+        let records = tag * 4;
+        assert_eq!(
+            read_all(&log).await.iter().flat_map(tags).count() as u64,
+            records
+        );
+        log.close().await.unwrap();
+        let log = Rc::try_unwrap(log).ok().unwrap();
+        drop(log);
+        let (log, report) = open_uncached(dir.path(), small_config()).await;
+        assert_eq!(report.bytes_cut, 0);
+        assert_eq!(log.next_offset(), records);
+        assert_eq!(
+            read_all(&log).await.iter().flat_map(tags).count() as u64,
+            records
+        );
+        log.close().await.unwrap();
+    });
+}

@@ -187,8 +187,19 @@ impl DirectFile {
         self.file.truncate(size).await.map_err(to_io_error)
     }
 
+    /// The file's size, asked of the open handle: glommio's `file_size` goes by path,
+    /// which names another file (or none) once this one was renamed, like a spare taken
+    /// as a segment, or removed.
     pub(crate) async fn size(&self) -> io::Result<u64> {
-        self.file.file_size().await.map_err(to_io_error)
+        use std::os::fd::AsRawFd;
+        let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: the descriptor stays open as long as `self`; fstat only writes `stat`.
+        if unsafe { libc::fstat(self.file.as_raw_fd(), stat.as_mut_ptr()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fstat succeeded, so it filled `stat` in.
+        let stat = unsafe { stat.assume_init() };
+        Ok(stat.st_size as u64)
     }
 }
 

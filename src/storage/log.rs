@@ -200,6 +200,9 @@ pub struct Log {
     spare: RefCell<Option<file::DirectFile>>,
     /// A spare is being created.
     preparing_spare: Cell<bool>,
+    /// A roll took the spare and its file still has the spare's name (until the seal
+    /// renames it): no new spare may be created under that name meanwhile.
+    spare_taken: Cell<bool>,
     syncs: Rc<Cell<u64>>,
     read_ahead: ReadAhead,
     state: RefCell<LogState>,
@@ -290,6 +293,7 @@ impl Log {
             seal_lock: LocalMutex::new(),
             spare: RefCell::new(None),
             preparing_spare: Cell::new(false),
+            spare_taken: Cell::new(false),
             syncs: Rc::new(Cell::new(0)),
             read_ahead: ReadAhead::default(),
             state: RefCell::new(LogState {
@@ -628,8 +632,14 @@ impl Log {
         let renames_spare = spare.is_some();
         let segment = match spare {
             Some(file) => {
+                // From here until the seal renames it, the file holds the spare's name.
+                self.spare_taken.set(true);
                 let segment = Rc::new(Segment::empty(&self.dir, next_offset, file, now));
-                self.activate(&segment).await?;
+                if let Err(error) = self.activate(&segment).await {
+                    // Unused: the next spare may reuse the name (and the file).
+                    self.spare_taken.set(false);
+                    return Err(error);
+                }
                 segment
             }
             None => self.start_segment(next_offset, now).await?,
@@ -657,6 +667,7 @@ impl Log {
         let half = self.config().segment_bytes_max / 2;
         self.spare.borrow().is_none()
             && !self.preparing_spare.get()
+            && !self.spare_taken.get()
             && self.pending_seal.borrow().is_none()
             && !self.state.borrow().closed
             && self.active_segment().size() >= half
@@ -763,6 +774,7 @@ impl Log {
             if let Some(pending) = self.pending_seal.borrow_mut().as_mut() {
                 pending.renames_spare = false;
             }
+            self.spare_taken.set(false);
         }
         file::sync_dir(&self.dir)
             .await
