@@ -81,7 +81,7 @@ start_broker() {
   for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$PORT) 2>/dev/null && return; sleep 0.1; done
   echo "the broker did not start" >&2; exit 1
 }
-stop_broker() { kill "$BROKER" 2>/dev/null; wait "$BROKER" 2>/dev/null || true; }
+stop_broker() { kill "$BROKER" 2>/dev/null || true; wait "$BROKER" 2>/dev/null || true; }
 trap 'stop_broker' EXIT
 
 load() { # json-name args... : one loadgen run on the load CPU
