@@ -100,6 +100,18 @@ fn a_full_disk_fails_appends_cleanly_and_they_resume_once_space_is_freed() {
             ..small_config()
         };
         let dir = root.join("topic").join("0");
+        // A second log, half a segment in while there is still room, wants a spare.
+        let other_dir = root.join("topic").join("1");
+        let other_config = LogConfig {
+            segment_bytes_max: 256 << 10,
+            preallocate_bytes: 512 << 10,
+            ..small_config()
+        };
+        let (other, _) = open_uncached(&other_dir, other_config).await;
+        for tag in 0..5 {
+            other.append(batch(tag, 4, 8000, 0)).await.unwrap();
+        }
+        assert!(other.wants_spare());
         let (log, _) = open_uncached(&dir, config.clone()).await;
         let mut appended = 0u64;
         let error = loop {
@@ -127,6 +139,19 @@ fn a_full_disk_fails_appends_cleanly_and_they_resume_once_space_is_freed() {
             next_offset,
             "a failed append changes nothing"
         );
+        // No spare can be made on the full disk: the attempt fails cleanly, leaves no
+        // file holding what its fallocate grabbed, and is not retried at once. (The probe
+        // log then goes, giving back the space its reservations held.)
+        let spare = other.prepare_spare().await;
+        assert!(
+            matches!(spare, Err(StorageError::DiskFull { .. })),
+            "got {spare:?}"
+        );
+        assert!(!other_dir.join(flumen::storage::SPARE_FILE).exists());
+        assert!(!other.wants_spare(), "it backs off");
+        drop(other);
+        std::fs::remove_dir_all(&other_dir).unwrap();
+
         log.flush().await.unwrap();
         let read: Vec<_> = read_all(&log).await.iter().flat_map(tags).collect();
         assert_eq!(read.len() as u64, appended * 4);

@@ -26,7 +26,8 @@ use crate::partition_for_key;
 pub struct AccumulatorConfig {
     /// A batch is sent once its payload reaches this many bytes.
     pub batch_size_bytes: usize,
-    /// A batch is sent at the latest this long after its first record.
+    /// A batch is sent at the latest this long after its first record, once its
+    /// partition has no earlier batch on its way.
     pub linger: Duration,
     /// Payload bytes buffered across all batches not yet delivered.
     pub buffer_memory_bytes: usize,

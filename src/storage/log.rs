@@ -179,6 +179,9 @@ struct PendingSeal {
 /// measured). It keeps this name until the seal of the segment before it renames it.
 pub const SPARE_FILE: &str = "next.log.spare";
 
+/// How long a log waits after a failed spare creation before it tries again, in ms.
+pub const SPARE_RETRY_MS: i64 = 10_000;
+
 /// One partition's log. See the module documentation.
 pub struct Log {
     dir: PathBuf,
@@ -203,6 +206,9 @@ pub struct Log {
     /// A roll took the spare and its file still has the spare's name (until the seal
     /// renames it): no new spare may be created under that name meanwhile.
     spare_taken: Cell<bool>,
+    /// After a failed spare creation (a full disk), none is tried before this log-clock
+    /// time.
+    spare_retry_ms: Cell<i64>,
     syncs: Rc<Cell<u64>>,
     read_ahead: ReadAhead,
     state: RefCell<LogState>,
@@ -294,6 +300,7 @@ impl Log {
             spare: RefCell::new(None),
             preparing_spare: Cell::new(false),
             spare_taken: Cell::new(false),
+            spare_retry_ms: Cell::new(i64::MIN),
             syncs: Rc::new(Cell::new(0)),
             read_ahead: ReadAhead::default(),
             state: RefCell::new(LogState {
@@ -668,6 +675,7 @@ impl Log {
         self.spare.borrow().is_none()
             && !self.preparing_spare.get()
             && !self.spare_taken.get()
+            && self.clock.now_ms() >= self.spare_retry_ms.get()
             && self.pending_seal.borrow().is_none()
             && !self.state.borrow().closed
             && self.active_segment().size() >= half
@@ -675,7 +683,9 @@ impl Log {
 
     /// Creates the spare file the next roll takes, with one `preallocate_bytes` step
     /// reserved, if [`Log::wants_spare`]. The broker calls this in the background. A
-    /// failure (a full disk) only means the next roll creates its file itself.
+    /// failure (a full disk) only means the next roll creates its file itself: the file
+    /// is removed, so it holds no space, and no spare is tried for
+    /// [`SPARE_RETRY_MS`].
     pub async fn prepare_spare(&self) -> Result<()> {
         if !self.wants_spare() {
             return Ok(());
@@ -698,7 +708,16 @@ impl Log {
         }
         .await;
         self.preparing_spare.set(false);
-        let file = created.map_err(|error| StorageError::io("creating", &path, error))?;
+        let file = match created {
+            Ok(file) => file,
+            Err(error) => {
+                self.spare_retry_ms
+                    .set(self.clock.now_ms().saturating_add(SPARE_RETRY_MS));
+                // Whatever the failed fallocate grabbed goes back to the appends.
+                let _ = file::remove_file(&path).await;
+                return Err(StorageError::io("creating", &path, error));
+            }
+        };
         if self.state.borrow().closed {
             // Closed meanwhile: its directory may belong to a new log by now.
             let _ = file.close().await;
@@ -1327,23 +1346,23 @@ impl Log {
         segment
             .remove_index()
             .await
-            .map_err(context("deleting index of", segment.path()))?;
+            .map_err(context("deleting index of", &segment.path()))?;
         segment
             .file
             .truncate(cut.size)
             .await
-            .map_err(context("truncating", segment.path()))?;
+            .map_err(context("truncating", &segment.path()))?;
         segment
             .file
             .fdatasync()
             .await
-            .map_err(context("syncing", segment.path()))?;
+            .map_err(context("syncing", &segment.path()))?;
         let next_offset = cut.next_offset;
         *segment.state_mut() = cut;
         segment
             .activate(self.writer_limits(), Rc::clone(&self.syncs))
             .await
-            .map_err(context("activating", segment.path()))?;
+            .map_err(context("activating", &segment.path()))?;
         let mut state = self.state.borrow_mut();
         state.next_offset = next_offset;
         state.checkpoint = Checkpoint {
@@ -1435,7 +1454,7 @@ impl Log {
         active
             .seal()
             .await
-            .map_err(context("sealing", active.path()))?;
+            .map_err(context("sealing", &active.path()))?;
         {
             let mut state = self.state.borrow_mut();
             state.checkpoint = Checkpoint {
@@ -1454,14 +1473,16 @@ impl Log {
         };
         let spare = self.spare.borrow_mut().take();
         if let Some(spare) = spare {
+            // Everything is sealed by now: an unused spare left behind is only removed by
+            // the next open, so a failure here is not the close's.
             let path = self.dir.join(SPARE_FILE);
-            spare
-                .close()
-                .await
-                .map_err(|error| StorageError::io("closing", &path, error))?;
-            file::remove_file(&path)
-                .await
-                .map_err(|error| StorageError::io("removing", &path, error))?;
+            let removed = match spare.close().await {
+                Ok(()) => file::remove_file(&path).await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = removed {
+                tracing::warn!(path = %path.display(), %error, "cannot remove the unused spare");
+            }
         }
         self.cache.unregister(self.cache_key);
         drop(active);

@@ -138,8 +138,10 @@ impl Segment {
         self.state.borrow().next_offset
     }
 
-    pub(crate) fn path(&self) -> &Path {
-        self.file.path()
+    /// The segment file's name (not the handle's: a segment that began as a spare file
+    /// was opened under the spare's name).
+    pub(crate) fn path(&self) -> PathBuf {
+        segment_path(&self.dir, self.base_offset, "log")
     }
 
     pub(crate) fn writer(&self) -> Option<SegmentWriter> {
