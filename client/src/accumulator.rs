@@ -14,7 +14,7 @@
 //! The caller owns time (`now`), I/O and delivery; the accumulator only says which batches
 //! are ready and which record ids each carries.
 
-use std::collections::HashMap;
+use crate::fast_hash::FastMap;
 use std::time::{Duration, Instant};
 
 use flumen_protocol::record::{BatchBuilder, BuiltBatch, BATCH_LENGTH_MAX_BYTES};
@@ -144,11 +144,11 @@ struct OpenBatch {
 pub struct Accumulator {
     config: AccumulatorConfig,
     /// Open batches by topic, then partition (looked up by `&str`, no allocation).
-    open: HashMap<String, HashMap<u32, OpenBatch>>,
-    sticky: HashMap<String, u32>,
+    open: FastMap<String, FastMap<u32, OpenBatch>>,
+    sticky: FastMap<String, u32>,
     buffered_bytes: usize,
     producer: Option<(i64, i16)>,
-    sequences: HashMap<(String, u32), i32>,
+    sequences: FastMap<(String, u32), i32>,
 }
 
 impl Accumulator {
@@ -160,11 +160,11 @@ impl Accumulator {
         }
         Self {
             config,
-            open: HashMap::new(),
-            sticky: HashMap::new(),
+            open: FastMap::default(),
+            sticky: FastMap::default(),
             buffered_bytes: 0,
             producer: None,
-            sequences: HashMap::new(),
+            sequences: FastMap::default(),
         }
     }
 
@@ -258,7 +258,8 @@ impl Accumulator {
         }
         self.buffered_bytes += size;
         if !self.open.contains_key(record.topic) {
-            self.open.insert(record.topic.to_owned(), HashMap::new());
+            self.open
+                .insert(record.topic.to_owned(), FastMap::default());
         }
         let batches = self.open.get_mut(record.topic).expect("inserted above");
         let open = batches.entry(partition).or_insert_with(|| OpenBatch {

@@ -45,6 +45,7 @@ pub mod assignor;
 mod blocking;
 #[cfg(feature = "tokio")]
 pub mod consumer;
+mod fast_hash;
 #[cfg(feature = "glommio")]
 mod glommio_client;
 #[cfg(feature = "tokio")]
