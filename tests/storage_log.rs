@@ -666,16 +666,22 @@ fn space_is_reserved_ahead_in_the_background_and_given_back_at_the_seal() {
     });
 }
 
-/// Appends to a fresh log until its active segment is half full, prepares the spare,
-/// then appends until the roll takes it. Returns the log and the records appended.
-async fn roll_into_the_spare(dir: &std::path::Path) -> (flumen::storage::Log, u64) {
-    let (log, _) = open_uncached(dir, small_config()).await;
-    let mut tag = 0;
+/// Appends batches tagged from `tag` until the log wants a spare, and makes it. Returns
+/// the next tag.
+async fn fill_until_a_spare_is_made(log: &flumen::storage::Log, mut tag: u64) -> u64 {
     while !log.wants_spare() {
         log.append(batch(tag, 4, 2000, 0)).await.unwrap();
         tag += 1;
     }
     log.prepare_spare().await.unwrap();
+    tag
+}
+
+/// Appends to a fresh log until its active segment is half full, prepares the spare,
+/// then appends until the roll takes it. Returns the log and the records appended.
+async fn roll_into_the_spare(dir: &std::path::Path) -> (flumen::storage::Log, u64) {
+    let (log, _) = open_uncached(dir, small_config()).await;
+    let mut tag = fill_until_a_spare_is_made(&log, 0).await;
     let spare = dir.join(flumen::storage::SPARE_FILE);
     assert!(spare.exists());
     assert!(!log.wants_spare(), "one spare at a time");
@@ -703,12 +709,7 @@ fn a_roll_takes_the_spare_and_its_seal_names_it() {
         assert!(dir.path().join(format!("{second:020}.log")).exists());
         assert!(!dir.path().join(flumen::storage::SPARE_FILE).exists());
         // The next half-full segment gets a new spare; a clean close removes it unused.
-        let mut tag = 10_000;
-        while !log.wants_spare() {
-            log.append(batch(tag, 4, 2000, 0)).await.unwrap();
-            tag += 1;
-        }
-        log.prepare_spare().await.unwrap();
+        let tag = fill_until_a_spare_is_made(&log, 10_000).await;
         let total = records + (tag - 10_000) * 4;
         log.close().await.unwrap();
         assert!(!dir.path().join(flumen::storage::SPARE_FILE).exists());
@@ -765,12 +766,7 @@ fn an_unused_spare_is_removed_at_open() {
     run_on_shard(|| async {
         let dir = tempfile::tempdir().unwrap();
         let (log, _) = open_uncached(dir.path(), small_config()).await;
-        let mut tag = 0;
-        while !log.wants_spare() {
-            log.append(batch(tag, 4, 2000, 0)).await.unwrap();
-            tag += 1;
-        }
-        log.prepare_spare().await.unwrap();
+        let tag = fill_until_a_spare_is_made(&log, 0).await;
         log.flush().await.unwrap();
         drop(log); // crash
         let spare = dir.path().join(flumen::storage::SPARE_FILE);

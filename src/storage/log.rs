@@ -453,6 +453,21 @@ impl Log {
         Ok(())
     }
 
+    /// A segment writer's failed `operation`: the writer's first failure if it is poisoned
+    /// (a later error only repeats it), else this error.
+    fn writer_error(
+        &self,
+        writer: &super::writer::SegmentWriter,
+        operation: &'static str,
+        segment: &Segment,
+        error: std::io::Error,
+    ) -> StorageError {
+        match writer.failure() {
+            Some(cause) => self.poisoned(cause),
+            None => StorageError::io(operation, segment.path(), error),
+        }
+    }
+
     fn poisoned(&self, cause: String) -> StorageError {
         StorageError::Poisoned {
             path: self.dir.clone(),
@@ -492,10 +507,7 @@ impl Log {
         writer
             .reserve(batch.len())
             .await
-            .map_err(|error| match writer.failure() {
-                Some(cause) => self.poisoned(cause),
-                None => StorageError::io("reserving space in", segment.path(), error),
-            })?;
+            .map_err(|error| self.writer_error(&writer, "reserving space in", &segment, error))?;
         // From here to the end nothing awaits: offset assignment and staging are atomic.
         let (base_offset, epoch) = {
             let state = self.state.borrow();
@@ -630,10 +642,7 @@ impl Log {
         writer
             .write_out(writer.end())
             .await
-            .map_err(|error| match writer.failure() {
-                Some(cause) => self.poisoned(cause),
-                None => StorageError::io("writing out", active.path(), error),
-            })?;
+            .map_err(|error| self.writer_error(&writer, "writing out", &active, error))?;
         let next_offset = self.next_offset();
         let spare = self.spare.borrow_mut().take();
         let renames_spare = spare.is_some();
@@ -839,10 +848,7 @@ impl Log {
             writer
                 .flush()
                 .await
-                .map_err(|error| match writer.failure() {
-                    Some(cause) => self.poisoned(cause),
-                    None => StorageError::io("flushing", active.path(), error),
-                })?;
+                .map_err(|error| self.writer_error(&writer, "flushing", &active, error))?;
         }
         let mut state = self.state.borrow_mut();
         state.durable_offset = state.durable_offset.max(target);
