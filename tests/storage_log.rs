@@ -380,23 +380,13 @@ fn staged_bytes_reach_the_file_without_a_flush_once_submitted() {
         let (log, _) = open_uncached(dir.path(), small_config()).await;
         log.append(batch(1, 1, 100, 0)).await.unwrap();
         let segment = dir.path().join(format!("{:020}.log", 0));
-        let on_disk = || {
-            std::fs::read(&segment)
-                .unwrap()
-                .iter()
-                .any(|&byte| byte != 0)
-        };
-        assert!(!on_disk(), "a small append stays staged in memory");
-        log.submit_staged();
-        // Bounded wait for the background write (not a timing assertion).
-        for _ in 0..5_000 {
-            if on_disk() {
-                break;
-            }
-            flumen::shard::sleep(std::time::Duration::from_millis(1)).await;
-        }
         assert!(
-            on_disk(),
+            !holds_data(&segment),
+            "a small append stays staged in memory"
+        );
+        log.submit_staged();
+        assert!(
+            wait_for(|| holds_data(&segment)).await,
             "submitted bytes reach the file without fdatasync"
         );
         log.submit_staged(); // nothing new: no write
@@ -529,17 +519,7 @@ async fn crash_with_a_seal_pending(dir: &std::path::Path) -> u64 {
     assert!(log.has_pending_seal());
     log.submit_staged();
     let second = dir.join(format!("{:020}.log", log.segment_base_offsets()[1]));
-    // Bounded wait for the background write (not a timing assertion).
-    for _ in 0..5_000 {
-        if std::fs::read(&second)
-            .unwrap()
-            .iter()
-            .any(|&byte| byte != 0)
-        {
-            break;
-        }
-        flumen::shard::sleep(std::time::Duration::from_millis(1)).await;
-    }
+    assert!(wait_for(|| holds_data(&second)).await, "the write landed");
     drop(log); // crash: the seal never ran
     (tag + 1) * 4
 }
@@ -641,12 +621,8 @@ fn space_is_reserved_ahead_in_the_background_and_given_back_at_the_seal() {
             // beyond the data again: the top-up ran in the background. (Reserving only
             // when an append outruns the reservation lets the room ahead fall to zero.)
             let end = log.size_bytes();
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while file_len() < end + step && std::time::Instant::now() < deadline {
-                flumen::shard::sleep(std::time::Duration::from_millis(1)).await;
-            }
             assert!(
-                file_len() >= end + step,
+                wait_for(|| file_len() >= end + step).await,
                 "after {end} bytes only {} are reserved",
                 file_len()
             );
@@ -738,13 +714,7 @@ fn recovery_names_a_spare_a_crash_left_holding_data() {
         let second = log.segment_base_offsets()[1];
         log.submit_staged();
         let spare = dir.path().join(flumen::storage::SPARE_FILE);
-        // Bounded wait for the background write (not a timing assertion).
-        for _ in 0..5_000 {
-            if std::fs::read(&spare).unwrap().iter().any(|&byte| byte != 0) {
-                break;
-            }
-            flumen::shard::sleep(std::time::Duration::from_millis(1)).await;
-        }
+        assert!(wait_for(|| holds_data(&spare)).await, "the write landed");
         drop(log); // crash: the seal never ran
 
         let (log, report) = open_uncached(dir.path(), small_config()).await;

@@ -104,6 +104,26 @@ pub async fn read_all(log: &Log) -> Vec<StoredBatch> {
     batches
 }
 
+/// Whether the file at `path` holds any non-zero byte (a background write landed).
+#[allow(dead_code)]
+pub fn holds_data(path: &Path) -> bool {
+    std::fs::read(path).unwrap().iter().any(|&byte| byte != 0)
+}
+
+/// Polls `condition` every millisecond, for up to 10 s, on the shard (so background
+/// tasks run meanwhile); returns its last answer. A bounded wait, not a timing
+/// assertion: callers assert on the answer.
+#[allow(dead_code)]
+pub async fn wait_for(mut condition: impl FnMut() -> bool) -> bool {
+    for _ in 0..10_000 {
+        if condition() {
+            return true;
+        }
+        flumen::shard::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    condition()
+}
+
 /// The values of `topic`'s partitions `0..partitions`, parsed as record indexes (each
 /// value is the decimal index it was sent with), in offset order per partition.
 pub fn stored_indexes(
