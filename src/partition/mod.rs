@@ -107,6 +107,8 @@ pub struct Partition {
     snapshot_due: RefCell<Option<(String, Vec<u8>)>>,
     /// Held while a snapshot is written, so close never races a background write.
     snapshot_lock: LocalMutex,
+    /// The broker's background work on this partition is running (one turn at a time).
+    background_busy: Cell<bool>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -145,6 +147,7 @@ impl Partition {
             produce_lock: LocalMutex::new(),
             snapshot_due: RefCell::new(None),
             snapshot_lock: LocalMutex::new(),
+            background_busy: Cell::new(false),
         };
         Ok((partition, report))
     }
@@ -266,6 +269,17 @@ impl Partition {
         let covered = self.log.next_offset();
         let bytes = self.producers.borrow().encode(covered);
         *self.snapshot_due.borrow_mut() = Some((producers::snapshot_name(covered), bytes));
+    }
+
+    /// Claims the partition for one turn of background work; false while a turn runs
+    /// (then the caller skips it: a slow sync must not pile up more tasks behind it).
+    pub fn claim_background(&self) -> bool {
+        !self.background_busy.replace(true)
+    }
+
+    /// Ends the turn [`Partition::claim_background`] began.
+    pub fn release_background(&self) {
+        self.background_busy.set(false);
     }
 
     /// Whether a roll left a producer-state snapshot to write.

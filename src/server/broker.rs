@@ -14,6 +14,7 @@ use super::config::BrokerConfig;
 use super::connection::serve;
 use super::mesh::MeshMessage;
 use super::state::{load_catalog, ShardState};
+use crate::partition::Partition;
 use crate::shard::{
     available_cpus, sleep, spawn, spawn_detached, until, ShardContext, ShardPool, ShardPoolConfig,
     SystemClock,
@@ -473,7 +474,8 @@ async fn write_out_loop(state: Rc<ShardState>) {
 }
 
 /// The syncs kept off the produce path, in a task per partition so one slow sync never
-/// delays another partition's (and a flush already running absorbs a new one):
+/// delays another partition's; a partition whose turn is still running is skipped, so a
+/// slow sync does not pile up tasks behind it:
 /// - segments a roll left behind are sealed soon after (`Log::finish_pending_seal`), and
 ///   the producer-state snapshot it captured is written (`Partition::write_due_snapshot`);
 /// - a partition whose active segment is half full gets the spare file its next roll
@@ -494,39 +496,47 @@ async fn background_flush_loop(state: Rc<ShardState>) {
         ticks += 1;
         let due = interval > 0 && ticks.is_multiple_of(ticks_per_interval);
         for partition in state.local_partitions() {
-            if partition.has_due_snapshot() {
-                let partition = Rc::clone(&partition);
-                spawn_detached(async move { partition.write_due_snapshot().await });
-            }
             let log = partition.log();
-            if log.wants_spare() {
-                let partition = Rc::clone(&partition);
-                spawn_detached(async move {
-                    if let Err(error) = partition.log().prepare_spare().await {
-                        tracing::warn!(?partition, %error, "cannot create a spare segment file");
-                    }
-                });
-            }
             let flush = background_flush_due(
                 log.unsynced_bytes(),
                 interval,
                 due,
                 state.config.flush_bytes,
             );
-            if !flush && !log.has_pending_seal() {
+            let work = flush
+                || log.has_pending_seal()
+                || partition.has_due_snapshot()
+                || log.wants_spare();
+            if !work || !partition.claim_background() {
                 continue;
             }
-            spawn_detached(async move {
-                let log = partition.log();
-                let outcome = match flush {
-                    true => log.flush().await.map(drop),
-                    false => log.finish_pending_seal().await,
-                };
-                if let Err(error) = outcome {
-                    tracing::error!(?partition, %error, "background sync failed");
-                }
-            });
+            spawn_detached(background_turn(partition, flush));
         }
+    }
+}
+
+/// One partition's background work, in order: the sync or the pending seal (a spare
+/// waits for the seal that names the last one), the due snapshot, the spare.
+async fn background_turn(partition: Rc<Partition>, flush: bool) {
+    struct Turn(Rc<Partition>);
+    impl Drop for Turn {
+        fn drop(&mut self) {
+            self.0.release_background();
+        }
+    }
+    let turn = Turn(partition);
+    let partition = &turn.0;
+    let log = partition.log();
+    let synced = match flush {
+        true => log.flush().await.map(drop),
+        false => log.finish_pending_seal().await,
+    };
+    if let Err(error) = synced {
+        tracing::error!(?partition, %error, "background sync failed");
+    }
+    partition.write_due_snapshot().await;
+    if let Err(error) = log.prepare_spare().await {
+        tracing::warn!(?partition, %error, "cannot create a spare segment file");
     }
 }
 
