@@ -232,17 +232,8 @@ impl SegmentWriter {
                 continue;
             }
             let target = needed_end + step;
-            match self.shared.file.preallocate(target).await {
-                Ok(()) => {
-                    let mut state = self.shared.state.borrow_mut();
-                    state.allocated_end = state.allocated_end.max(target);
-                    state.top_up_failed = false;
-                }
-                Err(error) if error.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                    self.shared.state.borrow_mut().preallocate = false;
-                }
-                Err(error) => return Err(error),
-            }
+            let result = self.shared.file.preallocate(target).await;
+            self.shared.allocated(target, result)?;
         }
     }
 
@@ -252,19 +243,11 @@ impl SegmentWriter {
         let shared = Rc::clone(&self.shared);
         spawn_detached(async move {
             let result = shared.file.preallocate(target).await;
-            let mut state = shared.state.borrow_mut();
-            state.topping_up = false;
-            match result {
-                Ok(()) => state.allocated_end = state.allocated_end.max(target),
-                Err(error) if error.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                    state.preallocate = false;
-                }
-                Err(error) => {
-                    tracing::debug!(path = %shared.file.path().display(), %error, "background fallocate failed");
-                    state.top_up_failed = true;
-                }
+            shared.state.borrow_mut().topping_up = false;
+            if let Err(error) = shared.allocated(target, result) {
+                tracing::debug!(path = %shared.file.path().display(), %error, "background fallocate failed");
+                shared.state.borrow_mut().top_up_failed = true;
             }
-            drop(state);
             shared.changed.notify_all();
         });
     }
@@ -500,6 +483,24 @@ impl Drop for RoundGuard<'_> {
 }
 
 impl Shared {
+    /// Records an `fallocate` to `target`: the reservation grows, or a filesystem without
+    /// `fallocate` turns reserving off; any other error is the caller's.
+    fn allocated(&self, target: u64, result: io::Result<()>) -> io::Result<()> {
+        let mut state = self.state.borrow_mut();
+        match result {
+            Ok(()) => {
+                state.allocated_end = state.allocated_end.max(target);
+                state.top_up_failed = false;
+                Ok(())
+            }
+            Err(error) if error.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                state.preallocate = false;
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
+
     async fn wait_slot_done(&self, id: u64) {
         loop {
             let listener = self.changed.listen();
