@@ -331,6 +331,10 @@ fn bad_flags_get_one_clear_line() {
             "KEY=VALUE",
         ),
         (
+            &["--embedded", "--max-in-flight", "0"][..],
+            "--max-in-flight must be at least 1",
+        ),
+        (
             &["--embedded", "--topic-config", "retention.bytes=lots"][..],
             "cannot create topic",
         ),
