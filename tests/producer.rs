@@ -131,3 +131,58 @@ async fn flush_sends_lingering_records_and_errors_are_typed() {
     producer.flush().await;
     assert!(matches!(lost.await, Err(ProduceError::TimedOut(_))));
 }
+
+/// Eight partitions' batches made ready together (by a flush) go out as one produce
+/// request, and each lands in its own partition; with `request_bytes_max` below one
+/// batch, each batch is a request of its own.
+#[tokio::test(flavor = "current_thread")]
+async fn ready_batches_of_a_shard_share_one_request() {
+    let broker = EmbeddedBroker::start_with(|config| config.shards = 1).unwrap();
+    let mut admin = Client::connect(broker.bootstrap()).unwrap();
+    admin.create_topic("wide", 8, &[]).unwrap();
+    for request_bytes_max in [1 << 20, 1] {
+        let mut config = ProducerConfig::new(broker.bootstrap().to_string());
+        config.batching = AccumulatorConfig {
+            linger: Duration::from_secs(3600),
+            ..AccumulatorConfig::default()
+        };
+        config.request_bytes_max = request_bytes_max;
+        let producer = Producer::start(config);
+        let mut deliveries = Vec::new();
+        for partition in 0..8u32 {
+            for index in 0..3 {
+                let value = format!("{request_bytes_max}/{partition}/{index}");
+                let record = Record {
+                    partition: Some(partition),
+                    ..record("wide", "k".into(), value.clone())
+                };
+                deliveries.push((partition, value, producer.send(record).await));
+            }
+        }
+        producer.flush().await;
+        let metrics = producer.metrics();
+        assert_eq!(metrics.batches_delivered, 8);
+        let expected_requests = if request_bytes_max == 1 { 8 } else { 1 };
+        assert_eq!(
+            metrics.requests_sent, expected_requests,
+            "requests for 8 ready batches with request_bytes_max {request_bytes_max}"
+        );
+        for (partition, value, delivery) in deliveries {
+            let delivered = delivery.await.expect("delivered");
+            assert_eq!(delivered.partition, Some(partition));
+            let offset = delivered.offset.expect("acks=all reports offsets");
+            let fetched = admin.fetch("wide", partition, offset, 1 << 20, 0).unwrap();
+            let batches = fetched.batches().unwrap();
+            let stored = batches
+                .iter()
+                .flat_map(|batch| batch.records())
+                .find(|stored| stored.offset() == offset)
+                .and_then(|stored| stored.value().map(<[u8]>::to_vec));
+            assert_eq!(
+                stored.as_deref(),
+                Some(value.as_bytes()),
+                "partition {partition}"
+            );
+        }
+    }
+}

@@ -186,7 +186,12 @@ async fn send_and_read_back(
 async fn a_hundred_thousand_sends_through_a_faulty_network_arrive_exactly_once_in_order() {
     let counts = Arc::new(FaultCounts::default());
     let (broker, bootstrap) = broker_behind_proxies(17, &counts).await;
-    let producer = Producer::start(config(bootstrap));
+    let mut config = config(bootstrap);
+    // Requests of up to two partitions' batches: requests carrying several partitions go
+    // through the faults (each partition's batch retried on its own), and there are
+    // still enough requests for many faults.
+    config.request_bytes_max = 32 << 10;
+    let producer = Producer::start(config);
     let stored = send_and_read_back(&broker, &producer, 100_000).await;
     let metrics = producer.metrics();
     producer.close().await;
@@ -231,6 +236,9 @@ async fn without_idempotence_the_same_faults_duplicate_records() {
     let (broker, bootstrap) = broker_behind_proxies(17, &counts).await;
     let mut config = config(bootstrap);
     config.idempotence = false;
+    // One batch per request: as many requests (and so faults) as batches, as many lost
+    // acknowledgements as the idempotent run above sees at this size.
+    config.request_bytes_max = 1;
     let producer = Producer::start(config);
     let stored = send_and_read_back(&broker, &producer, 20_000).await;
     let total: usize = stored.values().map(Vec::len).sum();

@@ -51,8 +51,9 @@ impl Client {
     /// Runs one operation: sends its request, waits for and interprets the response.
     pub fn run<O: Operation>(&mut self, operation: O) -> Result<O::Output> {
         let (correlation_id, prefix) = self.session.begin(&operation)?;
-        self.stream.write_all(&prefix)?;
-        for part in operation.data() {
+        let (head, rest) = crate::operation::coalesce(prefix, operation.data());
+        self.stream.write_all(&head)?;
+        for part in rest {
             self.stream.write_all(part)?;
         }
         self.stream.flush()?;

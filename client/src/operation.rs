@@ -51,6 +51,26 @@ pub trait Operation {
     ) -> Result<Self::Output>;
 }
 
+/// Requests up to this many bytes are written to the socket with one call: with
+/// `TCP_NODELAY`, each write is its own segment and its own wake-up of the broker, which
+/// on loopback costs the sender more than copying a small request once.
+pub const COALESCED_REQUEST_BYTES: usize = 64 << 10;
+
+/// What to write for a request: the head (the frame's prefix, with the data section
+/// appended when the whole frame is at most [`COALESCED_REQUEST_BYTES`]) and the data
+/// parts still to write after it.
+pub fn coalesce<'o>(mut prefix: Vec<u8>, data: &'o [&'o [u8]]) -> (Vec<u8>, &'o [&'o [u8]]) {
+    let data_bytes: usize = data.iter().map(|part| part.len()).sum();
+    if prefix.len() + data_bytes > COALESCED_REQUEST_BYTES {
+        return (prefix, data);
+    }
+    prefix.reserve_exact(data_bytes);
+    for part in data {
+        prefix.extend_from_slice(part);
+    }
+    (prefix, &[])
+}
+
 /// Frames requests with increasing correlation ids and checks the responses.
 #[derive(Debug)]
 pub struct Encoder {
@@ -405,6 +425,125 @@ impl Operation for Produce<'_> {
             check(&result.outcome)?;
         }
         Ok(result)
+    }
+}
+
+/// One partition's part of a [`ProduceBatches`] request.
+#[derive(Debug, Clone, Copy)]
+pub struct ProducePart<'a> {
+    /// Topic name.
+    pub topic: &'a str,
+    /// Partition.
+    pub partition: u32,
+    /// Its batches: whole, padded, contiguous.
+    pub batches: &'a [u8],
+}
+
+/// Append batches to several partitions in one request, as the producer does for every
+/// partition of a shard that has a batch ready: one frame, one wake-up of the broker,
+/// one response. Parts of the same topic should be adjacent (each run of one topic
+/// becomes one `ProduceTopic`); a partition may appear once. The output has one result
+/// per part, in the parts' order; a partition's error is its result's `outcome`, not an
+/// error of the whole call, since the other partitions' batches may have been appended.
+pub struct ProduceBatches<'a> {
+    parts: &'a [ProducePart<'a>],
+    data: Vec<&'a [u8]>,
+    acks: Acks,
+}
+
+impl<'a> ProduceBatches<'a> {
+    /// The request for `parts`.
+    pub fn new(parts: &'a [ProducePart<'a>], acks: Acks) -> Self {
+        let data = parts.iter().map(|part| part.batches).collect();
+        Self { parts, data, acks }
+    }
+
+    /// The parts' runs of one topic, in order.
+    fn topic_runs(&self) -> impl Iterator<Item = &'a [ProducePart<'a>]> {
+        self.parts.chunk_by(|a, b| a.topic == b.topic)
+    }
+}
+
+impl Operation for ProduceBatches<'_> {
+    type Request = ProduceRequest;
+    type Response = ProduceResponse;
+    type Output = Vec<ProducePartitionResult>;
+    const API: ApiKey = ApiKey::Produce;
+
+    fn request(&self) -> ProduceRequest {
+        let mut offset = 0u32;
+        let topics = self
+            .topic_runs()
+            .map(|run| ProduceTopic {
+                name: run[0].topic.to_owned(),
+                partitions: run
+                    .iter()
+                    .map(|part| {
+                        let length = part.batches.len() as u32;
+                        let batches = DataRange { offset, length };
+                        offset += length;
+                        ProducePartition {
+                            partition: part.partition,
+                            batches,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        ProduceRequest {
+            acks: self.acks.wire(),
+            timeout_ms: 30_000,
+            topics,
+        }
+    }
+
+    fn data(&self) -> &[&[u8]] {
+        &self.data
+    }
+
+    fn expects_response(&self) -> bool {
+        self.acks != Acks::None
+    }
+
+    fn output_without_response(&self) -> Result<Vec<ProducePartitionResult>> {
+        let ok = |part: &ProducePart<'_>| ProducePartitionResult {
+            partition: part.partition,
+            outcome: Outcome::ok(),
+            base_offset: 0,
+            last_offset: 0,
+            log_start_offset: 0,
+        };
+        Ok(self.parts.iter().map(ok).collect())
+    }
+
+    fn output(
+        self,
+        response: ProduceResponse,
+        _: FrameBuffer,
+        _: usize,
+    ) -> Result<Vec<ProducePartitionResult>> {
+        // The broker answers topics and partitions in request order: check that, so a
+        // result can never be credited to the wrong partition.
+        let mismatch = || {
+            ClientError::Protocol("produce response does not match the request's partitions".into())
+        };
+        let runs: Vec<_> = self.topic_runs().collect();
+        if response.topics.len() != runs.len() {
+            return Err(mismatch());
+        }
+        let mut results = Vec::with_capacity(self.parts.len());
+        for (run, topic) in runs.into_iter().zip(response.topics) {
+            if topic.name != run[0].topic || topic.partitions.len() != run.len() {
+                return Err(mismatch());
+            }
+            for (part, result) in run.iter().zip(topic.partitions) {
+                if result.partition != part.partition {
+                    return Err(mismatch());
+                }
+                results.push(result);
+            }
+        }
+        Ok(results)
     }
 }
 
@@ -842,5 +981,142 @@ impl Operation for ListOffsets<'_> {
         let result = single(single(response.topics)?.partitions)?;
         check(&result.outcome)?;
         Ok(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(partition: u32, base_offset: u64) -> ProducePartitionResult {
+        ProducePartitionResult {
+            partition,
+            outcome: Outcome::ok(),
+            base_offset,
+            last_offset: base_offset,
+            log_start_offset: 0,
+        }
+    }
+
+    fn topic(name: &str, results: Vec<ProducePartitionResult>) -> ProduceTopicResult {
+        ProduceTopicResult {
+            name: name.to_owned(),
+            partitions: results,
+        }
+    }
+
+    #[test]
+    fn a_multi_partition_produce_names_each_partitions_range_of_the_data() {
+        let (a0, a3, b1) = ([1u8; 16], [2u8; 32], [3u8; 48]);
+        let parts = [
+            ProducePart {
+                topic: "a",
+                partition: 0,
+                batches: &a0,
+            },
+            ProducePart {
+                topic: "a",
+                partition: 3,
+                batches: &a3,
+            },
+            ProducePart {
+                topic: "b",
+                partition: 1,
+                batches: &b1,
+            },
+        ];
+        let operation = ProduceBatches::new(&parts, Acks::All);
+        let request = operation.request();
+        assert_eq!(request.acks, Acks::All.wire());
+        // (topic, [(partition, offset, length)]) per `ProduceTopic`.
+        type Layout = Vec<(String, Vec<(u32, u32, u32)>)>;
+        let layout: Layout = request
+            .topics
+            .iter()
+            .map(|topic| {
+                let ranges = topic
+                    .partitions
+                    .iter()
+                    .map(|p| (p.partition, p.batches.offset, p.batches.length));
+                (topic.name.clone(), ranges.collect())
+            })
+            .collect();
+        assert_eq!(
+            layout,
+            vec![
+                ("a".to_owned(), vec![(0, 0, 16), (3, 16, 32)]),
+                ("b".to_owned(), vec![(1, 48, 48)]),
+            ]
+        );
+        let data: Vec<u8> = operation.data().concat();
+        assert_eq!(data, [&a0[..], &a3[..], &b1[..]].concat());
+    }
+
+    #[test]
+    fn a_multi_partition_response_is_matched_to_the_parts_or_refused() {
+        let batch = [0u8; 16];
+        let parts = [
+            ProducePart {
+                topic: "a",
+                partition: 0,
+                batches: &batch,
+            },
+            ProducePart {
+                topic: "a",
+                partition: 3,
+                batches: &batch,
+            },
+            ProducePart {
+                topic: "b",
+                partition: 1,
+                batches: &batch,
+            },
+        ];
+        let output = |topics| {
+            let response = ProduceResponse { topics };
+            ProduceBatches::new(&parts, Acks::Leader).output(response, FrameBuffer::zeroed(16), 0)
+        };
+        let answered = output(vec![
+            topic("a", vec![result(0, 10), result(3, 20)]),
+            topic("b", vec![result(1, 30)]),
+        ])
+        .unwrap();
+        let offsets: Vec<_> = answered
+            .iter()
+            .map(|r| (r.partition, r.base_offset))
+            .collect();
+        assert_eq!(offsets, [(0, 10), (3, 20), (1, 30)]);
+
+        let swapped = vec![
+            topic("a", vec![result(3, 20), result(0, 10)]),
+            topic("b", vec![result(1, 30)]),
+        ];
+        let short = vec![topic("a", vec![result(0, 10), result(3, 20)])];
+        let renamed = vec![
+            topic("a", vec![result(0, 10), result(3, 20)]),
+            topic("c", vec![result(1, 30)]),
+        ];
+        for wrong in [swapped, short, renamed] {
+            assert!(matches!(output(wrong), Err(ClientError::Protocol(_))));
+        }
+        // acks=0: no response; every part counts as sent.
+        let unanswered = ProduceBatches::new(&parts, Acks::None);
+        assert!(!unanswered.expects_response());
+        assert_eq!(unanswered.output_without_response().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn small_requests_are_written_in_one_piece_and_large_ones_in_parts() {
+        let (first, second) = (vec![1u8; 100], vec![2u8; 200]);
+        let data = [&first[..], &second[..]];
+        let (head, rest) = coalesce(vec![9u8; 10], &data);
+        assert_eq!(head, [&[9u8; 10][..], &first, &second].concat());
+        assert!(rest.is_empty());
+
+        let large = vec![3u8; COALESCED_REQUEST_BYTES];
+        let data = [&large[..]];
+        let (head, rest) = coalesce(vec![9u8; 10], &data);
+        assert_eq!(head, vec![9u8; 10]);
+        assert_eq!(rest.len(), 1);
     }
 }

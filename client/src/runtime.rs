@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::consumer::Fetcher;
 use crate::membership::Heartbeater;
 use crate::operation::Operation;
-use crate::producer::worker::{Flight, Landing, Pilot, Worker};
+use crate::producer::worker::{Flight, Pilot, Report, Worker};
 use crate::producer::Command;
 use crate::Result;
 
@@ -46,14 +46,15 @@ pub trait Runtime: sealed::Sealed + Sized + 'static {
     #[doc(hidden)]
     fn spawn_worker(worker: Worker<Self>, commands: mpsc::Receiver<Command>);
 
-    /// Runs one batch's flight; its landing is sent to `landings`.
+    /// Runs one sortie (a produce request with its retries); its reports are sent to
+    /// `reports`.
     #[doc(hidden)]
     fn spawn_flight(
         pilot: Pilot<Self>,
         shard: u32,
         client: Option<Self::Connection>,
-        flight: Flight,
-        landings: mpsc::Sender<Landing<Self>>,
+        flights: Vec<Flight>,
+        reports: mpsc::Sender<Report<Self>>,
     );
 
     /// Runs a partition's fetch loop until `cancel` resolves (its sender is dropped).
@@ -128,10 +129,10 @@ impl Runtime for Tokio {
         pilot: Pilot<Self>,
         shard: u32,
         client: Option<Self::Connection>,
-        flight: Flight,
-        landings: mpsc::Sender<Landing<Self>>,
+        flights: Vec<Flight>,
+        reports: mpsc::Sender<Report<Self>>,
     ) {
-        tokio::spawn(pilot.fly_and_report(shard, client, flight, landings));
+        tokio::spawn(pilot.fly_and_report(shard, client, flights, reports));
     }
 
     fn spawn_fetcher(fetcher: Fetcher<Self>, offset: u64, cancel: oneshot::Receiver<()>) {
@@ -189,10 +190,10 @@ impl Runtime for Glommio {
         pilot: Pilot<Self>,
         shard: u32,
         client: Option<Self::Connection>,
-        flight: Flight,
-        landings: mpsc::Sender<Landing<Self>>,
+        flights: Vec<Flight>,
+        reports: mpsc::Sender<Report<Self>>,
     ) {
-        glommio::spawn_local(pilot.fly_and_report(shard, client, flight, landings)).detach();
+        glommio::spawn_local(pilot.fly_and_report(shard, client, flights, reports)).detach();
     }
 
     fn spawn_fetcher(fetcher: Fetcher<Self>, offset: u64, cancel: oneshot::Receiver<()>) {

@@ -39,8 +39,9 @@ impl AsyncClient {
     /// Runs one operation: sends its request, waits for and interprets the response.
     pub async fn run<O: Operation>(&mut self, operation: O) -> Result<O::Output> {
         let (correlation_id, prefix) = self.session.begin(&operation)?;
-        self.stream.write_all(&prefix).await?;
-        for part in operation.data() {
+        let (head, rest) = crate::operation::coalesce(prefix, operation.data());
+        self.stream.write_all(&head).await?;
+        for part in rest {
             self.stream.write_all(part).await?;
         }
         self.stream.flush().await?;

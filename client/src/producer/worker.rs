@@ -1,14 +1,18 @@
 //! The producer's background task: it owns the accumulator, the routes and the outbox,
-//! and keeps up to `max_in_flight_per_shard` batches in flight per broker shard while it
-//! goes on accumulating.
+//! and keeps up to `max_in_flight_per_shard` produce requests in flight per broker shard
+//! while it goes on accumulating.
 //!
 //! Ordering: ready batches join their shard's queue in the order they were closed. A
-//! shard sends up to `max_in_flight_per_shard` of them at once, each of a different
-//! partition and on its own connection, and retries each until it is acknowledged,
-//! refused, or out of time ([`Pilot::fly`], a spawned task that owns the connection
-//! while the batch is in flight). A partition has at most one batch in flight, and its
-//! next is the oldest queued: so batches of a partition reach the broker in order, and a
-//! retry is always of the partition's latest batch, which the broker's idempotence state
+//! request (a *sortie*) takes the shard's oldest queued batch of each partition that has
+//! none in flight, up to `request_bytes_max`, as Kafka's sender drains every ready
+//! partition of a broker into one request: at low rates one frame carries many
+//! partitions' small batches, so the broker is woken once for all of them. A shard has up
+//! to `max_in_flight_per_shard` sorties out at once, each on its own connection, and each
+//! retries its batches until every one is acknowledged, refused, or out of time
+//! ([`Pilot::fly`], a spawned task that owns the connection meanwhile; each batch is
+//! reported as it lands). A partition has at most one batch in flight, and its next is
+//! the oldest queued: so batches of a partition reach the broker in order, and a retry
+//! is always of the partition's latest batch, which the broker's idempotence state
 //! recognises. Different partitions and shards proceed in parallel.
 //!
 //! A new producer id (the broker lost this producer's state) starts every partition's
@@ -31,8 +35,9 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use super::{Command, Counters, Delivery, ProduceError, ProducerConfig, Record, Reply};
 use crate::accumulator::{Accumulator, AppendError, ReadyBatch};
 use crate::fast_hash::{FastMap, FastSet};
+use crate::operation::{ProduceBatches, ProducePart};
 use crate::outbox::Outbox;
-use crate::runtime::{timeout, Calls, Runtime};
+use crate::runtime::{timeout, Calls, Connection, Runtime};
 use crate::{Acks, ClientError};
 
 /// Commands handled in one pass of the worker's loop before it looks at its timers and
@@ -109,20 +114,31 @@ pub(crate) struct Flight {
 }
 
 /// How a flight ended.
-enum Landed {
+pub(crate) enum Landed {
     Acked(u64),
     Failed(ProduceError),
     /// The partition lost this producer's state: take a new producer id and resend.
     NewProducerId(String),
 }
 
-/// A flight's end, with the connection to reuse.
-pub(crate) struct Landing<R: Runtime> {
-    shard: u32,
-    client: Option<R::Connection>,
-    flight: Flight,
-    landed: Landed,
+/// What a sortie reports to the worker, in this order: each batch as it lands, then the
+/// end of the sortie.
+pub(crate) enum Report<R: Runtime> {
+    /// A batch's outcome: its partition may send its next batch.
+    Landed {
+        shard: u32,
+        flight: Flight,
+        landed: Landed,
+    },
+    /// Every batch of the sortie landed: its slot and its connection are free.
+    Done {
+        shard: u32,
+        client: Option<R::Connection>,
+    },
 }
+
+/// One batch's outcome from one attempt: final, or a reason to retry it.
+type Attempted = Result<Landed, String>;
 
 /// What a flight needs to know; cheap to clone into a task.
 pub(crate) struct Pilot<R: Runtime> {
@@ -159,110 +175,156 @@ impl<R: Runtime> Pilot<R> {
             .min(self.retry_backoff_max)
     }
 
-    /// Sends the batch, reconnecting and retrying with backoff, until it is acknowledged,
-    /// refused, or its deadline passes.
+    /// Sends the sortie's batches in one request, reconnecting and retrying those not
+    /// yet landed with backoff, until each is acknowledged, refused, or past its
+    /// deadline. Landed batches go to `reports` as they land, or, without `reports`, are
+    /// returned at the end.
     pub(crate) async fn fly(
-        self,
+        &self,
         shard: u32,
-        mut client: Option<R::Connection>,
-        flight: Flight,
-    ) -> Landing<R> {
+        client: &mut Option<R::Connection>,
+        mut flights: Vec<Flight>,
+        reports: Option<&mpsc::Sender<Report<R>>>,
+    ) -> Vec<(Flight, Landed)> {
+        let mut ended = Vec::new();
         let mut attempt = 0;
-        let landed = loop {
-            let reason = match self.attempt(&mut client, &flight.batch).await {
-                Ok(base_offset) => break Landed::Acked(base_offset),
-                Err(Err(landed)) => break landed,
-                Err(Ok(reason)) => reason,
-            };
+        while !flights.is_empty() {
+            let outcomes = self.attempt(client, &flights).await;
             let pause = self.backoff(attempt);
-            if Instant::now() + pause >= flight.deadline {
-                break Landed::Failed(ProduceError::TimedOut(reason));
+            let mut retrying = Vec::new();
+            for (flight, outcome) in flights.drain(..).zip(outcomes) {
+                let landed = match outcome {
+                    Ok(landed) => landed,
+                    Err(reason) if Instant::now() + pause >= flight.deadline => {
+                        Landed::Failed(ProduceError::TimedOut(reason))
+                    }
+                    Err(_) => {
+                        retrying.push(flight);
+                        continue;
+                    }
+                };
+                match reports {
+                    // The worker only goes away with the producer.
+                    Some(reports) => {
+                        let report = Report::Landed {
+                            shard,
+                            flight,
+                            landed,
+                        };
+                        let _ = reports.send(report).await;
+                    }
+                    None => ended.push((flight, landed)),
+                }
             }
-            Counters::add(&self.counters.retries, 1);
+            if retrying.is_empty() {
+                break;
+            }
+            Counters::add(&self.counters.retries, retrying.len() as u64);
             R::sleep(pause).await;
+            flights = retrying;
             attempt += 1;
-        };
-        Landing {
-            shard,
-            client,
-            flight,
-            landed,
         }
+        ended
     }
 
-    /// Flies and reports the landing to the worker.
+    /// Flies a sortie, reporting each landing and then its end to the worker.
     pub(crate) async fn fly_and_report(
         self,
         shard: u32,
-        client: Option<R::Connection>,
-        flight: Flight,
-        landings: mpsc::Sender<Landing<R>>,
+        mut client: Option<R::Connection>,
+        flights: Vec<Flight>,
+        reports: mpsc::Sender<Report<R>>,
     ) {
-        let landing = self.fly(shard, client, flight).await;
-        // The worker only goes away with the producer.
-        let _ = landings.send(landing).await;
+        self.fly(shard, &mut client, flights, Some(&reports)).await;
+        let _ = reports.send(Report::Done { shard, client }).await;
     }
 
-    /// One attempt. On failure: `Ok(reason)` to retry, `Err(landed)` to stop.
+    /// One attempt at every flight in one request: each flight's outcome, in order.
     async fn attempt(
         &self,
         client: &mut Option<R::Connection>,
-        batch: &ReadyBatch,
-    ) -> Result<u64, Result<String, Landed>> {
+        flights: &[Flight],
+    ) -> Vec<Attempted> {
         let limit = self.request_timeout;
         let result = timeout::<R, _>(limit, async {
             if client.is_none() {
+                let first = &flights[0].batch;
                 let leader = crate::routing::connect_leader::<R>(
                     &self.bootstrap,
-                    &batch.topic,
-                    batch.partition,
+                    &first.topic,
+                    first.partition,
                 );
                 *client = Some(leader.await?);
             }
             let connection = client.as_mut().expect("connected above");
-            let bytes = [batch.batch.as_bytes()];
-            connection
-                .produce(&batch.topic, batch.partition, &bytes, self.acks)
-                .await
+            let parts: Vec<ProducePart<'_>> = flights
+                .iter()
+                .map(|flight| ProducePart {
+                    topic: &flight.batch.topic,
+                    partition: flight.batch.partition,
+                    batches: flight.batch.batch.as_bytes(),
+                })
+                .collect();
+            connection.run(ProduceBatches::new(&parts, self.acks)).await
         })
-        .await
-        .ok_or(());
+        .await;
+        let whole = |reason: String| flights.iter().map(|_| Err(reason.clone())).collect();
         match result {
-            Ok(Ok(produced)) => {
-                let code = ErrorCode::from_u16(produced.outcome.error_code);
-                if code == ErrorCode::DuplicateSequence {
-                    Counters::add(&self.counters.duplicates_detected, 1);
-                }
-                Ok(produced.base_offset)
-            }
-            Ok(Err(ClientError::Broker { code, message })) => {
-                let reason = format!("{code:?}: {message}");
-                match code {
-                    ErrorCode::OutOfOrderSequence | ErrorCode::UnknownProducerId => {
-                        Err(Err(Landed::NewProducerId(reason)))
-                    }
-                    // The partition may have moved: reconnect through Metadata.
-                    ErrorCode::UnknownPartition | ErrorCode::UnknownTopic => {
-                        *client = None;
-                        if code == ErrorCode::UnknownTopic {
-                            let error = ProduceError::Broker { code, message };
-                            return Err(Err(Landed::Failed(error)));
-                        }
-                        Err(Ok(reason))
-                    }
-                    code if code.is_retriable() => Err(Ok(reason)),
-                    code => Err(Err(Landed::Failed(ProduceError::Broker { code, message }))),
-                }
-            }
-            Ok(Err(error)) => {
+            Some(Ok(results)) => results
+                .into_iter()
+                .map(|result| {
+                    let code = ErrorCode::from_u16(result.outcome.error_code);
+                    let message = result.outcome.message.unwrap_or_default();
+                    self.judge(client, code, message, result.base_offset)
+                })
+                .collect(),
+            // The whole request was refused (malformed, too large): each batch alike.
+            Some(Err(ClientError::Broker { code, message })) => flights
+                .iter()
+                .map(|_| self.judge(client, code, message.clone(), 0))
+                .collect(),
+            Some(Err(error)) => {
                 *client = None;
-                Err(Ok(error.to_string()))
+                whole(error.to_string())
             }
-            Err(_) => {
+            None => {
                 // The request may still be in flight: drop the connection.
                 *client = None;
-                Err(Ok(format!("no answer within {limit:?}")))
+                whole(format!("no answer within {limit:?}"))
             }
+        }
+    }
+
+    /// What a partition's answer means for its batch.
+    fn judge(
+        &self,
+        client: &mut Option<R::Connection>,
+        code: ErrorCode,
+        message: String,
+        base_offset: u64,
+    ) -> Attempted {
+        let reason = format!("{code:?}: {message}");
+        match code {
+            ErrorCode::None => Ok(Landed::Acked(base_offset)),
+            // A retry the partition already has: delivered, at its original offsets.
+            ErrorCode::DuplicateSequence => {
+                Counters::add(&self.counters.duplicates_detected, 1);
+                Ok(Landed::Acked(base_offset))
+            }
+            ErrorCode::OutOfOrderSequence | ErrorCode::UnknownProducerId => {
+                Ok(Landed::NewProducerId(reason))
+            }
+            // The partition may have moved: reconnect through Metadata.
+            ErrorCode::UnknownPartition => {
+                *client = None;
+                Err(reason)
+            }
+            ErrorCode::UnknownTopic => {
+                *client = None;
+                Ok(Landed::Failed(ProduceError::Broker { code, message }))
+            }
+            code if code.is_retriable() => Err(reason),
+            code => Ok(Landed::Failed(ProduceError::Broker { code, message })),
         }
     }
 }
@@ -279,17 +341,20 @@ pub(crate) struct Worker<R: Runtime> {
     queues: HashMap<u32, VecDeque<Flight>>,
     /// Partitions with a batch in flight.
     busy: FastSet<(String, u32)>,
-    /// Batches in flight per shard.
+    /// Sorties in flight per shard.
     flying: HashMap<u32, usize>,
+    /// Shards whose queue or slots changed since their last launch.
+    launching: Vec<u32>,
     /// Batches dispatched and not yet resolved, per partition.
     unresolved: Unresolved,
     /// Partitions whose open batch may have become sendable since the last check.
     touched: Vec<(String, u32)>,
     /// Connections not in use, per shard.
     idle: HashMap<u32, Vec<R::Connection>>,
-    /// Batches in flight report here.
-    landings: mpsc::Sender<Landing<R>>,
-    landed: mpsc::Receiver<Landing<R>>,
+    /// Sorties in flight report here.
+    landings: mpsc::Sender<Report<R>>,
+    landed: mpsc::Receiver<Report<R>>,
+    /// Sorties in flight.
     in_flight: usize,
     /// When the outbox is next drained.
     next_drain: Instant,
@@ -304,7 +369,8 @@ pub(crate) struct Worker<R: Runtime> {
 
 impl<R: Runtime> Worker<R> {
     pub(super) fn new(config: ProducerConfig, counters: Arc<Counters>) -> Self {
-        // A landing is sent by a flight holding one of its shard's slots.
+        // Reports come from sorties holding their shard's slots; a full channel only makes
+        // a sortie wait to report.
         let (landings, landed) = mpsc::channel(1024);
         let pilot = Pilot {
             runtime: std::marker::PhantomData,
@@ -326,6 +392,7 @@ impl<R: Runtime> Worker<R> {
             queues: HashMap::new(),
             busy: FastSet::default(),
             flying: HashMap::new(),
+            launching: Vec::new(),
             unresolved: Unresolved::default(),
             touched: Vec::new(),
             idle: HashMap::new(),
@@ -401,13 +468,15 @@ impl<R: Runtime> Worker<R> {
                         }
                     }
                     self.send_touched();
+                    self.launch_pending();
                 }
-                Some(landing) = self.landed.recv(), if self.in_flight > 0 => {
-                    self.land(landing).await;
-                    while let Ok(landing) = self.landed.try_recv() {
-                        self.land(landing).await;
+                Some(report) = self.landed.recv(), if self.in_flight > 0 => {
+                    self.land(report).await;
+                    while let Ok(report) = self.landed.try_recv() {
+                        self.land(report).await;
                     }
                     self.send_touched();
+                    self.launch_pending();
                 }
                 () = drain_due, if draining => {
                     self.drain_outbox().await;
@@ -424,6 +493,7 @@ impl<R: Runtime> Worker<R> {
                     for batch in expired {
                         self.dispatch(batch);
                     }
+                    self.launch_pending();
                 }
             }
         }
@@ -575,13 +645,16 @@ impl<R: Runtime> Worker<R> {
         {
             self.dispatch(batch);
         }
+        self.launch_pending();
         while self.in_flight > 0 {
-            let landing = self.landed.recv().await.expect("the worker holds a sender");
-            self.land(landing).await;
+            let report = self.landed.recv().await.expect("the worker holds a sender");
+            self.land(report).await;
+            self.launch_pending();
         }
     }
 
-    /// Queues a ready batch behind its shard's earlier batches.
+    /// Queues a ready batch behind its shard's earlier batches; [`Self::launch_pending`]
+    /// sends it, once every batch made ready in the same pass has joined it.
     fn dispatch(&mut self, batch: ReadyBatch) {
         let shard = self
             .routes
@@ -605,40 +678,88 @@ impl<R: Runtime> Worker<R> {
             stamped,
         };
         self.queues.entry(shard).or_default().push_back(flight);
-        self.launch(shard);
+        self.launching.push(shard);
     }
 
-    /// Starts the shard's oldest queued batches whose partitions have none in flight,
-    /// while it has free slots.
+    /// Launches what the shards marked since the last call can send.
+    fn launch_pending(&mut self) {
+        if self.launching.is_empty() {
+            return;
+        }
+        let mut shards = std::mem::take(&mut self.launching);
+        shards.sort_unstable();
+        shards.dedup();
+        for &shard in &shards {
+            self.launch(shard);
+        }
+        shards.clear();
+        self.launching = shards;
+    }
+
+    /// Starts sorties of the shard's queued batches while it has free slots: each takes
+    /// the oldest queued batch of every partition with none in flight, up to
+    /// `request_bytes_max` (at least one batch).
     fn launch(&mut self, shard: u32) {
         let slots = self.config.max_in_flight_per_shard.max(1);
-        let mut index = 0;
         while self.flying.get(&shard).copied().unwrap_or(0) < slots {
-            let Some(queue) = self.queues.get_mut(&shard) else {
+            let mut sortie = self.gather(shard);
+            if sortie.is_empty() {
                 return;
-            };
-            let Some(next) = queue.get(index) else {
-                return;
-            };
-            let key = (next.batch.topic.clone(), next.batch.partition);
-            if self.busy.contains(&key) {
-                // Its partition's earlier batch is in flight; so is every later one's.
-                index += 1;
-                continue;
             }
-            let flight = queue.remove(index).expect("indexed above");
             if self.outbox_holds_records() {
-                let queued = Err(ProduceError::TimedOut("queued behind the outbox".into()));
-                self.finish(flight.batch, queued);
+                for flight in sortie {
+                    let queued = Err(ProduceError::TimedOut("queued behind the outbox".into()));
+                    self.finish(flight.batch, queued);
+                }
                 continue;
             }
+            for flight in &sortie {
+                self.busy
+                    .insert((flight.batch.topic.clone(), flight.batch.partition));
+            }
+            // One topic's partitions adjacent: one `ProduceTopic` each.
+            sortie.sort_by(|a, b| a.batch.topic.cmp(&b.batch.topic));
             let client = self.idle.get_mut(&shard).and_then(Vec::pop);
             let pilot = self.pilot.clone();
-            R::spawn_flight(pilot, shard, client, flight, self.landings.clone());
+            Counters::add(&self.counters.requests_sent, 1);
+            R::spawn_flight(pilot, shard, client, sortie, self.landings.clone());
             self.in_flight += 1;
             *self.flying.entry(shard).or_default() += 1;
-            self.busy.insert(key);
         }
+    }
+
+    /// Takes the next sortie's batches out of the shard's queue, oldest first.
+    fn gather(&mut self, shard: u32) -> Vec<Flight> {
+        let Some(queue) = self.queues.get_mut(&shard) else {
+            return Vec::new();
+        };
+        let bytes_max = self.config.request_bytes_max;
+        let mut sortie: Vec<Flight> = Vec::new();
+        let mut taken: FastSet<(&str, u32)> = FastSet::default();
+        let mut bytes = 0;
+        let mut chosen = Vec::new();
+        for (index, flight) in queue.iter().enumerate() {
+            let batch = &flight.batch;
+            let key = (batch.topic.as_str(), batch.partition);
+            // A partition with a batch in flight (or already in this sortie): so is
+            // every later one of it queued behind.
+            if taken.contains(&key) || self.busy.contains(&(batch.topic.clone(), batch.partition)) {
+                continue;
+            }
+            let size = batch.batch.as_bytes().len();
+            if !chosen.is_empty() && bytes + size > bytes_max {
+                break;
+            }
+            taken.insert(key);
+            chosen.push(index);
+            bytes += size;
+        }
+        drop(taken);
+        for index in chosen.into_iter().rev() {
+            sortie.push(queue.remove(index).expect("indexed above"));
+        }
+        sortie.reverse();
+        sortie
     }
 
     /// Stamps a batch with the current producer id and its partition's next sequence.
@@ -647,24 +768,30 @@ impl<R: Runtime> Worker<R> {
         flight.stamped = self.accumulator.producer();
     }
 
-    /// Handles a flight's end and starts the shard's next batch.
-    async fn land(&mut self, landing: Landing<R>) {
-        let Landing {
-            shard,
-            client,
-            mut flight,
-            landed,
-        } = landing;
-        self.in_flight -= 1;
-        if let Some(count) = self.flying.get_mut(&shard) {
-            *count -= 1;
-        }
+    /// Handles a sortie's report: a batch's landing, or the sortie's end (its slot and
+    /// connection free). The shard is marked for [`Self::launch_pending`].
+    async fn land(&mut self, report: Report<R>) {
+        let (shard, mut flight, landed) = match report {
+            Report::Landed {
+                shard,
+                flight,
+                landed,
+            } => (shard, flight, landed),
+            Report::Done { shard, client } => {
+                self.in_flight -= 1;
+                if let Some(count) = self.flying.get_mut(&shard) {
+                    *count -= 1;
+                }
+                if let Some(client) = client {
+                    self.idle.entry(shard).or_default().push(client);
+                }
+                self.launching.push(shard);
+                return;
+            }
+        };
         let key = (flight.batch.topic.clone(), flight.batch.partition);
         self.busy.remove(&key);
         self.touched.push(key);
-        if let Some(client) = client {
-            self.idle.entry(shard).or_default().push(client);
-        }
         match landed {
             Landed::Acked(base_offset) => self.finish(flight.batch, Ok(base_offset)),
             Landed::Failed(error) => self.finish(flight.batch, Err(error)),
@@ -703,7 +830,7 @@ impl<R: Runtime> Worker<R> {
                 }
             }
         }
-        self.launch(shard);
+        self.launching.push(shard);
     }
 
     /// Resolves a batch's records: delivered, queued in the outbox, or failed.
@@ -847,13 +974,20 @@ impl<R: Runtime> Worker<R> {
                     deadline: Instant::now() + self.config.retry_backoff_max,
                     stamped: self.accumulator.producer(),
                 };
-                let client = self.idle.get_mut(&u32::MAX).and_then(Vec::pop);
-                let landing = self.pilot.clone().fly(u32::MAX, client, flight).await;
-                if let Some(client) = landing.client {
+                let mut client = self.idle.get_mut(&u32::MAX).and_then(Vec::pop);
+                let landings = self
+                    .pilot
+                    .fly(u32::MAX, &mut client, vec![flight], None)
+                    .await;
+                if let Some(client) = client {
                     self.idle.entry(u32::MAX).or_default().push(client);
                 }
-                let mut batch = landing.flight.batch;
-                match landing.landed {
+                let (flight, landed) = landings
+                    .into_iter()
+                    .next()
+                    .expect("a sortie without reports ends each batch");
+                let mut batch = flight.batch;
+                match landed {
                     Landed::Acked(_) => {
                         self.accumulator.release(batch.payload_bytes);
                         let records = batch.record_count() as u64;
