@@ -40,6 +40,10 @@ use crate::outbox::Outbox;
 use crate::runtime::{timeout, Calls, Connection, Runtime};
 use crate::{Acks, ClientError};
 
+/// The runtimes' timers fire on millisecond ticks: a linger shorter than this is also
+/// checked whenever a record arrives for the partition.
+const TIMER_RESOLUTION: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Commands handled in one pass of the worker's loop before it looks at its timers and
 /// landings again.
 const COMMANDS_PER_PASS: usize = 256;
@@ -622,8 +626,10 @@ impl<R: Runtime> Worker<R> {
                 self.waiting.insert(id, waiting);
                 match ready {
                     Some(batch) => self.dispatch(batch),
-                    // With no linger the batch is due at once, if its partition is free.
-                    None if self.config.batching.linger.is_zero() => {
+                    // Checked at the end of the burst: due at once with no linger, and a
+                    // linger shorter than the timer's millisecond ends with the first
+                    // record after it rather than on the next tick.
+                    None if self.config.batching.linger < TIMER_RESOLUTION => {
                         self.touched.push((record.topic, partition))
                     }
                     None => {}
