@@ -172,13 +172,21 @@ impl Record {
     }
 
     fn outgoing<'a>(&'a self, headers: &'a [(&'a str, &'a [u8])]) -> OutgoingRecord<'a> {
+        self.outgoing_at(headers, self.timestamp_ms.unwrap_or_else(now_ms))
+    }
+
+    fn outgoing_at<'a>(
+        &'a self,
+        headers: &'a [(&'a str, &'a [u8])],
+        timestamp_ms: i64,
+    ) -> OutgoingRecord<'a> {
         OutgoingRecord {
             topic: &self.topic,
             partition: self.partition,
             key: self.key.as_deref(),
             value: self.value.as_deref(),
             headers,
-            timestamp_ms: self.timestamp_ms.unwrap_or_else(now_ms),
+            timestamp_ms,
         }
     }
 
@@ -398,10 +406,12 @@ impl<R: Runtime> Producer<R> {
         let buffer_bytes = config.batching.buffer_memory_bytes;
         let max_block = config.max_block;
         let counters = Arc::new(Counters::default());
-        R::spawn_worker(Worker::new(config, Arc::clone(&counters)), receiver);
+        let room = Arc::new(Semaphore::new(buffer_bytes));
+        let worker = Worker::new(config, Arc::clone(&room), Arc::clone(&counters));
+        R::spawn_worker(worker, receiver);
         Self {
             commands,
-            room: Arc::new(Semaphore::new(buffer_bytes)),
+            room,
             buffer_bytes,
             max_block,
             counters,
@@ -418,22 +428,32 @@ impl<R: Runtime> Producer<R> {
     /// Waits up to `max_block` for buffer room. Dropping the future does not cancel the
     /// send.
     pub async fn send(&self, record: Record) -> DeliveryFuture {
-        let size = record_size(&record.outgoing(&record.header_refs()));
+        // The size does not depend on the timestamp: no clock read for it.
+        let size = record_size(&record.outgoing_at(&record.header_refs(), 0));
         if size > self.buffer_bytes {
             return DeliveryFuture::failed(ProduceError::Rejected(AppendError::RecordTooLarge {
                 record_bytes: size,
                 limit_bytes: self.buffer_bytes,
             }));
         }
-        let acquire = Arc::clone(&self.room).acquire_many_owned(size as u32);
-        let permit = match crate::runtime::timeout::<R, _>(self.max_block, acquire).await {
-            Some(Ok(permit)) => permit,
-            Some(Err(_)) => return DeliveryFuture::failed(ProduceError::Closed),
-            None => {
-                return DeliveryFuture::failed(ProduceError::BufferFull {
-                    waited: self.max_block,
-                    buffer_bytes: self.buffer_bytes,
-                })
+        // Room at once is the common case: no timer to arm for it.
+        let permit = match Arc::clone(&self.room).try_acquire_many_owned(size as u32) {
+            Ok(permit) => permit,
+            Err(tokio::sync::TryAcquireError::Closed) => {
+                return DeliveryFuture::failed(ProduceError::Closed)
+            }
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                let acquire = Arc::clone(&self.room).acquire_many_owned(size as u32);
+                match crate::runtime::timeout::<R, _>(self.max_block, acquire).await {
+                    Some(Ok(permit)) => permit,
+                    Some(Err(_)) => return DeliveryFuture::failed(ProduceError::Closed),
+                    None => {
+                        return DeliveryFuture::failed(ProduceError::BufferFull {
+                            waited: self.max_block,
+                            buffer_bytes: self.buffer_bytes,
+                        })
+                    }
+                }
             }
         };
         let (reply, delivery) = oneshot::channel();

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use flumen_protocol::record::BatchView;
 use flumen_protocol::wire::ErrorCode;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::{Command, Counters, Delivery, ProduceError, ProducerConfig, Record, Reply};
 use crate::accumulator::{Accumulator, AppendError, ReadyBatch};
@@ -106,7 +106,10 @@ impl WaitingRecords {
 struct Waiting {
     partition: u32,
     reply: Reply,
-    _room: OwnedSemaphorePermit,
+    /// Buffer bytes the record holds: its permits were taken from the room semaphore and
+    /// are given back, a batch's at once, when it is resolved (one release per batch, not
+    /// one per record).
+    room_bytes: u32,
 }
 
 /// A batch on its way, with the time it must be acknowledged by.
@@ -335,6 +338,8 @@ impl<R: Runtime> Pilot<R> {
 
 pub(crate) struct Worker<R: Runtime> {
     config: ProducerConfig,
+    /// The buffer's room, shared with `send`.
+    room: Arc<Semaphore>,
     pilot: Pilot<R>,
     accumulator: Accumulator,
     waiting: WaitingRecords,
@@ -372,7 +377,11 @@ pub(crate) struct Worker<R: Runtime> {
 }
 
 impl<R: Runtime> Worker<R> {
-    pub(super) fn new(config: ProducerConfig, counters: Arc<Counters>) -> Self {
+    pub(super) fn new(
+        config: ProducerConfig,
+        room: Arc<Semaphore>,
+        counters: Arc<Counters>,
+    ) -> Self {
         // Reports come from sorties holding their shard's slots; a full channel only makes
         // a sortie wait to report.
         let (landings, landed) = mpsc::channel(1024);
@@ -388,6 +397,7 @@ impl<R: Runtime> Worker<R> {
         Self {
             accumulator: Accumulator::new(config.batching),
             config,
+            room,
             pilot,
             waiting: WaitingRecords::default(),
             routes: Routes::default(),
@@ -576,7 +586,14 @@ impl<R: Runtime> Worker<R> {
     }
 
     async fn append(&mut self, record: Record, reply: Reply, room: OwnedSemaphorePermit) {
-        let partitions = match self.prepare(&record.topic).await {
+        // A known topic needs no await (the common case, once per record).
+        let known = self.routes.partitions.get(&record.topic).map(Vec::len);
+        let ready = known.filter(|_| !self.idempotent() || self.accumulator.producer().is_some());
+        let prepared = match ready {
+            Some(count) => Ok(count as u32),
+            None => self.prepare(&record.topic).await,
+        };
+        let partitions = match prepared {
             Ok(count) => count,
             Err(ProduceError::TimedOut(reason)) if self.outbox.is_some() => {
                 let outbox = self.outbox.as_mut().expect("checked");
@@ -618,10 +635,12 @@ impl<R: Runtime> Worker<R> {
         }
         match result {
             Ok((partition, ready)) => {
+                let room_bytes = room.num_permits() as u32;
+                room.forget();
                 let waiting = Waiting {
                     partition,
                     reply,
-                    _room: room,
+                    room_bytes,
                 };
                 self.waiting.insert(id, waiting);
                 match ready {
@@ -877,8 +896,10 @@ impl<R: Runtime> Worker<R> {
             Ok(None) => Counters::add(&self.counters.records_outboxed, records),
             Err(_) => Counters::add(&self.counters.records_failed, records),
         }
+        let mut room_bytes = 0usize;
         for (index, id) in batch.record_ids.iter().enumerate() {
             if let Some(waiting) = self.waiting.remove(*id) {
+                room_bytes += waiting.room_bytes as usize;
                 let result = outcome.clone().map(|base_offset| Delivery {
                     partition: Some(waiting.partition),
                     offset: base_offset
@@ -889,6 +910,7 @@ impl<R: Runtime> Worker<R> {
                 let _ = waiting.reply.send(result);
             }
         }
+        self.room.add_permits(room_bytes);
     }
 
     /// Makes sure the topic's metadata (and, when idempotent, a producer id) is known,
@@ -1118,11 +1140,10 @@ mod tests {
     use super::*;
 
     fn waiting(partition: u32) -> Waiting {
-        let room = Arc::new(tokio::sync::Semaphore::new(1));
         Waiting {
             partition,
             reply: tokio::sync::oneshot::channel().0,
-            _room: room.try_acquire_owned().expect("a permit"),
+            room_bytes: 1,
         }
     }
 
