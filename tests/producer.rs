@@ -186,3 +186,74 @@ async fn ready_batches_of_a_shard_share_one_request() {
         }
     }
 }
+
+/// `send_with` calls its callback exactly once per record: with the record's offset when
+/// delivered (in send order within a partition), at once with the reason when the record
+/// cannot be queued, and with `Closed` once the producer is gone.
+#[tokio::test(flavor = "current_thread")]
+async fn callbacks_report_every_outcome_once() {
+    use std::sync::{Arc, Mutex};
+
+    let broker = EmbeddedBroker::start().unwrap();
+    Client::connect(broker.bootstrap())
+        .unwrap()
+        .create_topic("calls", 1, &[])
+        .unwrap();
+    let mut config = ProducerConfig::new(broker.bootstrap().to_string());
+    config.batching = AccumulatorConfig {
+        buffer_memory_bytes: 64 << 10,
+        ..AccumulatorConfig::default()
+    };
+    let producer = Producer::start(config);
+    type Outcomes = Arc<Mutex<Vec<(u32, Result<Option<u64>, String>)>>>;
+    let outcomes: Outcomes = Arc::default();
+    let callback = |index: u32| {
+        let outcomes = Arc::clone(&outcomes);
+        move |outcome: Result<flumen_client::Delivery, ProduceError>| {
+            let outcome = outcome
+                .map(|delivery| delivery.offset)
+                .map_err(|error| format!("{error:?}"));
+            outcomes.lock().unwrap().push((index, outcome));
+        }
+    };
+    for index in 0..1_000u32 {
+        let record = record("calls", "k".into(), index.to_string());
+        producer.send_with(record, callback(index)).await;
+    }
+    // Larger than the whole buffer: refused before it is queued.
+    let huge = record("calls", "k".into(), "x".repeat(128 << 10));
+    producer.send_with(huge, callback(1_000)).await;
+    producer.flush().await;
+    {
+        let outcomes = outcomes.lock().unwrap();
+        assert_eq!(outcomes.len(), 1_001, "one outcome per record");
+        assert!(
+            matches!(&outcomes[0], (1_000, Err(reason)) if reason.contains("RecordTooLarge")),
+            "the refused record is reported first, at once: {:?}",
+            outcomes[0]
+        );
+        let mut delivered: Vec<(u32, u64)> = outcomes[1..]
+            .iter()
+            .map(|(index, outcome)| (*index, outcome.clone().unwrap().expect("an offset")))
+            .collect();
+        delivered.sort_unstable();
+        let offsets: Vec<u64> = delivered.iter().map(|(_, offset)| *offset).collect();
+        assert_eq!(
+            offsets,
+            (0..1_000).collect::<Vec<u64>>(),
+            "send order is offset order"
+        );
+    }
+    let closed = producer.clone();
+    producer.close().await;
+    closed
+        .send_with(record("calls", "k".into(), "late".into()), callback(1_001))
+        .await;
+    let outcomes = outcomes.lock().unwrap();
+    assert_eq!(outcomes.len(), 1_002);
+    assert!(
+        matches!(&outcomes[1_001], (1_001, Err(reason)) if reason.contains("Closed")),
+        "{:?}",
+        outcomes[1_001]
+    );
+}

@@ -4,8 +4,8 @@
 //! A produce/consume run: consumers are assigned the topics' partitions (split evenly,
 //! no group, so no rebalance disturbs the measurement) and start reading; producers
 //! then send for the warm-up and the measured period, either as fast as the producer's
-//! buffer lets them (closed loop) or on an [`OpenLoop`] schedule. A collector per
-//! producer records each delivery's publish latency when it completes; consumers read
+//! buffer lets them (closed loop) or on an [`OpenLoop`] schedule. Each record is sent
+//! with a callback that records its publish latency when it completes; consumers read
 //! each value's stamp and record end-to-end latency. Once producers stop, consumers
 //! read until they have every record produced, or nothing came for
 //! [`Plan::drain_grace`] (then the remainder is reported as `unconsumed`).
@@ -15,12 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
-
 use flumen_client::accumulator::AccumulatorConfig;
 use flumen_client::{
-    Acks, Client, Consumer, ConsumerConfig, DeliveryFuture, Producer, ProducerConfig, Record,
-    TopicPartition,
+    Acks, Client, Consumer, ConsumerConfig, Producer, ProducerConfig, Record, TopicPartition,
 };
 
 use crate::report::{AckRun, BacklogDrain, IdleCost, Throughput};
@@ -185,48 +182,6 @@ impl Source {
     }
 }
 
-/// A send whose outcome the collector awaits.
-struct InFlight {
-    intended: Instant,
-    bytes: usize,
-    delivery: DeliveryFuture,
-}
-
-/// Awaits deliveries in whatever order they complete and records each when it does: a
-/// record acknowledged while an earlier one (of another partition) is still out is not
-/// charged that one's wait.
-async fn collect(
-    mut in_flight: tokio::sync::mpsc::Receiver<InFlight>,
-    recorder: SharedRecorder,
-    progress: Arc<Progress>,
-    period: Period,
-) {
-    let mut pending = FuturesUnordered::new();
-    let mut sending = true;
-    loop {
-        tokio::select! {
-            sent = in_flight.recv(), if sending => match sent {
-                Some(sent) => pending.push(async move {
-                    let outcome = sent.delivery.await;
-                    (sent.intended, sent.bytes, outcome.is_ok())
-                }),
-                None => sending = false,
-            },
-            Some((intended, bytes, delivered)) = pending.next(), if !pending.is_empty() => {
-                let measured = period.contains(intended);
-                let mut recorder = recorder.lock().expect("no task panics holding it");
-                if delivered {
-                    recorder.delivered(intended.elapsed(), bytes, measured);
-                    progress.produced.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    recorder.failed(measured);
-                }
-            }
-            else => return,
-        }
-    }
-}
-
 /// How a producer paces its sends.
 enum Pace {
     /// As fast as the buffer takes them, until the end.
@@ -235,6 +190,29 @@ enum Pace {
     Open(OpenLoop),
     /// Closed loop until this many value bytes were sent by all producers together.
     Bytes { budget: Arc<AtomicU64>, target: u64 },
+}
+
+/// What a delivery callback needs to record its outcome.
+struct Outcomes {
+    recorder: SharedRecorder,
+    progress: Arc<Progress>,
+    period: Period,
+}
+
+impl Outcomes {
+    /// Records a delivery as it completes (the producer's callback), so a record
+    /// acknowledged while an earlier one of another partition is still out is not
+    /// charged that one's wait.
+    fn record(&self, intended: Instant, bytes: usize, delivered: bool) {
+        let measured = self.period.contains(intended);
+        let mut recorder = self.recorder.lock().expect("no task panics holding it");
+        if delivered {
+            recorder.delivered(intended.elapsed(), bytes, measured);
+            self.progress.produced.fetch_add(1, Ordering::Relaxed);
+        } else {
+            recorder.failed(measured);
+        }
+    }
 }
 
 /// One producer: sends until its pace says stop, then waits for every delivery.
@@ -247,8 +225,11 @@ async fn produce(
     progress: Arc<Progress>,
     period: Period,
 ) {
-    let (sender, receiver) = tokio::sync::mpsc::channel(1 << 16);
-    let collector = tokio::spawn(collect(receiver, Arc::clone(&recorder), progress, period));
+    let outcomes = Arc::new(Outcomes {
+        recorder: Arc::clone(&recorder),
+        progress,
+        period,
+    });
     loop {
         let intended = match &mut pace {
             Pace::Closed { until } => {
@@ -281,18 +262,15 @@ async fn produce(
         if let Pace::Bytes { budget, .. } = &pace {
             budget.fetch_add(bytes as u64, Ordering::Relaxed);
         }
-        let delivery = producer.send(record).await;
-        let sent = InFlight {
-            intended,
-            bytes,
-            delivery,
-        };
-        if sender.send(sent).await.is_err() {
-            break;
-        }
+        let outcomes = Arc::clone(&outcomes);
+        producer
+            .send_with(record, move |outcome| {
+                outcomes.record(intended, bytes, outcome.is_ok())
+            })
+            .await;
     }
-    drop(sender);
-    collector.await.expect("the collector does not panic");
+    // Every record sent has an outcome (and its callback has run) once this returns.
+    producer.flush().await;
 }
 
 /// One consumer: reads its partitions until the producers are done and every record

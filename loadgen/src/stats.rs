@@ -1,8 +1,9 @@
 //! Measurements: counts and HdrHistograms (microsecond resolution, 3 significant
 //! digits, 1 µs to 10 minutes), kept per task and merged.
 //!
-//! Every producer collector and consumer task owns one [`Recorder`] behind a mutex it
-//! alone locks on the hot path; once a second the progress task takes each recorder's
+//! Every producer (its delivery callbacks, which run on its client's background task)
+//! and consumer task owns one [`Recorder`] behind a mutex that only it locks on the hot
+//! path; once a second the progress task takes each recorder's
 //! window and merges them into one [`Tally`] for the time series and the HdrHistogram
 //! interval logs. The measured totals (warm-up excluded) are merged the same way at the
 //! end of a run.

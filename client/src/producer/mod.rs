@@ -244,7 +244,44 @@ pub enum ProduceError {
     Closed,
 }
 
-type Reply = oneshot::Sender<Result<Delivery, ProduceError>>;
+/// Where a record's outcome goes: its [`DeliveryFuture`], or the callback given to
+/// [`Producer::send_with`]. A reply dropped unsent (the producer went away) reports
+/// `Closed`, so a callback runs exactly once whatever happens.
+pub(crate) struct Reply(Option<ReplyTo>);
+
+enum ReplyTo {
+    Future(oneshot::Sender<Result<Delivery, ProduceError>>),
+    Callback(Box<dyn FnOnce(Result<Delivery, ProduceError>) + Send>),
+}
+
+impl Reply {
+    pub(crate) fn future(sender: oneshot::Sender<Result<Delivery, ProduceError>>) -> Self {
+        Self(Some(ReplyTo::Future(sender)))
+    }
+
+    fn callback(callback: Box<dyn FnOnce(Result<Delivery, ProduceError>) + Send>) -> Self {
+        Self(Some(ReplyTo::Callback(callback)))
+    }
+
+    /// Hands the outcome over (a dropped future is not an error: nobody asked).
+    pub(crate) fn send(mut self, outcome: Result<Delivery, ProduceError>) {
+        match self.0.take() {
+            Some(ReplyTo::Future(sender)) => {
+                let _ = sender.send(outcome);
+            }
+            Some(ReplyTo::Callback(callback)) => callback(outcome),
+            None => {}
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if let Some(ReplyTo::Callback(callback)) = self.0.take() {
+            callback(Err(ProduceError::Closed));
+        }
+    }
+}
 
 /// Counters of a producer since it started (see [`Producer::metrics`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -308,14 +345,6 @@ impl Counters {
 /// Resolves when the record is acknowledged or has failed.
 #[derive(Debug)]
 pub struct DeliveryFuture(oneshot::Receiver<Result<Delivery, ProduceError>>);
-
-impl DeliveryFuture {
-    fn failed(error: ProduceError) -> Self {
-        let (reply, delivery) = oneshot::channel();
-        let _ = reply.send(Err(error));
-        Self(delivery)
-    }
-}
 
 impl Future for DeliveryFuture {
     type Output = Result<Delivery, ProduceError>;
@@ -428,43 +457,83 @@ impl<R: Runtime> Producer<R> {
     /// Waits up to `max_block` for buffer room. Dropping the future does not cancel the
     /// send.
     pub async fn send(&self, record: Record) -> DeliveryFuture {
+        let (reply, delivery) = oneshot::channel();
+        self.queue(record, Reply::future(reply)).await;
+        DeliveryFuture(delivery)
+    }
+
+    /// Queues a record and calls `callback` with its outcome, as Kafka's
+    /// `send(record, callback)`: the same as [`Producer::send`] without a future per
+    /// record, for callers that send many records and only count or time their outcomes.
+    /// Waits up to `max_block` for buffer room. The callback runs on the producer's
+    /// background task (at once if the record cannot be queued), so it must be quick and
+    /// must not block; it runs for every record exactly once.
+    ///
+    /// ```no_run
+    /// # async fn example(producer: flumen_client::Producer) {
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// let delivered = Arc::new(AtomicU64::new(0));
+    /// let counter = Arc::clone(&delivered);
+    /// let record = flumen_client::Record::new("orders", "order #1");
+    /// producer
+    ///     .send_with(record, move |outcome| {
+    ///         if outcome.is_ok() {
+    ///             counter.fetch_add(1, Ordering::Relaxed);
+    ///         }
+    ///     })
+    ///     .await;
+    /// producer.flush().await;
+    /// assert_eq!(delivered.load(Ordering::Relaxed), 1);
+    /// # }
+    /// ```
+    pub async fn send_with<F>(&self, record: Record, callback: F)
+    where
+        F: FnOnce(Result<Delivery, ProduceError>) + Send + 'static,
+    {
+        self.queue(record, Reply::callback(Box::new(callback)))
+            .await;
+    }
+
+    /// Reserves the record's buffer room and hands it to the worker, or reports why not.
+    async fn queue(&self, record: Record, reply: Reply) {
         // The size does not depend on the timestamp: no clock read for it.
         let size = record_size(&record.outgoing_at(&record.header_refs(), 0));
         if size > self.buffer_bytes {
-            return DeliveryFuture::failed(ProduceError::Rejected(AppendError::RecordTooLarge {
+            reply.send(Err(ProduceError::Rejected(AppendError::RecordTooLarge {
                 record_bytes: size,
                 limit_bytes: self.buffer_bytes,
-            }));
+            })));
+            return;
         }
         // Room at once is the common case: no timer to arm for it.
         let permit = match Arc::clone(&self.room).try_acquire_many_owned(size as u32) {
             Ok(permit) => permit,
             Err(tokio::sync::TryAcquireError::Closed) => {
-                return DeliveryFuture::failed(ProduceError::Closed)
+                return reply.send(Err(ProduceError::Closed));
             }
             Err(tokio::sync::TryAcquireError::NoPermits) => {
                 let acquire = Arc::clone(&self.room).acquire_many_owned(size as u32);
                 match crate::runtime::timeout::<R, _>(self.max_block, acquire).await {
                     Some(Ok(permit)) => permit,
-                    Some(Err(_)) => return DeliveryFuture::failed(ProduceError::Closed),
+                    Some(Err(_)) => return reply.send(Err(ProduceError::Closed)),
                     None => {
-                        return DeliveryFuture::failed(ProduceError::BufferFull {
+                        return reply.send(Err(ProduceError::BufferFull {
                             waited: self.max_block,
                             buffer_bytes: self.buffer_bytes,
-                        })
+                        }));
                     }
                 }
             }
         };
-        let (reply, delivery) = oneshot::channel();
         if let Err(mpsc::error::SendError(Command::Send(_, reply, _))) = self
             .commands
             .send(Command::Send(record, reply, permit))
             .await
         {
-            let _ = reply.send(Err(ProduceError::Closed));
+            reply.send(Err(ProduceError::Closed));
         }
-        DeliveryFuture(delivery)
     }
 
     /// Fire and forget: queues the record and returns once it is buffered; its outcome is

@@ -610,12 +610,12 @@ impl<R: Runtime> Worker<R> {
                         "{reason}; and the outbox failed: {error}"
                     ))),
                 };
-                let _ = reply.send(result);
+                reply.send(result);
                 return;
             }
             Err(error) => {
                 Counters::add(&self.counters.records_failed, 1);
-                let _ = reply.send(Err(error));
+                reply.send(Err(error));
                 return;
             }
         };
@@ -656,7 +656,7 @@ impl<R: Runtime> Worker<R> {
             }
             Err(error) => {
                 Counters::add(&self.counters.records_failed, 1);
-                let _ = reply.send(Err(ProduceError::Rejected(error)));
+                reply.send(Err(ProduceError::Rejected(error)));
             }
         }
     }
@@ -907,7 +907,7 @@ impl<R: Runtime> Worker<R> {
                         .map(|base_offset| base_offset + index as u64),
                     queued_in_outbox: base_offset.is_none(),
                 });
-                let _ = waiting.reply.send(result);
+                waiting.reply.send(result);
             }
         }
         self.room.add_permits(room_bytes);
@@ -1142,7 +1142,7 @@ mod tests {
     fn waiting(partition: u32) -> Waiting {
         Waiting {
             partition,
-            reply: tokio::sync::oneshot::channel().0,
+            reply: Reply::future(tokio::sync::oneshot::channel().0),
             room_bytes: 1,
         }
     }
