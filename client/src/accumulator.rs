@@ -384,7 +384,7 @@ impl Accumulator {
         // and a batch has at least one record.
         let batch = open
             .builder
-            .build()
+            .finish()
             .expect("batches stay within the format limits");
         Some(ReadyBatch {
             topic: key.0.to_owned(),

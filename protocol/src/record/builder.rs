@@ -1,18 +1,27 @@
 //! Building a batch: the producer side of the format.
 
+use rkyv::rancor::Fallible;
+use rkyv::ser::sharing::Share;
 use rkyv::util::AlignedVec;
+use rkyv::vec::{ArchivedVec, VecResolver};
+use rkyv::with::{ArchiveWith, Map, SerializeWith};
+use rkyv::Place;
 
 use super::header::{
     padded_length, Attributes, BatchHeader, BodyFormat, Compression, TimestampType,
     BATCH_ALIGNMENT_BYTES, BATCH_HEADER_BYTES, BATCH_LENGTH_MAX_BYTES, CRC_COVERED_FROM, MAGIC,
 };
-use super::{BatchError, Header, Record};
+use super::{ArchivedHeader, ArchivedRecord, BatchError, Header};
 
 /// Collects records and encodes them as one batch.
 ///
-/// The builder keeps the records it is given until [`BatchBuilder::build`], then writes the
-/// header and the rkyv body into one 16-byte-aligned buffer and computes the CRC. Offsets
-/// in the result start at 0; the broker assigns the real base offset on append.
+/// Keys and values are copied once, as they are pushed, into the buffer that becomes the
+/// batch: an rkyv archive lays out its records' bytes before the array of records, so
+/// the body can grow in place. [`BatchBuilder::finish`] then writes the records' array
+/// (pointing at those bytes) and the root, the header and the CRC. The archive is
+/// exactly the one of a `Vec<Record>`, and a batch reads the same whichever way it was
+/// built. Offsets in the result start at 0; the broker assigns the real base offset on
+/// append.
 ///
 /// ```
 /// use flumen_protocol::record::{BatchBuilder, BatchView};
@@ -28,7 +37,9 @@ use super::{BatchError, Header, Record};
 pub struct BatchBuilder {
     first_timestamp: i64,
     max_timestamp: i64,
-    records: Vec<Record>,
+    /// The batch so far: a header's room, then every key and value pushed.
+    bytes: AlignedVec<BATCH_ALIGNMENT_BYTES>,
+    records: Vec<StagedRecord>,
     payload_bytes: usize,
     producer_id: i64,
     producer_epoch: i16,
@@ -84,13 +95,57 @@ impl BuiltBatch {
     }
 }
 
+/// Where a key or value already lies in the builder's buffer.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    position: usize,
+    length: usize,
+}
+
+/// Archives a [`Span`] as the `ArchivedVec<T>` of the elements already written there:
+/// nothing is copied at serialisation, the resolver just points at them.
+struct Prewritten<T>(std::marker::PhantomData<T>);
+
+impl<T: rkyv::Portable> ArchiveWith<Span> for Prewritten<T> {
+    type Archived = ArchivedVec<T>;
+    type Resolver = VecResolver;
+
+    fn resolve_with(span: &Span, resolver: VecResolver, out: Place<ArchivedVec<T>>) {
+        ArchivedVec::resolve_from_len(span.length, resolver, out);
+    }
+}
+
+impl<T: rkyv::Portable, S: Fallible + ?Sized> SerializeWith<Span, S> for Prewritten<T> {
+    fn serialize_with(span: &Span, _: &mut S) -> Result<VecResolver, S::Error> {
+        Ok(VecResolver::from_pos(span.position))
+    }
+}
+
+/// A pushed record whose key and value are already in the buffer. It archives as an
+/// [`ArchivedRecord`], field for field, so the body is a `Vec<Record>`'s archive.
+#[derive(Debug, rkyv::Archive, rkyv::Serialize)]
+#[rkyv(as = ArchivedRecord)]
+struct StagedRecord {
+    offset_delta: u32,
+    timestamp_delta: i64,
+    #[rkyv(with = Map<Prewritten<u8>>)]
+    key: Option<Span>,
+    #[rkyv(with = Map<Prewritten<u8>>)]
+    value: Option<Span>,
+    #[rkyv(with = Prewritten<ArchivedHeader>)]
+    headers: Span,
+}
+
 impl BatchBuilder {
     /// An empty builder. `first_timestamp_ms` is a default only: the batch's first
     /// timestamp is that of the first record pushed.
     pub fn new(first_timestamp_ms: i64) -> Self {
+        let mut bytes = AlignedVec::new();
+        bytes.extend_from_slice(&[0u8; BATCH_HEADER_BYTES]);
         Self {
             first_timestamp: first_timestamp_ms,
             max_timestamp: first_timestamp_ms,
+            bytes,
             records: Vec::new(),
             payload_bytes: 0,
             producer_id: -1,
@@ -123,19 +178,62 @@ impl BatchBuilder {
         }
         self.max_timestamp = self.max_timestamp.max(timestamp_ms);
         self.payload_bytes += key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len);
-        self.records.push(Record {
+        // In the archive's order: a record's key, value and headers, then the next's.
+        let key = key.map(|key| self.stage(key));
+        let value = value.map(|value| self.stage(value));
+        let headers = self.stage_headers(headers);
+        self.records.push(StagedRecord {
             offset_delta,
             timestamp_delta: timestamp_ms - self.first_timestamp,
-            key: key.map(<[u8]>::to_vec),
-            value: value.map(<[u8]>::to_vec),
-            headers: headers
-                .iter()
-                .map(|(name, value)| Header {
-                    key: (*name).to_owned(),
-                    value: value.to_vec(),
-                })
-                .collect(),
+            key,
+            value,
+            headers,
         });
+    }
+
+    /// Writes the headers' archived array (and what it points to) to the end of the
+    /// buffer, as rkyv lays out a `Vec<Header>`'s contents.
+    fn stage_headers(&mut self, headers: &[(&str, &[u8])]) -> Span {
+        if headers.is_empty() {
+            // What rkyv writes for an empty slice: nothing, at a position aligned for it.
+            let align = std::mem::align_of::<ArchivedHeader>();
+            let padding = (align - self.bytes.len() % align) % align;
+            self.bytes.extend_from_slice(&[0u8; 16][..padding]);
+            return Span {
+                position: self.bytes.len(),
+                length: 0,
+            };
+        }
+        let owned: Vec<Header> = headers
+            .iter()
+            .map(|(name, value)| Header {
+                key: (*name).to_owned(),
+                value: value.to_vec(),
+            })
+            .collect();
+        let bytes = std::mem::take(&mut self.bytes);
+        let (position, bytes) = rkyv::util::with_arena(|arena| {
+            let mut serializer = rkyv::ser::Serializer::new(bytes, arena.acquire(), Share::new());
+            let strategy = rkyv::rancor::Strategy::<_, rkyv::rancor::Error>::wrap(&mut serializer);
+            let position = rkyv::SerializeUnsized::serialize_unsized(owned.as_slice(), strategy);
+            (position, serializer.into_writer())
+        });
+        self.bytes = bytes;
+        Span {
+            // Writing to memory cannot fail but for allocation, which aborts.
+            position: position.expect("serialising into memory does not fail"),
+            length: owned.len(),
+        }
+    }
+
+    /// Copies `bytes` to the end of the buffer.
+    fn stage(&mut self, bytes: &[u8]) -> Span {
+        let position = self.bytes.len();
+        self.bytes.extend_from_slice(bytes);
+        Span {
+            position,
+            length: bytes.len(),
+        }
     }
 
     /// Number of records pushed so far.
@@ -150,13 +248,24 @@ impl BatchBuilder {
 
     /// Encodes the batch. Fails if it has no records or would exceed the format limit.
     pub fn build(&self) -> Result<BuiltBatch, BatchError> {
+        let mut bytes = AlignedVec::with_capacity(self.bytes.len());
+        bytes.extend_from_slice(&self.bytes);
+        self.encode(bytes)
+    }
+
+    /// Like [`BatchBuilder::build`], without copying: the buffer the records were pushed
+    /// into becomes the batch.
+    pub fn finish(mut self) -> Result<BuiltBatch, BatchError> {
+        let bytes = std::mem::take(&mut self.bytes);
+        self.encode(bytes)
+    }
+
+    /// Appends the records' array and the root to `bytes` (the header's room and the
+    /// pushed keys and values), then writes the header and the CRC.
+    fn encode(&self, bytes: AlignedVec<BATCH_ALIGNMENT_BYTES>) -> Result<BuiltBatch, BatchError> {
         if self.records.is_empty() {
             return Err(BatchError::Empty);
         }
-        let mut bytes = AlignedVec::<BATCH_ALIGNMENT_BYTES>::with_capacity(
-            BATCH_HEADER_BYTES + self.payload_bytes + 64 * self.records.len() + 64,
-        );
-        bytes.extend_from_slice(&[0u8; BATCH_HEADER_BYTES]);
         let mut bytes =
             rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(&self.records, bytes)
                 .map_err(|error| BatchError::InvalidArchive(error.to_string()))?;
