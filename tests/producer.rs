@@ -257,3 +257,49 @@ async fn callbacks_report_every_outcome_once() {
         outcomes[1_001]
     );
 }
+
+/// A request gathering several partitions' batches can be larger than the broker's
+/// frame limit though each batch fits: the broker refuses the frame, and the producer
+/// sends the same batches one per request instead of failing them.
+#[tokio::test(flavor = "current_thread")]
+async fn batches_that_fit_alone_are_delivered_when_together_they_exceed_the_frame_limit() {
+    let broker = EmbeddedBroker::start_with(|config| {
+        config.shards = 1;
+        config.frame_bytes_max = 128 << 10;
+        config.log.batch_bytes_max = 64 << 10;
+    })
+    .unwrap();
+    Client::connect(broker.bootstrap())
+        .unwrap()
+        .create_topic("framed", 5, &[])
+        .unwrap();
+    let mut config = ProducerConfig::new(broker.bootstrap().to_string());
+    config.batching = AccumulatorConfig {
+        linger: Duration::from_secs(3600),
+        batch_size_bytes: 48 << 10,
+        ..AccumulatorConfig::default()
+    };
+    let producer = Producer::start(config);
+    let mut deliveries = Vec::new();
+    for partition in 0..5u32 {
+        for index in 0..3 {
+            let value = format!("{partition}/{index}/{}", "x".repeat(10 << 10));
+            let record = Record {
+                partition: Some(partition),
+                ..record("framed", "k".into(), value)
+            };
+            deliveries.push(producer.send(record).await);
+        }
+    }
+    // Five batches of about 30 KiB in one request: over the 128 KiB frame limit.
+    producer.flush().await;
+    for delivery in deliveries {
+        delivery.await.expect("each batch fits a frame on its own");
+    }
+    let metrics = producer.metrics();
+    assert_eq!((metrics.batches_delivered, metrics.records_failed), (5, 0));
+    assert_eq!(
+        metrics.requests_sent, 1,
+        "one sortie, split after the refusal"
+    );
+}

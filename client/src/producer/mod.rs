@@ -498,6 +498,11 @@ impl<R: Runtime> Producer<R> {
 
     /// Reserves the record's buffer room and hands it to the worker, or reports why not.
     async fn queue(&self, record: Record, reply: Reply) {
+        // A worker that is gone (its task ended) gives no room back: say so at once
+        // rather than waiting `max_block` for room.
+        if self.commands.is_closed() {
+            return reply.send(Err(ProduceError::Closed));
+        }
         // The size does not depend on the timestamp: no clock read for it.
         let size = record_size(&record.outgoing_at(&record.header_refs(), 0));
         if size > self.buffer_bytes {

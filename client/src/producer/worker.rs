@@ -195,32 +195,44 @@ impl<R: Runtime> Pilot<R> {
     ) -> Vec<(Flight, Landed)> {
         let mut ended = Vec::new();
         let mut attempt = 0;
+        // Batches per request: the whole sortie, or one at a time once the broker found
+        // the request too large for its frame limit (each batch fits on its own).
+        let mut per_request = flights.len().max(1);
         while !flights.is_empty() {
-            let outcomes = self.attempt(client, &flights).await;
             let pause = self.backoff(attempt);
             let mut retrying = Vec::new();
-            for (flight, outcome) in flights.drain(..).zip(outcomes) {
-                let landed = match outcome {
-                    Ok(landed) => landed,
-                    Err(reason) if Instant::now() + pause >= flight.deadline => {
-                        Landed::Failed(ProduceError::TimedOut(reason))
-                    }
-                    Err(_) => {
-                        retrying.push(flight);
-                        continue;
-                    }
+            let mut rest = std::mem::take(&mut flights);
+            while !rest.is_empty() {
+                let later = rest.split_off(per_request.min(rest.len()));
+                let sent = std::mem::replace(&mut rest, later);
+                let Some(outcomes) = self.attempt(client, &sent).await else {
+                    per_request = 1;
+                    rest = sent.into_iter().chain(rest).collect();
+                    continue;
                 };
-                match reports {
-                    // The worker only goes away with the producer.
-                    Some(reports) => {
-                        let report = Report::Landed {
-                            shard,
-                            flight,
-                            landed,
-                        };
-                        let _ = reports.send(report).await;
+                for (flight, outcome) in sent.into_iter().zip(outcomes) {
+                    let landed = match outcome {
+                        Ok(landed) => landed,
+                        Err(reason) if Instant::now() + pause >= flight.deadline => {
+                            Landed::Failed(ProduceError::TimedOut(reason))
+                        }
+                        Err(_) => {
+                            retrying.push(flight);
+                            continue;
+                        }
+                    };
+                    match reports {
+                        // The worker only goes away with the producer.
+                        Some(reports) => {
+                            let report = Report::Landed {
+                                shard,
+                                flight,
+                                landed,
+                            };
+                            let _ = reports.send(report).await;
+                        }
+                        None => ended.push((flight, landed)),
                     }
-                    None => ended.push((flight, landed)),
                 }
             }
             if retrying.is_empty() {
@@ -246,12 +258,14 @@ impl<R: Runtime> Pilot<R> {
         let _ = reports.send(Report::Done { shard, client }).await;
     }
 
-    /// One attempt at every flight in one request: each flight's outcome, in order.
+    /// One attempt at every flight in one request: each flight's outcome, in order; or
+    /// `None` if the broker refused the request of several batches as larger than its
+    /// frame limit (each may still fit alone).
     async fn attempt(
         &self,
         client: &mut Option<R::Connection>,
         flights: &[Flight],
-    ) -> Vec<Attempted> {
+    ) -> Option<Vec<Attempted>> {
         let limit = self.request_timeout;
         let result = timeout::<R, _>(limit, async {
             if client.is_none() {
@@ -276,7 +290,7 @@ impl<R: Runtime> Pilot<R> {
         })
         .await;
         let whole = |reason: String| flights.iter().map(|_| Err(reason.clone())).collect();
-        match result {
+        let outcomes = match result {
             Some(Ok(results)) => results
                 .into_iter()
                 .map(|result| {
@@ -285,11 +299,18 @@ impl<R: Runtime> Pilot<R> {
                     self.judge(client, code, message, result.base_offset)
                 })
                 .collect(),
-            // The whole request was refused (malformed, too large): each batch alike.
-            Some(Err(ClientError::Broker { code, message })) => flights
-                .iter()
-                .map(|_| self.judge(client, code, message.clone(), 0))
-                .collect(),
+            // The whole request was refused (malformed, too large): the broker closes the
+            // connection after such an answer.
+            Some(Err(ClientError::Broker { code, message })) => {
+                *client = None;
+                if code == ErrorCode::FrameTooLarge && flights.len() > 1 {
+                    return None;
+                }
+                flights
+                    .iter()
+                    .map(|_| self.judge(client, code, message.clone(), 0))
+                    .collect()
+            }
             Some(Err(error)) => {
                 *client = None;
                 whole(error.to_string())
@@ -299,7 +320,8 @@ impl<R: Runtime> Pilot<R> {
                 *client = None;
                 whole(format!("no answer within {limit:?}"))
             }
-        }
+        };
+        Some(outcomes)
     }
 
     /// What a partition's answer means for its batch.
