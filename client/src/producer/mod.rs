@@ -585,3 +585,46 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_millis() as i64)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Every outcome a callback was given.
+    type Outcomes = Arc<Mutex<Vec<Result<Delivery, ProduceError>>>>;
+
+    /// A callback reply that records every outcome it is given.
+    fn recording() -> (Reply, Outcomes) {
+        let outcomes = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&outcomes);
+        let reply = Reply::callback(Box::new(move |outcome| seen.lock().unwrap().push(outcome)));
+        (reply, outcomes)
+    }
+
+    #[test]
+    fn a_callback_runs_once_with_its_outcome_and_a_dropped_one_reports_closed() {
+        let (reply, outcomes) = recording();
+        let delivered = Delivery {
+            partition: Some(3),
+            offset: Some(7),
+            queued_in_outbox: false,
+        };
+        reply.send(Ok(delivered));
+        assert_eq!(
+            *outcomes.lock().unwrap(),
+            vec![Ok(delivered)],
+            "sent: no second call"
+        );
+
+        // Dropped unsent (the worker went away holding it): Closed, once.
+        let (reply, outcomes) = recording();
+        drop(reply);
+        let outcomes = outcomes.lock().unwrap();
+        assert!(
+            matches!(outcomes.as_slice(), [Err(ProduceError::Closed)]),
+            "{outcomes:?}"
+        );
+    }
+}
