@@ -18,6 +18,14 @@ fn record(topic: &str, key: String, value: String) -> Record {
     }
 }
 
+/// A producer whose batches wait for `flush` (or for filling up): what a request carries
+/// is then up to the test, not to timing.
+fn flushed_only(broker: &EmbeddedBroker) -> ProducerConfig {
+    let mut config = ProducerConfig::new(broker.bootstrap().to_string());
+    config.batching.linger = Duration::from_secs(3600);
+    config
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn ten_thousand_keyed_records_are_delivered_in_order_per_partition() {
     let broker = EmbeddedBroker::start_with(|config| config.shards = 2).unwrap();
@@ -94,11 +102,7 @@ async fn flush_sends_lingering_records_and_errors_are_typed() {
         .unwrap()
         .create_topic("t", 1, &[])
         .unwrap();
-    let mut config = ProducerConfig::new(broker.bootstrap().to_string());
-    config.batching = AccumulatorConfig {
-        linger: Duration::from_secs(3600),
-        ..AccumulatorConfig::default()
-    };
+    let mut config = flushed_only(&broker);
     config.acks = Acks::Leader;
     config.delivery_timeout = Duration::from_millis(500);
     let producer = Producer::start(config);
@@ -141,11 +145,7 @@ async fn ready_batches_of_a_shard_share_one_request() {
     let mut admin = Client::connect(broker.bootstrap()).unwrap();
     admin.create_topic("wide", 8, &[]).unwrap();
     for request_bytes_max in [1 << 20, 1] {
-        let mut config = ProducerConfig::new(broker.bootstrap().to_string());
-        config.batching = AccumulatorConfig {
-            linger: Duration::from_secs(3600),
-            ..AccumulatorConfig::default()
-        };
+        let mut config = flushed_only(&broker);
         config.request_bytes_max = request_bytes_max;
         let producer = Producer::start(config);
         let mut deliveries = Vec::new();
@@ -273,12 +273,8 @@ async fn batches_that_fit_alone_are_delivered_when_together_they_exceed_the_fram
         .unwrap()
         .create_topic("framed", 5, &[])
         .unwrap();
-    let mut config = ProducerConfig::new(broker.bootstrap().to_string());
-    config.batching = AccumulatorConfig {
-        linger: Duration::from_secs(3600),
-        batch_size_bytes: 48 << 10,
-        ..AccumulatorConfig::default()
-    };
+    let mut config = flushed_only(&broker);
+    config.batching.batch_size_bytes = 48 << 10;
     let producer = Producer::start(config);
     let mut deliveries = Vec::new();
     for partition in 0..5u32 {
