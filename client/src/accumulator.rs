@@ -15,6 +15,7 @@
 //! are ready and which record ids each carries.
 
 use crate::fast_hash::FastMap;
+use std::collections::hash_map::Entry;
 use std::time::{Duration, Instant};
 
 use flumen_protocol::record::{BatchBuilder, BuiltBatch, BATCH_LENGTH_MAX_BYTES};
@@ -149,6 +150,9 @@ pub struct Accumulator {
     buffered_bytes: usize,
     producer: Option<(i64, i16)>,
     sequences: FastMap<(String, u32), i32>,
+    /// Per partition, the encoded size and record count of its last batch: the next
+    /// one's buffers are sized from them.
+    last_sizes: FastMap<String, FastMap<u32, (usize, usize)>>,
 }
 
 impl Accumulator {
@@ -165,6 +169,7 @@ impl Accumulator {
             buffered_bytes: 0,
             producer: None,
             sequences: FastMap::default(),
+            last_sizes: FastMap::default(),
         }
     }
 
@@ -262,12 +267,27 @@ impl Accumulator {
                 .insert(record.topic.to_owned(), FastMap::default());
         }
         let batches = self.open.get_mut(record.topic).expect("inserted above");
-        let open = batches.entry(partition).or_insert_with(|| OpenBatch {
-            builder: BatchBuilder::new(record.timestamp_ms),
-            record_ids: Vec::new(),
-            first_append: now,
-            charged_bytes: 0,
-        });
+        let open = match batches.entry(partition) {
+            Entry::Occupied(open) => open.into_mut(),
+            Entry::Vacant(slot) => {
+                // Room for as much as the partition's last batch held, and an eighth
+                // more, within twice the batch size.
+                let (bytes, records) = self
+                    .last_sizes
+                    .get(record.topic)
+                    .and_then(|sizes| sizes.get(&partition))
+                    .map_or((0, 0), |&(bytes, records)| {
+                        let bytes = (bytes + bytes / 8).min(2 * self.config.batch_size_bytes);
+                        (bytes, records + records / 8)
+                    });
+                slot.insert(OpenBatch {
+                    builder: BatchBuilder::with_capacity(record.timestamp_ms, bytes, records),
+                    record_ids: Vec::with_capacity(records),
+                    first_append: now,
+                    charged_bytes: 0,
+                })
+            }
+        };
         open.builder.push(
             record.timestamp_ms,
             record.key,
@@ -386,6 +406,16 @@ impl Accumulator {
             .builder
             .finish()
             .expect("batches stay within the format limits");
+        let sizes = (batch.len(), open.record_ids.len());
+        match self.last_sizes.get_mut(key.0) {
+            Some(partitions) => {
+                partitions.insert(key.1, sizes);
+            }
+            None => {
+                let partitions = FastMap::from_iter([(key.1, sizes)]);
+                self.last_sizes.insert(key.0.to_owned(), partitions);
+            }
+        }
         Some(ReadyBatch {
             topic: key.0.to_owned(),
             partition: key.1,

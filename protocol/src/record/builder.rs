@@ -140,13 +140,21 @@ impl BatchBuilder {
     /// An empty builder. `first_timestamp_ms` is a default only: the batch's first
     /// timestamp is that of the first record pushed.
     pub fn new(first_timestamp_ms: i64) -> Self {
-        let mut bytes = AlignedVec::new();
-        bytes.extend_from_slice(&[0u8; BATCH_HEADER_BYTES]);
+        Self::with_capacity(first_timestamp_ms, 0, 0)
+    }
+
+    /// An empty builder with room for a batch of `bytes` encoded bytes (header
+    /// included) and `records` records, so that pushing them and finishing reallocates
+    /// nothing: a producer sizes a partition's next batch from its last one, and a
+    /// buffer grown by doubling instead is copied about twice over.
+    pub fn with_capacity(first_timestamp_ms: i64, bytes: usize, records: usize) -> Self {
+        let mut buffer = AlignedVec::with_capacity(bytes.max(BATCH_HEADER_BYTES));
+        buffer.extend_from_slice(&[0u8; BATCH_HEADER_BYTES]);
         Self {
             first_timestamp: first_timestamp_ms,
             max_timestamp: first_timestamp_ms,
-            bytes,
-            records: Vec::new(),
+            bytes: buffer,
+            records: Vec::with_capacity(records),
             payload_bytes: 0,
             producer_id: -1,
             producer_epoch: -1,

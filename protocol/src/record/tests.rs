@@ -244,12 +244,16 @@ proptest! {
              proptest::option::of(proptest::collection::vec(any::<u8>(), 0..200)),
              proptest::collection::vec(("[a-z]{0,20}", proptest::collection::vec(any::<u8>(), 0..8)), 0..3)),
             1..30),
+        capacity in (0usize..4096, 0usize..40),
     ) {
         let mut builder = BatchBuilder::new(500);
+        // Sized ahead or not, the same bytes.
+        let mut sized = BatchBuilder::with_capacity(500, capacity.0, capacity.1);
         for (timestamp, key, value, headers) in &records {
             let headers: Vec<(&str, &[u8])> =
                 headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect();
             builder.push(500 + timestamp, key.as_deref(), value.as_deref(), &headers);
+            sized.push(500 + timestamp, key.as_deref(), value.as_deref(), &headers);
         }
         let batch = builder.build().unwrap();
         // The body is byte for byte rkyv's own archive of the same `Vec<Record>`, though
@@ -277,6 +281,8 @@ proptest! {
         prop_assert_eq!(body, &expected[BATCH_HEADER_BYTES..]);
         let finished = builder.finish().unwrap();
         prop_assert_eq!(finished.as_bytes(), batch.as_bytes());
+        let sized = sized.finish().unwrap();
+        prop_assert_eq!(sized.as_bytes(), batch.as_bytes());
         let view = BatchView::validate(batch.as_bytes()).unwrap();
         prop_assert_eq!(view.records().len(), records.len());
         for (record, (timestamp, key, value, headers)) in view.records().zip(&records) {
