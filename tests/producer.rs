@@ -71,10 +71,14 @@ async fn ten_thousand_keyed_records_are_delivered_in_order_per_partition() {
             "dense offsets in {partition}"
         );
     }
-    // What the broker stored at each reported offset is the record sent.
+    // What the broker stored at each reported offset is the record sent, and a
+    // partition's records are in the order they were sent: the first ones went through
+    // the producer's worker while it fetched the topic's metadata, the rest were appended
+    // by `send` itself, and none overtook another.
     let mut client = Client::connect(broker.bootstrap()).unwrap();
     for partition in 0..4 {
         let mut offset = 0;
+        let mut last_index = None;
         loop {
             let fetched = client
                 .fetch("events", partition, offset, 1 << 20, 0)
@@ -87,6 +91,11 @@ async fn ten_thousand_keyed_records_are_delivered_in_order_per_partition() {
                 for stored in batch.records() {
                     let index = by_position[&(partition, stored.offset())];
                     assert_eq!(stored.value().unwrap(), index.to_string().as_bytes());
+                    assert!(
+                        last_index < Some(index),
+                        "partition {partition}: {index} after {last_index:?}"
+                    );
+                    last_index = Some(index);
                     offset = stored.offset() + 1;
                 }
             }

@@ -153,6 +153,8 @@ pub struct Accumulator {
     /// Per partition, the encoded size and record count of its last batch: the next
     /// one's buffers are sized from them.
     last_sizes: FastMap<String, FastMap<u32, (usize, usize)>>,
+    /// Open batches, all partitions together.
+    open_batches: usize,
 }
 
 impl Accumulator {
@@ -170,6 +172,7 @@ impl Accumulator {
             producer: None,
             sequences: FastMap::default(),
             last_sizes: FastMap::default(),
+            open_batches: 0,
         }
     }
 
@@ -210,6 +213,11 @@ impl Accumulator {
         let sequence = *slot;
         *slot = ((i64::from(sequence) + records as i64) % (i64::from(i32::MAX) + 1)) as i32;
         sequence
+    }
+
+    /// Batches open (taking records), all partitions together.
+    pub fn open_batches(&self) -> usize {
+        self.open_batches
     }
 
     /// Payload bytes buffered and not yet released.
@@ -280,6 +288,7 @@ impl Accumulator {
                         let bytes = (bytes + bytes / 8).min(2 * self.config.batch_size_bytes);
                         (bytes, records + records / 8)
                     });
+                self.open_batches += 1;
                 slot.insert(OpenBatch {
                     builder: BatchBuilder::with_capacity(record.timestamp_ms, bytes, records),
                     record_ids: Vec::with_capacity(records),
@@ -388,6 +397,7 @@ impl Accumulator {
         let key = (topic, partition);
         let batches = self.open.get_mut(topic)?;
         let mut open = batches.remove(&partition)?;
+        self.open_batches -= 1;
         if batches.is_empty() {
             self.open.remove(topic);
         }

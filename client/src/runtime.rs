@@ -42,6 +42,12 @@ pub trait Runtime: sealed::Sealed + Sized + 'static {
     #[doc(hidden)]
     fn sleep(duration: Duration) -> impl Future<Output = ()>;
 
+    /// Yields to the executor if the task has run long enough (tokio's cooperative
+    /// budget, glommio's preemption), so that a task sending in a tight loop, which
+    /// never waits while there is buffer room, still lets the producer's worker run.
+    #[doc(hidden)]
+    fn yield_if_needed() -> impl Future<Output = ()>;
+
     /// Runs the producer's background task.
     #[doc(hidden)]
     fn spawn_worker(worker: Worker<Self>, commands: mpsc::Receiver<Command>);
@@ -121,6 +127,10 @@ impl Runtime for Tokio {
         tokio::time::sleep(duration)
     }
 
+    fn yield_if_needed() -> impl Future<Output = ()> {
+        tokio::task::coop::consume_budget()
+    }
+
     fn spawn_worker(worker: Worker<Self>, commands: mpsc::Receiver<Command>) {
         tokio::spawn(worker.run(commands));
     }
@@ -180,6 +190,10 @@ impl Runtime for Glommio {
 
     async fn sleep(duration: Duration) {
         glommio::timer::sleep(duration).await;
+    }
+
+    fn yield_if_needed() -> impl Future<Output = ()> {
+        glommio::yield_if_needed()
     }
 
     fn spawn_worker(worker: Worker<Self>, commands: mpsc::Receiver<Command>) {

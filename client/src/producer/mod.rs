@@ -3,10 +3,12 @@
 //! shard, and retried with exponential backoff on connection loss and retriable errors
 //! until `delivery_timeout`.
 //!
-//! One background task owns the accumulator and the connections; handles are cheap
-//! clones (`Send + Sync`) that talk to it over a channel. Buffered records are bounded
-//! in bytes (`batching.buffer_memory_bytes`): `send` waits up to `max_block` for room,
-//! then fails with [`ProduceError::BufferFull`].
+//! `send` copies the record into its partition's batch itself, at the [`desk::Desk`] it
+//! shares with one background task that owns the connections, sends the closed batches
+//! and resolves their records; handles are cheap clones (`Send + Sync`). A record of a
+//! topic not seen yet goes to the background task first, for the topic's metadata.
+//! Buffered records are bounded in bytes (`batching.buffer_memory_bytes`): `send` waits
+//! up to `max_block` for room, then fails with [`ProduceError::BufferFull`].
 //!
 //! Idempotence (on by default, with acks 1 and all): the producer gets a producer id
 //! from the broker and stamps every batch with it and a per-partition sequence number.
@@ -18,6 +20,7 @@
 //! and resends the batch under it (what was lost stays lost: that is acks=1).
 //! Without idempotence, delivery is at least once.
 
+pub(crate) mod desk;
 pub(crate) mod worker;
 
 use std::future::Future;
@@ -25,16 +28,17 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flumen_protocol::wire::ErrorCode;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::accumulator::{record_size, AccumulatorConfig, AppendError, OutgoingRecord};
 #[cfg(feature = "glommio")]
 use crate::runtime::Glommio;
 use crate::runtime::{Runtime, Tokio};
 use crate::Acks;
+use desk::{Desk, Direct};
 use worker::Worker;
 
 /// Producer settings.
@@ -357,11 +361,22 @@ impl Future for DeliveryFuture {
 }
 
 pub(crate) enum Command {
-    /// A record, its reply and the buffer room it holds until it is resolved.
-    Send(Record, Reply, OwnedSemaphorePermit),
+    /// A record of a topic `send` could not append to itself, its reply, and the
+    /// buffer room reserved for it (bytes).
+    Send(Record, Reply, usize),
     Flush(oneshot::Sender<()>),
     /// Deliver what was sent before, release the outbox, stop.
     Close(oneshot::Sender<()>),
+}
+
+/// What became of a record at the desk.
+enum Attempt {
+    /// Appended, or failed with its reply sent.
+    Done,
+    /// For the worker (its topic is not known yet), its room reserved.
+    HandOver(Reply),
+    /// No buffer room now, or records of its topic are still with the worker.
+    Wait(Reply),
 }
 
 /// A handle to the producer; clone it freely. On tokio (the default, `Producer`) it is
@@ -382,7 +397,7 @@ pub(crate) enum Command {
 #[derive(Debug)]
 pub struct Producer<R: Runtime = Tokio> {
     commands: mpsc::Sender<Command>,
-    room: Arc<Semaphore>,
+    desk: Arc<Desk>,
     buffer_bytes: usize,
     max_block: Duration,
     counters: Arc<Counters>,
@@ -393,7 +408,7 @@ impl<R: Runtime> Clone for Producer<R> {
     fn clone(&self) -> Self {
         Self {
             commands: self.commands.clone(),
-            room: Arc::clone(&self.room),
+            desk: Arc::clone(&self.desk),
             buffer_bytes: self.buffer_bytes,
             max_block: self.max_block,
             counters: Arc::clone(&self.counters),
@@ -427,7 +442,7 @@ impl Producer<Glommio> {
 
 impl<R: Runtime> Producer<R> {
     fn spawn(config: ProducerConfig) -> Self {
-        // Every queued record holds at least RECORD_OVERHEAD_BYTES of buffer room, so the
+        // Every handed record holds at least RECORD_OVERHEAD_BYTES of buffer room, so the
         // buffer bounds the queue; the capacity only makes that explicit.
         let capacity =
             config.batching.buffer_memory_bytes / crate::accumulator::RECORD_OVERHEAD_BYTES + 64;
@@ -435,12 +450,14 @@ impl<R: Runtime> Producer<R> {
         let buffer_bytes = config.batching.buffer_memory_bytes;
         let max_block = config.max_block;
         let counters = Arc::new(Counters::default());
-        let room = Arc::new(Semaphore::new(buffer_bytes));
-        let worker = Worker::new(config, Arc::clone(&room), Arc::clone(&counters));
+        // A producer with an outbox batches the outbox's records in the accumulator too:
+        // its sends all go through the worker.
+        let desk = Arc::new(Desk::new(config.batching, config.outbox.is_none()));
+        let worker = Worker::new(config, Arc::clone(&desk), Arc::clone(&counters));
         R::spawn_worker(worker, receiver);
         Self {
             commands,
-            room,
+            desk,
             buffer_bytes,
             max_block,
             counters,
@@ -496,15 +513,17 @@ impl<R: Runtime> Producer<R> {
             .await;
     }
 
-    /// Reserves the record's buffer room and hands it to the worker, or reports why not.
+    /// Appends the record to its batch (or hands it to the worker, for a topic it does
+    /// not know yet), once there is buffer room for it, or reports why not.
     async fn queue(&self, record: Record, reply: Reply) {
         // A worker that is gone (its task ended) gives no room back: say so at once
         // rather than waiting `max_block` for room.
         if self.commands.is_closed() {
             return reply.send(Err(ProduceError::Closed));
         }
+        let headers = record.header_refs();
         // The size does not depend on the timestamp: no clock read for it.
-        let size = record_size(&record.outgoing_at(&record.header_refs(), 0));
+        let size = record_size(&record.outgoing_at(&headers, 0));
         if size > self.buffer_bytes {
             reply.send(Err(ProduceError::Rejected(AppendError::RecordTooLarge {
                 record_bytes: size,
@@ -512,31 +531,88 @@ impl<R: Runtime> Producer<R> {
             })));
             return;
         }
-        // Room at once is the common case: no timer to arm for it.
-        let permit = match Arc::clone(&self.room).try_acquire_many_owned(size as u32) {
-            Ok(permit) => permit,
-            Err(tokio::sync::TryAcquireError::Closed) => {
-                return reply.send(Err(ProduceError::Closed));
+        let mut reply = match self.try_append(&record, &headers, size, reply) {
+            Attempt::Done => {
+                // A caller sending in a loop lets the worker run now and then.
+                return R::yield_if_needed().await;
             }
-            Err(tokio::sync::TryAcquireError::NoPermits) => {
-                let acquire = Arc::clone(&self.room).acquire_many_owned(size as u32);
-                match crate::runtime::timeout::<R, _>(self.max_block, acquire).await {
-                    Some(Ok(permit)) => permit,
-                    Some(Err(_)) => return reply.send(Err(ProduceError::Closed)),
-                    None => {
-                        return reply.send(Err(ProduceError::BufferFull {
-                            waited: self.max_block,
-                            buffer_bytes: self.buffer_bytes,
-                        }));
-                    }
-                }
+            Attempt::HandOver(reply) => return self.hand_over(record, reply, size).await,
+            Attempt::Wait(reply) => reply,
+        };
+        let give_up_at = Instant::now() + self.max_block;
+        loop {
+            // Listening before looking again: room given back in between still wakes it.
+            let room = self.desk.room.notified();
+            let mut room = std::pin::pin!(room);
+            room.as_mut().enable();
+            match self.try_append(&record, &headers, size, reply) {
+                Attempt::Done => return,
+                Attempt::HandOver(unsent) => return self.hand_over(record, unsent, size).await,
+                Attempt::Wait(unsent) => reply = unsent,
+            }
+            let left = give_up_at.saturating_duration_since(Instant::now());
+            if crate::runtime::timeout::<R, _>(left, room).await.is_none() {
+                return reply.send(Err(ProduceError::BufferFull {
+                    waited: self.max_block,
+                    buffer_bytes: self.buffer_bytes,
+                }));
+            }
+        }
+    }
+
+    /// Appends the record at the desk if there is room and its topic is known; a handed
+    /// record has its room reserved.
+    fn try_append(
+        &self,
+        record: &Record,
+        headers: &[(&str, &[u8])],
+        size: usize,
+        reply: Reply,
+    ) -> Attempt {
+        let mut desk = self.desk.lock();
+        if desk.closed {
+            drop(desk);
+            reply.send(Err(ProduceError::Closed));
+            return Attempt::Done;
+        }
+        if !desk.has_room(size) {
+            return Attempt::Wait(reply);
+        }
+        let partitions = match desk.direct(&record.topic) {
+            Direct::Append(partitions) => partitions,
+            Direct::AfterHanded => return Attempt::Wait(reply),
+            Direct::HandOver => {
+                desk.hand(&record.topic, size);
+                return Attempt::HandOver(reply);
             }
         };
-        if let Err(mpsc::error::SendError(Command::Send(_, reply, _))) = self
-            .commands
-            .send(Command::Send(record, reply, permit))
-            .await
+        let now = Instant::now();
+        let timestamp = record.timestamp_ms.unwrap_or_else(|| desk.now_ms(now));
+        let appended = desk.append(
+            &record.outgoing_at(headers, timestamp),
+            partitions,
+            reply,
+            now,
+        );
+        drop(desk);
+        match appended {
+            Ok(appended) if appended.ring => self.desk.bell.notify_one(),
+            Ok(_) => {}
+            Err((reply, error)) => {
+                Counters::add(&self.counters.records_failed, 1);
+                reply.send(Err(ProduceError::Rejected(error)));
+            }
+        }
+        Attempt::Done
+    }
+
+    /// Hands a record (its room reserved) to the worker.
+    async fn hand_over(&self, record: Record, reply: Reply, size: usize) {
+        let record_topic = record.topic.clone();
+        if let Err(mpsc::error::SendError(Command::Send(_, reply, _))) =
+            self.commands.send(Command::Send(record, reply, size)).await
         {
+            self.desk.lock().unhand(&record_topic, size);
             reply.send(Err(ProduceError::Closed));
         }
     }

@@ -1,6 +1,7 @@
-//! The producer's background task: it owns the accumulator, the routes and the outbox,
-//! and keeps up to `max_in_flight_per_shard` produce requests in flight per broker shard
-//! while it goes on accumulating.
+//! The producer's background task: it owns the routes and the outbox, dispatches the
+//! batches closed at the [`Desk`] (by sends, by their linger, by a flush), and keeps up
+//! to `max_in_flight_per_shard` produce requests in flight per broker shard while sends
+//! go on appending.
 //!
 //! Ordering: ready batches join their shard's queue in the order they were closed. A
 //! request (a *sortie*) takes the shard's oldest queued batch of each partition that has
@@ -30,10 +31,11 @@ use std::time::{Duration, Instant};
 
 use flumen_protocol::record::BatchView;
 use flumen_protocol::wire::ErrorCode;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::mpsc;
 
+use super::desk::{Desk, Waiting};
 use super::{Command, Counters, Delivery, ProduceError, ProducerConfig, Record, Reply};
-use crate::accumulator::{Accumulator, AppendError, ReadyBatch};
+use crate::accumulator::{AppendError, ReadyBatch};
 use crate::fast_hash::{FastMap, FastSet};
 use crate::operation::{ProduceBatches, ProducePart};
 use crate::outbox::Outbox;
@@ -42,74 +44,17 @@ use crate::{Acks, ClientError};
 
 /// The runtimes' timers fire on millisecond ticks: a linger shorter than this is also
 /// checked whenever a record arrives for the partition.
-const TIMER_RESOLUTION: std::time::Duration = std::time::Duration::from_millis(1);
+pub(crate) const TIMER_RESOLUTION: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Commands handled in one pass of the worker's loop before it looks at its timers and
 /// landings again.
 const COMMANDS_PER_PASS: usize = 256;
-
-/// Batches of each partition dispatched and not yet resolved (queued or in flight).
-type Unresolved = FastMap<String, FastMap<u32, usize>>;
-
-/// Whether a partition may have its open batch closed and sent: nothing of it is queued
-/// or in flight. Until then records keep joining the open batch.
-fn sendable(unresolved: &Unresolved, topic: &str, partition: u32) -> bool {
-    unresolved
-        .get(topic)
-        .and_then(|partitions| partitions.get(&partition))
-        .is_none_or(|&count| count == 0)
-}
 
 /// Where each topic's partitions lead, from Metadata.
 #[derive(Default)]
 struct Routes {
     /// Leader shard of each partition, by topic.
     partitions: FastMap<String, Vec<u32>>,
-}
-
-/// The records waiting for their batch's outcome, by id. Ids are handed out in order and
-/// each is taken once, so a deque starting at the oldest id still waiting serves as the
-/// map: no hashing (removing from a hash map of the in-flight records was 6 % of the
-/// load generator's core), and the front is dropped as it completes. An id that never
-/// waited (its record failed first) leaves an empty slot.
-#[derive(Default)]
-struct WaitingRecords {
-    first_id: u64,
-    slots: VecDeque<Option<Waiting>>,
-}
-
-impl WaitingRecords {
-    /// Adds the record with `id`, which must be later than every id added before.
-    fn insert(&mut self, id: u64, waiting: Waiting) {
-        if self.slots.is_empty() {
-            self.first_id = id;
-        }
-        let index = (id - self.first_id) as usize;
-        assert!(index >= self.slots.len(), "waiting ids are added in order");
-        self.slots.resize_with(index, || None);
-        self.slots.push_back(Some(waiting));
-    }
-
-    /// Takes the record with `id`, if it waits.
-    fn remove(&mut self, id: u64) -> Option<Waiting> {
-        let index = usize::try_from(id.checked_sub(self.first_id)?).ok()?;
-        let taken = self.slots.get_mut(index)?.take();
-        while matches!(self.slots.front(), Some(None)) {
-            self.slots.pop_front();
-            self.first_id += 1;
-        }
-        taken
-    }
-}
-
-/// A record waiting for its batch's outcome.
-struct Waiting {
-    partition: u32,
-    reply: Reply,
-    /// Buffer bytes the record holds: its permits were taken from the room semaphore and
-    /// are given back, a batch's at once, when it is resolved (one release per batch, not
-    /// one per record).
-    room_bytes: u32,
 }
 
 /// A batch on its way, with the time it must be acknowledged by.
@@ -360,17 +305,13 @@ impl<R: Runtime> Pilot<R> {
 
 pub(crate) struct Worker<R: Runtime> {
     config: ProducerConfig,
-    /// The time read once per burst of commands (monotonic, and wall-clock ms for
-    /// record timestamps): a burst is handled within well under a millisecond, and
-    /// reading the clock per record was a measurable share of the producer's core.
-    clock: (Instant, i64),
-    /// The buffer's room, shared with `send`.
-    room: Arc<Semaphore>,
+    /// The accumulator, the waiting records and the buffer's bound, shared with `send`.
+    desk: Arc<Desk>,
     pilot: Pilot<R>,
-    accumulator: Accumulator,
-    waiting: WaitingRecords,
     routes: Routes,
-    next_id: u64,
+    /// Ids of outbox records in batches (no send waits for them): counted down from the
+    /// top, apart from the sends' ids.
+    outbox_ids: u64,
     counters: Arc<Counters>,
     /// Ready batches per shard, oldest first, not yet in flight.
     queues: HashMap<u32, VecDeque<Flight>>,
@@ -380,10 +321,8 @@ pub(crate) struct Worker<R: Runtime> {
     flying: HashMap<u32, usize>,
     /// Shards whose queue or slots changed since their last launch.
     launching: Vec<u32>,
-    /// Batches dispatched and not yet resolved, per partition.
-    unresolved: Unresolved,
-    /// Partitions whose open batch may have become sendable since the last check.
-    touched: Vec<(String, u32)>,
+    /// Replies of a resolved batch, taken from the desk to be sent outside its lock.
+    replies: Vec<(usize, Waiting)>,
     /// Connections not in use, per shard.
     idle: HashMap<u32, Vec<R::Connection>>,
     /// Sorties in flight report here.
@@ -403,11 +342,7 @@ pub(crate) struct Worker<R: Runtime> {
 }
 
 impl<R: Runtime> Worker<R> {
-    pub(super) fn new(
-        config: ProducerConfig,
-        room: Arc<Semaphore>,
-        counters: Arc<Counters>,
-    ) -> Self {
+    pub(super) fn new(config: ProducerConfig, desk: Arc<Desk>, counters: Arc<Counters>) -> Self {
         // Reports come from sorties holding their shard's slots; a full channel only makes
         // a sortie wait to report.
         let (landings, landed) = mpsc::channel(1024);
@@ -421,21 +356,17 @@ impl<R: Runtime> Worker<R> {
             counters: Arc::clone(&counters),
         };
         Self {
-            accumulator: Accumulator::new(config.batching),
-            clock: (Instant::now(), super::now_ms()),
             config,
-            room,
+            desk,
             pilot,
-            waiting: WaitingRecords::default(),
             routes: Routes::default(),
-            next_id: 0,
+            outbox_ids: 0,
             counters,
             queues: HashMap::new(),
             busy: FastSet::default(),
             flying: HashMap::new(),
             launching: Vec::new(),
-            unresolved: Unresolved::default(),
-            touched: Vec::new(),
+            replies: Vec::new(),
             idle: HashMap::new(),
             landings,
             landed,
@@ -446,11 +377,6 @@ impl<R: Runtime> Worker<R> {
             outbox_chunk_end: 0,
             outbox_error: None,
         }
-    }
-
-    /// Reads the clock for the commands handled next.
-    fn tick(&mut self) {
-        self.clock = (Instant::now(), super::now_ms());
     }
 
     fn idempotent(&self) -> bool {
@@ -475,12 +401,13 @@ impl<R: Runtime> Worker<R> {
                 }
             }
         }
+        let desk = Arc::clone(&self.desk);
         loop {
             self.publish_gauges();
             let deadline = {
-                let unresolved = &self.unresolved;
-                self.accumulator
-                    .next_deadline(|topic, partition| sendable(unresolved, topic, partition))
+                let mut desk = desk.lock();
+                desk.set_clock();
+                desk.next_deadline()
             };
             let sleep = async move {
                 match deadline {
@@ -500,7 +427,6 @@ impl<R: Runtime> Worker<R> {
                         self.settle().await;
                         return;
                     };
-                    self.tick();
                     if !self.handle(command, &mut commands).await {
                         return;
                     }
@@ -514,54 +440,40 @@ impl<R: Runtime> Worker<R> {
                             return;
                         }
                     }
-                    self.send_touched();
-                    self.launch_pending();
                 }
+                () = desk.bell.notified() => {}
                 Some(report) = self.landed.recv(), if self.in_flight > 0 => {
                     self.land(report).await;
                     while let Ok(report) = self.landed.try_recv() {
                         self.land(report).await;
                     }
-                    self.send_touched();
-                    self.launch_pending();
                 }
                 () = drain_due, if draining => {
                     self.drain_outbox().await;
                     self.next_drain = Instant::now() + self.config.retry_backoff_max;
                 }
-                () = sleep => {
-                    let routes = &self.routes.partitions;
-                    let unresolved = &self.unresolved;
-                    let expired = self.accumulator.expired(
-                        Instant::now(),
-                        |topic| routes.get(topic).map_or(1, |leaders| leaders.len() as u32),
-                        |topic, partition| sendable(unresolved, topic, partition),
-                    );
-                    for batch in expired {
-                        self.dispatch(batch);
-                    }
-                    self.launch_pending();
-                }
+                () = sleep => desk.lock().close_expired(Instant::now()),
             }
+            self.collect();
+            self.launch_pending();
         }
     }
 
     /// Handles one command; false once the producer is closed.
     async fn handle(&mut self, command: Command, commands: &mut mpsc::Receiver<Command>) -> bool {
         match command {
-            Command::Send(record, reply, room) => self.append(record, reply, room).await,
+            Command::Send(record, reply, size) => self.append(record, reply, size).await,
             Command::Flush(done) => {
                 self.settle().await;
-                self.tick();
                 let _ = done.send(());
             }
             Command::Close(done) => {
+                self.desk.lock().closed = true;
                 commands.close();
                 while let Some(command) = commands.recv().await {
-                    self.tick();
                     match command {
-                        Command::Send(record, reply, room) => {
-                            self.append(record, reply, room).await
+                        Command::Send(record, reply, size) => {
+                            self.append(record, reply, size).await
                         }
                         Command::Flush(done) | Command::Close(done) => drop(done),
                     }
@@ -575,34 +487,22 @@ impl<R: Runtime> Worker<R> {
         true
     }
 
-    /// Sends the open batches of the partitions that took records or had a batch
-    /// resolved since the last check, where the linger has passed and the partition has
-    /// nothing on its way. (Lingers passing with time are the timer's.)
-    fn send_touched(&mut self) {
-        if self.touched.is_empty() {
-            return;
-        }
-        let now = Instant::now();
-        let mut touched = std::mem::take(&mut self.touched);
-        touched.sort_unstable();
-        touched.dedup();
-        for (topic, partition) in touched.drain(..) {
-            if !sendable(&self.unresolved, &topic, partition) {
-                continue;
+    /// Dispatches the batches closed at the desk since the last call, oldest first,
+    /// after closing those of the partitions touched whose linger has passed.
+    fn collect(&mut self) {
+        let (ready, stamped) = {
+            let mut desk = self.desk.lock();
+            if !desk.touched.is_empty() {
+                desk.close_touched(Instant::now());
             }
-            let partitions = self
-                .routes
-                .partitions
-                .get(&topic)
-                .map_or(1, |leaders| leaders.len() as u32);
-            if let Some(batch) = self
-                .accumulator
-                .close_if_expired(&topic, partition, now, partitions)
-            {
-                self.dispatch(batch);
+            if desk.ready.is_empty() {
+                return;
             }
+            (std::mem::take(&mut desk.ready), desk.accumulator.producer())
+        };
+        for batch in ready {
+            self.dispatch(batch, stamped);
         }
-        self.touched = touched;
     }
 
     fn publish_gauges(&self) {
@@ -620,21 +520,48 @@ impl<R: Runtime> Worker<R> {
             .collect()
     }
 
-    async fn append(&mut self, record: Record, reply: Reply, room: OwnedSemaphorePermit) {
-        // A known topic needs no await (the common case, once per record).
+    /// Appends a record `send` handed over (its topic was not known yet, or the
+    /// producer has an outbox), once its topic's metadata is known. `size` is the
+    /// buffer room `send` reserved for it.
+    async fn append(&mut self, record: Record, reply: Reply, size: usize) {
+        // A known topic needs no await.
         let known = self.routes.partitions.get(&record.topic).map(Vec::len);
-        let ready = known.filter(|_| !self.idempotent() || self.accumulator.producer().is_some());
-        let prepared = match ready {
+        let producer_ready =
+            !self.idempotent() || self.desk.lock().accumulator.producer().is_some();
+        let prepared = match known.filter(|_| producer_ready) {
             Some(count) => Ok(count as u32),
-            None => {
-                let prepared = self.prepare(&record.topic).await;
-                self.tick();
-                prepared
-            }
+            None => self.prepare(&record.topic).await,
         };
         let partitions = match prepared {
             Ok(count) => count,
-            Err(ProduceError::TimedOut(reason)) if self.outbox.is_some() => {
+            Err(error) => {
+                self.desk.lock().unhand(&record.topic, size);
+                self.desk.room.notify_waiters();
+                return self.fail_unappended(record, reply, error);
+            }
+        };
+        let headers = record.header_refs();
+        let mut desk = self.desk.lock();
+        desk.unhand(&record.topic, size);
+        let now = Instant::now();
+        let timestamp = record.timestamp_ms.unwrap_or_else(|| desk.now_ms(now));
+        let outgoing = record.outgoing_at(&headers, timestamp);
+        // Cannot fail for room: `send` reserved it.
+        let appended = desk.append(&outgoing, partitions, reply, now);
+        drop(desk);
+        // Sends waiting for this topic's handed records to be appended may go on.
+        self.desk.room.notify_waiters();
+        if let Err((reply, error)) = appended {
+            Counters::add(&self.counters.records_failed, 1);
+            reply.send(Err(ProduceError::Rejected(error)));
+        }
+    }
+
+    /// A handed record whose topic could not be prepared: into the outbox if the broker
+    /// is unreachable and there is one, failed otherwise.
+    fn fail_unappended(&mut self, record: Record, reply: Reply, error: ProduceError) {
+        match error {
+            ProduceError::TimedOut(reason) if self.outbox.is_some() => {
                 let outbox = self.outbox.as_mut().expect("checked");
                 let result = match outbox.append(std::slice::from_ref(&record)) {
                     Ok(()) => {
@@ -650,76 +577,31 @@ impl<R: Runtime> Worker<R> {
                     ))),
                 };
                 reply.send(result);
-                return;
             }
-            Err(error) => {
+            error => {
                 Counters::add(&self.counters.records_failed, 1);
                 reply.send(Err(error));
-                return;
-            }
-        };
-        let id = self.next_id;
-        self.next_id += 1;
-        let headers = record.header_refs();
-        let (now, now_ms) = self.clock;
-        let outgoing = record.outgoing_at(&headers, record.timestamp_ms.unwrap_or(now_ms));
-        let mut result = self.accumulator.append(&outgoing, partitions, id, now);
-        if matches!(result, Err(AppendError::BufferFull { .. })) {
-            // Cannot happen while `send` reserves room first; kept as a backstop.
-            self.settle().await;
-            self.tick();
-            result = self
-                .accumulator
-                .append(&outgoing, partitions, id, self.clock.0);
-        }
-        match result {
-            Ok((partition, ready)) => {
-                let room_bytes = room.num_permits() as u32;
-                room.forget();
-                let waiting = Waiting {
-                    partition,
-                    reply,
-                    room_bytes,
-                };
-                self.waiting.insert(id, waiting);
-                match ready {
-                    Some(batch) => self.dispatch(batch),
-                    // Checked at the end of the burst: due at once with no linger, and a
-                    // linger shorter than the timer's millisecond ends with the first
-                    // record after it rather than on the next tick.
-                    None if self.config.batching.linger < TIMER_RESOLUTION => {
-                        self.touched.push((record.topic, partition))
-                    }
-                    None => {}
-                }
-            }
-            Err(error) => {
-                Counters::add(&self.counters.records_failed, 1);
-                reply.send(Err(ProduceError::Rejected(error)));
             }
         }
     }
 
     /// Sends every open batch and waits until everything sent has an outcome.
     async fn settle(&mut self) {
-        let partitions = self.partition_counts();
-        for batch in self
-            .accumulator
-            .drain(|topic| partitions.get(topic).copied().unwrap_or(1))
-        {
-            self.dispatch(batch);
-        }
+        self.desk.lock().close_all();
+        self.collect();
         self.launch_pending();
         while self.in_flight > 0 {
             let report = self.landed.recv().await.expect("the worker holds a sender");
             self.land(report).await;
+            self.collect();
             self.launch_pending();
         }
     }
 
     /// Queues a ready batch behind its shard's earlier batches; [`Self::launch_pending`]
-    /// sends it, once every batch made ready in the same pass has joined it.
-    fn dispatch(&mut self, batch: ReadyBatch) {
+    /// sends it, once every batch made ready in the same pass has joined it. `stamped`
+    /// is the producer id and epoch it was closed under.
+    fn dispatch(&mut self, batch: ReadyBatch, stamped: Option<(i64, i16)>) {
         let shard = self
             .routes
             .partitions
@@ -729,13 +611,6 @@ impl<R: Runtime> Worker<R> {
             .unwrap_or(0);
         // Counted from the batch's first record, the closest to its `send`.
         let deadline = batch.first_append + self.config.delivery_timeout;
-        let stamped = self.accumulator.producer();
-        *self
-            .unresolved
-            .entry(batch.topic.clone())
-            .or_default()
-            .entry(batch.partition)
-            .or_default() += 1;
         let flight = Flight {
             batch,
             deadline,
@@ -826,10 +701,27 @@ impl<R: Runtime> Worker<R> {
         sortie
     }
 
-    /// Stamps a batch with the current producer id and its partition's next sequence.
-    fn restamp(&mut self, flight: &mut Flight) {
-        self.accumulator.restamp(&mut flight.batch);
-        flight.stamped = self.accumulator.producer();
+    /// Takes a new producer id and stamps, in this order, `first`, every queued batch
+    /// and the batches closed at the desk but not dispatched yet (which then join their
+    /// queues) under it: all under the desk's lock, so that no send closes a batch under
+    /// the new id before the older ones have their sequence numbers.
+    fn adopt_producer(&mut self, producer_id: i64, epoch: i16, first: Option<&mut Flight>) {
+        let desk = Arc::clone(&self.desk);
+        let mut desk = desk.lock();
+        desk.accumulator.set_producer(producer_id, epoch);
+        let stamped = Some((producer_id, epoch));
+        for flight in first.into_iter().chain(self.queues.values_mut().flatten()) {
+            desk.accumulator.restamp(&mut flight.batch);
+            flight.stamped = stamped;
+        }
+        let mut ready = std::mem::take(&mut desk.ready);
+        for batch in &mut ready {
+            desk.accumulator.restamp(batch);
+        }
+        drop(desk);
+        for batch in ready {
+            self.dispatch(batch, stamped);
+        }
     }
 
     /// Handles a sortie's report: a batch's landing, or the sortie's end (its slot and
@@ -855,7 +747,8 @@ impl<R: Runtime> Worker<R> {
         };
         let key = (flight.batch.topic.clone(), flight.batch.partition);
         self.busy.remove(&key);
-        self.touched.push(key);
+        // Its open batch may be sendable now.
+        self.desk.lock().touched.push(key);
         match landed {
             Landed::Acked(base_offset) => self.finish(flight.batch, Ok(base_offset)),
             Landed::Failed(error) => self.finish(flight.batch, Err(error)),
@@ -863,52 +756,72 @@ impl<R: Runtime> Worker<R> {
                 if Instant::now() >= flight.deadline {
                     Counters::add(&self.counters.producer_id_resets, 1);
                     self.finish(flight.batch, Err(ProduceError::TimedOut(reason)));
-                } else if flight.stamped == self.accumulator.producer() {
+                } else if flight.stamped == self.desk.lock().accumulator.producer() {
                     // Every batch of this producer after the reset is stamped anew; the
                     // failed one goes first again.
                     Counters::add(&self.counters.producer_id_resets, 1);
-                    if self.new_producer_id().await.is_ok() {
-                        self.restamp(&mut flight);
-                        let mut queues = std::mem::take(&mut self.queues);
-                        for queued in queues.values_mut().flatten() {
-                            self.restamp(queued);
-                        }
-                        self.queues = queues;
+                    if let Ok((producer_id, epoch)) = self.request_producer_id().await {
+                        self.adopt_producer(producer_id, epoch, Some(&mut flight));
                     }
                     self.queues.entry(shard).or_default().push_front(flight);
                 } else {
                     // Stamped before a reset another batch already made: its partition's
-                    // queued batches took the new id first, so the partition starts over
-                    // with this batch ahead of them (none of them was sent).
+                    // later batches took the new id first, so the partition starts over
+                    // with this batch ahead of them (none of them was sent: a partition
+                    // has one batch in flight).
                     let (topic, partition) = (flight.batch.topic.clone(), flight.batch.partition);
-                    self.accumulator.restart_sequence(&topic, partition);
-                    self.restamp(&mut flight);
-                    let mut queue = self.queues.remove(&shard).unwrap_or_default();
-                    for queued in &mut queue {
-                        if queued.batch.topic == topic && queued.batch.partition == partition {
-                            self.restamp(queued);
-                        }
+                    let desk = Arc::clone(&self.desk);
+                    let mut desk = desk.lock();
+                    let stamped = desk.accumulator.producer();
+                    let mut ready = std::mem::take(&mut desk.ready);
+                    desk.accumulator.restart_sequence(&topic, partition);
+                    let of_partition =
+                        |batch: &ReadyBatch| batch.topic == topic && batch.partition == partition;
+                    desk.accumulator.restamp(&mut flight.batch);
+                    flight.stamped = stamped;
+                    let queue = self.queues.entry(shard).or_default();
+                    for queued in queue
+                        .iter_mut()
+                        .filter(|queued| of_partition(&queued.batch))
+                    {
+                        desk.accumulator.restamp(&mut queued.batch);
+                        queued.stamped = stamped;
                     }
+                    for batch in ready.iter_mut().filter(|batch| of_partition(batch)) {
+                        desk.accumulator.restamp(batch);
+                    }
+                    drop(desk);
                     queue.push_front(flight);
-                    self.queues.insert(shard, queue);
+                    for batch in ready {
+                        self.dispatch(batch, stamped);
+                    }
                 }
             }
         }
         self.launching.push(shard);
     }
 
+    /// Gives a resolved outbox batch's buffer room back.
+    fn release(&self, payload_bytes: usize) {
+        self.desk.lock().accumulator.release(payload_bytes);
+        self.desk.room.notify_waiters();
+    }
+
     /// Resolves a batch's records: delivered, queued in the outbox, or failed.
     fn finish(&mut self, batch: ReadyBatch, outcome: Result<u64, ProduceError>) {
-        if let Some(partitions) = self.unresolved.get_mut(&batch.topic) {
-            if let Some(count) = partitions.get_mut(&batch.partition) {
-                *count -= 1;
-                if *count == 0 {
-                    partitions.remove(&batch.partition);
+        let mut replies = std::mem::take(&mut self.replies);
+        {
+            let mut desk = self.desk.lock();
+            desk.resolved_batch(&batch);
+            desk.accumulator.release(batch.payload_bytes);
+            for (index, id) in batch.record_ids.iter().enumerate() {
+                if let Some(waiting) = desk.waiting.remove(*id) {
+                    replies.push((index, waiting));
                 }
             }
         }
+        self.desk.room.notify_waiters();
         let acknowledged = self.config.acks != Acks::None;
-        self.accumulator.release(batch.payload_bytes);
         let records = batch.record_count() as u64;
         let outcome = match outcome {
             Err(ProduceError::TimedOut(reason)) if self.outbox.is_some() => {
@@ -935,28 +848,25 @@ impl<R: Runtime> Worker<R> {
             Ok(None) => Counters::add(&self.counters.records_outboxed, records),
             Err(_) => Counters::add(&self.counters.records_failed, records),
         }
-        let mut room_bytes = 0usize;
-        for (index, id) in batch.record_ids.iter().enumerate() {
-            if let Some(waiting) = self.waiting.remove(*id) {
-                room_bytes += waiting.room_bytes as usize;
-                let result = outcome.clone().map(|base_offset| Delivery {
-                    partition: Some(waiting.partition),
-                    offset: base_offset
-                        .filter(|_| acknowledged)
-                        .map(|base_offset| base_offset + index as u64),
-                    queued_in_outbox: base_offset.is_none(),
-                });
-                waiting.reply.send(result);
-            }
+        // Outside the desk's lock: a callback may send.
+        for (index, waiting) in replies.drain(..) {
+            let result = outcome.clone().map(|base_offset| Delivery {
+                partition: Some(waiting.partition),
+                offset: base_offset
+                    .filter(|_| acknowledged)
+                    .map(|base_offset| base_offset + index as u64),
+                queued_in_outbox: base_offset.is_none(),
+            });
+            waiting.reply.send(result);
         }
-        self.room.add_permits(room_bytes);
+        self.replies = replies;
     }
 
     /// Makes sure the topic's metadata (and, when idempotent, a producer id) is known,
     /// retrying for up to `max_block`; returns the topic's partition count.
     async fn prepare(&mut self, topic: &str) -> Result<u32, ProduceError> {
         if let Some(leaders) = self.routes.partitions.get(topic) {
-            if !self.idempotent() || self.accumulator.producer().is_some() {
+            if !self.idempotent() || self.desk.lock().accumulator.producer().is_some() {
                 return Ok(leaders.len() as u32);
             }
         }
@@ -985,21 +895,24 @@ impl<R: Runtime> Worker<R> {
     }
 
     async fn try_prepare(&mut self, topic: &str) -> Result<u32, ClientError> {
-        if self.idempotent() && self.accumulator.producer().is_none() {
-            self.new_producer_id().await?;
+        if self.idempotent() && self.desk.lock().accumulator.producer().is_none() {
+            let (producer_id, epoch) = self.request_producer_id().await?;
+            self.adopt_producer(producer_id, epoch, None);
         }
         if !self.routes.partitions.contains_key(topic) {
             let leaders = crate::routing::leaders::<R>(&self.config.bootstrap, topic).await?;
             self.routes.partitions.insert(topic.to_owned(), leaders);
         }
-        Ok(self.routes.partitions.get(topic).map_or(0, Vec::len) as u32)
+        let partitions = self.routes.partitions.get(topic).map_or(0, Vec::len) as u32;
+        // From now on sends of this topic append themselves.
+        self.desk.lock().known.insert(topic.to_owned(), partitions);
+        Ok(partitions)
     }
 
-    async fn new_producer_id(&mut self) -> Result<(), ClientError> {
+    /// A new producer id and epoch from the broker (see [`Self::adopt_producer`]).
+    async fn request_producer_id(&mut self) -> Result<(i64, i16), ClientError> {
         let mut client = crate::runtime::connect::<R>(&self.config.bootstrap).await?;
-        let (producer_id, epoch) = client.init_producer_id().await?;
-        self.accumulator.set_producer(producer_id, epoch);
-        Ok(())
+        client.init_producer_id().await
     }
 
     /// Appends a batch's records to the outbox, each with the partition it was given.
@@ -1039,7 +952,7 @@ impl<R: Runtime> Worker<R> {
                 let flight = Flight {
                     batch,
                     deadline: Instant::now() + self.config.retry_backoff_max,
-                    stamped: self.accumulator.producer(),
+                    stamped: self.desk.lock().accumulator.producer(),
                 };
                 let mut client = self.idle.get_mut(&u32::MAX).and_then(Vec::pop);
                 let landings = self
@@ -1056,17 +969,22 @@ impl<R: Runtime> Worker<R> {
                 let mut batch = flight.batch;
                 match landed {
                     Landed::Acked(_) => {
-                        self.accumulator.release(batch.payload_bytes);
+                        self.release(batch.payload_bytes);
                         let records = batch.record_count() as u64;
                         Counters::add(&self.counters.records_delivered, records);
                         Counters::add(&self.counters.batches_delivered, 1);
                     }
                     Landed::NewProducerId(_) => {
                         Counters::add(&self.counters.producer_id_resets, 1);
-                        if self.new_producer_id().await.is_ok() {
-                            self.accumulator.restamp(&mut batch);
+                        if let Ok((producer_id, epoch)) = self.request_producer_id().await {
+                            // Nothing else is queued or closed meanwhile: the outbox is
+                            // drained after a settle, and its producer's sends all go
+                            // through this task.
+                            let mut desk = self.desk.lock();
+                            desk.accumulator.set_producer(producer_id, epoch);
+                            desk.accumulator.restamp(&mut batch);
                             for queued in &mut self.outbox_chunk {
-                                self.accumulator.restamp(queued);
+                                desk.accumulator.restamp(queued);
                             }
                         }
                         self.outbox_chunk.push_front(batch);
@@ -1081,7 +999,7 @@ impl<R: Runtime> Worker<R> {
                         // Refused for good (topic deleted, batch too large): these
                         // records can never be published; count them and go on, so one
                         // bad batch does not hold the outbox forever.
-                        self.accumulator.release(batch.payload_bytes);
+                        self.release(batch.payload_bytes);
                         let records = batch.record_count() as u64;
                         Counters::add(&self.counters.records_failed, records);
                         self.outbox_error = Some(format!("outbox records refused: {error}"));
@@ -1122,12 +1040,15 @@ impl<R: Runtime> Worker<R> {
                 Err(ProduceError::TimedOut(_)) => {
                     // Not reachable yet: what was batched is read again next time.
                     let counts = self.partition_counts();
-                    for batch in self
+                    let mut desk = self.desk.lock();
+                    for batch in desk
                         .accumulator
                         .drain(|topic| counts.get(topic).copied().unwrap_or(1))
                     {
-                        self.accumulator.release(batch.payload_bytes);
+                        desk.accumulator.release(batch.payload_bytes);
                     }
+                    drop(desk);
+                    self.desk.room.notify_waiters();
                     self.outbox_chunk.clear();
                     return false;
                 }
@@ -1142,12 +1063,14 @@ impl<R: Runtime> Worker<R> {
             let headers = entry.record.header_refs();
             let outgoing = entry.record.outgoing(&headers);
             // Outbox records have no reply waiting: ids no send uses.
-            let id = u64::MAX - self.next_id;
-            self.next_id += 1;
-            match self
-                .accumulator
-                .append(&outgoing, partitions, id, Instant::now())
-            {
+            let id = u64::MAX - self.outbox_ids;
+            self.outbox_ids += 1;
+            let appended =
+                self.desk
+                    .lock()
+                    .accumulator
+                    .append(&outgoing, partitions, id, Instant::now());
+            match appended {
                 Ok((_, Some(full))) => self.outbox_chunk.push_back(full),
                 Ok((_, None)) => {}
                 // No room: this entry and the rest wait for the next chunk.
@@ -1166,48 +1089,12 @@ impl<R: Runtime> Worker<R> {
         };
         let counts = self.partition_counts();
         let rest = self
+            .desk
+            .lock()
             .accumulator
             .drain(|topic| counts.get(topic).copied().unwrap_or(1));
         self.outbox_chunk.extend(rest);
         self.outbox_chunk_end = end;
         true
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn waiting(partition: u32) -> Waiting {
-        Waiting {
-            partition,
-            reply: Reply::future(tokio::sync::oneshot::channel().0),
-            room_bytes: 1,
-        }
-    }
-
-    #[test]
-    fn waiting_records_are_taken_once_in_any_order_and_the_front_is_dropped() {
-        let mut records = WaitingRecords::default();
-        records.insert(10, waiting(0));
-        records.insert(11, waiting(1));
-        // Id 12 failed before it waited: an empty slot.
-        records.insert(13, waiting(3));
-        assert_eq!(records.remove(11).map(|w| w.partition), Some(1));
-        assert!(records.remove(11).is_none(), "taken once");
-        assert!(records.remove(12).is_none());
-        assert_eq!(records.slots.len(), 4, "the front still waits");
-        assert_eq!(records.remove(10).map(|w| w.partition), Some(0));
-        assert_eq!((records.first_id, records.slots.len()), (13, 1));
-        assert!(
-            records.remove(u64::MAX - 3).is_none(),
-            "outbox ids never wait"
-        );
-        assert!(records.remove(9).is_none());
-        assert_eq!(records.remove(13).map(|w| w.partition), Some(3));
-        assert!(records.slots.is_empty());
-        // Empty, it starts again at the next id.
-        records.insert(20, waiting(5));
-        assert_eq!(records.remove(20).map(|w| w.partition), Some(5));
     }
 }
