@@ -267,6 +267,80 @@ async fn callbacks_report_every_outcome_once() {
     );
 }
 
+/// A borrowed record is copied before its send returns: one buffer rewritten for every
+/// record still stores each record's own bytes, whether the send appended it itself or
+/// handed it to the worker (the first ones, while the topic's metadata was fetched).
+#[tokio::test(flavor = "current_thread")]
+async fn borrowed_records_are_copied_before_the_send_returns() {
+    use flumen_client::RecordRef;
+
+    let broker = EmbeddedBroker::start().unwrap();
+    let mut admin = Client::connect(broker.bootstrap()).unwrap();
+    admin.create_topic("borrowed", 2, &[]).unwrap();
+    let producer = Producer::start(ProducerConfig::new(broker.bootstrap().to_string()));
+    let mut value = [0u8; 32];
+    let mut key = Vec::new();
+    let mut deliveries = Vec::new();
+    for index in 0..2_000u32 {
+        value.fill(b'a' + (index % 26) as u8);
+        value[..4].copy_from_slice(&index.to_le_bytes());
+        key.clear();
+        key.extend_from_slice(format!("key-{}", index % 7).as_bytes());
+        let headers = [("index", &value[..4])];
+        let record = RecordRef::new("borrowed", &value)
+            .with_key(&key)
+            .with_headers(&headers);
+        let delivery = if index % 2 == 0 {
+            producer.send_ref(&record).await
+        } else {
+            let (sender, receiver) = tokio::sync::oneshot::channel();
+            producer
+                .send_ref_with(&record, move |outcome| {
+                    let _ = sender.send(outcome);
+                })
+                .await;
+            let delivery = async move { receiver.await.expect("the callback runs") };
+            deliveries.push((index, Box::pin(delivery) as DeliveryBox));
+            continue;
+        };
+        deliveries.push((index, Box::pin(delivery)));
+    }
+    let mut at = HashMap::new();
+    for (index, delivery) in deliveries {
+        let delivered = delivery.await.expect("delivered");
+        at.insert(
+            (delivered.partition.unwrap(), delivered.offset.unwrap()),
+            index,
+        );
+    }
+    producer.close().await;
+    let mut seen = 0;
+    for partition in 0..2 {
+        let fetched = admin.fetch("borrowed", partition, 0, 4 << 20, 0).unwrap();
+        for batch in fetched.batches().unwrap() {
+            for stored in batch.records() {
+                let index = at[&(partition, stored.offset())];
+                let value = stored.value().unwrap();
+                assert_eq!(&value[..4], &index.to_le_bytes());
+                assert!(value[4..]
+                    .iter()
+                    .all(|&byte| byte == b'a' + (index % 26) as u8));
+                let expected_key = format!("key-{}", index % 7);
+                assert_eq!(stored.key(), Some(expected_key.as_bytes()));
+                let headers: Vec<(&str, &[u8])> = stored.headers().collect();
+                assert_eq!(headers, vec![("index", &index.to_le_bytes()[..])]);
+                seen += 1;
+            }
+        }
+    }
+    assert_eq!(seen, 2_000);
+}
+
+/// A delivery awaited either way: a `DeliveryFuture` or a callback's outcome.
+type DeliveryBox = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<flumen_client::Delivery, ProduceError>>>,
+>;
+
 /// A request gathering several partitions' batches can be larger than the broker's
 /// frame limit though each batch fits: the broker refuses the frame, and the producer
 /// sends the same batches one per request instead of failing them.

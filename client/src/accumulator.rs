@@ -144,17 +144,70 @@ struct OpenBatch {
 /// Groups records into per-partition batches.
 pub struct Accumulator {
     config: AccumulatorConfig,
-    /// Open batches by topic, then partition (looked up by `&str`, no allocation).
-    open: FastMap<String, FastMap<u32, OpenBatch>>,
-    sticky: FastMap<String, u32>,
+    /// Every topic appended to, by name (looked up by `&str`, no allocation): one lookup
+    /// per record finds its open batches, sticky partition and sequences.
+    topics: FastMap<String, TopicBatches>,
     buffered_bytes: usize,
     producer: Option<(i64, i16)>,
-    sequences: FastMap<(String, u32), i32>,
-    /// Per partition, the encoded size and record count of its last batch: the next
-    /// one's buffers are sized from them.
-    last_sizes: FastMap<String, FastMap<u32, (usize, usize)>>,
     /// Open batches, all partitions together.
     open_batches: usize,
+}
+
+/// What the accumulator keeps for one topic.
+#[derive(Default)]
+struct TopicBatches {
+    /// Open batches by partition.
+    open: FastMap<u32, OpenBatch>,
+    /// Where keyless records go (sticky partitioning).
+    sticky: u32,
+    /// Each partition's next base sequence.
+    sequences: FastMap<u32, i32>,
+    /// Per partition, the encoded size and record count of its last batch: the next
+    /// one's buffers are sized from them.
+    last_sizes: FastMap<u32, (usize, usize)>,
+}
+
+impl TopicBatches {
+    /// The partition's next base sequence, advanced past `records` (wrapping like Kafka).
+    fn next_sequence(&mut self, partition: u32, records: usize) -> i32 {
+        let slot = self.sequences.entry(partition).or_insert(0);
+        let sequence = *slot;
+        *slot = ((i64::from(sequence) + records as i64) % (i64::from(i32::MAX) + 1)) as i32;
+        sequence
+    }
+}
+
+/// A topic's state, created on first use.
+fn topic_mut<'a>(
+    topics: &'a mut FastMap<String, TopicBatches>,
+    topic: &str,
+) -> &'a mut TopicBatches {
+    if !topics.contains_key(topic) {
+        topics.insert(topic.to_owned(), TopicBatches::default());
+    }
+    topics.get_mut(topic).expect("inserted above")
+}
+
+/// The partition a record goes to, given its topic's partition count and sticky
+/// partition.
+fn choose_partition(
+    record: &OutgoingRecord<'_>,
+    partitions: u32,
+    sticky: u32,
+) -> Result<u32, AppendError> {
+    match (record.partition, record.key) {
+        (Some(partition), _) if partition >= partitions => Err(AppendError::InvalidPartition {
+            partition,
+            partitions,
+        }),
+        (Some(partition), _) => Ok(partition),
+        (None, Some(key)) => Ok(partition_for_key(key, partitions)),
+        (None, None) if partitions == 0 => Err(AppendError::InvalidPartition {
+            partition: 0,
+            partitions,
+        }),
+        (None, None) => Ok(sticky % partitions),
+    }
 }
 
 impl Accumulator {
@@ -166,12 +219,9 @@ impl Accumulator {
         }
         Self {
             config,
-            open: FastMap::default(),
-            sticky: FastMap::default(),
+            topics: FastMap::default(),
             buffered_bytes: 0,
             producer: None,
-            sequences: FastMap::default(),
-            last_sizes: FastMap::default(),
             open_batches: 0,
         }
     }
@@ -180,7 +230,9 @@ impl Accumulator {
     /// starting at 0 in every partition.
     pub fn set_producer(&mut self, producer_id: i64, producer_epoch: i16) {
         self.producer = Some((producer_id, producer_epoch));
-        self.sequences.clear();
+        for topic in self.topics.values_mut() {
+            topic.sequences.clear();
+        }
     }
 
     /// The producer id and epoch batches are stamped with.
@@ -193,7 +245,10 @@ impl Accumulator {
     /// producer id the batch was built with).
     pub fn restamp(&mut self, batch: &mut ReadyBatch) {
         if let Some((producer_id, epoch)) = self.producer {
-            let sequence = self.next_sequence(&batch.topic, batch.partition, batch.record_count());
+            let records = batch.record_count();
+            let sequence = self
+                .topic_mut(&batch.topic)
+                .next_sequence(batch.partition, records);
             batch.batch.set_producer(producer_id, epoch, sequence);
         }
     }
@@ -201,18 +256,18 @@ impl Accumulator {
     /// Starts the partition's sequences over at 0 (its batches are about to be stamped
     /// again, in order, under a producer id the broker has seen nothing from for it).
     pub fn restart_sequence(&mut self, topic: &str, partition: u32) {
-        self.sequences.remove(&(topic.to_owned(), partition));
+        if let Some(topic) = self.topics.get_mut(topic) {
+            topic.sequences.remove(&partition);
+        }
     }
 
-    /// The partition's next base sequence, advanced past `records` (wrapping like Kafka).
-    fn next_sequence(&mut self, topic: &str, partition: u32, records: usize) -> i32 {
-        let slot = self
-            .sequences
-            .entry((topic.to_owned(), partition))
-            .or_insert(0);
-        let sequence = *slot;
-        *slot = ((i64::from(sequence) + records as i64) % (i64::from(i32::MAX) + 1)) as i32;
-        sequence
+    /// The topic's state, created on first use.
+    fn topic_mut(&mut self, topic: &str) -> &mut TopicBatches {
+        if !self.topics.contains_key(topic) {
+            self.topics
+                .insert(topic.to_owned(), TopicBatches::default());
+        }
+        self.topics.get_mut(topic).expect("inserted above")
     }
 
     /// Batches open (taking records), all partitions together.
@@ -231,19 +286,11 @@ impl Accumulator {
         record: &OutgoingRecord<'_>,
         partitions: u32,
     ) -> Result<u32, AppendError> {
-        match (record.partition, record.key) {
-            (Some(partition), _) if partition >= partitions => Err(AppendError::InvalidPartition {
-                partition,
-                partitions,
-            }),
-            (Some(partition), _) => Ok(partition),
-            (None, Some(key)) => Ok(partition_for_key(key, partitions)),
-            (None, None) if partitions == 0 => Err(AppendError::InvalidPartition {
-                partition: 0,
-                partitions,
-            }),
-            (None, None) => Ok(self.sticky.get(record.topic).copied().unwrap_or(0) % partitions),
-        }
+        let sticky = self
+            .topics
+            .get(record.topic)
+            .map_or(0, |topic| topic.sticky);
+        choose_partition(record, partitions, sticky)
     }
 
     /// Adds a record (with the caller's `id`) to its partition's batch. Returns the
@@ -255,7 +302,6 @@ impl Accumulator {
         id: u64,
         now: Instant,
     ) -> Result<(u32, Option<ReadyBatch>), AppendError> {
-        let partition = self.choose_partition(record, partitions)?;
         let size = record_size(record);
         if size > self.config.buffer_memory_bytes {
             return Err(AppendError::RecordTooLarge {
@@ -269,25 +315,22 @@ impl Accumulator {
                 limit_bytes: self.config.buffer_memory_bytes,
             });
         }
-        self.buffered_bytes += size;
-        if !self.open.contains_key(record.topic) {
-            self.open
-                .insert(record.topic.to_owned(), FastMap::default());
-        }
-        let batches = self.open.get_mut(record.topic).expect("inserted above");
-        let open = match batches.entry(partition) {
+        let batch_size_bytes = self.config.batch_size_bytes;
+        let topic = topic_mut(&mut self.topics, record.topic);
+        let partition = choose_partition(record, partitions, topic.sticky)?;
+        let open = match topic.open.entry(partition) {
             Entry::Occupied(open) => open.into_mut(),
             Entry::Vacant(slot) => {
                 // Room for as much as the partition's last batch held, and an eighth
                 // more, within twice the batch size.
-                let (bytes, records) = self
-                    .last_sizes
-                    .get(record.topic)
-                    .and_then(|sizes| sizes.get(&partition))
-                    .map_or((0, 0), |&(bytes, records)| {
-                        let bytes = (bytes + bytes / 8).min(2 * self.config.batch_size_bytes);
-                        (bytes, records + records / 8)
-                    });
+                let (bytes, records) =
+                    topic
+                        .last_sizes
+                        .get(&partition)
+                        .map_or((0, 0), |&(bytes, records)| {
+                            let bytes = (bytes + bytes / 8).min(2 * batch_size_bytes);
+                            (bytes, records + records / 8)
+                        });
                 self.open_batches += 1;
                 slot.insert(OpenBatch {
                     builder: BatchBuilder::with_capacity(record.timestamp_ms, bytes, records),
@@ -297,6 +340,7 @@ impl Accumulator {
                 })
             }
         };
+        self.buffered_bytes += size;
         open.builder.push(
             record.timestamp_ms,
             record.key,
@@ -305,7 +349,7 @@ impl Accumulator {
         );
         open.record_ids.push(id);
         open.charged_bytes += size;
-        if open.charged_bytes < self.config.batch_size_bytes {
+        if open.charged_bytes < batch_size_bytes {
             return Ok((partition, None));
         }
         Ok((partition, self.close(record.topic, partition, partitions)))
@@ -313,10 +357,11 @@ impl Accumulator {
 
     /// `(topic, partition)` of every open batch matching `due`.
     fn open_keys(&self, due: impl Fn(&str, u32, &OpenBatch) -> bool) -> Vec<(String, u32)> {
-        self.open
+        self.topics
             .iter()
             .flat_map(|(topic, batches)| {
                 batches
+                    .open
                     .iter()
                     .filter(|(partition, open)| due(topic, **partition, open))
                     .map(|(partition, _)| (topic.clone(), *partition))
@@ -353,7 +398,7 @@ impl Accumulator {
         now: Instant,
         partitions: u32,
     ) -> Option<ReadyBatch> {
-        let open = self.open.get(topic)?.get(&partition)?;
+        let open = self.topics.get(topic)?.open.get(&partition)?;
         if now.duration_since(open.first_append) < self.config.linger {
             return None;
         }
@@ -373,10 +418,11 @@ impl Accumulator {
 
     /// When the earliest linger of the partitions `sendable` accepts expires.
     pub fn next_deadline(&self, sendable: impl Fn(&str, u32) -> bool) -> Option<Instant> {
-        self.open
+        self.topics
             .iter()
             .flat_map(|(topic, batches)| {
                 batches
+                    .open
                     .iter()
                     .filter(|(partition, _)| sendable(topic, **partition))
                     .map(|(_, open)| open.first_append + self.config.linger)
@@ -393,22 +439,17 @@ impl Accumulator {
         self.buffered_bytes -= payload_bytes;
     }
 
-    fn close(&mut self, topic: &str, partition: u32, partitions: u32) -> Option<ReadyBatch> {
-        let key = (topic, partition);
-        let batches = self.open.get_mut(topic)?;
-        let mut open = batches.remove(&partition)?;
+    fn close(&mut self, topic_name: &str, partition: u32, partitions: u32) -> Option<ReadyBatch> {
+        let topic = self.topics.get_mut(topic_name)?;
+        let mut open = topic.open.remove(&partition)?;
         self.open_batches -= 1;
-        if batches.is_empty() {
-            self.open.remove(topic);
-        }
         if let Some((producer_id, epoch)) = self.producer {
-            let sequence = self.next_sequence(key.0, key.1, open.record_ids.len());
+            let sequence = topic.next_sequence(partition, open.record_ids.len());
             open.builder.producer(producer_id, epoch, sequence);
         }
         // Sticky partitioning: keyless records move on once this partition's batch is sent.
-        if self.sticky.get(key.0).copied().unwrap_or(0) % partitions.max(1) == key.1 {
-            self.sticky
-                .insert(key.0.to_owned(), (key.1 + 1) % partitions.max(1));
+        if topic.sticky % partitions.max(1) == partition {
+            topic.sticky = (partition + 1) % partitions.max(1);
         }
         // Cannot fail: validate() keeps every batch far inside the format's size limit,
         // and a batch has at least one record.
@@ -416,19 +457,12 @@ impl Accumulator {
             .builder
             .finish()
             .expect("batches stay within the format limits");
-        let sizes = (batch.len(), open.record_ids.len());
-        match self.last_sizes.get_mut(key.0) {
-            Some(partitions) => {
-                partitions.insert(key.1, sizes);
-            }
-            None => {
-                let partitions = FastMap::from_iter([(key.1, sizes)]);
-                self.last_sizes.insert(key.0.to_owned(), partitions);
-            }
-        }
+        topic
+            .last_sizes
+            .insert(partition, (batch.len(), open.record_ids.len()));
         Some(ReadyBatch {
-            topic: key.0.to_owned(),
-            partition: key.1,
+            topic: topic_name.to_owned(),
+            partition,
             batch,
             record_ids: open.record_ids,
             payload_bytes: open.charged_bytes,

@@ -87,6 +87,7 @@ pub use partitioner::{murmur2, partition_for_key};
 #[cfg(feature = "tokio")]
 pub use producer::{
     Delivery, DeliveryFuture, ProduceError, Producer, ProducerConfig, ProducerMetrics, Record,
+    RecordRef,
 };
 #[cfg(feature = "tokio")]
 pub use sync_facade::{BlockingConsumer, BlockingDelivery, BlockingProducer};

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use flumen_client::accumulator::AccumulatorConfig;
 use flumen_client::{
-    Acks, Client, Consumer, ConsumerConfig, Producer, ProducerConfig, Record, TopicPartition,
+    Acks, Client, Consumer, ConsumerConfig, Producer, ProducerConfig, RecordRef, TopicPartition,
 };
 
 use crate::report::{AckRun, BacklogDrain, IdleCost, Throughput};
@@ -167,16 +167,34 @@ struct Source {
     keys: KeyChooser,
     rng: Rng,
     sent: u64,
+    /// The value and key buffers, reused from record to record: a send copies them into
+    /// its batch, so nothing is allocated per record.
+    value: Vec<u8>,
+    key: Vec<u8>,
 }
 
 impl Source {
-    fn record(&mut self, stamp: u64) -> (Record, usize) {
+    fn new(topics: Vec<String>, sizes: SizeDistribution, keys: KeyChooser, rng: Rng) -> Self {
+        Self {
+            topics,
+            sizes,
+            keys,
+            rng,
+            sent: 0,
+            value: Vec::new(),
+            key: Vec::new(),
+        }
+    }
+
+    /// The next record (borrowing the buffers) and its value's size.
+    fn record(&mut self, stamp: u64) -> (RecordRef<'_>, usize) {
         let size = self.sizes.sample(&mut self.rng);
         let topic = &self.topics[(self.sent % self.topics.len() as u64) as usize];
         self.sent += 1;
-        let mut record = Record::new(topic.as_str(), stamped_value(size, stamp));
-        if let Some(key) = self.keys.next_key(&mut self.rng) {
-            record = record.with_key(key);
+        let keyed = self.keys.next_key_into(&mut self.rng, &mut self.key);
+        let mut record = RecordRef::new(topic, stamped_value(&mut self.value, size, stamp));
+        if keyed {
+            record = record.with_key(&self.key);
         }
         (record, size)
     }
@@ -264,7 +282,7 @@ async fn produce(
         }
         let outcomes = Arc::clone(&outcomes);
         producer
-            .send_with(record, move |outcome| {
+            .send_ref_with(&record, move |outcome| {
                 outcomes.record(intended, bytes, outcome.is_ok())
             })
             .await;
@@ -515,13 +533,13 @@ fn start_producers(
     for index in 0..plan.producers {
         let producer = Producer::start(producer_config(plan, acks));
         let recorder = load.recorder();
-        let source = Source {
-            topics: topics.to_vec(),
-            sizes: plan.sizes.clone(),
-            keys: plan.keys.clone(),
-            rng: Rng::new(plan.seed.wrapping_add(index as u64)),
-            sent: index as u64,
-        };
+        let mut source = Source::new(
+            topics.to_vec(),
+            plan.sizes.clone(),
+            plan.keys.clone(),
+            Rng::new(plan.seed.wrapping_add(index as u64)),
+        );
+        source.sent = index as u64;
         producers.push(producer.clone());
         tasks.push(tokio::spawn(produce(
             producer,

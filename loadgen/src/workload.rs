@@ -5,6 +5,7 @@
 //! same from run to run.
 
 use std::f64::consts::PI;
+use std::io::Write;
 
 /// Bytes at the front of every value: the intended send time, in microseconds since the
 /// run's epoch, little-endian. Values are never shorter than this.
@@ -219,18 +220,28 @@ impl KeyChooser {
         }
     }
 
-    /// The next key's bytes (`key-<index>`), or `None`.
-    pub fn next_key(&self, rng: &mut Rng) -> Option<Vec<u8>> {
-        self.next_index(rng)
-            .map(|index| format!("key-{index}").into_bytes())
+    /// Writes the next key's bytes (`key-<index>`) into `key` (reused from record to
+    /// record); false if records are keyless.
+    pub fn next_key_into(&self, rng: &mut Rng, key: &mut Vec<u8>) -> bool {
+        let Some(index) = self.next_index(rng) else {
+            return false;
+        };
+        key.clear();
+        write!(key, "key-{index}").expect("writing to memory does not fail");
+        true
     }
 }
 
-/// A value of `size` bytes (at least [`STAMP_BYTES`]) stamped with `micros`.
-pub fn stamped_value(size: usize, micros: u64) -> Vec<u8> {
-    let mut value = vec![b'x'; size.max(STAMP_BYTES)];
-    value[..STAMP_BYTES].copy_from_slice(&micros.to_le_bytes());
-    value
+/// A value of `size` bytes (at least [`STAMP_BYTES`]) stamped with `micros`, written
+/// into `buffer`, which is reused from record to record (the bytes after the stamp stay
+/// as they are).
+pub fn stamped_value(buffer: &mut Vec<u8>, size: usize, micros: u64) -> &[u8] {
+    let size = size.max(STAMP_BYTES);
+    if buffer.len() < size {
+        buffer.resize(size, b'x');
+    }
+    buffer[..STAMP_BYTES].copy_from_slice(&micros.to_le_bytes());
+    &buffer[..size]
 }
 
 /// The stamp of a value made by [`stamped_value`].
@@ -291,20 +302,25 @@ mod tests {
             *uniform_counts.iter().max().unwrap(),
         );
         assert!(min > 120 && max < 290, "uniform counts {min}..{max}");
-        assert_eq!(
-            KeyChooser::new(KeyDistribution::None).next_key(&mut rng),
-            None
-        );
+        let mut key = Vec::new();
+        assert!(!KeyChooser::new(KeyDistribution::None).next_key_into(&mut rng, &mut key));
+        let keyed = KeyChooser::new(KeyDistribution::parse(10, "uniform").unwrap());
+        assert!(keyed.next_key_into(&mut rng, &mut key));
+        assert!(key.starts_with(b"key-") && key.len() == 5, "{key:?}");
         assert!(KeyDistribution::parse(10, "zipf:0").is_err());
         assert!(KeyDistribution::parse(10, "pareto").is_err());
     }
 
     #[test]
     fn values_carry_their_stamp() {
-        let value = stamped_value(64, 123_456_789);
+        let mut buffer = Vec::new();
+        let value = stamped_value(&mut buffer, 64, 123_456_789);
         assert_eq!(value.len(), 64);
-        assert_eq!(read_stamp(&value), Some(123_456_789));
+        assert_eq!(read_stamp(value), Some(123_456_789));
         assert_eq!(read_stamp(&value[..4]), None);
-        assert_eq!(stamped_value(2, 5).len(), STAMP_BYTES);
+        // The buffer is reused: a shorter value after a longer one, a new stamp.
+        let value = stamped_value(&mut buffer, 16, 7);
+        assert_eq!((value.len(), read_stamp(value)), (16, Some(7)));
+        assert_eq!(stamped_value(&mut buffer, 2, 5).len(), STAMP_BYTES);
     }
 }

@@ -179,6 +179,18 @@ impl Record {
         self.outgoing_at(headers, self.timestamp_ms.unwrap_or_else(now_ms))
     }
 
+    /// The record borrowed, with its headers as `headers` ([`Record::header_refs`]).
+    fn borrowed<'a>(&'a self, headers: &'a [(&'a str, &'a [u8])]) -> RecordRef<'a> {
+        RecordRef {
+            topic: &self.topic,
+            partition: self.partition,
+            key: self.key.as_deref(),
+            value: self.value.as_deref(),
+            headers,
+            timestamp_ms: self.timestamp_ms,
+        }
+    }
+
     fn outgoing_at<'a>(
         &'a self,
         headers: &'a [(&'a str, &'a [u8])],
@@ -199,6 +211,101 @@ impl Record {
             .iter()
             .map(|(name, value)| (name.as_str(), value.as_slice()))
             .collect()
+    }
+}
+
+/// A record borrowed for one send ([`Producer::send_ref`], [`Producer::send_ref_with`]):
+/// its key, value and headers are copied into their batch before the send returns, so
+/// the caller may reuse its buffers at once, and nothing is allocated per record. (A
+/// record of a topic the producer has not seen yet is copied once more, to wait for
+/// the topic's metadata.)
+///
+/// ```
+/// use flumen_client::RecordRef;
+///
+/// let mut value = *b"reading: 21.5 C";
+/// let record = RecordRef::new("readings", &value).with_key(b"sensor-7");
+/// assert_eq!(record.key, Some(&b"sensor-7"[..]));
+/// value[9..13].copy_from_slice(b"22.0"); // once sent, the buffer is the caller's again
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    /// Topic.
+    pub topic: &'a str,
+    /// Explicit partition; `None` lets the partitioner choose (key hash or sticky).
+    pub partition: Option<u32>,
+    /// Key.
+    pub key: Option<&'a [u8]>,
+    /// Value (`None`: a tombstone).
+    pub value: Option<&'a [u8]>,
+    /// Headers.
+    pub headers: &'a [(&'a str, &'a [u8])],
+    /// Timestamp in ms since the epoch; `None` means now.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl<'a> RecordRef<'a> {
+    /// A record with a value and nothing else.
+    pub fn new(topic: &'a str, value: &'a [u8]) -> Self {
+        Self {
+            topic,
+            partition: None,
+            key: None,
+            value: Some(value),
+            headers: &[],
+            timestamp_ms: None,
+        }
+    }
+
+    /// With a key (records with the same key go to the same partition).
+    pub fn with_key(mut self, key: &'a [u8]) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// To an explicit partition.
+    pub fn with_partition(mut self, partition: u32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+
+    /// With headers.
+    pub fn with_headers(mut self, headers: &'a [(&'a str, &'a [u8])]) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// With a timestamp (ms since the epoch) instead of the send time.
+    pub fn with_timestamp(mut self, timestamp_ms: i64) -> Self {
+        self.timestamp_ms = Some(timestamp_ms);
+        self
+    }
+
+    /// An owned copy.
+    pub fn to_record(&self) -> Record {
+        Record {
+            topic: self.topic.to_owned(),
+            partition: self.partition,
+            key: self.key.map(<[u8]>::to_vec),
+            value: self.value.map(<[u8]>::to_vec),
+            headers: self
+                .headers
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), value.to_vec()))
+                .collect(),
+            timestamp_ms: self.timestamp_ms,
+        }
+    }
+
+    fn outgoing(&self, timestamp_ms: i64) -> OutgoingRecord<'a> {
+        OutgoingRecord {
+            topic: self.topic,
+            partition: self.partition,
+            key: self.key,
+            value: self.value,
+            headers: self.headers,
+            timestamp_ms,
+        }
     }
 }
 
@@ -513,30 +620,80 @@ impl<R: Runtime> Producer<R> {
             .await;
     }
 
+    /// [`Producer::send`] for a borrowed record: its bytes are copied into their batch
+    /// before this returns, and no `Record` is allocated.
+    pub async fn send_ref(&self, record: &RecordRef<'_>) -> DeliveryFuture {
+        let (reply, delivery) = oneshot::channel();
+        self.queue_borrowed(record, Reply::future(reply)).await;
+        DeliveryFuture(delivery)
+    }
+
+    /// [`Producer::send_with`] for a borrowed record: its bytes are copied into their
+    /// batch before this returns, so the caller may reuse its buffers for the next one.
+    ///
+    /// ```no_run
+    /// # async fn example(producer: flumen_client::Producer) {
+    /// use flumen_client::RecordRef;
+    ///
+    /// let mut value = [0u8; 64];
+    /// for reading in 0..1_000u64 {
+    ///     value[..8].copy_from_slice(&reading.to_le_bytes());
+    ///     let record = RecordRef::new("readings", &value);
+    ///     producer.send_ref_with(&record, |outcome| assert!(outcome.is_ok())).await;
+    /// }
+    /// producer.flush().await;
+    /// # }
+    /// ```
+    pub async fn send_ref_with<F>(&self, record: &RecordRef<'_>, callback: F)
+    where
+        F: FnOnce(Result<Delivery, ProduceError>) + Send + 'static,
+    {
+        self.queue_borrowed(record, Reply::callback(Box::new(callback)))
+            .await;
+    }
+
     /// Appends the record to its batch (or hands it to the worker, for a topic it does
     /// not know yet), once there is buffer room for it, or reports why not.
     async fn queue(&self, record: Record, reply: Reply) {
+        let headers = record.header_refs();
+        let handed = self.place(&record.borrowed(&headers), reply).await;
+        if let Some((reply, size)) = handed {
+            self.hand_over(record, reply, size).await;
+        }
+    }
+
+    /// [`Self::queue`] for a borrowed record: copied only if it is handed over.
+    async fn queue_borrowed(&self, record: &RecordRef<'_>, reply: Reply) {
+        if let Some((reply, size)) = self.place(record, reply).await {
+            self.hand_over(record.to_record(), reply, size).await;
+        }
+    }
+
+    /// Appends the record at the desk once there is room, or fails it; returns its reply
+    /// and size instead if it is for the worker (its room then reserved).
+    async fn place(&self, record: &RecordRef<'_>, reply: Reply) -> Option<(Reply, usize)> {
         // A worker that is gone (its task ended) gives no room back: say so at once
         // rather than waiting `max_block` for room.
         if self.commands.is_closed() {
-            return reply.send(Err(ProduceError::Closed));
+            reply.send(Err(ProduceError::Closed));
+            return None;
         }
-        let headers = record.header_refs();
         // The size does not depend on the timestamp: no clock read for it.
-        let size = record_size(&record.outgoing_at(&headers, 0));
+        let size = record_size(&record.outgoing(0));
         if size > self.buffer_bytes {
             reply.send(Err(ProduceError::Rejected(AppendError::RecordTooLarge {
                 record_bytes: size,
                 limit_bytes: self.buffer_bytes,
             })));
-            return;
+            return None;
         }
-        let mut reply = match self.try_append(&record, &headers, size, reply) {
+        let mut reply = match self.try_append(record, size, reply) {
             Attempt::Done => {
                 // A caller sending in a loop lets the worker run now and then.
-                return R::yield_if_needed().await;
+                R::yield_if_needed().await;
+                return None;
             }
-            Attempt::HandOver(reply) => return self.hand_over(record, reply, size).await,
+            Attempt::HandOver(reply) => return Some((reply, size)),
             Attempt::Wait(reply) => reply,
         };
         let give_up_at = Instant::now() + self.max_block;
@@ -545,30 +702,25 @@ impl<R: Runtime> Producer<R> {
             let room = self.desk.room.notified();
             let mut room = std::pin::pin!(room);
             room.as_mut().enable();
-            match self.try_append(&record, &headers, size, reply) {
-                Attempt::Done => return,
-                Attempt::HandOver(unsent) => return self.hand_over(record, unsent, size).await,
+            match self.try_append(record, size, reply) {
+                Attempt::Done => return None,
+                Attempt::HandOver(unsent) => return Some((unsent, size)),
                 Attempt::Wait(unsent) => reply = unsent,
             }
             let left = give_up_at.saturating_duration_since(Instant::now());
             if crate::runtime::timeout::<R, _>(left, room).await.is_none() {
-                return reply.send(Err(ProduceError::BufferFull {
+                reply.send(Err(ProduceError::BufferFull {
                     waited: self.max_block,
                     buffer_bytes: self.buffer_bytes,
                 }));
+                return None;
             }
         }
     }
 
     /// Appends the record at the desk if there is room and its topic is known; a handed
     /// record has its room reserved.
-    fn try_append(
-        &self,
-        record: &Record,
-        headers: &[(&str, &[u8])],
-        size: usize,
-        reply: Reply,
-    ) -> Attempt {
+    fn try_append(&self, record: &RecordRef<'_>, size: usize, reply: Reply) -> Attempt {
         let mut desk = self.desk.lock();
         if desk.closed {
             drop(desk);
@@ -578,22 +730,17 @@ impl<R: Runtime> Producer<R> {
         if !desk.has_room(size) {
             return Attempt::Wait(reply);
         }
-        let partitions = match desk.direct(&record.topic) {
+        let partitions = match desk.direct(record.topic) {
             Direct::Append(partitions) => partitions,
             Direct::AfterHanded => return Attempt::Wait(reply),
             Direct::HandOver => {
-                desk.hand(&record.topic, size);
+                desk.hand(record.topic, size);
                 return Attempt::HandOver(reply);
             }
         };
         let now = Instant::now();
         let timestamp = record.timestamp_ms.unwrap_or_else(|| desk.now_ms(now));
-        let appended = desk.append(
-            &record.outgoing_at(headers, timestamp),
-            partitions,
-            reply,
-            now,
-        );
+        let appended = desk.append(&record.outgoing(timestamp), partitions, reply, now);
         drop(desk);
         match appended {
             Ok(appended) if appended.ring => self.desk.bell.notify_one(),
