@@ -302,6 +302,18 @@ impl Accumulator {
         id: u64,
         now: Instant,
     ) -> Result<(u32, Option<ReadyBatch>), AppendError> {
+        self.append_at(record, partitions, id, || now)
+    }
+
+    /// [`Accumulator::append`] with the time read only if the record opens a batch (its
+    /// linger counts from then).
+    pub fn append_at(
+        &mut self,
+        record: &OutgoingRecord<'_>,
+        partitions: u32,
+        id: u64,
+        now: impl FnOnce() -> Instant,
+    ) -> Result<(u32, Option<ReadyBatch>), AppendError> {
         let size = record_size(record);
         if size > self.config.buffer_memory_bytes {
             return Err(AppendError::RecordTooLarge {
@@ -335,7 +347,7 @@ impl Accumulator {
                 slot.insert(OpenBatch {
                     builder: BatchBuilder::with_capacity(record.timestamp_ms, bytes, records),
                     record_ids: Vec::with_capacity(records),
-                    first_append: now,
+                    first_append: now(),
                     charged_bytes: 0,
                 })
             }

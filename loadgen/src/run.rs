@@ -66,9 +66,27 @@ pub struct ModeResult {
 #[derive(Debug, Clone, Copy)]
 struct Clock {
     epoch: Instant,
+    /// The wall-clock time at `epoch`, ms since the Unix epoch.
+    epoch_ms: i64,
 }
 
 impl Clock {
+    fn new() -> Self {
+        let epoch_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as i64);
+        Self {
+            epoch: Instant::now(),
+            epoch_ms,
+        }
+    }
+
+    /// A record's timestamp (ms since the Unix epoch) for a send intended at `at`: the
+    /// producer then reads no clock for it.
+    fn timestamp_ms(&self, at: Instant) -> i64 {
+        self.epoch_ms + at.saturating_duration_since(self.epoch).as_millis() as i64
+    }
+
     fn stamp(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.epoch).as_micros() as u64
     }
@@ -221,11 +239,12 @@ impl Outcomes {
     /// Records a delivery as it completes (the producer's callback), so a record
     /// acknowledged while an earlier one of another partition is still out is not
     /// charged that one's wait.
-    fn record(&self, intended: Instant, bytes: usize, delivered: bool) {
+    fn record(&self, intended: Instant, bytes: usize, delivered: Option<Instant>) {
         let measured = self.period.contains(intended);
         let mut recorder = self.recorder.lock().expect("no task panics holding it");
-        if delivered {
-            recorder.delivered(intended.elapsed(), bytes, measured);
+        if let Some(acknowledged_at) = delivered {
+            let latency = acknowledged_at.saturating_duration_since(intended);
+            recorder.delivered(latency, bytes, measured);
             self.progress.produced.fetch_add(1, Ordering::Relaxed);
         } else {
             recorder.failed(measured);
@@ -277,13 +296,15 @@ async fn produce(
             }
         };
         let (record, bytes) = source.record(clock.stamp(intended));
+        let record = record.with_timestamp(clock.timestamp_ms(intended));
         if let Pace::Bytes { budget, .. } = &pace {
             budget.fetch_add(bytes as u64, Ordering::Relaxed);
         }
         let outcomes = Arc::clone(&outcomes);
         producer
             .send_ref_with(&record, move |outcome| {
-                outcomes.record(intended, bytes, outcome.is_ok())
+                let acknowledged_at = outcome.ok().map(|delivery| delivery.acknowledged_at);
+                outcomes.record(intended, bytes, acknowledged_at)
             })
             .await;
     }
@@ -476,9 +497,7 @@ struct Load {
 impl Load {
     fn new() -> Self {
         Self {
-            clock: Clock {
-                epoch: Instant::now(),
-            },
+            clock: Clock::new(),
             progress: Arc::new(Progress::default()),
             recorders: Vec::new(),
         }

@@ -205,11 +205,12 @@ impl DeskState {
         record: &OutgoingRecord<'_>,
         partitions: u32,
         reply: Reply,
-        now: Instant,
+        now: Option<Instant>,
     ) -> Result<Appended, (Reply, AppendError)> {
         let id = self.next_id;
         let opened_before = self.accumulator.open_batches();
-        let (partition, full) = match self.accumulator.append(record, partitions, id, now) {
+        let now = || now.unwrap_or_else(Instant::now);
+        let (partition, full) = match self.accumulator.append_at(record, partitions, id, now) {
             Ok(appended) => appended,
             Err(error) => return Err((reply, error)),
         };

@@ -546,6 +546,7 @@ impl<R: Runtime> Worker<R> {
         let now = Instant::now();
         let timestamp = record.timestamp_ms.unwrap_or_else(|| desk.now_ms(now));
         let outgoing = record.outgoing_at(&headers, timestamp);
+        let now = Some(now);
         // Cannot fail for room: `send` reserved it.
         let appended = desk.append(&outgoing, partitions, reply, now);
         drop(desk);
@@ -570,6 +571,7 @@ impl<R: Runtime> Worker<R> {
                             partition: record.partition,
                             offset: None,
                             queued_in_outbox: true,
+                            acknowledged_at: Instant::now(),
                         })
                     }
                     Err(error) => Err(ProduceError::TimedOut(format!(
@@ -849,6 +851,7 @@ impl<R: Runtime> Worker<R> {
             Err(_) => Counters::add(&self.counters.records_failed, records),
         }
         // Outside the desk's lock: a callback may send.
+        let acknowledged_at = Instant::now();
         for (index, waiting) in replies.drain(..) {
             let result = outcome.clone().map(|base_offset| Delivery {
                 partition: Some(waiting.partition),
@@ -856,6 +859,7 @@ impl<R: Runtime> Worker<R> {
                     .filter(|_| acknowledged)
                     .map(|base_offset| base_offset + index as u64),
                 queued_in_outbox: base_offset.is_none(),
+                acknowledged_at,
             });
             waiting.reply.send(result);
         }
