@@ -30,10 +30,10 @@ use super::file::{self, ReadBytes};
 use super::meta::{Checkpoint, EpochEntry, PartitionMeta};
 use super::readahead::{ReadAhead, Source};
 use super::recovery::{list_segments, read_meta, recover};
-use super::segment::{segment_path, Segment, SegmentState};
+use super::segment::{segment_path, shrink_pause, Segment, SegmentState};
 use super::writer::WriterLimits;
 use super::{Result, StorageError};
-use crate::shard::{Clock, LocalMutex};
+use crate::shard::{spawn_detached, Clock, LocalMutex};
 
 const META_FILE: &str = "partition.meta";
 /// Bytes read to learn the length of the first batch of a read.
@@ -1157,13 +1157,18 @@ impl Log {
             }
         }
         // The names are gone: `close` (which waits for this lock) and a topic created
-        // again at the same path can no longer meet them. The blocks go after, gently.
+        // again at the same path can no longer meet them. The blocks go after, gently,
+        // in the background: the shard's retention pass goes on to its other partitions
+        // meanwhile, and a pass that deleted more frees it faster.
         drop(pass);
-        for segment in &deleted {
-            if let Err(error) = segment.release_space().await {
-                first_error.get_or_insert(StorageError::io("freeing", segment.path(), error));
+        let pause = shrink_pause(report.bytes_deleted);
+        spawn_detached(async move {
+            for segment in &deleted {
+                if let Err(error) = segment.release_space(pause).await {
+                    tracing::error!(path = %segment.path().display(), %error, "cannot free a deleted segment's space");
+                }
             }
-        }
+        });
         if let Some(error) = first_error {
             return Err(error);
         }
