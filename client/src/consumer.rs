@@ -13,9 +13,9 @@
 //!
 //! Records are zero-copy: [`ConsumerRecords`] keeps the fetched response frames and
 //! [`ConsumerRecordView`] reads keys, values and headers in place. Each batch is
-//! validated (CRC and archive) when it arrives; iterating validates it again, which keeps
-//! the code free of unchecked access at the cost of a second pass over bytes that are
-//! already in cache.
+//! validated (CRC and archive) when it arrives; iterating checks its archive again (not
+//! its CRC: the bytes have not changed), which keeps the code free of unchecked access at
+//! the cost of a second pass over the records' headers, already in cache.
 //!
 //! Positions: a partition's position is the offset of the next record `poll` returns.
 //! A newly assigned partition starts at its group's committed position (with a
@@ -1349,7 +1349,7 @@ impl ConsumerRecords {
         for part in &self.parts {
             let batches = part
                 .fetched
-                .batches()
+                .batches_again()
                 .expect("batches were validated on arrival and not changed since");
             for batch in batches {
                 for record in batch.records() {

@@ -41,6 +41,31 @@ impl<'a> BatchView<'a> {
         Ok(view)
     }
 
+    /// Checks the header and the body archive again, but not the CRC: for bytes that
+    /// passed [`BatchView::validate`] and have not changed since (a consumer reading in
+    /// place the batches it validated when they arrived). The archive check keeps every
+    /// read checked; a second CRC pass over every byte would find nothing new.
+    pub fn revalidate_archive(bytes: &'a [u8]) -> Result<Self, BatchError> {
+        let header = BatchHeader::decode(bytes)?;
+        let length = header.batch_length as usize;
+        if bytes.len() != header.padded_length() {
+            return Err(BatchError::Truncated {
+                needed_bytes: header.padded_length(),
+                available_bytes: bytes.len(),
+            });
+        }
+        if !(bytes.as_ptr() as usize).is_multiple_of(BATCH_ALIGNMENT_BYTES) {
+            // Nothing to read in place: the full check, copy and all.
+            return Self::validate(bytes);
+        }
+        let records = check_body(&bytes[BATCH_HEADER_BYTES..length], &header)?;
+        Ok(Self {
+            header,
+            bytes,
+            records: Some(records),
+        })
+    }
+
     /// Checks the header, the CRC and the zero padding, but not the body archive: for
     /// bytes that passed [`BatchView::validate`] before and only need proof that they were
     /// not damaged since (a log read back from disk).
