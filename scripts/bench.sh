@@ -11,7 +11,8 @@
 # Usage: scripts/bench.sh [OUT_DIR]        (default ./target/bench)
 # Environment: DATA_DIR (broker and fio files; default ./target/bench-data),
 #   SECONDS_PER_RUN (measured seconds per ack mode, default 40: >= 8 GB at 200 MB/s),
-#   WARMUP (default 5), BACKLOG (drain scenario, default 4GB), BROKER_CPU (0), LOAD_CPU (1),
+#   WARMUP (default 5), BACKLOG (drain scenario, default 4GB), SCALE_SECONDS (the 1,000-
+#   partition run, default 20: its data is never deleted), BROKER_CPU (0), LOAD_CPU (1),
 #   QUICK=1 (short runs to check the script: 3 s, 256MB backlog, 1,000 idle partitions).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,11 +23,14 @@ WARMUP="${WARMUP:-5}"
 BACKLOG="${BACKLOG:-4GB}"
 BROKER_CPU="${BROKER_CPU:-0}"
 LOAD_CPU="${LOAD_CPU:-1}"
+SCALE_SECONDS="${SCALE_SECONDS:-20}"
+SCALE_WARMUP=3
 IDLE_PARTITIONS=10000
 IDLE_CONNECTIONS=1000
 FIO_SIZE=8G
 if [[ "${QUICK:-0}" == 1 ]]; then
   SECONDS_PER_RUN=3 WARMUP=1 BACKLOG=256MB IDLE_PARTITIONS=1000 IDLE_CONNECTIONS=200 FIO_SIZE=512M
+  SCALE_SECONDS=3 SCALE_WARMUP=1
 fi
 PORT=19292
 
@@ -114,8 +118,12 @@ load drain --scenario drain --backlog "$BACKLOG" --message-size 1024 --batch-siz
   --partitions 8 --acks 1 --consumers 1
 stop_broker
 
+# 1,000 partitions never reach their 256 MiB retention in a run, so everything written
+# stays on disk: the run is kept to SCALE_SECONDS (default 20, after a 3 s warm-up), about
+# 35 GB at 1.5 GB/s, still well over the 8 GB a throughput claim needs.
 start_broker
-load scale "${COMMON[@]}" --partitions 1000 --acks 1 --consumers 0
+load scale --message-size 1024 --batch-size 1048576 --duration "$SCALE_SECONDS" --warmup "$SCALE_WARMUP" \
+  "${TOPIC[@]}" --partitions 1000 --acks 1 --consumers 0
 stop_broker
 
 start_broker

@@ -570,12 +570,16 @@ async fn offsets_refresh_loop(state: Rc<ShardState>) {
     }
 }
 
+/// Applies retention to every partition of the shard each `retention_check_interval_ms`;
+/// what a pass deletes is freed over half the interval (steps no slower than 20 ms), so
+/// the freeing's cost is spread rather than taken in one burst.
 async fn retention_loop(state: Rc<ShardState>) {
     let interval = Duration::from_millis(state.config.retention_check_interval_ms.max(10));
     loop {
         sleep(interval).await;
         for partition in state.local_partitions() {
-            if let Err(error) = partition.log().apply_retention().await {
+            let log = partition.log();
+            if let Err(error) = log.apply_retention_freeing_within(interval / 2).await {
                 tracing::error!(?partition, %error, "retention failed");
             }
         }

@@ -30,7 +30,7 @@ use super::file::{self, ReadBytes};
 use super::meta::{Checkpoint, EpochEntry, PartitionMeta};
 use super::readahead::{ReadAhead, Source};
 use super::recovery::{list_segments, read_meta, recover};
-use super::segment::{segment_path, shrink_pause, Segment, SegmentState};
+use super::segment::{segment_path, shrink_pause, Segment, SegmentState, DEFAULT_FREE_WITHIN};
 use super::writer::WriterLimits;
 use super::{Result, StorageError};
 use crate::shard::{spawn_detached, Clock, LocalMutex};
@@ -1137,6 +1137,16 @@ impl Log {
     /// lock; removing their files and writing `partition.meta` (which syncs the
     /// directory) happen after, so appends never wait on those syncs.
     pub async fn apply_retention(&self) -> Result<RetentionReport> {
+        self.apply_retention_freeing_within(DEFAULT_FREE_WITHIN)
+            .await
+    }
+
+    /// [`Log::apply_retention`], freeing the deleted segments' space within `free_within`
+    /// (the broker spreads it over half the time until its next pass).
+    pub async fn apply_retention_freeing_within(
+        &self,
+        free_within: std::time::Duration,
+    ) -> Result<RetentionReport> {
         let pass = self.retention_lock.lock().await;
         // A segment still being sealed is kept, so seal the last roll's first.
         self.finish_pending_seal().await?;
@@ -1161,7 +1171,7 @@ impl Log {
         // in the background: the shard's retention pass goes on to its other partitions
         // meanwhile, and a pass that deleted more frees it faster.
         drop(pass);
-        let pause = shrink_pause(report.bytes_deleted);
+        let pause = shrink_pause(report.bytes_deleted, free_within);
         spawn_detached(async move {
             for segment in &deleted {
                 if let Err(error) = segment.release_space(pause).await {

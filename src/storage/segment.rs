@@ -19,19 +19,27 @@ pub(crate) const SHRINK_STEP_BYTES: u64 = 8 << 20;
 /// [`SHRINK_PACED_BYTES`]: 128 MiB takes about 0.3 s to free.
 pub(crate) const SHRINK_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// Up to this much deleted by one pass is freed at the full [`SHRINK_PAUSE`]; more, with
-/// pauses shortened in proportion, so that whatever a pass deleted is freed in about
-/// the same 0.3 s. With a fixed pause a log freed at most 400 MB/s, less than one
-/// partition can take in: retention fell behind and filled the disk (1.6 GB/s into
-/// eight partitions, `docs/BENCHMARKS.md`).
+/// Up to this much deleted by one pass is freed at the full [`SHRINK_PAUSE`] by default
+/// ([`DEFAULT_FREE_WITHIN`]).
 pub(crate) const SHRINK_PACED_BYTES: u64 = 128 << 20;
 
-/// The pause between shrink steps for a pass that deleted `deleted_bytes`.
-pub(crate) fn shrink_pause(deleted_bytes: u64) -> std::time::Duration {
-    if deleted_bytes <= SHRINK_PACED_BYTES {
-        return SHRINK_PAUSE;
-    }
-    SHRINK_PAUSE.mul_f64(SHRINK_PACED_BYTES as f64 / deleted_bytes as f64)
+/// How long freeing a pass's deletion takes by default: 128 MiB at [`SHRINK_PAUSE`].
+pub(crate) const DEFAULT_FREE_WITHIN: std::time::Duration =
+    SHRINK_PAUSE.saturating_mul((SHRINK_PACED_BYTES / SHRINK_STEP_BYTES) as u32);
+
+/// The pause between shrink steps that frees `deleted_bytes` within `free_within`, and
+/// never slower than [`SHRINK_PAUSE`] per step. A pass that deleted more frees it with
+/// shorter pauses: with a fixed pause a log freed at most 400 MB/s, less than one
+/// partition can take in, and retention fell behind until the disk was full (1.6 GB/s
+/// into eight partitions, `docs/BENCHMARKS.md`). Spreading the freeing over the time
+/// until the next pass, rather than doing it at once, keeps its cost (a core's share at
+/// that rate) from stalling the shard in bursts.
+pub(crate) fn shrink_pause(
+    deleted_bytes: u64,
+    free_within: std::time::Duration,
+) -> std::time::Duration {
+    let steps = deleted_bytes.div_ceil(SHRINK_STEP_BYTES).max(1);
+    (free_within / u32::try_from(steps).unwrap_or(u32::MAX)).min(SHRINK_PAUSE)
 }
 use super::index::{SegmentIndex, SegmentSummary};
 use super::writer::{SegmentWriter, WriterLimits};
@@ -286,14 +294,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_pass_that_deleted_more_frees_it_with_shorter_pauses_in_about_the_same_time() {
+    fn a_pass_that_deleted_more_frees_it_with_shorter_pauses_in_the_same_time() {
         let mib = 1u64 << 20;
-        assert_eq!(shrink_pause(64 * mib), SHRINK_PAUSE);
-        assert_eq!(shrink_pause(SHRINK_PACED_BYTES), SHRINK_PAUSE);
-        assert_eq!(shrink_pause(1024 * mib), SHRINK_PAUSE / 8);
+        let default = DEFAULT_FREE_WITHIN;
+        assert_eq!(default, SHRINK_PAUSE * 16);
+        assert_eq!(shrink_pause(64 * mib, default), SHRINK_PAUSE);
+        assert_eq!(shrink_pause(SHRINK_PACED_BYTES, default), SHRINK_PAUSE);
+        assert_eq!(shrink_pause(1024 * mib, default), SHRINK_PAUSE / 8);
         // Steps times pause: the time one pass's deletion takes to free, whatever its size.
-        let pacing = |deleted: u64| shrink_pause(deleted) * (deleted / SHRINK_STEP_BYTES) as u32;
-        assert_eq!(pacing(128 * mib), pacing(8192 * mib));
-        assert_eq!(pacing(128 * mib), SHRINK_PAUSE * 16);
+        let pacing = |deleted: u64, within| {
+            shrink_pause(deleted, within) * (deleted / SHRINK_STEP_BYTES) as u32
+        };
+        assert_eq!(pacing(128 * mib, default), pacing(8192 * mib, default));
+        let spread = std::time::Duration::from_millis(2_500);
+        let spread_over = pacing(8192 * mib, spread);
+        assert!(
+            spread - spread_over < std::time::Duration::from_micros(1),
+            "{spread_over:?}"
+        );
+        // Never slower than a step per SHRINK_PAUSE, however long it may take.
+        assert_eq!(shrink_pause(8 * mib, spread), SHRINK_PAUSE);
+        assert_eq!(shrink_pause(0, spread), SHRINK_PAUSE);
     }
 }
