@@ -14,7 +14,7 @@
 //! The caller owns time (`now`), I/O and delivery; the accumulator only says which batches
 //! are ready and which record ids each carries.
 
-use crate::fast_hash::FastMap;
+use crate::fast_hash::{ByName, FastMap};
 use std::collections::hash_map::Entry;
 use std::time::{Duration, Instant};
 
@@ -146,7 +146,7 @@ pub struct Accumulator {
     config: AccumulatorConfig,
     /// Every topic appended to, by name (looked up by `&str`, no allocation): one lookup
     /// per record finds its open batches, sticky partition and sequences.
-    topics: FastMap<String, TopicBatches>,
+    topics: ByName<TopicBatches>,
     buffered_bytes: usize,
     producer: Option<(i64, i16)>,
     /// Open batches, all partitions together.
@@ -175,17 +175,6 @@ impl TopicBatches {
         *slot = ((i64::from(sequence) + records as i64) % (i64::from(i32::MAX) + 1)) as i32;
         sequence
     }
-}
-
-/// A topic's state, created on first use.
-fn topic_mut<'a>(
-    topics: &'a mut FastMap<String, TopicBatches>,
-    topic: &str,
-) -> &'a mut TopicBatches {
-    if !topics.contains_key(topic) {
-        topics.insert(topic.to_owned(), TopicBatches::default());
-    }
-    topics.get_mut(topic).expect("inserted above")
 }
 
 /// The partition a record goes to, given its topic's partition count and sticky
@@ -219,7 +208,7 @@ impl Accumulator {
         }
         Self {
             config,
-            topics: FastMap::default(),
+            topics: ByName::default(),
             buffered_bytes: 0,
             producer: None,
             open_batches: 0,
@@ -263,11 +252,7 @@ impl Accumulator {
 
     /// The topic's state, created on first use.
     fn topic_mut(&mut self, topic: &str) -> &mut TopicBatches {
-        if !self.topics.contains_key(topic) {
-            self.topics
-                .insert(topic.to_owned(), TopicBatches::default());
-        }
-        self.topics.get_mut(topic).expect("inserted above")
+        self.topics.get_or_insert_with(topic, TopicBatches::default)
     }
 
     /// Batches open (taking records), all partitions together.
@@ -328,7 +313,9 @@ impl Accumulator {
             });
         }
         let batch_size_bytes = self.config.batch_size_bytes;
-        let topic = topic_mut(&mut self.topics, record.topic);
+        let topic = self
+            .topics
+            .get_or_insert_with(record.topic, TopicBatches::default);
         let partition = choose_partition(record, partitions, topic.sticky)?;
         let open = match topic.open.entry(partition) {
             Entry::Occupied(open) => open.into_mut(),
@@ -376,7 +363,7 @@ impl Accumulator {
                     .open
                     .iter()
                     .filter(|(partition, open)| due(topic, **partition, open))
-                    .map(|(partition, _)| (topic.clone(), *partition))
+                    .map(|(partition, _)| (topic.to_owned(), *partition))
             })
             .collect()
     }

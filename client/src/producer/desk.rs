@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 
 use super::Reply;
 use crate::accumulator::{Accumulator, AccumulatorConfig, AppendError, OutgoingRecord, ReadyBatch};
-use crate::fast_hash::FastMap;
+use crate::fast_hash::{ByName, FastMap};
 
 /// Batches of each partition closed and not yet resolved (ready, queued or in flight).
 pub(crate) type Unresolved = FastMap<String, FastMap<u32, usize>>;
@@ -68,7 +68,7 @@ impl Desk {
                 accumulator: Accumulator::new(config),
                 waiting: WaitingRecords::default(),
                 unresolved: Unresolved::default(),
-                known: FastMap::default(),
+                known: ByName::default(),
                 direct,
                 closed: false,
                 handed: 0,
@@ -100,7 +100,7 @@ pub(crate) struct DeskState {
     pub(crate) unresolved: Unresolved,
     /// Partition counts of the topics `send` may append to itself: the worker has their
     /// leaders (and, when idempotent, a producer id).
-    pub(crate) known: FastMap<String, u32>,
+    pub(crate) known: ByName<u32>,
     /// False: every record goes through the worker (a producer with an outbox).
     pub(crate) direct: bool,
     /// The producer is closing: sends fail with `Closed`.

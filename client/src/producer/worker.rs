@@ -909,7 +909,7 @@ impl<R: Runtime> Worker<R> {
         }
         let partitions = self.routes.partitions.get(topic).map_or(0, Vec::len) as u32;
         // From now on sends of this topic append themselves.
-        self.desk.lock().known.insert(topic.to_owned(), partitions);
+        self.desk.lock().known.insert(topic, partitions);
         Ok(partitions)
     }
 
