@@ -102,7 +102,7 @@ fn producer(bootstrap: &str, topic: &str, seconds: u64) -> (u64, Duration) {
 
 /// Batches built per second through the accumulator alone (no broker, no I/O).
 fn accumulator_throughput() {
-    use flumen_client::accumulator::{Accumulator, AccumulatorConfig, OutgoingRecord};
+    use flumen_client::accumulator::{Accumulator, AccumulatorConfig, RecordRef};
     let mut accumulator = Accumulator::new(AccumulatorConfig {
         batch_size_bytes: 1 << 20,
         ..AccumulatorConfig::default()
@@ -113,13 +113,13 @@ fn accumulator_throughput() {
     let mut batches = 0u64;
     for id in 0..records {
         let key = (id % 1024).to_le_bytes();
-        let record = OutgoingRecord {
+        let record = RecordRef {
             topic: "bench",
             partition: None,
             key: Some(&key),
             value: Some(&value),
             headers: &[],
-            timestamp_ms: id as i64,
+            timestamp_ms: Some(id as i64),
         };
         let (_, ready) = accumulator.append(&record, 8, id, start).unwrap();
         if let Some(batch) = ready {

@@ -62,12 +62,26 @@ impl Default for AccumulatorConfig {
     }
 }
 
-/// A record to send.
-#[derive(Debug, Clone, Copy)]
-pub struct OutgoingRecord<'a> {
+/// A record borrowed for one send ([`crate::Producer::send_ref`],
+/// [`crate::Producer::send_ref_with`]) or one append to the [`Accumulator`]:
+/// its key, value and headers are copied into their batch before the send returns, so
+/// the caller may reuse its buffers at once, and nothing is allocated per record. (A
+/// record of a topic the producer has not seen yet is copied once more, to wait for
+/// the topic's metadata.)
+///
+/// ```
+/// use flumen_client::RecordRef;
+///
+/// let mut value = *b"reading: 21.5 C";
+/// let record = RecordRef::new("readings", &value).with_key(b"sensor-7");
+/// assert_eq!(record.key, Some(&b"sensor-7"[..]));
+/// value[9..13].copy_from_slice(b"22.0"); // once sent, the buffer is the caller's again
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordRef<'a> {
     /// Topic.
     pub topic: &'a str,
-    /// Explicit partition, or `None` to let the partitioner choose.
+    /// Explicit partition; `None` lets the partitioner choose (key hash or sticky).
     pub partition: Option<u32>,
     /// Key.
     pub key: Option<&'a [u8]>,
@@ -75,8 +89,46 @@ pub struct OutgoingRecord<'a> {
     pub value: Option<&'a [u8]>,
     /// Headers.
     pub headers: &'a [(&'a str, &'a [u8])],
-    /// Timestamp, milliseconds since the epoch.
-    pub timestamp_ms: i64,
+    /// Timestamp in ms since the epoch; `None` means now.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl<'a> RecordRef<'a> {
+    /// A record with a value and nothing else.
+    pub fn new(topic: &'a str, value: &'a [u8]) -> Self {
+        Self {
+            topic,
+            partition: None,
+            key: None,
+            value: Some(value),
+            headers: &[],
+            timestamp_ms: None,
+        }
+    }
+
+    /// With a key (records with the same key go to the same partition).
+    pub fn with_key(mut self, key: &'a [u8]) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// To an explicit partition.
+    pub fn with_partition(mut self, partition: u32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+
+    /// With headers.
+    pub fn with_headers(mut self, headers: &'a [(&'a str, &'a [u8])]) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// With a timestamp (ms since the epoch) instead of the send time.
+    pub fn with_timestamp(mut self, timestamp_ms: i64) -> Self {
+        self.timestamp_ms = Some(timestamp_ms);
+        self
+    }
 }
 
 /// Why a record was not accepted.
@@ -180,7 +232,7 @@ impl TopicBatches {
 /// The partition a record goes to, given its topic's partition count and sticky
 /// partition.
 fn choose_partition(
-    record: &OutgoingRecord<'_>,
+    record: &RecordRef<'_>,
     partitions: u32,
     sticky: u32,
 ) -> Result<u32, AppendError> {
@@ -268,7 +320,7 @@ impl Accumulator {
     /// The partition a record goes to, given the topic's partition count.
     pub fn choose_partition(
         &self,
-        record: &OutgoingRecord<'_>,
+        record: &RecordRef<'_>,
         partitions: u32,
     ) -> Result<u32, AppendError> {
         let sticky = self
@@ -282,7 +334,7 @@ impl Accumulator {
     /// partition and, if the batch became full, that batch.
     pub fn append(
         &mut self,
-        record: &OutgoingRecord<'_>,
+        record: &RecordRef<'_>,
         partitions: u32,
         id: u64,
         now: Instant,
@@ -294,7 +346,7 @@ impl Accumulator {
     /// linger counts from then).
     pub fn append_at(
         &mut self,
-        record: &OutgoingRecord<'_>,
+        record: &RecordRef<'_>,
         partitions: u32,
         id: u64,
         now: impl FnOnce() -> Instant,
@@ -312,6 +364,8 @@ impl Accumulator {
                 limit_bytes: self.config.buffer_memory_bytes,
             });
         }
+        // A record without a timestamp is stamped with the time of its append.
+        let timestamp_ms = record.timestamp_ms.unwrap_or_else(crate::producer::now_ms);
         let batch_size_bytes = self.config.batch_size_bytes;
         let topic = self
             .topics
@@ -332,7 +386,7 @@ impl Accumulator {
                         });
                 self.open_batches += 1;
                 slot.insert(OpenBatch {
-                    builder: BatchBuilder::with_capacity(record.timestamp_ms, bytes, records),
+                    builder: BatchBuilder::with_capacity(timestamp_ms, bytes, records),
                     record_ids: Vec::with_capacity(records),
                     first_append: now(),
                     charged_bytes: 0,
@@ -340,12 +394,8 @@ impl Accumulator {
             }
         };
         self.buffered_bytes += size;
-        open.builder.push(
-            record.timestamp_ms,
-            record.key,
-            record.value,
-            record.headers,
-        );
+        open.builder
+            .push(timestamp_ms, record.key, record.value, record.headers);
         open.record_ids.push(id);
         open.charged_bytes += size;
         if open.charged_bytes < batch_size_bytes {
@@ -475,7 +525,7 @@ pub const RECORD_OVERHEAD_BYTES: usize = 32;
 
 /// Buffer bytes a record costs: key, value, headers and a fixed overhead. The same cost
 /// decides when a batch is full and what `release` gives back.
-pub fn record_size(record: &OutgoingRecord<'_>) -> usize {
+pub fn record_size(record: &RecordRef<'_>) -> usize {
     let headers: usize = record
         .headers
         .iter()
@@ -490,14 +540,14 @@ mod tests {
     use super::*;
     use flumen_protocol::record::BatchView;
 
-    fn record<'a>(key: Option<&'a [u8]>, value: &'a [u8]) -> OutgoingRecord<'a> {
-        OutgoingRecord {
+    fn record<'a>(key: Option<&'a [u8]>, value: &'a [u8]) -> RecordRef<'a> {
+        RecordRef {
             topic: "t",
             partition: None,
             key,
             value: Some(value),
             headers: &[],
-            timestamp_ms: 1,
+            timestamp_ms: Some(1),
         }
     }
 
@@ -596,7 +646,7 @@ mod tests {
     fn batches_carry_consecutive_sequences_per_partition() {
         let mut accumulator = Accumulator::new(config(1_000_000));
         let now = Instant::now();
-        let explicit = |partition| OutgoingRecord {
+        let explicit = |partition| RecordRef {
             partition: Some(partition),
             ..record(None, b"v")
         };
@@ -654,7 +704,7 @@ mod tests {
         // Two 40-byte records plus overhead reach the 100-byte batch size; then the next
         // partition.
         assert_eq!(partitions, vec![0, 0, 1, 1, 2, 2]);
-        let explicit = OutgoingRecord {
+        let explicit = RecordRef {
             partition: Some(5),
             ..record(None, b"v")
         };

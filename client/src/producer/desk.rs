@@ -24,7 +24,7 @@ use std::time::Instant;
 use tokio::sync::Notify;
 
 use super::Reply;
-use crate::accumulator::{Accumulator, AccumulatorConfig, AppendError, OutgoingRecord, ReadyBatch};
+use crate::accumulator::{Accumulator, AccumulatorConfig, AppendError, ReadyBatch, RecordRef};
 use crate::fast_hash::{ByName, FastMap};
 
 /// Batches of each partition closed and not yet resolved (ready, queued or in flight).
@@ -202,7 +202,7 @@ impl DeskState {
     /// resolved; a batch it fills joins `ready`. On failure the reply comes back.
     pub(crate) fn append(
         &mut self,
-        record: &OutgoingRecord<'_>,
+        record: &RecordRef<'_>,
         partitions: u32,
         reply: Reply,
         now: Option<Instant>,

@@ -33,7 +33,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use flumen_protocol::wire::ErrorCode;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::accumulator::{record_size, AccumulatorConfig, AppendError, OutgoingRecord};
+pub use crate::accumulator::RecordRef;
+use crate::accumulator::{record_size, AccumulatorConfig, AppendError};
 #[cfg(feature = "glommio")]
 use crate::runtime::Glommio;
 use crate::runtime::{Runtime, Tokio};
@@ -175,12 +176,8 @@ impl Record {
         self
     }
 
-    fn outgoing<'a>(&'a self, headers: &'a [(&'a str, &'a [u8])]) -> OutgoingRecord<'a> {
-        self.outgoing_at(headers, self.timestamp_ms.unwrap_or_else(now_ms))
-    }
-
     /// The record borrowed, with its headers as `headers` ([`Record::header_refs`]).
-    fn borrowed<'a>(&'a self, headers: &'a [(&'a str, &'a [u8])]) -> RecordRef<'a> {
+    pub(crate) fn borrowed<'a>(&'a self, headers: &'a [(&'a str, &'a [u8])]) -> RecordRef<'a> {
         RecordRef {
             topic: &self.topic,
             partition: self.partition,
@@ -188,21 +185,6 @@ impl Record {
             value: self.value.as_deref(),
             headers,
             timestamp_ms: self.timestamp_ms,
-        }
-    }
-
-    fn outgoing_at<'a>(
-        &'a self,
-        headers: &'a [(&'a str, &'a [u8])],
-        timestamp_ms: i64,
-    ) -> OutgoingRecord<'a> {
-        OutgoingRecord {
-            topic: &self.topic,
-            partition: self.partition,
-            key: self.key.as_deref(),
-            value: self.value.as_deref(),
-            headers,
-            timestamp_ms,
         }
     }
 
@@ -214,97 +196,20 @@ impl Record {
     }
 }
 
-/// A record borrowed for one send ([`Producer::send_ref`], [`Producer::send_ref_with`]):
-/// its key, value and headers are copied into their batch before the send returns, so
-/// the caller may reuse its buffers at once, and nothing is allocated per record. (A
-/// record of a topic the producer has not seen yet is copied once more, to wait for
-/// the topic's metadata.)
-///
-/// ```
-/// use flumen_client::RecordRef;
-///
-/// let mut value = *b"reading: 21.5 C";
-/// let record = RecordRef::new("readings", &value).with_key(b"sensor-7");
-/// assert_eq!(record.key, Some(&b"sensor-7"[..]));
-/// value[9..13].copy_from_slice(b"22.0"); // once sent, the buffer is the caller's again
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RecordRef<'a> {
-    /// Topic.
-    pub topic: &'a str,
-    /// Explicit partition; `None` lets the partitioner choose (key hash or sticky).
-    pub partition: Option<u32>,
-    /// Key.
-    pub key: Option<&'a [u8]>,
-    /// Value (`None`: a tombstone).
-    pub value: Option<&'a [u8]>,
-    /// Headers.
-    pub headers: &'a [(&'a str, &'a [u8])],
-    /// Timestamp in ms since the epoch; `None` means now.
-    pub timestamp_ms: Option<i64>,
-}
-
-impl<'a> RecordRef<'a> {
-    /// A record with a value and nothing else.
-    pub fn new(topic: &'a str, value: &'a [u8]) -> Self {
-        Self {
-            topic,
-            partition: None,
-            key: None,
-            value: Some(value),
-            headers: &[],
-            timestamp_ms: None,
-        }
-    }
-
-    /// With a key (records with the same key go to the same partition).
-    pub fn with_key(mut self, key: &'a [u8]) -> Self {
-        self.key = Some(key);
-        self
-    }
-
-    /// To an explicit partition.
-    pub fn with_partition(mut self, partition: u32) -> Self {
-        self.partition = Some(partition);
-        self
-    }
-
-    /// With headers.
-    pub fn with_headers(mut self, headers: &'a [(&'a str, &'a [u8])]) -> Self {
-        self.headers = headers;
-        self
-    }
-
-    /// With a timestamp (ms since the epoch) instead of the send time.
-    pub fn with_timestamp(mut self, timestamp_ms: i64) -> Self {
-        self.timestamp_ms = Some(timestamp_ms);
-        self
-    }
-
+impl From<&RecordRef<'_>> for Record {
     /// An owned copy.
-    pub fn to_record(&self) -> Record {
-        Record {
-            topic: self.topic.to_owned(),
-            partition: self.partition,
-            key: self.key.map(<[u8]>::to_vec),
-            value: self.value.map(<[u8]>::to_vec),
-            headers: self
+    fn from(record: &RecordRef<'_>) -> Self {
+        Self {
+            topic: record.topic.to_owned(),
+            partition: record.partition,
+            key: record.key.map(<[u8]>::to_vec),
+            value: record.value.map(<[u8]>::to_vec),
+            headers: record
                 .headers
                 .iter()
                 .map(|(name, value)| ((*name).to_owned(), value.to_vec()))
                 .collect(),
-            timestamp_ms: self.timestamp_ms,
-        }
-    }
-
-    fn outgoing(&self, timestamp_ms: i64) -> OutgoingRecord<'a> {
-        OutgoingRecord {
-            topic: self.topic,
-            partition: self.partition,
-            key: self.key,
-            value: self.value,
-            headers: self.headers,
-            timestamp_ms,
+            timestamp_ms: record.timestamp_ms,
         }
     }
 }
@@ -669,7 +574,7 @@ impl<R: Runtime> Producer<R> {
     /// [`Self::queue`] for a borrowed record: copied only if it is handed over.
     async fn queue_borrowed(&self, record: &RecordRef<'_>, reply: Reply) {
         if let Some((reply, size)) = self.place(record, reply).await {
-            self.hand_over(record.to_record(), reply, size).await;
+            self.hand_over(Record::from(record), reply, size).await;
         }
     }
 
@@ -683,7 +588,7 @@ impl<R: Runtime> Producer<R> {
             return None;
         }
         // The size does not depend on the timestamp: no clock read for it.
-        let size = record_size(&record.outgoing(0));
+        let size = record_size(record);
         if size > self.buffer_bytes {
             reply.send(Err(ProduceError::Rejected(AppendError::RecordTooLarge {
                 record_bytes: size,
@@ -751,7 +656,11 @@ impl<R: Runtime> Producer<R> {
                 (desk.now_ms(now), Some(now))
             }
         };
-        let appended = desk.append(&record.outgoing(timestamp), partitions, reply, now);
+        let stamped = RecordRef {
+            timestamp_ms: Some(timestamp),
+            ..*record
+        };
+        let appended = desk.append(&stamped, partitions, reply, now);
         drop(desk);
         match appended {
             Ok(appended) if appended.ring => self.desk.bell.notify_one(),
@@ -766,11 +675,10 @@ impl<R: Runtime> Producer<R> {
 
     /// Hands a record (its room reserved) to the worker.
     async fn hand_over(&self, record: Record, reply: Reply, size: usize) {
-        let record_topic = record.topic.clone();
-        if let Err(mpsc::error::SendError(Command::Send(_, reply, _))) =
+        if let Err(mpsc::error::SendError(Command::Send(record, reply, _))) =
             self.commands.send(Command::Send(record, reply, size)).await
         {
-            self.desk.lock().unhand(&record_topic, size);
+            self.desk.lock().unhand(&record.topic, size);
             reply.send(Err(ProduceError::Closed));
         }
     }
@@ -814,7 +722,7 @@ fn futures_poll_once(delivery: &mut DeliveryFuture) -> Option<Result<Delivery, P
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_millis() as i64)

@@ -34,7 +34,7 @@ use flumen_protocol::wire::ErrorCode;
 use tokio::sync::mpsc;
 
 use super::desk::{Desk, Waiting};
-use super::{Command, Counters, Delivery, ProduceError, ProducerConfig, Record, Reply};
+use super::{Command, Counters, Delivery, ProduceError, ProducerConfig, Record, RecordRef, Reply};
 use crate::accumulator::{AppendError, ReadyBatch};
 use crate::fast_hash::{FastMap, FastSet};
 use crate::operation::{ProduceBatches, ProducePart};
@@ -545,7 +545,10 @@ impl<R: Runtime> Worker<R> {
         desk.unhand(&record.topic, size);
         let now = Instant::now();
         let timestamp = record.timestamp_ms.unwrap_or_else(|| desk.now_ms(now));
-        let outgoing = record.outgoing_at(&headers, timestamp);
+        let outgoing = RecordRef {
+            timestamp_ms: Some(timestamp),
+            ..record.borrowed(&headers)
+        };
         let now = Some(now);
         // Cannot fail for room: `send` reserved it.
         let appended = desk.append(&outgoing, partitions, reply, now);
@@ -1065,7 +1068,7 @@ impl<R: Runtime> Worker<R> {
                 }
             };
             let headers = entry.record.header_refs();
-            let outgoing = entry.record.outgoing(&headers);
+            let outgoing = entry.record.borrowed(&headers);
             // Outbox records have no reply waiting: ids no send uses.
             let id = u64::MAX - self.outbox_ids;
             self.outbox_ids += 1;
