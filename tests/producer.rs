@@ -18,6 +18,14 @@ fn record(topic: &str, key: String, value: String) -> Record {
     }
 }
 
+/// An embedded broker with one topic, and an admin client connected to it.
+fn broker_with_topic(topic: &str, partitions: u32) -> (EmbeddedBroker, Client) {
+    let broker = EmbeddedBroker::start().unwrap();
+    let mut admin = Client::connect(broker.bootstrap()).unwrap();
+    admin.create_topic(topic, partitions, &[]).unwrap();
+    (broker, admin)
+}
+
 /// A producer whose batches wait for `flush` (or for filling up): what a request carries
 /// is then up to the test, not to timing.
 fn flushed_only(broker: &EmbeddedBroker) -> ProducerConfig {
@@ -106,11 +114,7 @@ async fn ten_thousand_keyed_records_are_delivered_in_order_per_partition() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn flush_sends_lingering_records_and_errors_are_typed() {
-    let broker = EmbeddedBroker::start().unwrap();
-    Client::connect(broker.bootstrap())
-        .unwrap()
-        .create_topic("t", 1, &[])
-        .unwrap();
+    let (broker, _admin) = broker_with_topic("t", 1);
     let mut config = flushed_only(&broker);
     config.acks = Acks::Leader;
     config.delivery_timeout = Duration::from_millis(500);
@@ -203,11 +207,7 @@ async fn ready_batches_of_a_shard_share_one_request() {
 async fn callbacks_report_every_outcome_once() {
     use std::sync::{Arc, Mutex};
 
-    let broker = EmbeddedBroker::start().unwrap();
-    Client::connect(broker.bootstrap())
-        .unwrap()
-        .create_topic("calls", 1, &[])
-        .unwrap();
+    let (broker, _admin) = broker_with_topic("calls", 1);
     let mut config = ProducerConfig::new(broker.bootstrap().to_string());
     config.batching = AccumulatorConfig {
         buffer_memory_bytes: 64 << 10,
@@ -274,9 +274,7 @@ async fn callbacks_report_every_outcome_once() {
 async fn borrowed_records_are_copied_before_the_send_returns() {
     use flumen_client::RecordRef;
 
-    let broker = EmbeddedBroker::start().unwrap();
-    let mut admin = Client::connect(broker.bootstrap()).unwrap();
-    admin.create_topic("borrowed", 2, &[]).unwrap();
+    let (broker, mut admin) = broker_with_topic("borrowed", 2);
     let producer = Producer::start(ProducerConfig::new(broker.bootstrap().to_string()));
     let mut value = [0u8; 32];
     let mut key = Vec::new();
