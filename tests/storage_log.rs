@@ -204,6 +204,70 @@ fn segments_roll_by_age_and_retention_deletes_by_size_and_time() {
     });
 }
 
+/// The files this process holds open that were removed from `dir`, with their sizes
+/// (`/proc/self/fd` links to a removed file end in " (deleted)"; `metadata` through the
+/// link still reaches it).
+fn removed_but_open(dir: &std::path::Path) -> Vec<(String, u64)> {
+    let prefix = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|entry| {
+            let link = entry.ok()?.path();
+            let target = std::fs::read_link(&link)
+                .ok()?
+                .to_string_lossy()
+                .into_owned();
+            let removed = target.starts_with(&prefix) && target.ends_with(" (deleted)");
+            removed.then(|| {
+                (
+                    target,
+                    std::fs::metadata(&link).map_or(0, |meta| meta.len()),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Retention removes the segments' names at once and frees their blocks after, in the
+/// background and in steps: the pass returns with the removed files still open and most
+/// of their blocks still held, and the space is given back (the files closed) soon after.
+#[test]
+fn retention_frees_deleted_segments_in_the_background() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Rc::new(ManualClock::new(10_000));
+        // 20 MiB segments: freeing one takes three 8 MiB steps.
+        let config = LogConfig {
+            segment_bytes_max: 20 << 20,
+            retention_bytes: Some(20 << 20),
+            ..small_config()
+        };
+        let (log, _) = open(dir.path(), config, clock.clone()).await;
+        for tag in 0..1_100 {
+            log.append(batch(tag, 4, 15_000, 10_000)).await.unwrap();
+        }
+        assert!(log.segment_count() >= 3, "{:?}", log.segment_base_offsets());
+        let report = log
+            .apply_retention_freeing_within(std::time::Duration::from_millis(200))
+            .await
+            .unwrap();
+        assert!(report.segments_deleted >= 1, "{report:?}");
+        let removed = removed_but_open(dir.path());
+        assert_eq!(removed.len(), report.segments_deleted, "{removed:?}");
+        let left: u64 = removed.iter().map(|(_, size)| size).sum();
+        assert!(left >= 16 << 20, "not freed inline: {removed:?}");
+        // Freed and closed by the background task (well within the deadline: a pass's
+        // deletion is paced over 200 ms here).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !removed_but_open(dir.path()).is_empty() {
+            assert!(std::time::Instant::now() < deadline, "still open");
+            flumen::shard::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(log.log_start_offset(), report.log_start_offset);
+        log.close().await.unwrap();
+    });
+}
+
 fn clock_now(clock: &ManualClock) -> i64 {
     use flumen::shard::Clock;
     clock.now_ms()
