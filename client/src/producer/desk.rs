@@ -224,10 +224,18 @@ impl DeskState {
                 ring = true;
             }
             // A linger shorter than the timer's millisecond ends with the first record
-            // after it rather than on the next tick.
+            // after it rather than on the next tick. The worker takes every touched
+            // partition when it wakes, so only the first touch since then rings, and a
+            // run of records to one partition (sticky partitioning) is noted once.
             None if self.short_linger => {
-                self.touched.push((record.topic.to_owned(), partition));
-                ring = true;
+                let noted = self
+                    .touched
+                    .last()
+                    .is_some_and(|(topic, last)| *last == partition && topic == record.topic);
+                if !noted {
+                    ring |= self.touched.is_empty();
+                    self.touched.push((record.topic.to_owned(), partition));
+                }
             }
             None => {}
         }
