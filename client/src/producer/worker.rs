@@ -34,7 +34,7 @@ use flumen_protocol::wire::ErrorCode;
 use tokio::sync::mpsc;
 
 use super::desk::{Desk, Waiting};
-use super::{Command, Counters, Delivery, ProduceError, ProducerConfig, Record, RecordRef, Reply};
+use super::{Command, Counters, Delivery, ProduceError, ProducerConfig, Record, Reply};
 use crate::accumulator::{AppendError, ReadyBatch};
 use crate::fast_hash::{FastMap, FastSet};
 use crate::operation::{ProduceBatches, ProducePart};
@@ -524,15 +524,7 @@ impl<R: Runtime> Worker<R> {
     /// producer has an outbox), once its topic's metadata is known. `size` is the
     /// buffer room `send` reserved for it.
     async fn append(&mut self, record: Record, reply: Reply, size: usize) {
-        // A known topic needs no await.
-        let known = self.routes.partitions.get(&record.topic).map(Vec::len);
-        let producer_ready =
-            !self.idempotent() || self.desk.lock().accumulator.producer().is_some();
-        let prepared = match known.filter(|_| producer_ready) {
-            Some(count) => Ok(count as u32),
-            None => self.prepare(&record.topic).await,
-        };
-        let partitions = match prepared {
+        let partitions = match self.prepare(&record.topic).await {
             Ok(count) => count,
             Err(error) => {
                 self.desk.lock().unhand(&record.topic, size);
@@ -543,15 +535,9 @@ impl<R: Runtime> Worker<R> {
         let headers = record.header_refs();
         let mut desk = self.desk.lock();
         desk.unhand(&record.topic, size);
-        let now = Instant::now();
-        let timestamp = record.timestamp_ms.unwrap_or_else(|| desk.now_ms(now));
-        let outgoing = RecordRef {
-            timestamp_ms: Some(timestamp),
-            ..record.borrowed(&headers)
-        };
-        let now = Some(now);
-        // Cannot fail for room: `send` reserved it.
-        let appended = desk.append(&outgoing, partitions, reply, now);
+        // Cannot fail for room: `send` reserved it. Without a timestamp, the
+        // accumulator stamps the record with the time of the append.
+        let appended = desk.append(&record.borrowed(&headers), partitions, reply, None);
         drop(desk);
         // Sends waiting for this topic's handed records to be appended may go on.
         self.desk.room.notify_waiters();
