@@ -269,7 +269,9 @@ async fn callbacks_report_every_outcome_once() {
 
 /// A borrowed record is copied before its send returns: one buffer rewritten for every
 /// record still stores each record's own bytes, whether the send appended it itself or
-/// handed it to the worker (the first ones, while the topic's metadata was fetched).
+/// handed it to the worker (the first ones, while the topic's metadata was fetched);
+/// each is stamped with the time of its append, and its delivery says when it was
+/// acknowledged.
 #[tokio::test(flavor = "current_thread")]
 async fn borrowed_records_are_copied_before_the_send_returns() {
     use flumen_client::RecordRef;
@@ -279,6 +281,13 @@ async fn borrowed_records_are_copied_before_the_send_returns() {
     let mut value = [0u8; 32];
     let mut key = Vec::new();
     let mut deliveries = Vec::new();
+    let wall_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    let (sent_from, sent_from_ms) = (std::time::Instant::now(), wall_ms());
     for index in 0..2_000u32 {
         value.fill(b'a' + (index % 26) as u8);
         value[..4].copy_from_slice(&index.to_le_bytes());
@@ -306,12 +315,16 @@ async fn borrowed_records_are_copied_before_the_send_returns() {
     let mut at = HashMap::new();
     for (index, delivery) in deliveries {
         let delivered = delivery.await.expect("delivered");
+        // When the producer learned the outcome: after the sends began, before now.
+        assert!(delivered.acknowledged_at >= sent_from);
+        assert!(delivered.acknowledged_at <= std::time::Instant::now());
         at.insert(
             (delivered.partition.unwrap(), delivered.offset.unwrap()),
             index,
         );
     }
     producer.close().await;
+    let sent_until_ms = wall_ms();
     let mut seen = 0;
     for partition in 0..2 {
         let fetched = admin.fetch("borrowed", partition, 0, 4 << 20, 0).unwrap();
@@ -327,6 +340,13 @@ async fn borrowed_records_are_copied_before_the_send_returns() {
                 assert_eq!(stored.key(), Some(expected_key.as_bytes()));
                 let headers: Vec<(&str, &[u8])> = stored.headers().collect();
                 assert_eq!(headers, vec![("index", &index.to_le_bytes()[..])]);
+                // Records without a timestamp are stamped with the time they were
+                // appended, by the send or (handed over) by the worker.
+                let stamped = stored.timestamp_ms();
+                assert!(
+                    (sent_from_ms..=sent_until_ms).contains(&stamped),
+                    "{stamped} outside {sent_from_ms}..={sent_until_ms}"
+                );
                 seen += 1;
             }
         }
