@@ -236,10 +236,12 @@ fn retention_frees_deleted_segments_in_the_background() {
     run_on_shard(|| async {
         let dir = tempfile::tempdir().unwrap();
         let clock = Rc::new(ManualClock::new(10_000));
-        // 20 MiB segments: freeing one takes three 8 MiB steps.
+        // 20 MiB segments: freeing one takes three 8 MiB steps. (Recycling would keep
+        // one of them as the next spare: `retention_recycles_*` below.)
         let config = LogConfig {
             segment_bytes_max: 20 << 20,
             retention_bytes: Some(20 << 20),
+            recycle_segments: false,
             ..small_config()
         };
         let (log, _) = open(dir.path(), config, clock.clone()).await;
@@ -264,6 +266,199 @@ fn retention_frees_deleted_segments_in_the_background() {
             flumen::shard::sleep(std::time::Duration::from_millis(10)).await;
         }
         assert_eq!(log.log_start_offset(), report.log_start_offset);
+        log.close().await.unwrap();
+    });
+}
+
+fn inode(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().ino()
+}
+
+/// A log with 1 MiB segments and 2 MiB retention, filled to four segments (60 KiB
+/// batches, tags from 0), and the inodes of its segment files by base offset.
+async fn recycling_log(
+    dir: &std::path::Path,
+) -> (flumen::storage::Log, u64, Vec<(u64, u64)>, LogConfig) {
+    let config = LogConfig {
+        segment_bytes_max: 1 << 20,
+        retention_bytes: Some(2 << 20),
+        ..small_config()
+    };
+    assert!(config.recycle_segments, "the default");
+    let (log, _) = open_uncached(dir, config.clone()).await;
+    let mut tag = 0;
+    while log.segment_count() < 4 {
+        log.append(batch(tag, 4, 15_000, 10_000)).await.unwrap();
+        tag += 1;
+    }
+    log.flush().await.unwrap();
+    let inodes = log
+        .segment_base_offsets()
+        .into_iter()
+        .map(|base| (base, inode(&dir.join(format!("{base:020}.log")))))
+        .collect();
+    (log, tag, inodes, config)
+}
+
+/// Every batch from the log start on, in order and with the tags appended: nothing of a
+/// recycled file's earlier batches shows.
+async fn assert_reads_tags(log: &flumen::storage::Log, tags_from: u64, tags_to: u64) {
+    let read: Vec<u64> = read_all(log)
+        .await
+        .iter()
+        .map(|batch| tags(batch)[0].0)
+        .collect();
+    let expected: Vec<u64> = (tags_from..tags_to).collect();
+    assert_eq!(read, expected);
+}
+
+/// Retention keeps the newest segment it deleted as the next roll's spare: the next
+/// segment is that same file (same inode), overwritten from its start; reads and a
+/// reopen after a crash see only the new batches, and none of the old ones that still
+/// follow them in the file.
+#[test]
+fn retention_recycles_a_deleted_segment_as_the_next_segment() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, mut tag, inodes, config) = recycling_log(dir.path()).await;
+        let report = log.apply_retention().await.unwrap();
+        assert!(report.segments_deleted >= 1, "{report:?}");
+        let (newest_deleted, recycled_inode) = inodes[report.segments_deleted - 1];
+        let spare = dir.path().join(flumen::storage::SPARE_FILE);
+        assert_eq!(inode(&spare), recycled_inode, "{report:?}");
+        assert!(
+            report.bytes_recycled > 0 && report.bytes_recycled <= report.bytes_deleted,
+            "{report:?}"
+        );
+        assert!(!dir
+            .path()
+            .join(format!("{newest_deleted:020}.log"))
+            .exists());
+        let start_tag = log.log_start_offset() / 4;
+        // Fill the active segment until a roll takes the spare, then half the next one.
+        let rolled_at = log.segment_count();
+        while log.segment_count() == rolled_at {
+            log.append(batch(tag, 4, 15_000, 10_000)).await.unwrap();
+            tag += 1;
+        }
+        let new_base = log.active_segment_base();
+        for _ in 0..8 {
+            log.append(batch(tag, 4, 15_000, 10_000)).await.unwrap();
+            tag += 1;
+        }
+        log.flush().await.unwrap();
+        let new_path = dir.path().join(format!("{new_base:020}.log"));
+        assert_eq!(
+            inode(&new_path),
+            recycled_inode,
+            "the spare became the segment"
+        );
+        assert!(
+            std::fs::metadata(&new_path).unwrap().len() > 8 * 60_000,
+            "the earlier batches still follow the new ones in the file"
+        );
+        assert_reads_tags(&log, start_tag, tag).await;
+        // A crash (no close): recovery stops at the old batches and cuts nothing.
+        drop(log);
+        let (log, report) = open_uncached(dir.path(), config).await;
+        assert_eq!(report.bytes_cut, 0, "{report:?}");
+        assert!(report.cuts.is_empty(), "{report:?}");
+        assert_eq!(log.next_offset(), tag * 4);
+        assert_reads_tags(&log, start_tag, tag).await;
+        log.close().await.unwrap();
+    });
+}
+
+/// A recycled spare that no roll took yet holds only a deleted segment's batches: after
+/// a crash it is removed, not taken back as a segment.
+#[test]
+fn an_unused_recycled_spare_is_not_recovered_as_a_segment() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, tag, _, config) = recycling_log(dir.path()).await;
+        let report = log.apply_retention().await.unwrap();
+        assert!(report.bytes_recycled > 0, "{report:?}");
+        let spare = dir.path().join(flumen::storage::SPARE_FILE);
+        assert!(spare.exists());
+        let (bases, start) = (log.segment_base_offsets(), log.log_start_offset());
+        drop(log);
+        let (log, _) = open_uncached(dir.path(), config).await;
+        assert!(!spare.exists(), "removed");
+        assert_eq!(log.segment_base_offsets(), bases);
+        assert_eq!(log.log_start_offset(), start);
+        assert_reads_tags(&log, start / 4, tag).await;
+        log.close().await.unwrap();
+    });
+}
+
+/// A crash after a recycled segment was rolled away from but before its seal truncated
+/// the old batches after its end: recovery ends the segment where its own batches end
+/// and keeps the segment after it, which continues its offsets exactly; even when the
+/// bytes after its end cannot be told from damage (here: overwritten with garbage), which
+/// are then cut.
+#[test]
+fn a_crash_before_the_seal_of_a_recycled_segment_keeps_the_next_segment() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, mut tag, _, config) = recycling_log(dir.path()).await;
+        assert!(log.apply_retention().await.unwrap().bytes_recycled > 0);
+        let start_tag = log.log_start_offset() / 4;
+        // Quarter-size segments from now on: the recycled 1 MiB file is rolled away from
+        // at 256 KiB, with most of its old batches after its end.
+        let small = LogConfig {
+            segment_bytes_max: 256 << 10,
+            ..config.clone()
+        };
+        log.reconfigure(small.clone()).unwrap();
+        let before = log.segment_count();
+        while log.segment_count() < before + 2 {
+            log.append(batch(tag, 4, 15_000, 10_000)).await.unwrap();
+            tag += 1;
+        }
+        assert!(log.has_pending_seal());
+        log.append(batch(tag, 4, 15_000, 10_000)).await.unwrap();
+        tag += 1;
+        // Reading from disk writes everything out (no sync: the seal stays pending).
+        assert_reads_tags(&log, start_tag, tag).await;
+        assert!(log.has_pending_seal());
+        let bases = log.segment_base_offsets();
+        drop(log);
+        let (log, report) = open_uncached(dir.path(), small.clone()).await;
+        assert!(report.cuts.is_empty(), "{report:?}");
+        assert_eq!(log.segment_base_offsets(), bases);
+        assert_eq!(log.next_offset(), tag * 4);
+        assert_reads_tags(&log, start_tag, tag).await;
+        drop(log);
+        // The same crash, with garbage after the recycled segment's 256 KiB.
+        let again = dir.path().join("again");
+        let (log, _, _, config) = recycling_log(&again).await;
+        assert!(log.apply_retention().await.unwrap().bytes_recycled > 0);
+        log.reconfigure(small).unwrap();
+        let (before, mut tag) = (log.segment_count(), log.next_offset() / 4);
+        let start_tag = log.log_start_offset() / 4;
+        while log.segment_count() < before + 2 {
+            log.append(batch(tag, 4, 15_000, 10_000)).await.unwrap();
+            tag += 1;
+        }
+        assert_reads_tags(&log, start_tag, tag).await;
+        let bases = log.segment_base_offsets();
+        let recycled = bases[bases.len() - 2];
+        drop(log);
+        let path = again.join(format!("{recycled:020}.log"));
+        let mut bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.len() > 512 << 10, "the earlier batches follow");
+        bytes[256 << 10..].fill(0xab);
+        std::fs::write(&path, bytes).unwrap();
+        let (log, report) = open_uncached(&again, config).await;
+        assert_eq!(report.cuts.len(), 1, "{report:?}");
+        assert!(
+            report.cuts[0].contains(&format!("{recycled:020}.log: cut")),
+            "{report:?}"
+        );
+        assert_eq!(log.segment_base_offsets(), bases);
+        assert_eq!(log.next_offset(), tag * 4);
+        assert_reads_tags(&log, start_tag, tag).await;
         log.close().await.unwrap();
     });
 }

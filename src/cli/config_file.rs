@@ -48,6 +48,7 @@ pub(super) struct LogDefaults {
     pub write_buffer_bytes: Option<usize>,
     pub writes_in_flight_max: Option<usize>,
     pub preallocate_bytes: Option<u64>,
+    pub recycle_segments: Option<bool>,
 }
 
 impl ConfigFile {
@@ -137,6 +138,7 @@ impl ConfigFile {
                 write_buffer_bytes: Some(log.write_buffer_bytes),
                 writes_in_flight_max: Some(log.writes_in_flight_max),
                 preallocate_bytes: Some(log.preallocate_bytes),
+                recycle_segments: Some(log.recycle_segments),
             }),
         }
     }
@@ -171,6 +173,9 @@ impl LogDefaults {
         }
         if let Some(bytes) = self.preallocate_bytes {
             log.preallocate_bytes = bytes;
+        }
+        if let Some(recycle) = self.recycle_segments {
+            log.recycle_segments = recycle;
         }
     }
 }

@@ -30,6 +30,11 @@ pub struct LogConfig {
     pub preallocate_bytes: u64,
     /// Size of each direct read when scanning or serving a cache miss.
     pub read_chunk_bytes: usize,
+    /// Retention keeps a deleted segment's file as the next roll's spare instead of
+    /// freeing it, so the next segment overwrites written blocks: no unwritten extents to
+    /// convert at each write and `fdatasync`, nothing to free (see `docs/STORAGE.md`,
+    /// "Segment recycling"). The deleted bytes stay in the spare until overwritten.
+    pub recycle_segments: bool,
 }
 
 impl Default for LogConfig {
@@ -45,6 +50,7 @@ impl Default for LogConfig {
             writes_in_flight_max: 8,
             preallocate_bytes: 4 << 20,
             read_chunk_bytes: 1 << 20,
+            recycle_segments: true,
         }
     }
 }

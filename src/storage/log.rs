@@ -143,6 +143,9 @@ pub struct RetentionReport {
     pub segments_deleted: usize,
     /// Bytes deleted.
     pub bytes_deleted: u64,
+    /// Of those, the bytes of the segment kept as the next roll's spare (its file is
+    /// overwritten rather than freed; `LogConfig::recycle_segments`).
+    pub bytes_recycled: u64,
     /// The log start offset afterwards.
     pub log_start_offset: u64,
 }
@@ -1160,6 +1163,11 @@ impl Log {
         // is harmless: they are whole, and retention deletes them again. Syncing at every
         // deletion cost each partition two journal commits, which on a disk with a large
         // volatile cache held up writes for as long as the cache took to persist.
+        let mut deleted = deleted;
+        let mut report = report;
+        if let Some(recycled) = self.recycle_as_spare(&mut deleted).await {
+            report.bytes_recycled = recycled;
+        }
         let mut first_error = None;
         for segment in &deleted {
             if let Err(error) = segment.remove_files().await {
@@ -1171,7 +1179,7 @@ impl Log {
         // in the background: the shard's retention pass goes on to its other partitions
         // meanwhile, and a pass that deleted more frees it faster.
         drop(pass);
-        let pause = shrink_pause(report.bytes_deleted, free_within);
+        let pause = shrink_pause(report.bytes_deleted - report.bytes_recycled, free_within);
         spawn_detached(async move {
             for segment in &deleted {
                 if let Err(error) = segment.release_space(pause).await {
@@ -1184,6 +1192,63 @@ impl Log {
         }
         tracing::info!(dir = %self.dir.display(), ?report, "retention deleted segments");
         Ok(report)
+    }
+
+    /// Makes the newest segment of `deleted` that nothing reads any more the spare the
+    /// next roll takes (taking it out of `deleted`), if recycling is on and no spare
+    /// exists, is being made or still holds the spare's name. Returns its size.
+    ///
+    /// Its file keeps its written blocks, so the next segment overwrites them instead of
+    /// writing into `fallocate`d (unwritten) extents that ext4 converts, with a journal
+    /// update, at each write's completion and `fdatasync`; and retention has nothing to
+    /// free. The old batches stay after the new segment's end until overwritten: reads
+    /// stop at the logical end, recovery at the first batch that does not continue the
+    /// offsets, and [`adopt_spare`] never takes an unused recycled spare for a segment.
+    /// Any failure leaves the segment to be deleted as usual.
+    async fn recycle_as_spare(&self, deleted: &mut Vec<Rc<Segment>>) -> Option<u64> {
+        if !self.config().recycle_segments
+            || self.spare.borrow().is_some()
+            || self.preparing_spare.get()
+            || self.spare_taken.get()
+            || self.state.borrow().closed
+        {
+            return None;
+        }
+        // Only `deleted` holds it: no read is in flight on it, and none can start.
+        let position = deleted
+            .iter()
+            .rposition(|segment| Rc::strong_count(segment) == 1)?;
+        self.preparing_spare.set(true);
+        let segment = deleted.remove(position);
+        let path = self.dir.join(SPARE_FILE);
+        let recycled = async {
+            segment.remove_index().await?;
+            file::rename(&segment.path(), &path).await?;
+            match file::DirectFile::open(&path, false).await {
+                Ok(spare) => Ok(spare),
+                Err(error) => {
+                    // Named as the spare but unusable: unnamed, it is freed below.
+                    let _ = file::remove_file(&path).await;
+                    Err(error)
+                }
+            }
+        }
+        .await;
+        self.preparing_spare.set(false);
+        match recycled {
+            Ok(spare) => {
+                let size = segment.size();
+                // The retention pass holds its lock, so `close` has not run meanwhile.
+                *self.spare.borrow_mut() = Some(spare);
+                tracing::debug!(dir = %self.dir.display(), segment = segment.base_offset, "recycled a deleted segment as the spare");
+                Some(size)
+            }
+            Err(error) => {
+                tracing::warn!(path = %segment.path().display(), %error, "cannot recycle a deleted segment; freeing it");
+                deleted.insert(position, segment);
+                None
+            }
+        }
     }
 
     /// Under the append lock, drops the segments retention removes from the log's state
@@ -1551,6 +1616,9 @@ async fn adopt_spare(dir: &Path) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
+    // A roll's new segment starts after every existing one; a recycled spare no roll
+    // took still begins with the batches of a segment retention deleted, before them.
+    let newest = list_segments(dir)?.last().copied();
     let base = {
         let spare = file::DirectFile::open(&path, false)
             .await
@@ -1566,7 +1634,10 @@ async fn adopt_spare(dir: &Path) -> Result<()> {
         base
     };
     match base {
-        Some(base) if !segment_path(dir, base, "log").exists() => {
+        Some(base)
+            if newest.is_none_or(|newest| base > newest)
+                && !segment_path(dir, base, "log").exists() =>
+        {
             let to = segment_path(dir, base, "log");
             tracing::info!(from = %path.display(), to = %to.display(), "recovering a spare segment");
             file::rename(&path, &to)

@@ -13,6 +13,9 @@
 //! 5. At the first cut, the segment file is truncated there and all later segments are
 //!    deleted: offsets must stay dense, and bytes after a cut were never acknowledged as
 //!    durable (a durable batch is never followed by a torn one in an earlier position).
+//!    Unless the next segment starts exactly where the cut one now ends: then the bytes
+//!    cut lay past the segment's end (in a recycled file, the batches of its earlier
+//!    use), nothing is missing, and the later segments stay.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -122,6 +125,15 @@ pub(crate) async fn recover(
                 .map_err(|error| StorageError::io("writing index of", segment.path(), error))?;
         }
         let trusted = checkpoint.is_some_and(|checkpoint| base < checkpoint.segment_base);
+        // A cut segment that the next one continues exactly lost nothing of its log: the
+        // bytes cut lay past its end (a torn write after it, or the batches of a deleted
+        // segment whose file it recycled). The later segments stay.
+        let opened = match opened {
+            Opened::CutTail if bases.get(number + 1) == Some(&segment.next_offset()) => {
+                Opened::Intact
+            }
+            opened => opened,
+        };
         if opened == Opened::Intact && !trusted && number + 1 < bases.len() {
             // A scanned segment with later ones was rolled away from and not sealed
             // before the crash: seal it now, so it is durable before the checkpoint moves
@@ -252,17 +264,9 @@ async fn open_segment(
             (SegmentIndex::new(), start)
         }
     };
-    let outcome = scan_segment(
-        &file,
-        base,
-        start,
-        &mut index,
-        config.index_interval_bytes,
-        config.read_chunk_bytes,
-        epochs,
-    )
-    .await
-    .map_err(context("scanning", &path))?;
+    let outcome = scan_segment(&file, base, start, &mut index, config, epochs)
+        .await
+        .map_err(context("scanning", &path))?;
     report.batches_scanned += outcome.batches;
     for seen in &outcome.epochs_seen {
         if seen.epoch > 0

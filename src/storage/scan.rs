@@ -6,6 +6,8 @@
 //! the epoch history says was in force at its offset (the epoch is outside the CRC). The scan stops at the first
 //! position that is
 //! - all zeros (the normal end: preallocated or never-written space), or
+//! - a valid batch from before the segment's base offset (the normal end of a segment in
+//!   a recycled file, followed by the batches of the file's earlier use), or
 //! - anything else that is not an acceptable batch: a torn write (the batch runs past the
 //!   end of the file), a zero-filled or garbled block, a flipped bit, an offset that does
 //!   not continue the log.
@@ -15,9 +17,9 @@
 
 use std::io;
 
-use flumen_protocol::record::{BatchHeader, BatchView, BATCH_HEADER_BYTES};
+use flumen_protocol::record::{BatchHeader, BatchView, BATCH_ALIGNMENT_BYTES, BATCH_HEADER_BYTES};
 
-use super::config::IO_ALIGNMENT_BYTES;
+use super::config::{LogConfig, IO_ALIGNMENT_BYTES};
 use super::file::{DirectFile, ReadBytes};
 use super::index::SegmentIndex;
 use super::meta::EpochEntry;
@@ -59,10 +61,11 @@ pub(crate) async fn scan_segment(
     base_offset: u64,
     start: ScanStart,
     index: &mut SegmentIndex,
-    index_interval_bytes: u64,
-    chunk_bytes: usize,
+    config: &LogConfig,
     epochs: Option<&[EpochEntry]>,
 ) -> io::Result<ScanOutcome> {
+    let (index_interval_bytes, chunk_bytes) =
+        (config.index_interval_bytes, config.read_chunk_bytes);
     let file_size = file.size().await?;
     let mut outcome = ScanOutcome {
         end_position: start.position,
@@ -88,6 +91,11 @@ pub(crate) async fn scan_segment(
             // Zeros where a header should be: the end of written data, unless something
             // non-zero follows (then a block was zero-filled in the middle of the log).
             outcome.cut = cut_here(file, position, file_size, "zero-filled block").await?;
+            if outcome.cut.is_some()
+                && earlier_use_follows(file, position, file_size, base_offset, config).await?
+            {
+                outcome.cut = None;
+            }
             break;
         }
         let header = match BatchHeader::decode(&header_bytes) {
@@ -107,6 +115,10 @@ pub(crate) async fn scan_segment(
             .await?;
         let problem = match BatchView::validate_header_and_crc(&batch) {
             Err(error) => Some(error.to_string()),
+            // A whole batch from before this segment: the file is a recycled one and its
+            // earlier use's batches follow the end of this one's (see `Log`'s
+            // `recycle_as_spare`). The normal end, like zeros.
+            Ok(_) if header.base_offset < base_offset => break,
             Ok(_) if header.base_offset != outcome.next_offset => Some(format!(
                 "batch offset {} does not continue the log at {}",
                 header.base_offset, outcome.next_offset
@@ -167,6 +179,47 @@ pub(crate) fn epoch_at(epochs: &[EpochEntry], offset: u64) -> Option<u32> {
     }
     let after = epochs.partition_point(|entry| entry.start_offset <= offset);
     after.checked_sub(1).map(|index| epochs[index].epoch)
+}
+
+/// Whether the zeros at `position` are the normal end of a segment in a recycled file:
+/// zeros to the end of their block (the writer's padding of its last write), and past
+/// it, within two largest batches, a whole valid batch from before `base_offset`: the
+/// file's earlier use, whose batch cut by the block boundary is the bytes before it.
+/// Only asked when non-zero bytes follow the zeros (after a crash).
+async fn earlier_use_follows(
+    file: &DirectFile,
+    position: u64,
+    file_size: u64,
+    base_offset: u64,
+    config: &LogConfig,
+) -> io::Result<bool> {
+    let block_start = position - position % IO_ALIGNMENT_BYTES;
+    let block = file
+        .read_at(block_start, IO_ALIGNMENT_BYTES as usize)
+        .await?;
+    if block[(position - block_start) as usize..]
+        .iter()
+        .any(|&byte| byte != 0)
+    {
+        return Ok(false);
+    }
+    let after = block_start + IO_ALIGNMENT_BYTES;
+    let window = (2 * config.batch_bytes_max as u64).min(file_size.saturating_sub(after));
+    let bytes = file.read_at(after, window as usize).await?;
+    let mut at = 0;
+    while at + BATCH_HEADER_BYTES <= bytes.len() {
+        let earlier = BatchHeader::decode(&bytes[at..]).is_ok_and(|header| {
+            header.base_offset < base_offset
+                && bytes
+                    .get(at..at + header.padded_length())
+                    .is_some_and(|batch| BatchView::validate_header_and_crc(batch).is_ok())
+        });
+        if earlier {
+            return Ok(true);
+        }
+        at += BATCH_ALIGNMENT_BYTES;
+    }
+    Ok(false)
 }
 
 /// Reports a cut at `position` if any non-zero byte lies at or after it.

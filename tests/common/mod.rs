@@ -71,6 +71,7 @@ pub fn small_config() -> LogConfig {
         writes_in_flight_max: 8,
         preallocate_bytes: 64 << 10,
         read_chunk_bytes: 32 << 10,
+        recycle_segments: true,
     }
 }
 
