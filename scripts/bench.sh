@@ -132,8 +132,11 @@ load idle --scenario idle --broker-pid "$BROKER" --idle-partitions "$IDLE_PARTIT
 stop_broker
 
 # The peer's workloads: 4 partitions, ~1 MB batches (1,000 x 1 KB); end to end at 100 MB/s.
+# Closed-loop latency is the queue's depth over the throughput: the peer's producers each
+# await a batch before sending the next, so these runs hold two batches per partition
+# (an 8 MiB buffer) rather than the default 32 MiB the max-rate runs above use.
 start_broker
-load peer-max "${COMMON[@]}" --partitions 4 --acks 1,all --consumers 0
+load peer-max "${COMMON[@]}" --partitions 4 --acks 1,all --consumers 0 --buffer-memory 8MiB
 stop_broker
 start_broker
 load peer-e2e "${COMMON[@]}" "${LOW_LATENCY[@]}" --partitions 4 --acks 1,all --consumers 1 --rate 100MB/s

@@ -112,6 +112,11 @@ pub struct Args {
     /// record after the linger, finer than the runtime's 1 ms timer.
     #[arg(long, default_value_t = 5.0, value_parser = parse_linger_ms)]
     linger_ms: f64,
+    /// Bytes of records each producer may hold unacknowledged (`4MiB`, `32MB`); a send
+    /// waits for room beyond it. Default: 32 batches, at least 32 MiB. In a max-rate
+    /// (closed-loop) run this sets how deep the queue runs, and so the latencies.
+    #[arg(long)]
+    buffer_memory: Option<String>,
     /// Produce requests each producer keeps in flight per broker shard (each carries the
     /// ready batches of partitions with none in flight).
     #[arg(long, default_value_t = 5)]
@@ -168,6 +173,8 @@ struct Config<'a> {
     target_rate_msgs_per_s: Option<f64>,
     compression: &'static str,
     client_version: &'static str,
+    /// The producers' buffer, in effect (`--buffer-memory` or its default).
+    buffer_memory_bytes: usize,
     #[serde(flatten)]
     flags: &'a Args,
 }
@@ -320,7 +327,11 @@ fn plan(args: &Args) -> Result<Plan, String> {
     let batching = AccumulatorConfig {
         batch_size_bytes: args.batch_size,
         linger: Duration::from_secs_f64(args.linger_ms / 1000.0),
-        buffer_memory_bytes: (args.batch_size * 32).max(32 << 20),
+        buffer_memory_bytes: match &args.buffer_memory {
+            Some(text) => usize::try_from(parse_bytes(text)?)
+                .map_err(|_| format!("--buffer-memory {text} is too large"))?,
+            None => (args.batch_size * 32).max(32 << 20),
+        },
     };
     batching
         .validate()
@@ -486,6 +497,7 @@ fn run(args: &Args) -> Result<(), String> {
             target_rate_msgs_per_s: plan.rate_msgs_per_s,
             compression: "none",
             client_version: env!("CARGO_PKG_VERSION"),
+            buffer_memory_bytes: plan.batching.buffer_memory_bytes,
             flags: args,
         },
         runs: results.iter().map(|result| result.run.clone()).collect(),
@@ -570,5 +582,21 @@ mod tests {
         assert_eq!(parse_cpus("0,2-4"), Ok(vec![0, 2, 3, 4]));
         assert!(parse_cpus("x").is_err() && parse_cpus("100000").is_err());
         assert_eq!(parse_acks("0, 1,all").unwrap().len(), 3);
+    }
+
+    #[test]
+    fn the_producer_buffer_defaults_to_32_batches_and_can_be_set() {
+        let plan_of = |flags: &[&str]| {
+            let args = Args::try_parse_from(
+                std::iter::once("flumen-loadgen").chain(flags.iter().copied()),
+            )
+            .expect("flags parse");
+            plan(&args).map(|plan| plan.batching.buffer_memory_bytes)
+        };
+        assert_eq!(plan_of(&[]), Ok(32 << 20));
+        assert_eq!(plan_of(&["--batch-size", "2097152"]), Ok(64 << 20));
+        assert_eq!(plan_of(&["--buffer-memory", "8MiB"]), Ok(8 << 20));
+        assert!(plan_of(&["--buffer-memory", "0"]).is_err());
+        assert!(plan_of(&["--buffer-memory", "lots"]).is_err());
     }
 }
