@@ -20,6 +20,11 @@ struct Broker {
 
 impl Broker {
     fn start(data_dir: &Path, address: SocketAddr) -> Self {
+        Self::start_with(data_dir, address, "")
+    }
+
+    /// Starts a broker with `extra` appended to its configuration file.
+    fn start_with(data_dir: &Path, address: SocketAddr, extra: &str) -> Self {
         // Groups: no wait for more members before the first rebalance, short sessions.
         let mut config = tempfile::NamedTempFile::new().unwrap();
         config
@@ -27,6 +32,7 @@ impl Broker {
                 b"group_initial_rebalance_delay_ms = 0\ngroup_session_timeout_min_ms = 100\n",
             )
             .unwrap();
+        config.write_all(extra.as_bytes()).unwrap();
         let config = config.into_temp_path();
         let child = Command::new(FLUMEN)
             .args(["broker", "--shards", "2", "--listen", &address.to_string()])
@@ -299,6 +305,93 @@ fn every_acknowledged_message_survives_kill_9() {
         .unwrap()
         .offset;
     assert_eq!(log_end, offset, "the duplicate was not appended");
+    broker.stop();
+}
+
+/// Retention recycles deleted segments as the next ones (`recycle_segments`, on by
+/// default), so the files hold old records after the new ones' end. A broker killed
+/// with kill -9 while producing into recycled files comes back with every acknowledged
+/// record from its log start on, offsets dense, and none of the deleted ones.
+#[test]
+fn acknowledged_messages_survive_kill_9_while_retention_recycles_segments() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let address = free_address();
+    let broker = Broker::start_with(dir.path(), address, "retention_check_interval_ms = 20\n");
+    let mut client = Client::connect(address).unwrap();
+    let configs = [
+        ("segment.bytes", "1048576"),
+        ("retention.bytes", "2097152"),
+        ("max.message.bytes", "65536"),
+    ];
+    client.create_topic("recycled", 1, &configs).unwrap();
+    let spare = dir.path().join("recycled").join("0").join("next.log.spare");
+    // A recycled spare holds a deleted segment's records (an empty one made ahead of a
+    // roll holds none, and is a 4 MiB preallocation).
+    let recycled_spare = || {
+        std::fs::read(&spare)
+            .is_ok_and(|bytes| bytes.len() <= 1 << 20 && bytes.iter().any(|&byte| byte != 0))
+    };
+    let value = |index: u64| format!("{index:08}:{}", "r".repeat(8_000));
+    let mut acknowledged: BTreeMap<u64, String> = BTreeMap::new();
+    let (mut broker, mut killer, mut kill_at) = (Some(broker), None, None);
+    for index in 0..100_000u64 {
+        let mut builder = BatchBuilder::new(0);
+        builder.push(index as i64, None, Some(value(index).as_bytes()), &[]);
+        let batch = builder.build().unwrap();
+        match client.produce("recycled", 0, &[batch.as_bytes()], Acks::All) {
+            Ok(result) => acknowledged.insert(result.base_offset, value(index)),
+            Err(_) => break,
+        };
+        // Once a recycled spare is seen, write two segments more (the rolls take
+        // recycled spares), then kill mid-stream from another thread.
+        if kill_at.is_none() && recycled_spare() {
+            kill_at = Some(index + 300);
+        }
+        if Some(index) == kill_at {
+            let victim = broker.take().unwrap();
+            killer = Some(std::thread::spawn(move || victim.kill_9()));
+        }
+    }
+    assert!(kill_at.is_some(), "retention never recycled a segment");
+    killer.expect("the broker was killed").join().unwrap();
+    wait_until_port_released(address);
+    let broker = Broker::start(dir.path(), address);
+    let mut client = Client::connect(address).unwrap();
+    let start = client
+        .list_offsets("recycled", 0, flumen_client::EARLIEST_TIMESTAMP)
+        .unwrap()
+        .offset;
+    assert!(start > 0, "retention deleted the first segments");
+    let mut offset = start;
+    loop {
+        let fetched = client.fetch("recycled", 0, offset, 1 << 20, 0).unwrap();
+        let batches = fetched.batches().unwrap();
+        if batches.is_empty() {
+            break;
+        }
+        for batch in batches {
+            for record in batch.records() {
+                assert_eq!(record.offset(), offset, "offsets are dense");
+                let stored = String::from_utf8(record.value().unwrap().to_vec()).unwrap();
+                if let Some(expected) = acknowledged.get(&offset) {
+                    assert_eq!(&stored, expected, "offset {offset} changed");
+                } else {
+                    assert!(
+                        offset > *acknowledged.keys().next_back().unwrap(),
+                        "offset {offset} was never acknowledged yet is stored: {}",
+                        &stored[..8]
+                    );
+                }
+                offset += 1;
+            }
+        }
+    }
+    let lost: Vec<_> = acknowledged
+        .range(start..)
+        .filter(|(at, _)| **at >= offset)
+        .collect();
+    assert!(lost.is_empty(), "acknowledged offsets lost: {}", lost.len());
     broker.stop();
 }
 
