@@ -146,12 +146,19 @@ impl Session {
         operation.output_without_response()
     }
 
-    /// A buffer for the response announced by `length` (its first four bytes included).
-    pub fn response_buffer(&self, length: [u8; 4]) -> Result<FrameBuffer> {
-        let mut frame = FrameBuffer::zeroed(flumen_protocol::wire::frame_length(
+    /// The size of the response announced by `length` (its first four bytes included),
+    /// checked against the frame limit.
+    pub fn response_length(&self, length: [u8; 4]) -> Result<usize> {
+        Ok(flumen_protocol::wire::frame_length(
             length,
             self.frame_bytes_max,
-        )?);
+        )?)
+    }
+
+    /// A zeroed buffer for the response announced by `length` (its first four bytes
+    /// included), for readers that can only write into initialised bytes.
+    pub fn response_buffer(&self, length: [u8; 4]) -> Result<FrameBuffer> {
+        let mut frame = FrameBuffer::zeroed(self.response_length(length)?);
         frame.as_mut_slice()[..4].copy_from_slice(&length);
         Ok(frame)
     }

@@ -1,7 +1,10 @@
 //! The tokio transport: the same operations over a tokio `TcpStream`, for services that
 //! run on tokio (what most Rust services use). One request at a time per connection.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::pin::Pin;
+
+use flumen_protocol::wire::FrameBuffer;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
 use crate::operation::{Operation, Session};
@@ -50,10 +53,10 @@ impl AsyncClient {
         }
         let mut length = [0u8; 4];
         self.stream.read_exact(&mut length).await?;
-        let mut frame = self.session.response_buffer(length)?;
-        self.stream
-            .read_exact(&mut frame.as_mut_slice()[4..])
-            .await?;
+        let total = self.session.response_length(length)?;
+        let mut frame = FrameBuffer::with_capacity(total);
+        frame.extend_from_slice(&length);
+        read_into(&mut self.stream, &mut frame, total).await?;
         self.session.finish(operation, correlation_id, frame)
     }
 
@@ -63,4 +66,23 @@ impl AsyncClient {
     }
 
     client_methods!([pub] [async] [.await]);
+}
+
+/// Reads from `stream` until `frame` holds `total` bytes, into its unfilled room: no
+/// zeroing first (a `memset` of every fetch response, a few per cent of a consumer's
+/// core at 750 MB/s).
+async fn read_into(stream: &mut TcpStream, frame: &mut FrameBuffer, total: usize) -> Result<()> {
+    while frame.as_slice().len() < total {
+        let mut buffer = ReadBuf::uninit(frame.unfilled(total));
+        std::future::poll_fn(|context| Pin::new(&mut *stream).poll_read(context, &mut buffer))
+            .await?;
+        let read = buffer.filled().len();
+        if read == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        // SAFETY: `ReadBuf` counts as filled only bytes the read wrote, at the start of
+        // the slice `unfilled` returned.
+        unsafe { frame.assume_filled(read) };
+    }
+    Ok(())
 }
