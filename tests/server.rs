@@ -377,3 +377,53 @@ fn a_long_poll_fetch_answers_when_data_arrives() {
         "woken, not timed out"
     );
 }
+
+/// A roll that takes a partition over `retention.bytes` is followed by a retention pass
+/// at once, not at the next periodic check (an hour away here): the log start moves up
+/// to keep about the limit while the producer writes.
+#[test]
+fn size_retention_follows_each_roll_without_waiting_for_the_periodic_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = BrokerConfig {
+        data_dir: dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shards: 1,
+        io_memory_bytes: 512 << 10,
+        cache_bytes_per_shard: 8 << 20,
+        retention_check_interval_ms: 3_600_000,
+        ..BrokerConfig::default()
+    };
+    let broker = run_broker(config).expect("broker starts");
+    let mut client = Client::connect(broker.summary().listen).unwrap();
+    let configs = [
+        ("segment.bytes", "1048576"),
+        ("retention.bytes", "2097152"),
+        ("max.message.bytes", "65536"),
+    ];
+    client.create_topic("sized", 1, &configs).unwrap();
+    let value = "v".repeat(8_000);
+    // 12 MB in 32 KB batches (31 to a segment): twelve rolls.
+    for _ in 0..384 {
+        let batch = batch(&[value.as_str(); 4]);
+        client.produce("sized", 0, &[&batch], Acks::All).unwrap();
+    }
+    let offsets = |client: &mut Client| {
+        let at = |client: &mut Client, time| client.list_offsets("sized", 0, time).unwrap().offset;
+        (at(client, EARLIEST_TIMESTAMP), at(client, LATEST_TIMESTAMP))
+    };
+    // At most the 2 MiB kept, the segment over it, the active one and one being sealed.
+    let kept = |(start, end): (u64, u64)| end - start <= 4 * 31 * 4;
+    // The passes run in the background right after each roll's seal: wait (bounded)
+    // for the last one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !kept(offsets(&mut client)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let (start, end) = offsets(&mut client);
+    assert_eq!(end, 384 * 4);
+    assert!(
+        start > 0 && kept((start, end)),
+        "log start {start}, end {end}"
+    );
+    drop(broker);
+}

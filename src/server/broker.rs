@@ -490,6 +490,7 @@ async fn background_flush_loop(state: Rc<ShardState>) {
         interval.clamp(1, 100)
     };
     let ticks_per_interval = interval.div_ceil(tick).max(1);
+    let retention_free_within = retention_interval(&state) / 2;
     let mut ticks = 0u64;
     loop {
         sleep(Duration::from_millis(tick)).await;
@@ -510,14 +511,16 @@ async fn background_flush_loop(state: Rc<ShardState>) {
             if !work || !partition.claim_background() {
                 continue;
             }
-            spawn_detached(background_turn(partition, flush));
+            spawn_detached(background_turn(partition, flush, retention_free_within));
         }
     }
 }
 
 /// One partition's background work, in order: the sync or the pending seal (a spare
-/// waits for the seal that names the last one), the due snapshot, the spare.
-async fn background_turn(partition: Rc<Partition>, flush: bool) {
+/// waits for the seal that names the last one), the due snapshot, a retention pass if a
+/// roll took the log over `retention.bytes` (`Log::over_retention_bytes`: it deletes the
+/// oldest segment and recycles it as the spare), the spare.
+async fn background_turn(partition: Rc<Partition>, flush: bool, free_within: Duration) {
     struct Turn(Rc<Partition>);
     impl Drop for Turn {
         fn drop(&mut self) {
@@ -535,6 +538,11 @@ async fn background_turn(partition: Rc<Partition>, flush: bool) {
         tracing::error!(?partition, %error, "background sync failed");
     }
     partition.write_due_snapshot().await;
+    if log.over_retention_bytes() {
+        if let Err(error) = log.apply_retention_freeing_within(free_within).await {
+            tracing::error!(?partition, %error, "retention failed");
+        }
+    }
     if let Err(error) = log.prepare_spare().await {
         tracing::warn!(?partition, %error, "cannot create a spare segment file");
     }
@@ -574,7 +582,7 @@ async fn offsets_refresh_loop(state: Rc<ShardState>) {
 /// what a pass deletes is freed over half the interval (steps no slower than 20 ms), so
 /// the freeing's cost is spread rather than taken in one burst.
 async fn retention_loop(state: Rc<ShardState>) {
-    let interval = Duration::from_millis(state.config.retention_check_interval_ms.max(10));
+    let interval = retention_interval(&state);
     loop {
         sleep(interval).await;
         for partition in state.local_partitions() {
@@ -584,6 +592,10 @@ async fn retention_loop(state: Rc<ShardState>) {
             }
         }
     }
+}
+
+fn retention_interval(state: &ShardState) -> Duration {
+    Duration::from_millis(state.config.retention_check_interval_ms.max(10))
 }
 
 fn check_data_dir(config: &BrokerConfig) -> Result<(), StartupError> {

@@ -1251,6 +1251,32 @@ impl Log {
         }
     }
 
+    /// Whether size-based retention would delete the oldest segment now: the log is
+    /// over `retention_bytes` without it, and it is neither the active segment nor still
+    /// being sealed. Cheap (no lock, no I/O). The broker runs a retention pass when this
+    /// holds right after a roll's seal, so a log stays within a segment of its limit
+    /// whatever the interval of the periodic pass, each pass deletes about one segment,
+    /// and that one is recycled (a pass that came later would find the spare slot taken
+    /// by the empty file made ahead of the next roll, and free what it deleted).
+    pub fn over_retention_bytes(&self) -> bool {
+        let Some(limit) = self.config().retention_bytes else {
+            return false;
+        };
+        let sealing = self
+            .pending_seal
+            .borrow()
+            .as_ref()
+            .map(|pending| pending.segment.base_offset);
+        let state = self.state.borrow();
+        let Some(oldest) = state.segments.values().next() else {
+            return false;
+        };
+        let total: u64 = state.segments.values().map(|segment| segment.size()).sum();
+        state.segments.len() > 1
+            && Some(oldest.base_offset) != sealing
+            && total - oldest.size() >= limit
+    }
+
     /// Under the append lock, drops the segments retention removes from the log's state
     /// and advances the log start; returns them for their files to be removed.
     async fn drop_expired_segments(&self) -> Result<(RetentionReport, Vec<Rc<Segment>>)> {
