@@ -370,6 +370,47 @@ fn retention_recycles_a_deleted_segment_as_the_next_segment() {
     });
 }
 
+/// An empty spare made ahead of the next roll (`prepare_spare`) gives way to a recycled
+/// segment: retention replaces it, and its file is freed (closed with no name left).
+#[test]
+fn a_recycled_segment_replaces_an_empty_spare() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, mut tag, inodes, _) = recycling_log(dir.path()).await;
+        while !log.wants_spare() {
+            log.append(batch(tag, 4, 15_000, 10_000)).await.unwrap();
+            tag += 1;
+        }
+        log.prepare_spare().await.unwrap();
+        let spare = dir.path().join(flumen::storage::SPARE_FILE);
+        assert!(!holds_data(&spare), "an empty, preallocated spare");
+        let report = log.apply_retention().await.unwrap();
+        assert!(report.bytes_recycled > 0, "{report:?}");
+        let (_, recycled_inode) = inodes[report.segments_deleted - 1];
+        assert_eq!(inode(&spare), recycled_inode);
+        assert!(holds_data(&spare));
+        assert!(
+            removed_but_open(dir.path()).is_empty(),
+            "the empty spare was closed: {:?}",
+            removed_but_open(dir.path())
+        );
+        // The next roll takes the recycled file.
+        let (rolled_at, start_tag) = (log.segment_count(), log.log_start_offset() / 4);
+        while log.segment_count() == rolled_at {
+            log.append(batch(tag, 4, 15_000, 10_000)).await.unwrap();
+            tag += 1;
+        }
+        log.flush().await.unwrap();
+        let active = log.active_segment_base();
+        assert_eq!(
+            inode(&dir.path().join(format!("{active:020}.log"))),
+            recycled_inode
+        );
+        assert_reads_tags(&log, start_tag, tag).await;
+        log.close().await.unwrap();
+    });
+}
+
 /// A recycled spare that no roll took yet holds only a deleted segment's batches: after
 /// a crash it is removed, not taken back as a segment.
 #[test]

@@ -206,6 +206,8 @@ pub struct Log {
     spare: RefCell<Option<file::DirectFile>>,
     /// A spare is being created.
     preparing_spare: Cell<bool>,
+    /// The spare is a recycled segment (not an empty file made ahead of a roll).
+    spare_recycled: Cell<bool>,
     /// A roll took the spare and its file still has the spare's name (until the seal
     /// renames it): no new spare may be created under that name meanwhile.
     spare_taken: Cell<bool>,
@@ -302,6 +304,7 @@ impl Log {
             seal_lock: LocalMutex::new(),
             spare: RefCell::new(None),
             preparing_spare: Cell::new(false),
+            spare_recycled: Cell::new(false),
             spare_taken: Cell::new(false),
             spare_retry_ms: Cell::new(i64::MIN),
             syncs: Rc::new(Cell::new(0)),
@@ -736,6 +739,7 @@ impl Log {
             return Ok(());
         }
         *self.spare.borrow_mut() = Some(file);
+        self.spare_recycled.set(false);
         Ok(())
     }
 
@@ -1195,8 +1199,10 @@ impl Log {
     }
 
     /// Makes the newest segment of `deleted` that nothing reads any more the spare the
-    /// next roll takes (taking it out of `deleted`), if recycling is on and no spare
-    /// exists, is being made or still holds the spare's name. Returns its size.
+    /// next roll takes (taking it out of `deleted`), if recycling is on, no spare is
+    /// being made or still holds the spare's name, and the spare, if any, is an empty
+    /// one made ahead of the roll (it is replaced, and its file freed). Returns the
+    /// recycled segment's size.
     ///
     /// Its file keeps its written blocks, so the next segment overwrites them instead of
     /// writing into `fallocate`d (unwritten) extents that ext4 converts, with a journal
@@ -1207,7 +1213,7 @@ impl Log {
     /// Any failure leaves the segment to be deleted as usual.
     async fn recycle_as_spare(&self, deleted: &mut Vec<Rc<Segment>>) -> Option<u64> {
         if !self.config().recycle_segments
-            || self.spare.borrow().is_some()
+            || (self.spare.borrow().is_some() && self.spare_recycled.get())
             || self.preparing_spare.get()
             || self.spare_taken.get()
             || self.state.borrow().closed
@@ -1223,6 +1229,7 @@ impl Log {
         let path = self.dir.join(SPARE_FILE);
         let recycled = async {
             segment.remove_index().await?;
+            // Replaces an empty spare, whose open handle then holds its only link.
             file::rename(&segment.path(), &path).await?;
             match file::DirectFile::open(&path, false).await {
                 Ok(spare) => Ok(spare),
@@ -1239,12 +1246,25 @@ impl Log {
             Ok(spare) => {
                 let size = segment.size();
                 // The retention pass holds its lock, so `close` has not run meanwhile.
-                *self.spare.borrow_mut() = Some(spare);
+                let replaced = self.spare.borrow_mut().replace(spare);
+                self.spare_recycled.set(true);
+                if let Some(empty) = replaced {
+                    // Unnamed by the rename: closing it frees its reserved blocks.
+                    let _ = empty.close().await;
+                }
                 tracing::debug!(dir = %self.dir.display(), segment = segment.base_offset, "recycled a deleted segment as the spare");
                 Some(size)
             }
             Err(error) => {
                 tracing::warn!(path = %segment.path().display(), %error, "cannot recycle a deleted segment; freeing it");
+                if self.spare.borrow().is_some() && !path.exists() {
+                    // The rename replaced the empty spare's name before the failure: a
+                    // roll must not take a file its seal cannot rename.
+                    let empty = self.spare.borrow_mut().take();
+                    if let Some(empty) = empty {
+                        let _ = empty.close().await;
+                    }
+                }
                 deleted.insert(position, segment);
                 None
             }
