@@ -1210,7 +1210,8 @@ impl Log {
     /// free. The old batches stay after the new segment's end until overwritten: reads
     /// stop at the logical end, recovery at the first batch that does not continue the
     /// offsets, and [`adopt_spare`] never takes an unused recycled spare for a segment.
-    /// Any failure leaves the segment to be deleted as usual.
+    /// The rename (and the index files' removal) is synced to the directory before the
+    /// file becomes the spare. Any failure leaves the segment to be deleted as usual.
     async fn recycle_as_spare(&self, deleted: &mut Vec<Rc<Segment>>) -> Option<u64> {
         if !self.config().recycle_segments
             || (self.spare.borrow().is_some() && self.spare_recycled.get())
@@ -1231,7 +1232,15 @@ impl Log {
             segment.remove_index().await?;
             // Replaces an empty spare, whose open handle then holds its only link.
             file::rename(&segment.path(), &path).await?;
-            match file::DirectFile::open(&path, false).await {
+            // Durable before anything overwrites the file: after a power loss the
+            // directory could otherwise still name it as the deleted segment (with its
+            // index files), holding new batches where that segment's were.
+            let synced = file::sync_dir(&self.dir).await;
+            let opened = match synced {
+                Ok(()) => file::DirectFile::open(&path, false).await,
+                Err(error) => Err(error),
+            };
+            match opened {
                 Ok(spare) => Ok(spare),
                 Err(error) => {
                     // Named as the spare but unusable: unnamed, it is freed below.
