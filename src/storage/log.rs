@@ -1288,22 +1288,32 @@ impl Log {
     /// and that one is recycled (a pass that came later would find the spare slot taken
     /// by the empty file made ahead of the next roll, and free what it deleted).
     pub fn over_retention_bytes(&self) -> bool {
-        let Some(limit) = self.config().retention_bytes else {
-            return false;
-        };
+        self.deletable_oldest()
+            .is_some_and(|(oldest, total)| self.over_size(&oldest, total))
+    }
+
+    /// The oldest segment, if retention may delete it (the log has another, and it is
+    /// not still being sealed, which like the active segment stays), and the log's size.
+    fn deletable_oldest(&self) -> Option<(Rc<Segment>, u64)> {
         let sealing = self
             .pending_seal
             .borrow()
             .as_ref()
             .map(|pending| pending.segment.base_offset);
         let state = self.state.borrow();
-        let Some(oldest) = state.segments.values().next() else {
-            return false;
-        };
         let total: u64 = state.segments.values().map(|segment| segment.size()).sum();
-        state.segments.len() > 1
-            && Some(oldest.base_offset) != sealing
-            && total - oldest.size() >= limit
+        (state.segments.len() > 1)
+            .then(|| Rc::clone(state.segments.values().next().expect("non-empty")))
+            .filter(|oldest| Some(oldest.base_offset) != sealing)
+            .map(|oldest| (oldest, total))
+    }
+
+    /// Whether the log of `total` bytes is still at least `retention_bytes` without
+    /// `oldest`.
+    fn over_size(&self, oldest: &Segment, total: u64) -> bool {
+        self.config()
+            .retention_bytes
+            .is_some_and(|limit| total - oldest.size() >= limit)
     }
 
     /// Under the append lock, drops the segments retention removes from the log's state
@@ -1314,26 +1324,8 @@ impl Log {
         let now = self.clock.now_ms();
         let mut report = RetentionReport::default();
         let mut deleted = Vec::new();
-        // Like the active segment, a segment still being sealed stays.
-        let sealing = self
-            .pending_seal
-            .borrow()
-            .as_ref()
-            .map(|pending| pending.segment.base_offset);
-        loop {
-            let (candidate, total) = {
-                let state = self.state.borrow();
-                let total: u64 = state.segments.values().map(|segment| segment.size()).sum();
-                let candidate = (state.segments.len() > 1)
-                    .then(|| Rc::clone(state.segments.values().next().expect("non-empty")))
-                    .filter(|oldest| Some(oldest.base_offset) != sealing);
-                (candidate, total)
-            };
-            let Some(oldest) = candidate else { break };
-            let over_size = self
-                .config()
-                .retention_bytes
-                .is_some_and(|limit| total - oldest.size() >= limit);
+        while let Some((oldest, total)) = self.deletable_oldest() {
+            let over_size = self.over_size(&oldest, total);
             let expired = self
                 .config()
                 .retention_ms
