@@ -120,6 +120,25 @@ fn free_address() -> SocketAddr {
     }
 }
 
+/// Every record of `topic`'s partition 0 from `offset` to its end: (offset, value).
+fn fetch_all(client: &mut Client, topic: &str, mut offset: u64) -> Vec<(u64, String)> {
+    let mut records = Vec::new();
+    loop {
+        let fetched = client.fetch(topic, 0, offset, 1 << 20, 0).unwrap();
+        let batches = fetched.batches().unwrap();
+        if batches.is_empty() {
+            return records;
+        }
+        for batch in batches {
+            for record in batch.records() {
+                let value = String::from_utf8(record.value().unwrap().to_vec()).unwrap();
+                records.push((record.offset(), value));
+                offset = record.offset() + 1;
+            }
+        }
+    }
+}
+
 fn cli(address: SocketAddr, args: &[&str], stdin: Option<&[u8]>) -> (bool, String, String) {
     let mut child = Command::new(FLUMEN)
         .arg("--bootstrap")
@@ -263,24 +282,9 @@ fn every_acknowledged_message_survives_kill_9() {
     wait_until_port_released(address);
     let broker = Broker::start(dir.path(), address);
     let mut client = Client::connect(address).unwrap();
-    let mut stored = HashMap::new();
-    let mut offset = 0;
-    loop {
-        let fetched = client.fetch("durable", 0, offset, 1 << 20, 0).unwrap();
-        let batches = fetched.batches().unwrap();
-        if batches.is_empty() {
-            break;
-        }
-        for batch in batches {
-            for record in batch.records() {
-                stored.insert(
-                    record.offset(),
-                    String::from_utf8(record.value().unwrap().to_vec()).unwrap(),
-                );
-                offset = record.offset() + 1;
-            }
-        }
-    }
+    let records = fetch_all(&mut client, "durable", 0);
+    let offset = records.last().map_or(0, |(last, _)| last + 1);
+    let stored: HashMap<u64, String> = records.into_iter().collect();
     for (offset, value) in &acknowledged {
         assert_eq!(
             stored.get(offset),
@@ -364,28 +368,18 @@ fn acknowledged_messages_survive_kill_9_while_retention_recycles_segments() {
         .offset;
     assert!(start > 0, "retention deleted the first segments");
     let mut offset = start;
-    loop {
-        let fetched = client.fetch("recycled", 0, offset, 1 << 20, 0).unwrap();
-        let batches = fetched.batches().unwrap();
-        if batches.is_empty() {
-            break;
+    for (at, stored) in fetch_all(&mut client, "recycled", start) {
+        assert_eq!(at, offset, "offsets are dense");
+        if let Some(expected) = acknowledged.get(&offset) {
+            assert_eq!(&stored, expected, "offset {offset} changed");
+        } else {
+            assert!(
+                offset > *acknowledged.keys().next_back().unwrap(),
+                "offset {offset} was never acknowledged yet is stored: {}",
+                &stored[..8]
+            );
         }
-        for batch in batches {
-            for record in batch.records() {
-                assert_eq!(record.offset(), offset, "offsets are dense");
-                let stored = String::from_utf8(record.value().unwrap().to_vec()).unwrap();
-                if let Some(expected) = acknowledged.get(&offset) {
-                    assert_eq!(&stored, expected, "offset {offset} changed");
-                } else {
-                    assert!(
-                        offset > *acknowledged.keys().next_back().unwrap(),
-                        "offset {offset} was never acknowledged yet is stored: {}",
-                        &stored[..8]
-                    );
-                }
-                offset += 1;
-            }
-        }
+        offset += 1;
     }
     let lost: Vec<_> = acknowledged
         .range(start..)

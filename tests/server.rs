@@ -11,16 +11,20 @@ use flumen_protocol::record::BatchBuilder;
 use flumen_protocol::wire::messages::{EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
 use flumen_protocol::wire::ErrorCode;
 
-fn start(data_dir: &Path) -> BrokerHandle {
-    let config = BrokerConfig {
+/// A small broker's configuration: two shards, any port, `data_dir`.
+fn config(data_dir: &Path) -> BrokerConfig {
+    BrokerConfig {
         data_dir: data_dir.to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
         shards: 2,
         io_memory_bytes: 512 << 10,
         cache_bytes_per_shard: 8 << 20,
         ..BrokerConfig::default()
-    };
-    run_broker(config).expect("broker starts")
+    }
+}
+
+fn start(data_dir: &Path) -> BrokerHandle {
+    run_broker(config(data_dir)).expect("broker starts")
 }
 
 fn batch(values: &[&str]) -> Vec<u8> {
@@ -279,12 +283,9 @@ fn resident_bytes() -> u64 {
 fn a_consumer_that_stops_reading_holds_bounded_broker_memory() {
     let dir = tempfile::tempdir().unwrap();
     let config = BrokerConfig {
-        data_dir: dir.path().to_path_buf(),
-        listen: "127.0.0.1:0".parse().unwrap(),
         shards: 1,
-        io_memory_bytes: 512 << 10,
         cache_bytes_per_shard: 0, // every fetch reads from disk into fresh buffers
-        ..BrokerConfig::default()
+        ..config(dir.path())
     };
     let broker = run_broker(config).unwrap();
     let address = broker.summary().listen;
@@ -385,13 +386,9 @@ fn a_long_poll_fetch_answers_when_data_arrives() {
 fn size_retention_follows_each_roll_without_waiting_for_the_periodic_check() {
     let dir = tempfile::tempdir().unwrap();
     let config = BrokerConfig {
-        data_dir: dir.path().to_path_buf(),
-        listen: "127.0.0.1:0".parse().unwrap(),
         shards: 1,
-        io_memory_bytes: 512 << 10,
-        cache_bytes_per_shard: 8 << 20,
         retention_check_interval_ms: 3_600_000,
-        ..BrokerConfig::default()
+        ..config(dir.path())
     };
     let broker = run_broker(config).expect("broker starts");
     let mut client = Client::connect(broker.summary().listen).unwrap();

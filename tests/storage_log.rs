@@ -288,10 +288,7 @@ async fn recycling_log(
     assert!(config.recycle_segments, "the default");
     let (log, _) = open_uncached(dir, config.clone()).await;
     let mut tag = 0;
-    while log.segment_count() < 4 {
-        log.append(batch(tag, 4, 15_000, 10_000)).await.unwrap();
-        tag += 1;
-    }
+    append_until(&log, &mut tag, |log| log.segment_count() == 4).await;
     log.flush().await.unwrap();
     let inodes = log
         .segment_base_offsets()
@@ -299,6 +296,39 @@ async fn recycling_log(
         .map(|base| (base, inode(&dir.join(format!("{base:020}.log")))))
         .collect();
     (log, tag, inodes, config)
+}
+
+/// Appends 60 KiB batches tagged from `tag` on until `done` holds.
+async fn append_until(
+    log: &flumen::storage::Log,
+    tag: &mut u64,
+    done: impl Fn(&flumen::storage::Log) -> bool,
+) {
+    while !done(log) {
+        log.append(batch(*tag, 4, 15_000, 10_000)).await.unwrap();
+        *tag += 1;
+    }
+}
+
+/// A [`recycling_log`] whose retention recycled a segment, switched to 256 KiB segments
+/// and rolled twice: the recycled 1 MiB file became a segment and was rolled away from
+/// at 256 KiB, its seal pending, with most of its old batches after its end. Returns the
+/// log, the first tag it holds, the next tag, the 1 MiB and the 256 KiB configurations.
+async fn recycled_segment_rolled_away_from(
+    dir: &std::path::Path,
+) -> (flumen::storage::Log, u64, u64, LogConfig, LogConfig) {
+    let (log, mut tag, _, config) = recycling_log(dir).await;
+    assert!(log.apply_retention().await.unwrap().bytes_recycled > 0);
+    let start_tag = log.log_start_offset() / 4;
+    let small = LogConfig {
+        segment_bytes_max: 256 << 10,
+        ..config.clone()
+    };
+    log.reconfigure(small.clone()).unwrap();
+    let before = log.segment_count();
+    append_until(&log, &mut tag, |log| log.segment_count() == before + 2).await;
+    assert!(log.has_pending_seal());
+    (log, start_tag, tag, config, small)
 }
 
 /// Every batch from the log start on, in order and with the tags appended: nothing of a
@@ -338,10 +368,7 @@ fn retention_recycles_a_deleted_segment_as_the_next_segment() {
         let start_tag = log.log_start_offset() / 4;
         // Fill the active segment until a roll takes the spare, then half the next one.
         let rolled_at = log.segment_count();
-        while log.segment_count() == rolled_at {
-            log.append(batch(tag, 4, 15_000, 10_000)).await.unwrap();
-            tag += 1;
-        }
+        append_until(&log, &mut tag, |log| log.segment_count() > rolled_at).await;
         let new_base = log.active_segment_base();
         for _ in 0..8 {
             log.append(batch(tag, 4, 15_000, 10_000)).await.unwrap();
@@ -377,10 +404,7 @@ fn a_recycled_segment_replaces_an_empty_spare() {
     run_on_shard(|| async {
         let dir = tempfile::tempdir().unwrap();
         let (log, mut tag, inodes, _) = recycling_log(dir.path()).await;
-        while !log.wants_spare() {
-            log.append(batch(tag, 4, 15_000, 10_000)).await.unwrap();
-            tag += 1;
-        }
+        append_until(&log, &mut tag, |log| log.wants_spare()).await;
         log.prepare_spare().await.unwrap();
         let spare = dir.path().join(flumen::storage::SPARE_FILE);
         assert!(!holds_data(&spare), "an empty, preallocated spare");
@@ -396,10 +420,7 @@ fn a_recycled_segment_replaces_an_empty_spare() {
         );
         // The next roll takes the recycled file.
         let (rolled_at, start_tag) = (log.segment_count(), log.log_start_offset() / 4);
-        while log.segment_count() == rolled_at {
-            log.append(batch(tag, 4, 15_000, 10_000)).await.unwrap();
-            tag += 1;
-        }
+        append_until(&log, &mut tag, |log| log.segment_count() > rolled_at).await;
         log.flush().await.unwrap();
         let active = log.active_segment_base();
         assert_eq!(
@@ -407,6 +428,30 @@ fn a_recycled_segment_replaces_an_empty_spare() {
             recycled_inode
         );
         assert_reads_tags(&log, start_tag, tag).await;
+        log.close().await.unwrap();
+    });
+}
+
+/// A spare that is already a recycled segment stays: a second pass before the next roll
+/// frees what it deletes.
+#[test]
+fn a_recycled_spare_is_kept_by_the_next_pass() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, tag, _, config) = recycling_log(dir.path()).await;
+        assert!(log.apply_retention().await.unwrap().bytes_recycled > 0);
+        let spare = dir.path().join(flumen::storage::SPARE_FILE);
+        let recycled_inode = inode(&spare);
+        log.reconfigure(LogConfig {
+            retention_bytes: Some(1),
+            ..config
+        })
+        .unwrap();
+        let report = log.apply_retention().await.unwrap();
+        assert!(report.segments_deleted >= 1, "{report:?}");
+        assert_eq!(report.bytes_recycled, 0, "{report:?}");
+        assert_eq!(inode(&spare), recycled_inode);
+        assert_reads_tags(&log, log.log_start_offset() / 4, tag).await;
         log.close().await.unwrap();
     });
 }
@@ -442,22 +487,8 @@ fn an_unused_recycled_spare_is_not_recovered_as_a_segment() {
 fn a_crash_before_the_seal_of_a_recycled_segment_keeps_the_next_segment() {
     run_on_shard(|| async {
         let dir = tempfile::tempdir().unwrap();
-        let (log, mut tag, _, config) = recycling_log(dir.path()).await;
-        assert!(log.apply_retention().await.unwrap().bytes_recycled > 0);
-        let start_tag = log.log_start_offset() / 4;
-        // Quarter-size segments from now on: the recycled 1 MiB file is rolled away from
-        // at 256 KiB, with most of its old batches after its end.
-        let small = LogConfig {
-            segment_bytes_max: 256 << 10,
-            ..config.clone()
-        };
-        log.reconfigure(small.clone()).unwrap();
-        let before = log.segment_count();
-        while log.segment_count() < before + 2 {
-            log.append(batch(tag, 4, 15_000, 10_000)).await.unwrap();
-            tag += 1;
-        }
-        assert!(log.has_pending_seal());
+        let (log, start_tag, mut tag, _, small) =
+            recycled_segment_rolled_away_from(dir.path()).await;
         log.append(batch(tag, 4, 15_000, 10_000)).await.unwrap();
         tag += 1;
         // Reading from disk writes everything out (no sync: the seal stays pending).
@@ -473,15 +504,7 @@ fn a_crash_before_the_seal_of_a_recycled_segment_keeps_the_next_segment() {
         drop(log);
         // The same crash, with garbage after the recycled segment's 256 KiB.
         let again = dir.path().join("again");
-        let (log, _, _, config) = recycling_log(&again).await;
-        assert!(log.apply_retention().await.unwrap().bytes_recycled > 0);
-        log.reconfigure(small).unwrap();
-        let (before, mut tag) = (log.segment_count(), log.next_offset() / 4);
-        let start_tag = log.log_start_offset() / 4;
-        while log.segment_count() < before + 2 {
-            log.append(batch(tag, 4, 15_000, 10_000)).await.unwrap();
-            tag += 1;
-        }
+        let (log, start_tag, tag, config, _) = recycled_segment_rolled_away_from(&again).await;
         assert_reads_tags(&log, start_tag, tag).await;
         let bases = log.segment_base_offsets();
         let recycled = bases[bases.len() - 2];
