@@ -456,6 +456,32 @@ fn a_recycled_spare_is_kept_by_the_next_pass() {
     });
 }
 
+/// When recycling fails (here the spare's name is taken by a directory, so the rename
+/// fails), the deleted segments are removed and freed as without recycling, and the log
+/// goes on.
+#[test]
+fn a_failed_recycling_deletes_the_segment_as_usual() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, mut tag, inodes, _) = recycling_log(dir.path()).await;
+        let spare = dir.path().join(flumen::storage::SPARE_FILE);
+        std::fs::create_dir(&spare).unwrap();
+        std::fs::write(spare.join("in-the-way"), b"x").unwrap();
+        let report = log.apply_retention().await.unwrap();
+        assert!(report.segments_deleted >= 1, "{report:?}");
+        assert_eq!(report.bytes_recycled, 0, "{report:?}");
+        for (base, _) in &inodes[..report.segments_deleted] {
+            assert!(!dir.path().join(format!("{base:020}.log")).exists());
+        }
+        let (start_tag, rolled_at) = (log.log_start_offset() / 4, log.segment_count());
+        append_until(&log, &mut tag, |log| log.segment_count() > rolled_at).await;
+        log.flush().await.unwrap();
+        assert_reads_tags(&log, start_tag, tag).await;
+        std::fs::remove_dir_all(&spare).unwrap();
+        log.close().await.unwrap();
+    });
+}
+
 /// A recycled spare that no roll took yet holds only a deleted segment's batches: after
 /// a crash it is removed, not taken back as a segment.
 #[test]
