@@ -290,6 +290,7 @@ async fn recycling_log(
     let mut tag = 0;
     append_until(&log, &mut tag, |log| log.segment_count() == 4).await;
     log.flush().await.unwrap();
+    log.finish_pending_seal().await.unwrap();
     let inodes = log
         .segment_base_offsets()
         .into_iter()
@@ -374,24 +375,33 @@ fn retention_recycles_a_deleted_segment_as_the_next_segment() {
             log.append(batch(tag, 4, 15_000, 10_000)).await.unwrap();
             tag += 1;
         }
+        // The flush syncs the data; the seal that renames the spare has not run.
         log.flush().await.unwrap();
-        let new_path = dir.path().join(format!("{new_base:020}.log"));
+        assert!(log.has_pending_seal());
         assert_eq!(
-            inode(&new_path),
+            inode(&spare),
             recycled_inode,
             "the spare became the segment"
         );
+        let new_path = dir.path().join(format!("{new_base:020}.log"));
+        assert!(!new_path.exists(), "named by the seal");
         assert!(
-            std::fs::metadata(&new_path).unwrap().len() > 8 * 60_000,
+            std::fs::metadata(&spare).unwrap().len() > 8 * 60_000,
             "the earlier batches still follow the new ones in the file"
         );
         assert_reads_tags(&log, start_tag, tag).await;
-        // A crash (no close): recovery stops at the old batches and cuts nothing.
+        // A crash (no close): recovery names the spare, stops at the old batches in it
+        // and cuts nothing.
         drop(log);
         let (log, report) = open_uncached(dir.path(), config).await;
         assert_eq!(report.bytes_cut, 0, "{report:?}");
         assert!(report.cuts.is_empty(), "{report:?}");
         assert_eq!(log.next_offset(), tag * 4);
+        assert_eq!(
+            inode(&new_path),
+            recycled_inode,
+            "the spare became the segment"
+        );
         assert_reads_tags(&log, start_tag, tag).await;
         log.close().await.unwrap();
     });
@@ -421,7 +431,7 @@ fn a_recycled_segment_replaces_an_empty_spare() {
         // The next roll takes the recycled file.
         let (rolled_at, start_tag) = (log.segment_count(), log.log_start_offset() / 4);
         append_until(&log, &mut tag, |log| log.segment_count() > rolled_at).await;
-        log.flush().await.unwrap();
+        log.finish_pending_seal().await.unwrap();
         let active = log.active_segment_base();
         assert_eq!(
             inode(&dir.path().join(format!("{active:020}.log"))),
@@ -748,8 +758,8 @@ fn staged_bytes_reach_the_file_without_a_flush_once_submitted() {
 
 /// A roll by an append starts the next segment at once and leaves the old one's syncs
 /// for later: no index files, the checkpoint and durable offset unmoved, data readable.
-/// The seal then runs on its own, or first thing in a flush, and a crash after that
-/// flush loses nothing.
+/// The seal then runs on its own. A flush syncs the rolled segment's data without
+/// waiting for its seal, and a crash after that flush loses nothing.
 #[test]
 fn a_roll_leaves_the_seal_off_the_append_path() {
     run_on_shard(|| async {
@@ -792,26 +802,41 @@ fn a_roll_leaves_the_seal_off_the_append_path() {
             "the seal dropped the reserved space: {old_size}"
         );
 
-        // Another roll, sealed this time by the flush an acks=all produce makes.
+        // Another roll, then the flush an acks=all produce makes: it syncs both
+        // segments' data and leaves the rest of the seal pending.
         while log.segment_count() < 3 {
             log.append(batch(tag, 4, 2000, 0)).await.unwrap();
             tag += 1;
         }
         assert!(log.has_pending_seal());
+        let rolled = log.segment_base_offsets()[1];
+        let syncs = log.fdatasync_count();
         assert_eq!(log.flush().await.unwrap(), log.next_offset());
-        assert!(!log.has_pending_seal());
+        assert!(
+            log.has_pending_seal(),
+            "the flush did not wait for the seal"
+        );
+        assert!(index(rolled).is_err(), "no index files yet");
         assert_eq!(
             log.unsynced_bytes(),
             0,
             "the flush synced the active segment"
         );
-        assert!(index(log.segment_base_offsets()[1]).is_ok());
+        assert!(
+            log.fdatasync_count() >= syncs + 2,
+            "the rolled segment and the active one were synced"
+        );
         drop(log); // crash: no clean close
 
         let (log, report) = open_uncached(dir.path(), small_config()).await;
-        assert_eq!(report.bytes_cut, 0);
+        assert_eq!(report.bytes_cut, 0, "{report:?}");
+        assert!(
+            report.batches_scanned > 0,
+            "the unsealed segment was scanned"
+        );
         let read: Vec<_> = read_all(&log).await.iter().flat_map(tags).collect();
         assert_eq!(read.len(), tag as usize * 4);
+        assert!(index(rolled).is_ok(), "recovery sealed it");
     });
 }
 
@@ -1069,6 +1094,33 @@ fn recovery_names_a_spare_a_crash_left_holding_data() {
         let (log, report) = open_uncached(dir.path(), small_config()).await;
         assert_eq!(report.bytes_cut, 0);
         assert!(!spare.exists());
+        assert!(dir.path().join(format!("{second:020}.log")).exists());
+        assert_eq!(log.next_offset(), records);
+        assert_eq!(
+            read_all(&log).await.iter().flat_map(tags).count() as u64,
+            records
+        );
+        log.close().await.unwrap();
+    });
+}
+
+/// An acks=all flush after a roll onto the spare syncs the data without waiting for the
+/// seal (the spare keeps its name); a crash then loses none of it.
+#[test]
+fn a_flush_after_a_roll_onto_the_spare_is_durable_before_the_seal() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, records) = roll_into_the_spare(dir.path()).await;
+        let second = log.segment_base_offsets()[1];
+        assert_eq!(log.flush().await.unwrap(), records);
+        assert!(log.has_pending_seal(), "the flush left the seal pending");
+        let spare = dir.path().join(flumen::storage::SPARE_FILE);
+        assert!(spare.exists(), "not renamed yet");
+        assert_eq!(log.unsynced_bytes(), 0);
+        drop(log); // crash
+
+        let (log, report) = open_uncached(dir.path(), small_config()).await;
+        assert_eq!(report.bytes_cut, 0, "{report:?}");
         assert!(dir.path().join(format!("{second:020}.log")).exists());
         assert_eq!(log.next_offset(), records);
         assert_eq!(

@@ -516,7 +516,7 @@ async fn background_flush_loop(state: Rc<ShardState>) {
     }
 }
 
-/// One partition's background work, in order: the sync or the pending seal (a spare
+/// One partition's background work, in order: the sync, the pending seal (a spare
 /// waits for the seal that names the last one), the due snapshot, a retention pass if a
 /// roll took the log over `retention.bytes` (`Log::over_retention_bytes`: it deletes the
 /// oldest segment and recycles it as the spare), the spare.
@@ -532,7 +532,12 @@ async fn background_turn(partition: Rc<Partition>, flush: bool, free_within: Dur
     let log = partition.log();
     let synced = match flush {
         true => log.flush().await.map(drop),
-        false => log.finish_pending_seal().await,
+        false => Ok(()),
+    };
+    // A flush syncs a rolled segment's data but leaves the rest of its seal to this.
+    let synced = match synced {
+        Ok(()) => log.finish_pending_seal().await,
+        failed => failed,
     };
     if let Err(error) = synced {
         tracing::error!(?partition, %error, "background sync failed");

@@ -175,6 +175,10 @@ struct PendingSeal {
     /// The segment after it is the spare, still under [`SPARE_FILE`]: the seal gives it
     /// its segment name.
     renames_spare: bool,
+    /// The directory entry of the segment after it is durable: always for a spare
+    /// (synced when it was made or recycled); for a file the roll created, once a flush
+    /// or the seal has synced the directory.
+    next_named_durably: bool,
 }
 
 /// The file a log creates ahead of a roll, in the background, so that the roll takes it
@@ -636,7 +640,7 @@ impl Log {
     /// leaves the sealed segment's syncs to [`Log::finish_pending_seal`], so appends never
     /// wait on them (on a disk with a large volatile cache, syncing a segment after 128 MiB
     /// of unsynced writes held appends for up to two seconds). Until the seal, the
-    /// checkpoint and the durable offset stay where they were; a flush seals first.
+    /// checkpoint and the durable offset stay where they were; a flush syncs its data.
     async fn roll_deferring_seal(
         &self,
         active: Rc<Segment>,
@@ -679,6 +683,7 @@ impl Log {
                 max_timestamp: i64::MIN,
             },
             renames_spare,
+            next_named_durably: renames_spare,
         });
         Ok(segment)
     }
@@ -722,6 +727,12 @@ impl Log {
             Ok(file)
         }
         .await;
+        // Its name durable before a roll takes it: a flush after the roll then needs no
+        // directory sync for the data it syncs in it.
+        let created = match created {
+            Ok(file) => file::sync_dir(&self.dir).await.map(|()| file),
+            Err(error) => Err(error),
+        };
         self.preparing_spare.set(false);
         let file = match created {
             Ok(file) => file,
@@ -775,12 +786,12 @@ impl Log {
 
     /// Seals the segment the last roll left behind, if any: writes out and syncs it,
     /// writes its index files, drops its reserved space, syncs the directory (making the
-    /// new segment's file durable) and moves the checkpoint past it. Appends never wait
-    /// for this; flushes, rolls, retention and close do. A failure leaves the seal
-    /// pending, to be retried by the next call.
+    /// new segment's file durable) and moves the checkpoint past it. Appends and flushes
+    /// never wait for this; rolls, retention, truncation and close do. A failure leaves
+    /// the seal pending, to be retried by the next call.
     pub async fn finish_pending_seal(&self) -> Result<()> {
-        // Every acks=all flush comes here: no lock when nothing is pending. (A seal in
-        // progress keeps its segment pending until its syncs are done.)
+        // No lock when nothing is pending. (A seal in progress keeps its segment pending
+        // until its syncs are done.)
         if self.pending_seal.borrow().is_none() {
             return self.check_open();
         }
@@ -845,21 +856,55 @@ impl Log {
 
     /// Makes every batch appended before the call durable; returns the offset below which
     /// everything is durable. Concurrent calls share `fdatasync`s.
+    ///
+    /// After a roll, this syncs the rolled segment's data and, if the roll created the
+    /// new segment's file, the directory, and leaves the rest of the seal (index files,
+    /// truncation, the spare's rename, `partition.meta`) to [`Log::finish_pending_seal`]:
+    /// a seal is several journal commits, and every acks=all answer after a roll waited
+    /// for them (`docs/BENCHMARKS.md`). Recovery finds the synced batches either way: it
+    /// scans an unsealed segment that has later ones, and takes back a spare holding
+    /// data (`docs/STORAGE.md`, sections 3 and 8).
     pub async fn flush(&self) -> Result<u64> {
         self.check_open()?;
+        // Taken together, before any wait: the batches below `target` lie in these two
+        // segments, whatever rolls happen while this flush waits.
         let target = self.next_offset();
-        // Everything before the active segment first: durable means every earlier byte.
-        self.finish_pending_seal().await?;
         let active = self.active_segment();
-        if let Some(writer) = active.writer() {
-            writer
-                .flush()
-                .await
-                .map_err(|error| self.writer_error(&writer, "flushing", &active, error))?;
+        let rolled_from = self
+            .pending_seal
+            .borrow()
+            .as_ref()
+            .map(|pending| (Rc::clone(&pending.segment), pending.next_named_durably));
+        // Everything before the active segment first: durable means every earlier byte.
+        if let Some((rolled, next_named_durably)) = rolled_from {
+            self.sync_segment(&rolled).await?;
+            if !next_named_durably {
+                file::sync_dir(&self.dir)
+                    .await
+                    .map_err(|error| StorageError::io("syncing", &self.dir, error))?;
+                if let Some(pending) = self.pending_seal.borrow_mut().as_mut() {
+                    if Rc::ptr_eq(&pending.segment, &rolled) {
+                        pending.next_named_durably = true;
+                    }
+                }
+            }
         }
+        self.sync_segment(&active).await?;
         let mut state = self.state.borrow_mut();
         state.durable_offset = state.durable_offset.max(target);
         Ok(state.durable_offset)
+    }
+
+    /// Syncs what was appended to `segment` so far. One without a writer was sealed,
+    /// which synced all of it.
+    async fn sync_segment(&self, segment: &Segment) -> Result<()> {
+        if let Some(writer) = segment.writer() {
+            writer
+                .flush()
+                .await
+                .map_err(|error| self.writer_error(&writer, "flushing", segment, error))?;
+        }
+        Ok(())
     }
 
     /// Reads batches starting with the one that contains `offset`, up to about `max_bytes`
@@ -1386,6 +1431,9 @@ impl Log {
             });
         }
         self.flush().await?;
+        // Seal a rolled segment first: the seal of one the cut drops would rename a
+        // spare it no longer has.
+        self.finish_pending_seal().await?;
         self.read_ahead.clear();
         let target = self
             .segment_containing(offset)
@@ -1583,6 +1631,7 @@ impl Log {
             return Ok(());
         }
         self.flush().await?;
+        self.finish_pending_seal().await?;
         let active = self.active_segment();
         active
             .seal()

@@ -93,7 +93,7 @@ pub(crate) async fn recover(
         // A segment after the checkpoint that does not start where the previous one ends
         // follows lost bytes: its predecessor was rolled away from but not yet sealed
         // when the crash came, and lost its tail. Nothing after a hole was ever durable
-        // (a flush seals the earlier segment first), and offsets must stay dense, so the
+        // (a flush syncs the earlier segment first), and offsets must stay dense, so the
         // log ends at the hole.
         let after_checkpoint = checkpoint.is_none_or(|checkpoint| base > checkpoint.segment_base);
         if let Some(previous) = previous_next_offset.filter(|&previous| previous != base) {
