@@ -1271,6 +1271,17 @@ impl Log {
             .iter()
             .rposition(|segment| Rc::strong_count(segment) == 1)?;
         self.preparing_spare.set(true);
+        // The older deleted segments' names go first, so the directory sync after the
+        // rename makes their removal durable with it: a power loss must not bring one of
+        // them back without the recycled segment after it (a gap in the offsets before
+        // the checkpoint, which recovery trusts). The caller removes them again: a no-op.
+        for older in &deleted[..position] {
+            if let Err(error) = older.remove_files().await {
+                self.preparing_spare.set(false);
+                tracing::warn!(path = %older.path().display(), %error, "cannot delete a segment; not recycling");
+                return None;
+            }
+        }
         let segment = deleted.remove(position);
         let path = self.dir.join(SPARE_FILE);
         let recycled = async {

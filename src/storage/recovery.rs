@@ -15,7 +15,7 @@
 //!    durable (a durable batch is never followed by a torn one in an earlier position).
 //!    Unless the next segment starts exactly where the cut one now ends: then the bytes
 //!    cut lay past the segment's end (in a recycled file, the batches of its earlier
-//!    use), nothing is missing, and the later segments stay.
+//!    use), nothing is missing, the later segments stay, and nothing is reported cut.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -107,7 +107,7 @@ pub(crate) async fn recover(
                 break;
             }
         }
-        let (segment, opened) = open_segment(
+        let (segment, opened, tail_cut) = open_segment(
             dir,
             config,
             base,
@@ -127,12 +127,22 @@ pub(crate) async fn recover(
         let trusted = checkpoint.is_some_and(|checkpoint| base < checkpoint.segment_base);
         // A cut segment that the next one continues exactly lost nothing of its log: the
         // bytes cut lay past its end (a torn write after it, or the batches of a deleted
-        // segment whose file it recycled). The later segments stay.
+        // segment whose file it recycled). The later segments stay, and the bytes are not
+        // reported as cut: they were never part of the log.
         let opened = match opened {
             Opened::CutTail if bases.get(number + 1) == Some(&segment.next_offset()) => {
+                if let Some(cut) = &tail_cut {
+                    tracing::debug!(cut = %cut.line, "dropped bytes past a segment's end");
+                }
                 Opened::Intact
             }
-            opened => opened,
+            opened => {
+                if let Some(cut) = tail_cut {
+                    report.bytes_cut += cut.bytes;
+                    report.cuts.push(cut.line);
+                }
+                opened
+            }
         };
         if opened == Opened::Intact && !trusted && number + 1 < bases.len() {
             // A scanned segment with later ones was rolled away from and not sealed
@@ -182,6 +192,12 @@ pub(crate) async fn recover(
     Ok((segments, report, checkpoint))
 }
 
+/// The invalid tail cut off a segment: its non-zero bytes, and the report's line.
+struct TailCut {
+    bytes: u64,
+    line: String,
+}
+
 /// How a segment came out of recovery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Opened {
@@ -205,7 +221,7 @@ async fn open_segment(
     now_ms: i64,
     epochs: Option<&[EpochEntry]>,
     report: &mut RecoveryReport,
-) -> Result<(Segment, Opened)> {
+) -> Result<(Segment, Opened, Option<TailCut>)> {
     let file = Segment::open_file(dir, base)
         .await
         .map_err(|error| StorageError::io("opening", dir, error))?;
@@ -236,6 +252,7 @@ async fn open_segment(
             return Ok((
                 Segment::new(dir, base, file, created_ms, state),
                 Opened::Intact,
+                None,
             ));
         }
         (Ok((index, summary)), false, Some(checkpoint))
@@ -294,22 +311,24 @@ async fn open_segment(
             index,
         };
         let segment = Segment::new(dir, base, file, created_ms(&path, now_ms), state);
-        return Ok((segment, Opened::DamagedBeforeCheckpoint));
+        return Ok((segment, Opened::DamagedBeforeCheckpoint, None));
     }
     let opened = match (&outcome.cut, trusted) {
         (Some(_), _) => Opened::CutTail,
         (None, true) => Opened::RebuiltIndex,
         (None, false) => Opened::Intact,
     };
-    if let Some(cut) = &outcome.cut {
-        report.bytes_cut += cut.discarded_bytes;
-        report.cuts.push(format!(
+    let tail_cut = outcome.cut.as_ref().map(|cut| TailCut {
+        bytes: cut.discarded_bytes,
+        line: format!(
             "{}: cut {} bytes at position {}: {}",
             file.path().display(),
             cut.discarded_bytes,
             cut.position,
             cut.reason
-        ));
+        ),
+    });
+    if let Some(cut) = &outcome.cut {
         file.truncate(cut.position)
             .await
             .map_err(context("truncating", &path))?;
@@ -322,7 +341,11 @@ async fn open_segment(
         index,
     };
     let created_ms = created_ms(&path, now_ms);
-    Ok((Segment::new(dir, base, file, created_ms, state), opened))
+    Ok((
+        Segment::new(dir, base, file, created_ms, state),
+        opened,
+        tail_cut,
+    ))
 }
 
 /// When the segment file was created (its birth time), so segment age survives restarts;
