@@ -1132,6 +1132,35 @@ fn a_flush_after_a_roll_onto_the_spare_is_durable_before_the_seal() {
     });
 }
 
+/// `truncate_to` into the segment a roll onto the spare left unsealed: the seal runs
+/// first (naming the spare), so the cut deletes the new segment under its own name, and
+/// no later seal or recovery brings its batches back.
+#[test]
+fn truncating_into_a_segment_rolled_away_from_onto_the_spare() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = roll_into_the_spare(dir.path()).await;
+        let second = log.segment_base_offsets()[1];
+        let new_next = log.truncate_to(second / 2).await.unwrap();
+        assert!(new_next <= second / 2 && new_next > 0);
+        assert!(!log.has_pending_seal());
+        assert_eq!(log.segment_base_offsets(), vec![0]);
+        assert!(!dir.path().join(flumen::storage::SPARE_FILE).exists());
+        assert!(!dir.path().join(format!("{second:020}.log")).exists());
+        log.append(batch(90_000, 2, 100, 0)).await.unwrap();
+        log.flush().await.unwrap();
+        drop(log); // crash
+
+        let (log, report) = open_uncached(dir.path(), small_config()).await;
+        assert_eq!(report.bytes_cut, 0, "{report:?}");
+        assert_eq!(log.next_offset(), new_next + 2);
+        let read: Vec<_> = read_all(&log).await.iter().flat_map(tags).collect();
+        assert_eq!(read.len() as u64, new_next + 2);
+        assert_eq!(read.last(), Some(&(90_000, 1)));
+        log.close().await.unwrap();
+    });
+}
+
 /// A spare nothing was written to (a crash before any roll took it) is removed at open.
 #[test]
 fn an_unused_spare_is_removed_at_open() {
