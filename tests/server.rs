@@ -424,3 +424,66 @@ fn size_retention_follows_each_roll_without_waiting_for_the_periodic_check() {
     );
     drop(broker);
 }
+
+/// Relays `from` to `to` in `chunk`-byte writes, pausing now and then, so the other side
+/// reads each frame in many pieces and often finds its socket empty mid-frame.
+fn trickle(mut from: TcpStream, mut to: TcpStream, chunk: usize) {
+    let mut buffer = vec![0u8; 64 << 10];
+    let mut writes = 0u64;
+    loop {
+        let read = match from.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(read) => read,
+        };
+        for piece in buffer[..read].chunks(chunk) {
+            if to.write_all(piece).is_err() {
+                return;
+            }
+            writes += 1;
+            if writes % 64 == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+/// Frames that reach the broker a few hundred bytes at a time, with pauses mid-frame
+/// (a slow or congested client), are read whole, in order, whatever the socket holds
+/// each time the broker reads it.
+#[test]
+fn frames_arriving_in_small_pieces_are_read_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path());
+    let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy_address = proxy.local_addr().unwrap();
+    let broker_address = broker.summary().listen;
+    let relay = std::thread::spawn(move || {
+        let (client_side, _) = proxy.accept().unwrap();
+        let broker_side = TcpStream::connect(broker_address).unwrap();
+        client_side.set_nodelay(true).unwrap();
+        broker_side.set_nodelay(true).unwrap();
+        let (from_client, to_client) = (client_side.try_clone().unwrap(), client_side);
+        let (to_broker, from_broker) = (broker_side.try_clone().unwrap(), broker_side);
+        let upstream = std::thread::spawn(move || trickle(from_client, to_broker, 300));
+        trickle(from_broker, to_client, 64 << 10);
+        upstream.join().unwrap();
+    });
+
+    let mut client = Client::connect(proxy_address).unwrap();
+    client.create_topic("slow", 1, &[]).unwrap();
+    let value = "v".repeat(1000);
+    let mut expected = Vec::new();
+    for round in 0..3 {
+        let values: Vec<String> = (0..200).map(|i| format!("{round}-{i}-{value}")).collect();
+        let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+        let result = client
+            .produce("slow", 0, &[&batch(&refs)], Acks::All)
+            .unwrap();
+        assert_eq!(result.base_offset, round * 200);
+        expected.extend(values);
+    }
+    assert_eq!(values(&mut client, "slow", 0), expected);
+    drop(client);
+    relay.join().unwrap();
+}
