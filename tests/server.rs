@@ -440,7 +440,7 @@ fn trickle(mut from: TcpStream, mut to: TcpStream, chunk: usize) {
                 return;
             }
             writes += 1;
-            if writes % 64 == 0 {
+            if writes.is_multiple_of(64) {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
         }
