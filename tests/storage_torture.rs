@@ -4,7 +4,9 @@
 //!
 //! For every seed it asserts that every batch flushed before the damage point is present
 //! and intact, offsets are dense, nothing damaged is returned, nothing panics, and the
-//! log accepts appends again afterwards.
+//! log accepts appends again afterwards. Retention runs now and then (recycling deleted
+//! segments as spares), spares are made ahead of rolls, and flushes leave rolled
+//! segments' seals pending, as the broker's background work does.
 
 mod common;
 
@@ -14,6 +16,15 @@ use common::*;
 use flumen_protocol::record::BatchHeader;
 
 const SEEDS: u64 = 64;
+
+/// Small segments and a retention limit of about two of them, so a run rolls, seals,
+/// deletes and recycles.
+fn config() -> flumen::storage::LogConfig {
+    flumen::storage::LogConfig {
+        retention_bytes: Some(384 << 10),
+        ..small_config()
+    }
+}
 
 /// SplitMix64: a tiny deterministic generator, so a failing seed replays exactly.
 struct Rng(u64);
@@ -48,7 +59,7 @@ fn write_and_crash(dir: PathBuf, seed: u64) -> Written {
     let (sender, receiver) = std::sync::mpsc::sync_channel(1);
     run_on_shard(move || async move {
         let mut rng = Rng(seed);
-        let (log, _) = open_uncached(&dir, small_config()).await;
+        let (log, _) = open_uncached(&dir, config()).await;
         let mut batches = Vec::new();
         let mut flushed_next_offset = 0;
         let count = 20 + rng.below(100);
@@ -69,6 +80,15 @@ fn write_and_crash(dir: PathBuf, seed: u64) -> Written {
             });
             if rng.below(4) == 0 {
                 flushed_next_offset = log.flush().await.unwrap();
+            }
+            // The broker's background work, at random moments.
+            match rng.below(12) {
+                0 => {
+                    log.apply_retention().await.unwrap();
+                }
+                1 | 2 => log.prepare_spare().await.unwrap(),
+                3 => log.finish_pending_seal().await.unwrap(),
+                _ => {}
             }
         }
         // Crash: the log is dropped without close; unflushed writes may or may not land.
@@ -188,13 +208,13 @@ fn check_recovery(seed: u64) {
     let context = format!("seed {seed}: {description}");
     let dir_path = dir.path().to_path_buf();
     run_on_shard(move || async move {
-        let (log, report) = open_uncached(&dir_path, small_config()).await;
+        let (log, report) = open_uncached(&dir_path, config()).await;
         assert!(
             log.next_offset() >= required_next,
             "{context}: lost flushed data: next offset {} < {required_next}; {report:?}",
             log.next_offset()
         );
-        let mut next = 0;
+        let mut next = log.log_start_offset();
         for stored in read_all(&log).await {
             let header = stored.header();
             assert_eq!(header.base_offset, next, "{context}: offsets are dense");
@@ -211,7 +231,7 @@ fn check_recovery(seed: u64) {
         assert_eq!(info.base_offset, next);
         log.flush().await.unwrap();
         drop(log);
-        let (log, report) = open_uncached(&dir_path, small_config()).await;
+        let (log, report) = open_uncached(&dir_path, config()).await;
         assert_eq!(report.bytes_cut, 0, "{context}: second recovery is clean");
         assert_eq!(log.next_offset(), next + 2, "{context}");
     });
