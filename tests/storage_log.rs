@@ -1132,6 +1132,56 @@ fn a_flush_after_a_roll_onto_the_spare_is_durable_before_the_seal() {
     });
 }
 
+/// A seal that fails (here its index file cannot be written) does not fail a flush: the
+/// flush needs only the data synced. The seal stays pending and succeeds once the cause
+/// is gone; a crash in between loses nothing that was flushed.
+#[test]
+fn a_failed_seal_does_not_fail_a_flush() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open_uncached(dir.path(), small_config()).await;
+        let mut tag = 0;
+        while log.segment_count() < 2 {
+            log.append(batch(tag, 4, 2000, 0)).await.unwrap();
+            tag += 1;
+        }
+        // A directory where the seal writes the rolled segment's index file.
+        let blocker = dir.path().join(format!("{:020}.index.tmp", 0));
+        std::fs::create_dir(&blocker).unwrap();
+        assert!(log.finish_pending_seal().await.is_err());
+        assert!(log.has_pending_seal());
+        log.append(batch(tag, 4, 2000, 0)).await.unwrap();
+        tag += 1;
+        assert_eq!(log.flush().await.unwrap(), tag * 4);
+        assert!(log.has_pending_seal());
+        std::fs::remove_dir(&blocker).unwrap();
+        drop(log); // crash
+
+        let (log, report) = open_uncached(dir.path(), small_config()).await;
+        assert_eq!(report.bytes_cut, 0, "{report:?}");
+        assert_eq!(log.next_offset(), tag * 4);
+        let read: Vec<_> = read_all(&log).await.iter().flat_map(tags).collect();
+        assert_eq!(read.len() as u64, tag * 4);
+        // And without a crash, the next attempt seals it.
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open_uncached(dir.path(), small_config()).await;
+        let mut tag = 0;
+        while log.segment_count() < 2 {
+            log.append(batch(tag, 4, 2000, 0)).await.unwrap();
+            tag += 1;
+        }
+        let blocker = dir.path().join(format!("{:020}.index.tmp", 0));
+        std::fs::create_dir(&blocker).unwrap();
+        assert!(log.finish_pending_seal().await.is_err());
+        assert_eq!(log.flush().await.unwrap(), tag * 4);
+        std::fs::remove_dir(&blocker).unwrap();
+        log.finish_pending_seal().await.unwrap();
+        assert!(!log.has_pending_seal());
+        assert!(dir.path().join(format!("{:020}.index", 0)).exists());
+        log.close().await.unwrap();
+    });
+}
+
 /// `truncate_to` into the segment a roll onto the spare left unsealed: the seal runs
 /// first (naming the spare), so the cut deletes the new segment under its own name, and
 /// no later seal or recovery brings its batches back.
