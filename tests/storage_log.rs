@@ -492,6 +492,42 @@ fn a_failed_recycling_deletes_the_segment_as_usual() {
     });
 }
 
+/// A pass that deletes several segments removes their names oldest first and recycles
+/// the newest in its turn; when an older one's removal fails, nothing is recycled (its
+/// rename's directory sync would make the newer names' removal durable without it), the
+/// pass reports the failure, and the rest are removed as usual.
+#[test]
+fn a_failed_removal_of_an_older_segment_stops_recycling() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _, inodes, config) = recycling_log(dir.path()).await;
+        log.reconfigure(LogConfig {
+            retention_bytes: Some(1 << 20),
+            ..config
+        })
+        .unwrap();
+        // The oldest segment's index cannot be removed: a directory with a file in it.
+        let (oldest, _) = inodes[0];
+        let index = dir.path().join(format!("{oldest:020}.index"));
+        std::fs::remove_file(&index).unwrap();
+        std::fs::create_dir(&index).unwrap();
+        std::fs::write(index.join("in-the-way"), b"x").unwrap();
+        assert!(log.apply_retention().await.is_err());
+        assert!(log.log_start_offset() > inodes[1].0, "two or more deleted");
+        assert!(
+            !dir.path().join(flumen::storage::SPARE_FILE).exists(),
+            "nothing recycled"
+        );
+        for (base, _) in &inodes[1..] {
+            if *base < log.log_start_offset() {
+                assert!(!dir.path().join(format!("{base:020}.log")).exists());
+            }
+        }
+        std::fs::remove_dir_all(&index).unwrap();
+        log.close().await.unwrap();
+    });
+}
+
 /// A recycled spare that no roll took yet holds only a deleted segment's batches: after
 /// a crash it is removed, not taken back as a segment.
 #[test]

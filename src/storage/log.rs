@@ -1212,16 +1212,34 @@ impl Log {
         // is harmless: they are whole, and retention deletes them again. Syncing at every
         // deletion cost each partition two journal commits, which on a disk with a large
         // volatile cache held up writes for as long as the cache took to persist.
+        //
+        // Names go oldest first, and the segment recycled takes its turn in that order:
+        // the directory sync of its rename then makes the older removals durable with it.
+        // A power loss must not bring an older one back without it (a gap in the offsets
+        // before the checkpoint, where recovery trusts what it finds), so after a failed
+        // removal nothing is recycled.
         let mut deleted = deleted;
         let mut report = report;
-        if let Some(recycled) = self.recycle_as_spare(&mut deleted).await {
-            report.bytes_recycled = recycled;
-        }
+        let recycle = deleted
+            .iter()
+            .rposition(|segment| Rc::strong_count(segment) == 1);
+        let mut recycled = None;
         let mut first_error = None;
-        for segment in &deleted {
+        for (position, segment) in deleted.iter().enumerate() {
+            if Some(position) == recycle && first_error.is_none() {
+                if let Some(size) = self.recycle_as_spare(segment).await {
+                    report.bytes_recycled = size;
+                    recycled = Some(position);
+                    continue;
+                }
+            }
             if let Err(error) = segment.remove_files().await {
                 first_error.get_or_insert(StorageError::io("deleting", segment.path(), error));
             }
+        }
+        // The spare has its own handle on the file: this one closes with the segment.
+        if let Some(position) = recycled {
+            deleted.remove(position);
         }
         // The names are gone: `close` (which waits for this lock) and a topic created
         // again at the same path can no longer meet them. The blocks go after, gently,
@@ -1243,11 +1261,11 @@ impl Log {
         Ok(report)
     }
 
-    /// Makes the newest segment of `deleted` that nothing reads any more the spare the
-    /// next roll takes (taking it out of `deleted`), if recycling is on, no spare is
-    /// being made or still holds the spare's name, and the spare, if any, is an empty
+    /// Makes `segment`, deleted by a retention pass and read by nothing any more (the
+    /// pass's newest such), the spare the next roll takes, if recycling is on, no spare
+    /// is being made or still holds the spare's name, and the spare, if any, is an empty
     /// one made ahead of the roll (it is replaced, and its file freed). Returns the
-    /// recycled segment's size.
+    /// recycled segment's size; `None` leaves it to be deleted as usual.
     ///
     /// Its file keeps its written blocks, so the next segment overwrites them instead of
     /// writing into `fallocate`d (unwritten) extents that ext4 converts, with a journal
@@ -1256,8 +1274,8 @@ impl Log {
     /// stop at the logical end, recovery at the first batch that does not continue the
     /// offsets, and [`adopt_spare`] never takes an unused recycled spare for a segment.
     /// The rename (and the index files' removal) is synced to the directory before the
-    /// file becomes the spare. Any failure leaves the segment to be deleted as usual.
-    async fn recycle_as_spare(&self, deleted: &mut Vec<Rc<Segment>>) -> Option<u64> {
+    /// file becomes the spare.
+    async fn recycle_as_spare(&self, segment: &Segment) -> Option<u64> {
         if !self.config().recycle_segments
             || (self.spare.borrow().is_some() && self.spare_recycled.get())
             || self.preparing_spare.get()
@@ -1266,23 +1284,7 @@ impl Log {
         {
             return None;
         }
-        // Only `deleted` holds it: no read is in flight on it, and none can start.
-        let position = deleted
-            .iter()
-            .rposition(|segment| Rc::strong_count(segment) == 1)?;
         self.preparing_spare.set(true);
-        // The older deleted segments' names go first, so the directory sync after the
-        // rename makes their removal durable with it: a power loss must not bring one of
-        // them back without the recycled segment after it (a gap in the offsets before
-        // the checkpoint, which recovery trusts). The caller removes them again: a no-op.
-        for older in &deleted[..position] {
-            if let Err(error) = older.remove_files().await {
-                self.preparing_spare.set(false);
-                tracing::warn!(path = %older.path().display(), %error, "cannot delete a segment; not recycling");
-                return None;
-            }
-        }
-        let segment = deleted.remove(position);
         let path = self.dir.join(SPARE_FILE);
         let recycled = async {
             segment.remove_index().await?;
@@ -1330,7 +1332,6 @@ impl Log {
                         let _ = empty.close().await;
                     }
                 }
-                deleted.insert(position, segment);
                 None
             }
         }
