@@ -530,16 +530,14 @@ async fn background_turn(partition: Rc<Partition>, flush: bool, free_within: Dur
     let turn = Turn(partition);
     let partition = &turn.0;
     let log = partition.log();
-    let synced = match flush {
-        true => log.flush().await.map(drop),
-        false => Ok(()),
-    };
     // A flush syncs a rolled segment's data but leaves the rest of its seal to this.
-    let synced = match synced {
-        Ok(()) => log.finish_pending_seal().await,
-        failed => failed,
+    let synced = async {
+        if flush {
+            log.flush().await?;
+        }
+        log.finish_pending_seal().await
     };
-    if let Err(error) = synced {
+    if let Err(error) = synced.await {
         tracing::error!(?partition, %error, "background sync failed");
     }
     partition.write_due_snapshot().await;
