@@ -311,6 +311,15 @@ async fn append_until(
     }
 }
 
+/// Appends small batches (4 records of 2,000 bytes) tagged from `tag` on until the log
+/// has `segments` segments.
+async fn append_to_segments(log: &flumen::storage::Log, tag: &mut u64, segments: usize) {
+    while log.segment_count() < segments {
+        log.append(batch(*tag, 4, 2000, 0)).await.unwrap();
+        *tag += 1;
+    }
+}
+
 /// A [`recycling_log`] whose retention recycled a segment, switched to 256 KiB segments
 /// and rolled twice: the recycled 1 MiB file became a segment and was rolled away from
 /// at 256 KiB, its seal pending, with most of its old batches after its end. Returns the
@@ -803,10 +812,7 @@ fn a_roll_leaves_the_seal_off_the_append_path() {
         let dir = tempfile::tempdir().unwrap();
         let (log, _) = open_uncached(dir.path(), small_config()).await;
         let mut tag = 0;
-        while log.segment_count() < 2 {
-            log.append(batch(tag, 4, 2000, 0)).await.unwrap();
-            tag += 1;
-        }
+        append_to_segments(&log, &mut tag, 2).await;
         let new_base = log.segment_base_offsets()[1];
         let index = |base: u64| std::fs::read(dir.path().join(format!("{base:020}.index")));
         assert!(
@@ -841,10 +847,7 @@ fn a_roll_leaves_the_seal_off_the_append_path() {
 
         // Another roll, then the flush an acks=all produce makes: it syncs both
         // segments' data and leaves the rest of the seal pending.
-        while log.segment_count() < 3 {
-            log.append(batch(tag, 4, 2000, 0)).await.unwrap();
-            tag += 1;
-        }
+        append_to_segments(&log, &mut tag, 3).await;
         assert!(log.has_pending_seal());
         let rolled = log.segment_base_offsets()[1];
         let syncs = log.fdatasync_count();
@@ -922,10 +925,7 @@ fn a_crash_after_retention_brings_back_whole_segments_only() {
 async fn crash_with_a_seal_pending(dir: &std::path::Path) -> u64 {
     let (log, _) = open_uncached(dir, small_config()).await;
     let mut tag = 0;
-    while log.segment_count() < 2 {
-        log.append(batch(tag, 4, 2000, 0)).await.unwrap();
-        tag += 1;
-    }
+    append_to_segments(&log, &mut tag, 2).await;
     log.append(batch(tag, 4, 2000, 0)).await.unwrap();
     assert!(log.has_pending_seal());
     log.submit_staged();
@@ -1072,10 +1072,7 @@ async fn roll_into_the_spare(dir: &std::path::Path) -> (flumen::storage::Log, u6
     let spare = dir.join(flumen::storage::SPARE_FILE);
     assert!(spare.exists());
     assert!(!log.wants_spare(), "one spare at a time");
-    while log.segment_count() < 2 {
-        log.append(batch(tag, 4, 2000, 0)).await.unwrap();
-        tag += 1;
-    }
+    append_to_segments(&log, &mut tag, 2).await;
     log.append(batch(tag, 4, 2000, 0)).await.unwrap();
     assert!(log.has_pending_seal());
     let second = log.segment_base_offsets()[1];
@@ -1127,18 +1124,23 @@ fn recovery_names_a_spare_a_crash_left_holding_data() {
         let spare = dir.path().join(flumen::storage::SPARE_FILE);
         assert!(wait_for(|| holds_data(&spare)).await, "the write landed");
         drop(log); // crash: the seal never ran
-
-        let (log, report) = open_uncached(dir.path(), small_config()).await;
-        assert_eq!(report.bytes_cut, 0);
-        assert!(!spare.exists());
-        assert!(dir.path().join(format!("{second:020}.log")).exists());
-        assert_eq!(log.next_offset(), records);
-        assert_eq!(
-            read_all(&log).await.iter().flat_map(tags).count() as u64,
-            records
-        );
-        log.close().await.unwrap();
+        assert_spare_recovered(dir.path(), second, records).await;
     });
+}
+
+/// After a crash that left the spare holding the segment starting at `second`: the
+/// reopened log has its name back and all `records`, and cut nothing.
+async fn assert_spare_recovered(dir: &std::path::Path, second: u64, records: u64) {
+    let (log, report) = open_uncached(dir, small_config()).await;
+    assert_eq!(report.bytes_cut, 0, "{report:?}");
+    assert!(!dir.join(flumen::storage::SPARE_FILE).exists());
+    assert!(dir.join(format!("{second:020}.log")).exists());
+    assert_eq!(log.next_offset(), records);
+    assert_eq!(
+        read_all(&log).await.iter().flat_map(tags).count() as u64,
+        records
+    );
+    log.close().await.unwrap();
 }
 
 /// An acks=all flush after a roll onto the spare syncs the data without waiting for the
@@ -1155,17 +1157,24 @@ fn a_flush_after_a_roll_onto_the_spare_is_durable_before_the_seal() {
         assert!(spare.exists(), "not renamed yet");
         assert_eq!(log.unsynced_bytes(), 0);
         drop(log); // crash
-
-        let (log, report) = open_uncached(dir.path(), small_config()).await;
-        assert_eq!(report.bytes_cut, 0, "{report:?}");
-        assert!(dir.path().join(format!("{second:020}.log")).exists());
-        assert_eq!(log.next_offset(), records);
-        assert_eq!(
-            read_all(&log).await.iter().flat_map(tags).count() as u64,
-            records
-        );
-        log.close().await.unwrap();
+        assert_spare_recovered(dir.path(), second, records).await;
     });
+}
+
+/// A log in `dir` rolled once, whose seal of the first segment failed: a directory
+/// stands where the seal writes that segment's index file. Returns the log, the next
+/// tag and that directory.
+async fn rolled_with_a_failed_seal(
+    dir: &std::path::Path,
+) -> (flumen::storage::Log, u64, std::path::PathBuf) {
+    let (log, _) = open_uncached(dir, small_config()).await;
+    let mut tag = 0;
+    append_to_segments(&log, &mut tag, 2).await;
+    let blocker = dir.join(format!("{:020}.index.tmp", 0));
+    std::fs::create_dir(&blocker).unwrap();
+    assert!(log.finish_pending_seal().await.is_err());
+    assert!(log.has_pending_seal());
+    (log, tag, blocker)
 }
 
 /// A seal that fails (here its index file cannot be written) does not fail a flush: the
@@ -1175,17 +1184,7 @@ fn a_flush_after_a_roll_onto_the_spare_is_durable_before_the_seal() {
 fn a_failed_seal_does_not_fail_a_flush() {
     run_on_shard(|| async {
         let dir = tempfile::tempdir().unwrap();
-        let (log, _) = open_uncached(dir.path(), small_config()).await;
-        let mut tag = 0;
-        while log.segment_count() < 2 {
-            log.append(batch(tag, 4, 2000, 0)).await.unwrap();
-            tag += 1;
-        }
-        // A directory where the seal writes the rolled segment's index file.
-        let blocker = dir.path().join(format!("{:020}.index.tmp", 0));
-        std::fs::create_dir(&blocker).unwrap();
-        assert!(log.finish_pending_seal().await.is_err());
-        assert!(log.has_pending_seal());
+        let (log, mut tag, blocker) = rolled_with_a_failed_seal(dir.path()).await;
         log.append(batch(tag, 4, 2000, 0)).await.unwrap();
         tag += 1;
         assert_eq!(log.flush().await.unwrap(), tag * 4);
@@ -1200,15 +1199,7 @@ fn a_failed_seal_does_not_fail_a_flush() {
         assert_eq!(read.len() as u64, tag * 4);
         // And without a crash, the next attempt seals it.
         let dir = tempfile::tempdir().unwrap();
-        let (log, _) = open_uncached(dir.path(), small_config()).await;
-        let mut tag = 0;
-        while log.segment_count() < 2 {
-            log.append(batch(tag, 4, 2000, 0)).await.unwrap();
-            tag += 1;
-        }
-        let blocker = dir.path().join(format!("{:020}.index.tmp", 0));
-        std::fs::create_dir(&blocker).unwrap();
-        assert!(log.finish_pending_seal().await.is_err());
+        let (log, tag, blocker) = rolled_with_a_failed_seal(dir.path()).await;
         assert_eq!(log.flush().await.unwrap(), tag * 4);
         std::fs::remove_dir(&blocker).unwrap();
         log.finish_pending_seal().await.unwrap();
@@ -1288,10 +1279,7 @@ fn no_spare_is_made_while_a_roll_still_holds_the_last_ones_name() {
             })
         };
         let mut tag = 0;
-        while log.segment_count() < 12 {
-            log.append(batch(tag, 4, 2000, 0)).await.unwrap();
-            tag += 1;
-        }
+        append_to_segments(&log, &mut tag, 12).await;
         done.set(true);
         background.await;
         let records = tag * 4;
