@@ -27,6 +27,7 @@ pub(super) struct ConfigFile {
     pub write_out_interval_ms: Option<u64>,
     pub flush_interval_ms: Option<u64>,
     pub flush_bytes: Option<u64>,
+    pub stall_warn_ms: Option<u64>,
     pub offsets_topic_partitions: Option<u32>,
     pub offsets_retention_ms: Option<u64>,
     pub group_initial_rebalance_delay_ms: Option<u32>,
@@ -84,7 +85,8 @@ impl ConfigFile {
             retention_check_interval_ms,
             write_out_interval_ms,
             flush_interval_ms,
-            flush_bytes
+            flush_bytes,
+            stall_warn_ms
         );
         if let Some(partitions) = self.offsets_topic_partitions {
             config.offsets_topic_partitions = partitions;
@@ -123,6 +125,7 @@ impl ConfigFile {
             write_out_interval_ms: Some(config.write_out_interval_ms),
             flush_interval_ms: Some(config.flush_interval_ms),
             flush_bytes: Some(config.flush_bytes),
+            stall_warn_ms: Some(config.stall_warn_ms),
             offsets_topic_partitions: Some(config.offsets_topic_partitions),
             offsets_retention_ms: Some(config.offsets_retention_ms),
             group_initial_rebalance_delay_ms: Some(config.group_initial_rebalance_delay_ms),

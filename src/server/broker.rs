@@ -16,8 +16,8 @@ use super::mesh::MeshMessage;
 use super::state::{load_catalog, ShardState};
 use crate::partition::Partition;
 use crate::shard::{
-    available_cpus, sleep, spawn, spawn_detached, until, ShardContext, ShardPool, ShardPoolConfig,
-    SystemClock,
+    available_cpus, sleep, spawn, spawn_detached, stall, until, ShardContext, ShardPool,
+    ShardPoolConfig, SystemClock,
 };
 
 /// What the broker reports once every shard is serving.
@@ -325,6 +325,7 @@ async fn run_shard(
 ) {
     let progress = Progress::new(Arc::clone(&shared), ready);
     let config = Rc::new(shared.config.clone());
+    stall::set_threshold(Some(Duration::from_millis(config.stall_warn_ms)));
     let catalog = match load_catalog(&config, context.shard == 0).await {
         Ok(catalog) => catalog,
         Err(error) => return progress.fail(format!("cannot load the topic catalog: {error}")),
@@ -390,6 +391,7 @@ async fn serve_until_stopped(
     let offsets_refresh = spawn(offsets_refresh_loop(Rc::clone(state)));
     let write_out = spawn(write_out_loop(Rc::clone(state)));
     let background_flush = spawn(background_flush_loop(Rc::clone(state)));
+    let stall_watch = spawn(stall::watch(state.shard));
     while !shared.stop.load(Ordering::SeqCst) {
         sleep(Duration::from_millis(20)).await;
     }
@@ -403,6 +405,7 @@ async fn serve_until_stopped(
     drop(offsets_refresh);
     drop(write_out);
     drop(background_flush);
+    drop(stall_watch);
     // Let connections finish their in-flight requests (they may need other shards, so
     // every shard keeps serving the mesh until all have drained), but not forever: a
     // client that stops reading must not hold the broker up.
@@ -418,7 +421,16 @@ async fn serve_until_stopped(
     }
     progress.pass(Stage::Drained, state.shards).await;
     let closed = state.close_partitions().await;
-    tracing::info!(shard = state.shard, partitions = closed, "shard stopped");
+    let stalls = stall::summary();
+    tracing::info!(
+        shard = state.shard,
+        partitions = closed,
+        stalls = stalls.stalls,
+        worst_stall_ms = stalls.worst_stall.as_millis() as u64,
+        slow_disk_ops = stalls.slow_disk_ops,
+        worst_disk_op_ms = stalls.worst_disk_op.as_millis() as u64,
+        "shard stopped"
+    );
     progress.pass(Stage::Closed, state.shards).await;
 }
 

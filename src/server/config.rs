@@ -50,6 +50,10 @@ pub struct BrokerConfig {
     /// A partition with this many appended bytes not yet synced is synced at once
     /// (checked every 100 ms or `flush_interval_ms`, whichever is shorter).
     pub flush_bytes: u64,
+    /// A shard held up this long (a task that does not yield, a blocking call, the CPU
+    /// taken away), or a disk operation that keeps its caller waiting this long, is
+    /// logged with where the time went, in milliseconds (0: never).
+    pub stall_warn_ms: u64,
     /// Partitions of `__consumer_offsets` when the broker creates it (changing it later
     /// has no effect: the topic keeps its partitions).
     pub offsets_topic_partitions: u32,
@@ -84,6 +88,7 @@ impl Default for BrokerConfig {
             write_out_interval_ms: 10,
             flush_interval_ms: 1_000,
             flush_bytes: 4 << 20,
+            stall_warn_ms: 50,
             offsets_topic_partitions: crate::group::OFFSETS_PARTITIONS_DEFAULT,
             offsets_retention_ms: 7 * 24 * 3_600_000,
             group_initial_rebalance_delay_ms: 3_000,

@@ -5,7 +5,9 @@
 //!   bounded channels for owned messages between shards;
 //! - `placement` — which shard owns a partition ([`shard_for_partition`]);
 //! - `clock` — the [`Clock`] seam for time-based decisions;
-//! - `sync` — shard-local waiting ([`Notify`], [`LocalMutex`]).
+//! - `sync` — shard-local waiting ([`Notify`], [`LocalMutex`]);
+//! - `stall` — reports of a shard held up, and of slow disk operations, with where the
+//!   time went.
 //!
 //! Everything here is `!Send` by design: state owned by a shard is only touched by that
 //! shard, so it uses `Rc`, `Cell` and `RefCell`, never locks or atomics. Waiting is done
@@ -17,6 +19,7 @@
 mod clock;
 mod placement;
 mod runtime;
+pub mod stall;
 mod sync;
 
 pub use clock::{Clock, ManualClock, SystemClock};

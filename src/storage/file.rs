@@ -11,6 +11,7 @@
 //! The rest of the storage layer sees only [`DirectFile`], [`AlignedBuffer`],
 //! [`ReadBytes`] and a few path helpers, so the executor can be swapped out here.
 
+use std::cell::RefCell;
 use std::io;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,22 @@ use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
 use glommio::GlommioError;
 
 use super::config::IO_ALIGNMENT_BYTES;
+use crate::shard::stall;
+
+/// Runs a disk operation, reporting it if it kept the caller waiting too long
+/// ([`stall::note_disk_wait`]): a slow disk shows in the broker's log, with the file.
+/// `path` names the file, asked only for a report.
+async fn timed<T>(
+    operation: &'static str,
+    path: impl FnOnce() -> PathBuf,
+    bytes: usize,
+    io: impl std::future::Future<Output = T>,
+) -> T {
+    let started = std::time::Instant::now();
+    let result = io.await;
+    stall::note_disk_wait(operation, path, bytes, started.elapsed());
+    result
+}
 
 fn to_io_error<T>(error: GlommioError<T>) -> io::Error {
     match error {
@@ -77,7 +94,8 @@ impl Deref for ReadBytes {
 #[derive(Debug, Clone)]
 pub(crate) struct DirectFile {
     file: Rc<DmaFile>,
-    path: Rc<PathBuf>,
+    /// The file's name, for reports; [`DirectFile::rename`] keeps it current.
+    path: Rc<RefCell<PathBuf>>,
 }
 
 impl DirectFile {
@@ -87,13 +105,18 @@ impl DirectFile {
         // with EBADF, so every path is made absolute first.
         let path = &std::path::absolute(path)?;
         probe_device_once(path).await?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .dma_open(path)
-            .await
-            .map_err(to_io_error)?;
+        let file = timed(
+            "open",
+            || path.clone(),
+            0,
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(create)
+                .dma_open(path),
+        )
+        .await
+        .map_err(to_io_error)?;
         if file.alignment() > IO_ALIGNMENT_BYTES
             || !IO_ALIGNMENT_BYTES.is_multiple_of(file.alignment())
         {
@@ -107,12 +130,23 @@ impl DirectFile {
         }
         Ok(Self {
             file: Rc::new(file),
-            path: Rc::new(path.to_path_buf()),
+            path: Rc::new(RefCell::new(path.to_path_buf())),
         })
     }
 
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
+    /// The file's name: where it was opened, or where [`DirectFile::rename`] moved it.
+    pub(crate) fn path(&self) -> PathBuf {
+        self.path.borrow().clone()
+    }
+
+    /// Renames the open file, which is `from`, to `to` (replacing `to`), and the name
+    /// every handle to it reports; not durable until the directory is synced.
+    pub(crate) async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let (from, to) = (std::path::absolute(from)?, std::path::absolute(to)?);
+        debug_assert_eq!(from, self.path(), "renaming another file than the open one");
+        rename(&from, &to).await?;
+        *self.path.borrow_mut() = to;
+        Ok(())
     }
 
     /// A buffer of `len` bytes (a multiple of the alignment) for writes. Its contents are
@@ -133,11 +167,14 @@ impl DirectFile {
             "unaligned write at {position}"
         );
         let len = buffer.len();
-        let written = self
-            .file
-            .write_at(buffer.0, position)
-            .await
-            .map_err(to_io_error)?;
+        let written = timed(
+            "write",
+            || self.path(),
+            len,
+            self.file.write_at(buffer.0, position),
+        )
+        .await
+        .map_err(to_io_error)?;
         if written != len {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
@@ -153,9 +190,21 @@ impl DirectFile {
         let result = if position.is_multiple_of(IO_ALIGNMENT_BYTES)
             && (len as u64).is_multiple_of(IO_ALIGNMENT_BYTES)
         {
-            self.file.read_at_aligned(position, len).await
+            timed(
+                "read",
+                || self.path(),
+                len,
+                self.file.read_at_aligned(position, len),
+            )
+            .await
         } else {
-            self.file.read_at(position, len).await
+            timed(
+                "read",
+                || self.path(),
+                len,
+                self.file.read_at(position, len),
+            )
+            .await
         };
         result.map(ReadBytes).map_err(to_io_error)
     }
@@ -171,20 +220,28 @@ impl DirectFile {
     }
 
     pub(crate) async fn fdatasync(&self) -> io::Result<()> {
-        self.file.fdatasync().await.map_err(to_io_error)
+        timed("fdatasync", || self.path(), 0, self.file.fdatasync())
+            .await
+            .map_err(to_io_error)
     }
 
     /// Reserves blocks so that the file is at least `size` bytes (the size grows; the new
     /// range reads as zeros).
     pub(crate) async fn preallocate(&self, size: u64) -> io::Result<()> {
-        self.file
-            .pre_allocate(size, false)
-            .await
-            .map_err(to_io_error)
+        timed(
+            "fallocate",
+            || self.path(),
+            size as usize,
+            self.file.pre_allocate(size, false),
+        )
+        .await
+        .map_err(to_io_error)
     }
 
     pub(crate) async fn truncate(&self, size: u64) -> io::Result<()> {
-        self.file.truncate(size).await.map_err(to_io_error)
+        timed("truncate", || self.path(), 0, self.file.truncate(size))
+            .await
+            .map_err(to_io_error)
     }
 
     /// The file's size, asked of the open handle: glommio's `file_size` goes by path,
@@ -243,7 +300,10 @@ async fn probe_device_once(path: &Path) -> io::Result<()> {
 /// Removes a file; a file that is already gone is not an error.
 pub(crate) async fn remove_file(path: &Path) -> io::Result<()> {
     let path = std::path::absolute(path)?;
-    match glommio::io::remove(&path).await.map_err(to_io_error) {
+    match timed("remove", || path.clone(), 0, glommio::io::remove(&path))
+        .await
+        .map_err(to_io_error)
+    {
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
         other => other,
     }
@@ -251,17 +311,21 @@ pub(crate) async fn remove_file(path: &Path) -> io::Result<()> {
 
 /// Renames `from` to `to` (replacing `to`); not durable until the directory is synced.
 pub(crate) async fn rename(from: &Path, to: &Path) -> io::Result<()> {
-    glommio::io::rename(std::path::absolute(from)?, std::path::absolute(to)?)
+    let (from, to) = (std::path::absolute(from)?, std::path::absolute(to)?);
+    timed("rename", || to.clone(), 0, glommio::io::rename(&from, &to))
         .await
         .map_err(to_io_error)
 }
 
 /// Makes directory entry changes (creations, renames, removals) in `dir` durable.
 pub(crate) async fn sync_dir(dir: &Path) -> io::Result<()> {
-    let directory = glommio::io::Directory::open(std::path::absolute(dir)?)
+    let dir = std::path::absolute(dir)?;
+    let directory = glommio::io::Directory::open(&dir)
         .await
         .map_err(to_io_error)?;
-    directory.sync().await.map_err(to_io_error)?;
+    timed("sync directory", || dir.clone(), 0, directory.sync())
+        .await
+        .map_err(to_io_error)?;
     directory.close().await.map_err(to_io_error)
 }
 
@@ -302,4 +366,29 @@ pub(crate) async fn write_file_atomically(path: &Path, contents: &[u8]) -> io::R
         .map_err(to_io_error)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     sync_dir(dir).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_renamed_file_reports_its_new_name_from_every_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("next.log.spare"), dir.path().join("0.log"));
+        let executor = glommio::LocalExecutorBuilder::default().make().unwrap();
+        executor.run(async {
+            let file = DirectFile::open(&from, true).await.unwrap();
+            let other_handle = file.clone();
+            file.rename(&from, &to).await.unwrap();
+            assert_eq!(other_handle.path(), to);
+            let mut buffer = file.alloc(IO_ALIGNMENT_BYTES as usize);
+            buffer.as_bytes_mut().fill(7);
+            other_handle.write_all_at(buffer, 0).await.unwrap();
+            file.close().await.unwrap();
+            other_handle.close().await.unwrap();
+        });
+        assert!(!from.exists());
+        assert!(std::fs::read(&to).unwrap().iter().all(|&byte| byte == 7));
+    }
 }

@@ -814,9 +814,18 @@ impl Log {
         if renames_spare {
             let from = self.dir.join(SPARE_FILE);
             let to = segment_path(&self.dir, checkpoint.segment_base, "log");
-            file::rename(&from, &to)
-                .await
-                .map_err(|error| StorageError::io("renaming", &from, error))?;
+            // The segment after the sealed one holds the spare's file open.
+            let next = self
+                .state
+                .borrow()
+                .segments
+                .get(&checkpoint.segment_base)
+                .cloned();
+            match next {
+                Some(next) => next.file.rename(&from, &to).await,
+                None => file::rename(&from, &to).await,
+            }
+            .map_err(|error| StorageError::io("renaming", &from, error))?;
             if let Some(pending) = self.pending_seal.borrow_mut().as_mut() {
                 pending.renames_spare = false;
             }
@@ -1289,7 +1298,7 @@ impl Log {
         let recycled = async {
             segment.remove_index().await?;
             // Replaces an empty spare, whose open handle then holds its only link.
-            file::rename(&segment.path(), &path).await?;
+            segment.file.rename(&segment.path(), &path).await?;
             // Durable before anything overwrites the file: after a power loss the
             // directory could otherwise still name it as the deleted segment (with its
             // index files), holding new batches where that segment's were.

@@ -248,7 +248,7 @@ async fn open_segment(
                 max_timestamp: summary.max_timestamp,
                 index: index.clone(),
             };
-            let created_ms = created_ms(file.path(), now_ms);
+            let created_ms = created_ms(&file.path(), now_ms);
             return Ok((
                 Segment::new(dir, base, file, created_ms, state),
                 Opened::Intact,
