@@ -52,6 +52,7 @@ pub(super) fn run(args: BrokerArgs) -> Result<ExitCode, String> {
         return Ok(ExitCode::SUCCESS);
     }
     init_logging(&args.log_level);
+    abort_on_panic();
     crate::shard::tune_allocator();
     // Handlers first: a signal during start-up (recovery can take a while) must shut the
     // broker down gracefully, not kill it.
@@ -77,11 +78,26 @@ pub(super) fn run(args: BrokerArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A panic on a shard's thread would leave the rest of the broker serving without that
+/// shard's partitions, and requests routed to it waiting forever. The process stops
+/// instead (after the usual panic message), so that a supervisor restarts it; every
+/// acknowledged write survives that as it survives `kill -9` (docs/OPERATIONS.md).
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        tracing::error!("a broker thread panicked; aborting");
+        std::process::abort();
+    }));
+}
+
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // Colours only on a terminal: a log file keeps plain text that grep can read.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .try_init();
 }
