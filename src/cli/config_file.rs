@@ -27,6 +27,7 @@ pub(super) struct ConfigFile {
     pub write_out_interval_ms: Option<u64>,
     pub flush_interval_ms: Option<u64>,
     pub flush_bytes: Option<u64>,
+    pub write_window_bytes_per_shard: Option<usize>,
     pub stall_warn_ms: Option<u64>,
     pub offsets_topic_partitions: Option<u32>,
     pub offsets_retention_ms: Option<u64>,
@@ -86,6 +87,7 @@ impl ConfigFile {
             write_out_interval_ms,
             flush_interval_ms,
             flush_bytes,
+            write_window_bytes_per_shard,
             stall_warn_ms
         );
         if let Some(partitions) = self.offsets_topic_partitions {
@@ -125,6 +127,7 @@ impl ConfigFile {
             write_out_interval_ms: Some(config.write_out_interval_ms),
             flush_interval_ms: Some(config.flush_interval_ms),
             flush_bytes: Some(config.flush_bytes),
+            write_window_bytes_per_shard: Some(config.write_window_bytes_per_shard),
             stall_warn_ms: Some(config.stall_warn_ms),
             offsets_topic_partitions: Some(config.offsets_topic_partitions),
             offsets_retention_ms: Some(config.offsets_retention_ms),

@@ -326,6 +326,7 @@ async fn run_shard(
     let progress = Progress::new(Arc::clone(&shared), ready);
     let config = Rc::new(shared.config.clone());
     stall::set_threshold(Some(Duration::from_millis(config.stall_warn_ms)));
+    crate::storage::set_shared_write_window(config.write_window_bytes_per_shard);
     let catalog = match load_catalog(&config, context.shard == 0).await {
         Ok(catalog) => catalog,
         Err(error) => return progress.fail(format!("cannot load the topic catalog: {error}")),

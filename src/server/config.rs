@@ -50,6 +50,10 @@ pub struct BrokerConfig {
     /// A partition with this many appended bytes not yet synced is synced at once
     /// (checked every 100 ms or `flush_interval_ms`, whichever is shorter).
     pub flush_bytes: u64,
+    /// Bytes of writes a shard's partitions may have in flight beyond each one's own
+    /// `writes_in_flight_max` window, lent to those that need more (0: none): appends
+    /// wait for a slow disk only once it is used up.
+    pub write_window_bytes_per_shard: usize,
     /// A shard held up this long (a task that does not yield, a blocking call, the CPU
     /// taken away), or a disk operation that keeps its caller waiting this long, is
     /// logged with where the time went, in milliseconds (0: never).
@@ -88,6 +92,7 @@ impl Default for BrokerConfig {
             write_out_interval_ms: 10,
             flush_interval_ms: 1_000,
             flush_bytes: 4 << 20,
+            write_window_bytes_per_shard: 128 << 20,
             stall_warn_ms: 50,
             offsets_topic_partitions: crate::group::OFFSETS_PARTITIONS_DEFAULT,
             offsets_retention_ms: 7 * 24 * 3_600_000,

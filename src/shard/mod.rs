@@ -48,6 +48,16 @@ pub fn tune_allocator() {
     }
 }
 
+/// Runs `future` to completion on an executor of its own on this thread; for unit tests
+/// of code that runs on a shard.
+#[cfg(test)]
+pub(crate) fn run_for_test<T>(future: impl Future<Output = T>) -> T {
+    glommio::LocalExecutorBuilder::default()
+        .make()
+        .expect("a test executor")
+        .run(future)
+}
+
 /// Runs `future` to completion in the background on the current shard.
 ///
 /// Must be called from inside a shard's executor. The task is detached: it keeps running

@@ -230,6 +230,19 @@ impl LocalBudget {
         }
     }
 
+    /// Takes `units` now if they are free and nobody is waiting in line for them.
+    pub fn try_acquire(self: &std::rc::Rc<Self>, units: usize) -> Option<BudgetPermit> {
+        let units = units.min(self.capacity);
+        if self.serving.get() != self.next_ticket.get() || self.available.get() < units {
+            return None;
+        }
+        self.available.set(self.available.get() - units);
+        Some(BudgetPermit {
+            budget: std::rc::Rc::clone(self),
+            units,
+        })
+    }
+
     /// The whole budget.
     pub fn capacity(&self) -> usize {
         self.capacity
@@ -293,6 +306,37 @@ impl Drop for BudgetPermit {
 mod tests {
     use super::*;
     use std::rc::Rc;
+
+    #[test]
+    fn try_acquire_takes_only_free_units_and_never_jumps_the_line() {
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(256 << 10)
+            .spawn(|| async {
+                let budget = LocalBudget::new(100);
+                let held = budget.try_acquire(70).expect("70 of 100 are free");
+                assert!(budget.try_acquire(40).is_none(), "only 30 are free");
+                let small = budget.try_acquire(30).expect("30 are free");
+                assert_eq!(budget.available(), 0);
+                drop(small);
+                // A waiter for 50 is in line: 30 free units stay for it.
+                let waiter = {
+                    let budget = Rc::clone(&budget);
+                    glommio::spawn_local(async move { drop(budget.acquire(50).await) })
+                };
+                crate::shard::yield_to_ready_tasks().await;
+                assert!(budget.try_acquire(10).is_none(), "someone waits");
+                drop(held);
+                waiter.await;
+                assert_eq!(
+                    budget.try_acquire(100).map(|permit| permit.units),
+                    Some(100)
+                );
+                assert_eq!(budget.available(), 100);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
 
     #[test]
     fn budget_serves_waiters_in_order_and_returns_units_on_drop() {

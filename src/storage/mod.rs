@@ -37,6 +37,7 @@ pub use log::{
     AppendInfo, Log, RecoveryReport, RetentionReport, StoredBatch, ValidatedBatch, SPARE_FILE,
 };
 pub use meta::EpochEntry;
+pub use writer::set_shared_write_window;
 
 /// Small metadata files written atomically (write, sync, rename, sync directory) through
 /// the same direct-I/O adapter, for the layers above.

@@ -25,6 +25,12 @@
 //! write of that block rewrites it with more data; it is issued only after the previous
 //! write of the same block completed, so the newer contents always land last.
 //!
+//! Beyond its own window, a writer may borrow buffers from its shard's shared write
+//! window ([`set_shared_write_window`]) when they are free, and gives each back when its
+//! writes in flight drop below its own window again. A device that stalls for a while
+//! then holds up appends only once the shard's window is used up, while a shard with
+//! many partitions keeps a bound on the memory its writes hold.
+//!
 //! Concurrent `flush` calls coalesce: while one `fdatasync` runs, later callers wait and
 //! are all covered by the next single round, which flushes everything appended so far.
 //! Before leading a round, a flusher lets the tasks already ready on the shard run once,
@@ -46,7 +52,26 @@ use std::rc::Rc;
 
 use super::config::IO_ALIGNMENT_BYTES;
 use super::file::{AlignedBuffer, DirectFile};
-use crate::shard::{spawn_detached, yield_to_ready_tasks, Notify};
+use crate::shard::{spawn_detached, yield_to_ready_tasks, BudgetPermit, LocalBudget, Notify};
+
+thread_local! {
+    /// This shard's shared write window: bytes of writes its segments may have in flight
+    /// beyond their own `writes_in_flight_max` windows.
+    static SHARED_WINDOW: RefCell<Option<Rc<LocalBudget>>> = const { RefCell::new(None) };
+}
+
+/// Bytes of the calling shard's shared write window free now (`None`: it has none).
+#[cfg(test)]
+pub(crate) fn shared_write_window_available() -> Option<usize> {
+    SHARED_WINDOW.with(|window| window.borrow().as_ref().map(|window| window.available()))
+}
+
+/// Sets the calling shard's shared write window to `bytes` (0: none). Writers created
+/// on this thread afterwards borrow from it.
+pub fn set_shared_write_window(bytes: usize) {
+    SHARED_WINDOW
+        .with(|window| *window.borrow_mut() = (bytes > 0).then(|| LocalBudget::new(bytes)));
+}
 
 /// Limits for one writer, taken from the log configuration.
 #[derive(Debug, Clone, Copy)]
@@ -68,6 +93,8 @@ struct Shared {
     /// Counts `fdatasync` calls, shared with the log for its statistics.
     syncs: Rc<Cell<u64>>,
     limits: WriterLimits,
+    /// The shard's shared write window, if it has one.
+    shared_window: Option<Rc<LocalBudget>>,
     state: RefCell<State>,
     changed: Notify,
 }
@@ -92,6 +119,9 @@ struct State {
     /// append's own succeeds, so the failure is reported to that append.
     top_up_failed: bool,
     slots: VecDeque<WriteSlot>,
+    /// Buffers borrowed from the shared window: as many as the slots beyond
+    /// `in_flight_max`, or more for the appends about to be submitted.
+    borrowed: Vec<BudgetPermit>,
     next_slot_id: u64,
     /// Aligned end of the last submitted write, and its slot, for overlap ordering.
     last_submitted: Option<(u64, u64)>,
@@ -148,6 +178,7 @@ impl SegmentWriter {
                 file,
                 syncs,
                 limits,
+                shared_window: SHARED_WINDOW.with(|window| window.borrow().clone()),
                 state: RefCell::new(State {
                     staging,
                     staging_start,
@@ -160,6 +191,7 @@ impl SegmentWriter {
                     topping_up: false,
                     top_up_failed: false,
                     slots: VecDeque::new(),
+                    borrowed: Vec::new(),
                     next_slot_id: 0,
                     last_submitted: None,
                     failure: None,
@@ -200,11 +232,13 @@ impl SegmentWriter {
         loop {
             let listener = self.shared.changed.listen();
             let needed_end = {
-                let state = self.shared.state.borrow();
+                let mut state = self.shared.state.borrow_mut();
                 if let Some(failure) = &state.failure {
                     return Err(io::Error::other(failure.clone()));
                 }
-                if state.slots.len() + buffers > self.shared.limits.in_flight_max {
+                let window = self.shared.limits.in_flight_max + state.borrowed.len();
+                let short = (state.slots.len() + buffers).saturating_sub(window);
+                if short > 0 && !self.shared.borrow_window(&mut state, short) {
                     None
                 } else if !state.preallocate {
                     return Ok(());
@@ -501,6 +535,23 @@ impl Shared {
         }
     }
 
+    /// Borrows `buffers` buffers from the shared window, all or none.
+    fn borrow_window(&self, state: &mut State, buffers: usize) -> bool {
+        let Some(window) = &self.shared_window else {
+            return false;
+        };
+        let permits: Option<Vec<_>> = (0..buffers)
+            .map(|_| window.try_acquire(self.limits.buffer_bytes))
+            .collect();
+        match permits {
+            Some(permits) => {
+                state.borrowed.extend(permits);
+                true
+            }
+            None => false,
+        }
+    }
+
     async fn wait_slot_done(&self, id: u64) {
         loop {
             let listener = self.changed.listen();
@@ -539,8 +590,60 @@ impl Shared {
                 state.written_end = slot.logical_end;
             }
         }
+        // Give back what the writes in flight no longer need.
+        let beyond_own_window = state.slots.len().saturating_sub(self.limits.in_flight_max);
+        state.borrowed.truncate(beyond_own_window);
         assert!(state.durable_end <= state.written_end && state.written_end <= state.end);
         drop(state);
         self.changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_beyond_the_own_window_borrow_from_the_shard_and_give_it_back() {
+        const BLOCK: usize = IO_ALIGNMENT_BYTES as usize;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        crate::shard::run_for_test(async {
+            set_shared_write_window(4 * BLOCK);
+            let file = DirectFile::open(&path, true).await.unwrap();
+            let limits = WriterLimits {
+                buffer_bytes: BLOCK,
+                in_flight_max: 2,
+                preallocate_bytes: 0,
+            };
+            let writer = SegmentWriter::resume(file.clone(), 0, limits, Rc::default())
+                .await
+                .unwrap();
+            // Nothing here yields, so no write runs: each append adds one in flight.
+            // Its own window (2, one kept for the next staging buffer) holds one;
+            // the shared window lends the next four.
+            for fill in 1..=5u8 {
+                writer.reserve(BLOCK).await.unwrap();
+                writer.append(&[fill; BLOCK]);
+                let lent = usize::from(fill - 1) * BLOCK;
+                assert_eq!(shared_write_window_available(), Some(4 * BLOCK - lent));
+            }
+            // The sixth waits for the device, then proceeds.
+            writer.reserve(BLOCK).await.unwrap();
+            writer.append(&[6; BLOCK]);
+            writer.flush().await.unwrap();
+            assert_eq!(
+                shared_write_window_available(),
+                Some(4 * BLOCK),
+                "all given back"
+            );
+            let bytes = file.read_at(0, 6 * BLOCK).await.unwrap();
+            for (index, block) in bytes.chunks(BLOCK).enumerate() {
+                assert!(block.iter().all(|&byte| usize::from(byte) == index + 1));
+            }
+            set_shared_write_window(0);
+            assert_eq!(shared_write_window_available(), None);
+            file.close().await.unwrap();
+        });
     }
 }
