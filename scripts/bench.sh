@@ -49,7 +49,7 @@ cargo build --release -p flumen --bin flumen && cargo build --release -p flumen-
 FLUMEN=target/release/flumen
 LOADGEN=target/release/flumen-loadgen
 mkdir -p "$OUT" "$DATA_DIR"
-rm -rf "$OUT"/*.json "$OUT"/*.svg "$OUT"/hlog
+rm -rf "$OUT"/*.json "$OUT"/*.svg "$OUT"/hlog "$OUT"/broker-*.log
 
 echo "cpu:    $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "nproc:  $(nproc)   kernel: $(uname -r)   memory: $(free -g | awk '/Mem:/ {print $2}') GiB"
@@ -80,10 +80,13 @@ echo "limits: iperf3 $IPERF MB/s; fio write $FIO_WRITE MB/s, with fdatasync per 
 # --- The broker ------------------------------------------------------------------------
 # Retention checked every 5 s, so long runs stay within the disk (see TOPIC below).
 printf 'retention_check_interval_ms = 5000\n' > "$OUT/broker.toml"
-start_broker() {
+# Each broker logs to broker-NAME.log: its stall reports ("shard stalled", "slow disk
+# operation": docs/OPERATIONS.md section 4) and, at the end, each shard's totals, which
+# the summary lists under the table: what held up the tails of that workload.
+start_broker() { # name
   rm -rf "$DATA_DIR/broker" && mkdir -p "$DATA_DIR/broker"
   taskset -c "$BROKER_CPU" "$FLUMEN" broker --config "$OUT/broker.toml" --shards 1 --listen 127.0.0.1:$PORT \
-    --data-dir "$DATA_DIR/broker" --log-level warn &
+    --data-dir "$DATA_DIR/broker" --log-level info > "$OUT/broker-$1.log" 2>&1 &
   BROKER=$!
   for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$PORT) 2>/dev/null && return; sleep 0.1; done
   echo "the broker did not start" >&2; exit 1
@@ -104,7 +107,7 @@ COMMON=(--message-size 1024 --batch-size 1048576 --duration "$SECONDS_PER_RUN" -
 LOW_LATENCY=(--linger-ms 0.25)
 
 # A fresh broker per workload, so one run's data never slows the next.
-start_broker
+start_broker max-rate
 load max-rate "${COMMON[@]}" --partitions 8 --acks 1,all --consumers 0
 stop_broker
 HALF=$(python3 -c 'import json,sys
@@ -129,12 +132,12 @@ floor() { # name msgs-per-s
 floor open-loop "$HALF"
 floor 100MBps "$(python3 -c 'print(round(100e6 / 1024))')"
 
-start_broker
+start_broker open-loop
 load open-loop "${COMMON[@]}" "${LOW_LATENCY[@]}" --partitions 8 --acks 1,all --consumers 1 --rate "$HALF" \
   --plot "$OUT/open-loop.svg" --hdr-log "$OUT/hlog"
 stop_broker
 
-start_broker
+start_broker drain
 load drain --scenario drain --backlog "$BACKLOG" --message-size 1024 --batch-size 1048576 \
   --partitions 8 --acks 1 --consumers 1
 stop_broker
@@ -155,12 +158,12 @@ if fits < seconds:
     print(f"the disk holds {free / 0.8 / 1e9:.1f} GB: the 1,000-partition run is cut to {max(fits, 3)} s",
           file=sys.stderr)
 print(max(min(seconds, fits), 3))' "$OUT/max-rate.json" "$DATA_DIR" "$SCALE_SECONDS" "$SCALE_WARMUP")
-start_broker
+start_broker scale
 load scale --message-size 1024 --batch-size 1048576 --duration "$SCALE_SECONDS" --warmup "$SCALE_WARMUP" \
   "${TOPIC[@]}" --partitions 1000 --acks 1 --consumers 0
 stop_broker
 
-start_broker
+start_broker idle
 load idle --scenario idle --broker-pid "$BROKER" --idle-partitions "$IDLE_PARTITIONS" \
   --idle-connections "$IDLE_CONNECTIONS"
 stop_broker
@@ -169,10 +172,10 @@ stop_broker
 # Closed-loop latency is the queue's depth over the throughput: the peer's producers each
 # await a batch before sending the next, so these runs hold two batches per partition
 # (an 8 MiB buffer) rather than the default 32 MiB the max-rate runs above use.
-start_broker
+start_broker peer-max
 load peer-max "${COMMON[@]}" --partitions 4 --acks 1,all --consumers 0 --buffer-memory 8MiB
 stop_broker
-start_broker
+start_broker peer-e2e
 load peer-e2e "${COMMON[@]}" "${LOW_LATENCY[@]}" --partitions 4 --acks 1,all --consumers 1 --rate 100MB/s
 stop_broker
 
@@ -261,5 +264,18 @@ print("| workload | Flumen | limit / reference | ratio | bar | met |")
 print("|---|---|---|---|---|---|")
 for r in rows:
     print("| " + " | ".join(r) + " |")
+# What the broker saw: each shard's stall totals at shutdown (stall_warn_ms, 50 ms).
+print("\nBroker stall reports per workload (over 50 ms; docs/OPERATIONS.md section 4):\n")
+print("| workload | shard stalls | worst | slow disk operations | worst |")
+print("|---|---|---|---|---|")
+for name in ("max-rate", "open-loop", "drain", "scale", "idle", "peer-max", "peer-e2e"):
+    totals = [0, 0, 0, 0]
+    for line in open(f"{out}/broker-{name}.log", errors="replace"):
+        if "shard stopped" in line:
+            fields = dict(re.findall(r"(\w+)=(\d+)", line))
+            for k, key in enumerate(("stalls", "worst_stall_ms", "slow_disk_ops", "worst_disk_op_ms")):
+                value = int(fields.get(key, 0))
+                totals[k] = totals[k] + value if k % 2 == 0 else max(totals[k], value)
+    print(f"| {name} | {totals[0]} | {totals[1]} ms | {totals[2]} | {totals[3]} ms |")
 EOF
 echo "reports, plot and HdrHistogram logs in $OUT"
