@@ -124,6 +124,14 @@ impl BrokerConfig {
         if self.frame_bytes_max < self.log.batch_bytes_max + (64 << 10) {
             return Err("frame_bytes_max must exceed the largest batch by 64 KiB".into());
         }
+        if self.write_window_bytes_per_shard != 0
+            && self.write_window_bytes_per_shard < self.log.write_buffer_bytes
+        {
+            return Err(
+                "write_window_bytes_per_shard must be 0 or at least [log] write_buffer_bytes"
+                    .into(),
+            );
+        }
         if self.in_flight_bytes_per_connection < self.frame_bytes_max {
             return Err("in_flight_bytes_per_connection must hold one largest frame".into());
         }
@@ -138,5 +146,27 @@ impl BrokerConfig {
         self.advertised_host
             .clone()
             .unwrap_or_else(|| self.listen.ip().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid() {
+        assert_eq!(BrokerConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_shared_write_window_smaller_than_one_buffer_is_refused() {
+        let mut config = BrokerConfig::default();
+        config.write_window_bytes_per_shard = config.log.write_buffer_bytes - 4096;
+        let error = config.validate().unwrap_err();
+        assert!(error.contains("write_window_bytes_per_shard"), "{error}");
+        config.write_window_bytes_per_shard = 0;
+        assert_eq!(config.validate(), Ok(()), "0 lends nothing");
+        config.write_window_bytes_per_shard = config.log.write_buffer_bytes;
+        assert_eq!(config.validate(), Ok(()));
     }
 }

@@ -27,7 +27,7 @@
 //!
 //! Beyond its own window, a writer may borrow buffers from its shard's shared write
 //! window ([`set_shared_write_window`]) when they are free, and gives each back when its
-//! writes in flight drop below its own window again. A device that stalls for a while
+//! writes in flight and its staging buffer fit its own window again. A device that stalls for a while
 //! then holds up appends only once the shard's window is used up, while a shard with
 //! many partitions keeps a bound on the memory its writes hold.
 //!
@@ -590,8 +590,10 @@ impl Shared {
                 state.written_end = slot.logical_end;
             }
         }
-        // Give back what the writes in flight no longer need.
-        let beyond_own_window = state.slots.len().saturating_sub(self.limits.in_flight_max);
+        // Give back what the writes in flight no longer need, keeping one for the
+        // staging buffer (`reserve` counts it), which a write-out may submit without
+        // reserving.
+        let beyond_own_window = (state.slots.len() + 1).saturating_sub(self.limits.in_flight_max);
         state.borrowed.truncate(beyond_own_window);
         assert!(state.durable_end <= state.written_end && state.written_end <= state.end);
         drop(state);
