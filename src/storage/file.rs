@@ -348,6 +348,15 @@ pub(crate) async fn read_small_file(path: &Path) -> io::Result<Option<Vec<u8>>> 
 /// it, rename it over `path`, sync the directory. A crash leaves the old or the new
 /// contents, never a mix.
 pub(crate) async fn write_file_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
+    write_file_replacing(path, contents).await?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    sync_dir(dir).await
+}
+
+/// [`write_file_atomically`] without the directory sync: a crash leaves the old or the
+/// new contents, never a mix, but which one is not settled until the caller syncs the
+/// directory (once for several files).
+pub(crate) async fn write_file_replacing(path: &Path, contents: &[u8]) -> io::Result<()> {
     let path = &std::path::absolute(path)?;
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(".tmp");
@@ -363,9 +372,7 @@ pub(crate) async fn write_file_atomically(path: &Path, contents: &[u8]) -> io::R
     file.close().await?;
     glommio::io::rename(&temporary, path)
         .await
-        .map_err(to_io_error)?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    sync_dir(dir).await
+        .map_err(to_io_error)
 }
 
 #[cfg(test)]

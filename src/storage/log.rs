@@ -1658,6 +1658,10 @@ impl Log {
             .seal()
             .await
             .map_err(context("sealing", &active.path()))?;
+        // The index files' names, before the checkpoint moves past them.
+        file::sync_dir(&self.dir)
+            .await
+            .map_err(context("syncing", &self.dir))?;
         {
             let mut state = self.state.borrow_mut();
             state.checkpoint = Checkpoint {

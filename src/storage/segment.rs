@@ -187,27 +187,38 @@ impl Segment {
     }
 
     /// Ends the segment's active life: flush, drop preallocated space, write the index.
-    /// Idempotent.
+    /// Idempotent. The index files' names are durable only once the caller syncs the
+    /// directory, which every caller does before `partition.meta` moves the checkpoint
+    /// past this segment (a seal is followed by a rename or a new segment that needs
+    /// the sync anyway: one sync for all).
     pub(crate) async fn seal(&self) -> io::Result<()> {
         let Some(writer) = self.writer() else {
             return Ok(());
         };
         writer.flush().await?;
         writer.retire().await;
-        self.finish_files().await?;
+        self.seal_files(false).await?;
         *self.writer.borrow_mut() = None;
         Ok(())
     }
 
     /// Puts the files in their sealed state: index files written, reserved space dropped,
-    /// synced. [`Segment::seal`] ends with it; recovery runs it alone on a segment a crash
-    /// left unsealed (one with no writer and later segments after it).
+    /// synced, and the directory synced. Recovery runs it on a segment a crash left
+    /// unsealed (one with no writer and later segments after it).
     pub(crate) async fn finish_files(&self) -> io::Result<()> {
+        self.seal_files(true).await
+    }
+
+    async fn seal_files(&self, sync_names: bool) -> io::Result<()> {
         // The index first: if the disk is full this fails while the segment still has its
         // reserved space, so nothing changes.
-        self.persist_index().await?;
+        self.write_index().await?;
         self.file.truncate(self.size()).await?;
-        self.file.fdatasync().await
+        self.file.fdatasync().await?;
+        if sync_names {
+            file::sync_dir(&self.dir).await?;
+        }
+        Ok(())
     }
 
     /// Drops the writer without flushing (used before truncation, after a flush), once no
@@ -219,8 +230,15 @@ impl Segment {
         }
     }
 
-    /// Writes the `.index` and `.timeindex` files for the current state.
+    /// Writes the `.index` and `.timeindex` files for the current state, durably (one
+    /// directory sync for both).
     pub(crate) async fn persist_index(&self) -> io::Result<()> {
+        self.write_index().await?;
+        file::sync_dir(&self.dir).await
+    }
+
+    /// Writes the index files; their names are durable at the next directory sync.
+    async fn write_index(&self) -> io::Result<()> {
         let (offsets, times) = {
             let state = self.state.borrow();
             state.index.encode(SegmentSummary {
@@ -229,12 +247,12 @@ impl Segment {
                 max_timestamp: state.max_timestamp,
             })
         };
-        file::write_file_atomically(
+        file::write_file_replacing(
             &segment_path(&self.dir, self.base_offset, "index"),
             &offsets,
         )
         .await?;
-        file::write_file_atomically(
+        file::write_file_replacing(
             &segment_path(&self.dir, self.base_offset, "timeindex"),
             &times,
         )
