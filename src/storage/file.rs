@@ -26,16 +26,16 @@ use crate::shard::stall;
 /// Runs a disk operation, reporting it if it kept the caller waiting too long
 /// ([`stall::note_disk_wait`]): a slow disk shows in the broker's log, with the file.
 /// `path` names the file, asked only for a report.
-async fn timed<T>(
+async fn timed<T, E>(
     operation: &'static str,
     path: impl FnOnce() -> PathBuf,
     bytes: usize,
-    io: impl std::future::Future<Output = T>,
-) -> T {
+    io: impl std::future::Future<Output = Result<T, GlommioError<E>>>,
+) -> io::Result<T> {
     let started = std::time::Instant::now();
     let result = io.await;
     stall::note_disk_wait(operation, path, bytes, started.elapsed());
-    result
+    result.map_err(to_io_error)
 }
 
 fn to_io_error<T>(error: GlommioError<T>) -> io::Error {
@@ -115,8 +115,7 @@ impl DirectFile {
                 .create(create)
                 .dma_open(path),
         )
-        .await
-        .map_err(to_io_error)?;
+        .await?;
         if file.alignment() > IO_ALIGNMENT_BYTES
             || !IO_ALIGNMENT_BYTES.is_multiple_of(file.alignment())
         {
@@ -132,6 +131,16 @@ impl DirectFile {
             file: Rc::new(file),
             path: Rc::new(RefCell::new(path.to_path_buf())),
         })
+    }
+
+    /// [`timed`] for an operation on this file.
+    async fn timed<T, E>(
+        &self,
+        operation: &'static str,
+        bytes: usize,
+        io: impl std::future::Future<Output = Result<T, GlommioError<E>>>,
+    ) -> io::Result<T> {
+        timed(operation, || self.path(), bytes, io).await
     }
 
     /// The file's name: where it was opened, or where [`DirectFile::rename`] moved it.
@@ -167,14 +176,9 @@ impl DirectFile {
             "unaligned write at {position}"
         );
         let len = buffer.len();
-        let written = timed(
-            "write",
-            || self.path(),
-            len,
-            self.file.write_at(buffer.0, position),
-        )
-        .await
-        .map_err(to_io_error)?;
+        let written = self
+            .timed("write", len, self.file.write_at(buffer.0, position))
+            .await?;
         if written != len {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
@@ -187,26 +191,15 @@ impl DirectFile {
     /// Reads up to `len` bytes from `position` (any alignment). Fewer come back at the end
     /// of the file.
     pub(crate) async fn read_at(&self, position: u64, len: usize) -> io::Result<ReadBytes> {
-        let result = if position.is_multiple_of(IO_ALIGNMENT_BYTES)
-            && (len as u64).is_multiple_of(IO_ALIGNMENT_BYTES)
-        {
-            timed(
-                "read",
-                || self.path(),
-                len,
-                self.file.read_at_aligned(position, len),
-            )
-            .await
-        } else {
-            timed(
-                "read",
-                || self.path(),
-                len,
-                self.file.read_at(position, len),
-            )
-            .await
+        let aligned = position.is_multiple_of(IO_ALIGNMENT_BYTES)
+            && (len as u64).is_multiple_of(IO_ALIGNMENT_BYTES);
+        let read = async {
+            match aligned {
+                true => self.file.read_at_aligned(position, len).await,
+                false => self.file.read_at(position, len).await,
+            }
         };
-        result.map(ReadBytes).map_err(to_io_error)
+        self.timed("read", len, read).await.map(ReadBytes)
     }
 
     /// Closes the file now if this is the last handle to it. (A dropped handle is closed
@@ -220,28 +213,18 @@ impl DirectFile {
     }
 
     pub(crate) async fn fdatasync(&self) -> io::Result<()> {
-        timed("fdatasync", || self.path(), 0, self.file.fdatasync())
-            .await
-            .map_err(to_io_error)
+        self.timed("fdatasync", 0, self.file.fdatasync()).await
     }
 
     /// Reserves blocks so that the file is at least `size` bytes (the size grows; the new
     /// range reads as zeros).
     pub(crate) async fn preallocate(&self, size: u64) -> io::Result<()> {
-        timed(
-            "fallocate",
-            || self.path(),
-            size as usize,
-            self.file.pre_allocate(size, false),
-        )
-        .await
-        .map_err(to_io_error)
+        let reserve = self.file.pre_allocate(size, false);
+        self.timed("fallocate", size as usize, reserve).await
     }
 
     pub(crate) async fn truncate(&self, size: u64) -> io::Result<()> {
-        timed("truncate", || self.path(), 0, self.file.truncate(size))
-            .await
-            .map_err(to_io_error)
+        self.timed("truncate", 0, self.file.truncate(size)).await
     }
 
     /// The file's size, asked of the open handle: glommio's `file_size` goes by path,
@@ -300,10 +283,7 @@ async fn probe_device_once(path: &Path) -> io::Result<()> {
 /// Removes a file; a file that is already gone is not an error.
 pub(crate) async fn remove_file(path: &Path) -> io::Result<()> {
     let path = std::path::absolute(path)?;
-    match timed("remove", || path.clone(), 0, glommio::io::remove(&path))
-        .await
-        .map_err(to_io_error)
-    {
+    match timed("remove", || path.clone(), 0, glommio::io::remove(&path)).await {
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
         other => other,
     }
@@ -312,9 +292,7 @@ pub(crate) async fn remove_file(path: &Path) -> io::Result<()> {
 /// Renames `from` to `to` (replacing `to`); not durable until the directory is synced.
 pub(crate) async fn rename(from: &Path, to: &Path) -> io::Result<()> {
     let (from, to) = (std::path::absolute(from)?, std::path::absolute(to)?);
-    timed("rename", || to.clone(), 0, glommio::io::rename(&from, &to))
-        .await
-        .map_err(to_io_error)
+    timed("rename", || to.clone(), 0, glommio::io::rename(&from, &to)).await
 }
 
 /// Makes directory entry changes (creations, renames, removals) in `dir` durable.
@@ -323,9 +301,7 @@ pub(crate) async fn sync_dir(dir: &Path) -> io::Result<()> {
     let directory = glommio::io::Directory::open(&dir)
         .await
         .map_err(to_io_error)?;
-    timed("sync directory", || dir.clone(), 0, directory.sync())
-        .await
-        .map_err(to_io_error)?;
+    timed("sync directory", || dir.clone(), 0, directory.sync()).await?;
     directory.close().await.map_err(to_io_error)
 }
 
@@ -383,8 +359,7 @@ mod tests {
     fn a_renamed_file_reports_its_new_name_from_every_handle() {
         let dir = tempfile::tempdir().unwrap();
         let (from, to) = (dir.path().join("next.log.spare"), dir.path().join("0.log"));
-        let executor = glommio::LocalExecutorBuilder::default().make().unwrap();
-        executor.run(async {
+        crate::shard::run_for_test(async {
             let file = DirectFile::open(&from, true).await.unwrap();
             let other_handle = file.clone();
             file.rename(&from, &to).await.unwrap();
@@ -397,5 +372,33 @@ mod tests {
         });
         assert!(!from.exists());
         assert!(std::fs::read(&to).unwrap().iter().all(|&byte| byte == 7));
+    }
+
+    /// Every operation goes through the timing: with a threshold nothing stays under,
+    /// each one counts as slow.
+    #[test]
+    fn every_disk_operation_is_timed_for_the_stall_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let counted = crate::shard::run_for_test(async {
+            stall::set_threshold(Some(std::time::Duration::from_nanos(1)));
+            let before = stall::summary().slow_disk_ops.count;
+            let file = DirectFile::open(&path, true).await.unwrap();
+            file.preallocate(IO_ALIGNMENT_BYTES).await.unwrap();
+            file.write_all_at(file.alloc(IO_ALIGNMENT_BYTES as usize), 0)
+                .await
+                .unwrap();
+            file.fdatasync().await.unwrap();
+            file.read_at(0, 100).await.unwrap();
+            file.truncate(100).await.unwrap();
+            sync_dir(dir.path()).await.unwrap();
+            file.close().await.unwrap();
+            remove_file(&path).await.unwrap();
+            let counted = stall::summary().slow_disk_ops.count - before;
+            stall::set_threshold(None);
+            counted
+        });
+        // open, fallocate, write, fdatasync, read, truncate, sync directory, remove
+        assert_eq!(counted, 8);
     }
 }
