@@ -426,10 +426,10 @@ async fn serve_until_stopped(
     tracing::info!(
         shard = state.shard,
         partitions = closed,
-        stalls = stalls.stalls,
-        worst_stall_ms = stalls.worst_stall.as_millis() as u64,
-        slow_disk_ops = stalls.slow_disk_ops,
-        worst_disk_op_ms = stalls.worst_disk_op.as_millis() as u64,
+        stalls = stalls.stalls.count,
+        worst_stall_ms = stalls.stalls.worst.as_millis() as u64,
+        slow_disk_ops = stalls.slow_disk_ops.count,
+        worst_disk_op_ms = stalls.slow_disk_ops.worst.as_millis() as u64,
         "shard stopped"
     );
     progress.pass(Stage::Closed, state.shards).await;

@@ -38,18 +38,45 @@ thread_local! {
 /// A shard's stall counts since it started.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Totals {
-    /// Late ticks over the threshold.
-    pub stalls: u64,
+    /// Ticks that came later than the threshold.
+    pub stalls: Tally,
+    /// Disk operations that kept their caller waiting longer than the threshold.
+    pub slow_disk_ops: Tally,
+}
+
+/// One kind of report: how many, the longest, and the pace of warnings.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Tally {
+    /// Reports so far.
+    pub count: u64,
     /// The longest of them.
-    pub worst_stall: Duration,
-    /// Disk operations that took longer than the threshold.
-    pub slow_disk_ops: u64,
-    /// The longest of them.
-    pub worst_disk_op: Duration,
-    last_stall_report: Option<Instant>,
-    stalls_unreported: u64,
-    last_disk_report: Option<Instant>,
-    disk_ops_unreported: u64,
+    pub worst: Duration,
+    last_warning: Option<Instant>,
+    unwarned: u64,
+}
+
+impl Tally {
+    /// Counts one report of `duration` at `now`. Returns whether it is to be a warning
+    /// (at most one a [`REPORT_INTERVAL`]) and if so, how many were not since the last.
+    fn record(&mut self, duration: Duration, now: Instant) -> Option<u64> {
+        self.count += 1;
+        self.worst = self.worst.max(duration);
+        if self
+            .last_warning
+            .is_some_and(|last| now.duration_since(last) < REPORT_INTERVAL)
+        {
+            self.unwarned += 1;
+            return None;
+        }
+        self.last_warning = Some(now);
+        Some(std::mem::take(&mut self.unwarned))
+    }
+}
+
+/// Counts a report of `duration` in the tally `kind` picks; see [`Tally::record`].
+fn record(kind: fn(&mut Totals) -> &mut Tally, duration: Duration) -> Option<u64> {
+    let now = Instant::now();
+    TOTALS.with(|totals| kind(&mut totals.borrow_mut()).record(duration, now))
 }
 
 /// Logs a report: at warn level with the count of reports held back since the last one
@@ -87,17 +114,7 @@ pub fn note_disk_wait(
     if waited < threshold {
         return;
     }
-    let now = Instant::now();
-    let report = TOTALS.with(|totals| {
-        let totals = &mut *totals.borrow_mut();
-        totals.slow_disk_ops += 1;
-        totals.worst_disk_op = totals.worst_disk_op.max(waited);
-        due(
-            &mut totals.last_disk_report,
-            &mut totals.disk_ops_unreported,
-            now,
-        )
-    });
+    let report = record(|totals| &mut totals.slow_disk_ops, waited);
     log_at!(
         report,
         operation,
@@ -106,16 +123,6 @@ pub fn note_disk_wait(
         waited_ms = millis(waited),
         "slow disk operation"
     );
-}
-
-/// Whether a report is due now; if so, how many went unreported since the last one.
-fn due(last: &mut Option<Instant>, unreported: &mut u64, now: Instant) -> Option<u64> {
-    if last.is_some_and(|last| now.duration_since(last) < REPORT_INTERVAL) {
-        *unreported += 1;
-        return None;
-    }
-    *last = Some(now);
-    Some(std::mem::take(unreported))
 }
 
 fn millis(duration: Duration) -> f64 {
@@ -147,9 +154,7 @@ impl ThreadTimes {
 /// Where one interval of `elapsed` went, from the thread times at its two ends.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Breakdown {
-    /// The interval.
-    pub elapsed: Duration,
-    /// Of it, on the CPU.
+    /// Of the interval, on the CPU.
     pub on_cpu: Duration,
     /// Runnable, waiting for the CPU.
     pub runnable: Duration,
@@ -166,7 +171,6 @@ impl Breakdown {
             .saturating_sub(before.runnable)
             .min(elapsed - on_cpu);
         Self {
-            elapsed,
             on_cpu,
             runnable,
             off_cpu: elapsed - on_cpu - runnable,
@@ -203,7 +207,7 @@ pub async fn watch(shard: u32) {
         let elapsed = now.0.duration_since(last.0);
         let late = elapsed.saturating_sub(TICK);
         if late >= threshold {
-            report_stall(shard, late, elapsed, last.1.zip(now.1), now.0);
+            report_stall(shard, late, elapsed, last.1.zip(now.1));
         }
         last = now;
     }
@@ -214,18 +218,8 @@ fn report_stall(
     late: Duration,
     elapsed: Duration,
     times: Option<(ThreadTimes, ThreadTimes)>,
-    now: Instant,
 ) {
-    let report = TOTALS.with(|totals| {
-        let totals = &mut *totals.borrow_mut();
-        totals.stalls += 1;
-        totals.worst_stall = totals.worst_stall.max(late);
-        due(
-            &mut totals.last_stall_report,
-            &mut totals.stalls_unreported,
-            now,
-        )
-    });
+    let report = record(|totals| &mut totals.stalls, late);
     match times {
         Some((before, after)) => {
             let breakdown = Breakdown::between(before, after, elapsed);
@@ -284,40 +278,15 @@ mod tests {
     #[test]
     fn reports_are_limited_to_one_a_second_and_count_the_rest() {
         let start = Instant::now();
-        let (mut last, mut unreported) = (None, 0);
-        assert_eq!(due(&mut last, &mut unreported, start), Some(0));
-        assert_eq!(
-            due(
-                &mut last,
-                &mut unreported,
-                start + Duration::from_millis(300)
-            ),
-            None
-        );
-        assert_eq!(
-            due(
-                &mut last,
-                &mut unreported,
-                start + Duration::from_millis(900)
-            ),
-            None
-        );
-        assert_eq!(
-            due(
-                &mut last,
-                &mut unreported,
-                start + Duration::from_millis(1_000)
-            ),
-            Some(2)
-        );
-        assert_eq!(
-            due(
-                &mut last,
-                &mut unreported,
-                start + Duration::from_millis(2_500)
-            ),
-            Some(0)
-        );
+        let at = |ms| start + Duration::from_millis(ms);
+        let mut tally = Tally::default();
+        let long = Duration::from_millis(70);
+        assert_eq!(tally.record(long, start), Some(0));
+        assert_eq!(tally.record(Duration::from_millis(90), at(300)), None);
+        assert_eq!(tally.record(long, at(900)), None);
+        assert_eq!(tally.record(long, at(1_000)), Some(2));
+        assert_eq!(tally.record(long, at(2_500)), Some(0));
+        assert_eq!((tally.count, tally.worst), (5, Duration::from_millis(90)));
     }
 
     #[test]
@@ -325,14 +294,18 @@ mod tests {
         let path = || PathBuf::from("/data/t-0/00000000000000000000.log");
         set_threshold(None);
         note_disk_wait("write", path, 4096, Duration::from_secs(1));
-        assert_eq!(summary().slow_disk_ops, 0, "no threshold: nothing counted");
+        assert_eq!(
+            summary().slow_disk_ops.count,
+            0,
+            "no threshold: nothing counted"
+        );
         set_threshold(Some(Duration::from_millis(50)));
         note_disk_wait("write", path, 4096, Duration::from_millis(49));
         note_disk_wait("fdatasync", path, 0, Duration::from_millis(80));
         note_disk_wait("fdatasync", path, 0, Duration::from_millis(60));
         let totals = summary();
-        assert_eq!(totals.slow_disk_ops, 2);
-        assert_eq!(totals.worst_disk_op, Duration::from_millis(80));
+        assert_eq!(totals.slow_disk_ops.count, 2);
+        assert_eq!(totals.slow_disk_ops.worst, Duration::from_millis(80));
         set_threshold(None);
     }
 
@@ -358,10 +331,9 @@ mod tests {
 
     #[test]
     fn a_shard_held_up_by_a_task_is_reported() {
-        let executor = glommio::LocalExecutorBuilder::default().make().unwrap();
-        let totals = executor.run(async {
+        let totals = crate::shard::run_for_test(async {
             set_threshold(Some(Duration::from_millis(40)));
-            let watcher = glommio::spawn_local(watch(0));
+            let watcher = crate::shard::spawn(watch(0));
             crate::shard::sleep(Duration::from_millis(30)).await;
             // Hold the thread for 150 ms, computing: no tick can come in between.
             let start = Instant::now();
@@ -377,9 +349,9 @@ mod tests {
             totals
         });
         // One stall at least (a noisy machine may add its own).
-        assert!(totals.stalls >= 1, "{totals:?}");
+        assert!(totals.stalls.count >= 1, "{totals:?}");
         assert!(
-            totals.worst_stall >= Duration::from_millis(130),
+            totals.stalls.worst >= Duration::from_millis(130),
             "{totals:?}"
         );
     }
