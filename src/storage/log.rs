@@ -172,9 +172,9 @@ struct PendingSeal {
     segment: Rc<Segment>,
     /// The checkpoint once it is sealed: the start of the segment after it.
     checkpoint: Checkpoint,
-    /// The segment after it is the spare, still under [`SPARE_FILE`]: the seal gives it
-    /// its segment name.
-    renames_spare: bool,
+    /// The segment after it, when it is the spare still under [`SPARE_FILE`]: the seal
+    /// gives its file the segment's name.
+    names_spare: Option<Rc<Segment>>,
     /// The directory entry of the segment after it is durable: always for a spare
     /// (synced when it was made or recycled); for a file the roll created, once a flush
     /// or the seal has synced the directory.
@@ -682,7 +682,7 @@ impl Log {
                 next_offset,
                 max_timestamp: i64::MIN,
             },
-            renames_spare,
+            names_spare: renames_spare.then(|| Rc::clone(&segment)),
             next_named_durably: renames_spare,
         });
         Ok(segment)
@@ -799,10 +799,10 @@ impl Log {
         // A closed log sealed everything it could; never write into a directory that may
         // belong to a new log by now.
         self.check_open()?;
-        let Some((segment, checkpoint, renames_spare)) =
+        let Some((segment, checkpoint, names_spare)) =
             self.pending_seal.borrow().as_ref().map(|pending| {
                 let segment = Rc::clone(&pending.segment);
-                (segment, pending.checkpoint, pending.renames_spare)
+                (segment, pending.checkpoint, pending.names_spare.clone())
             })
         else {
             return Ok(());
@@ -811,23 +811,14 @@ impl Log {
             .seal()
             .await
             .map_err(|error| StorageError::io("sealing", segment.path(), error))?;
-        if renames_spare {
+        if let Some(next) = names_spare {
             let from = self.dir.join(SPARE_FILE);
-            let to = segment_path(&self.dir, checkpoint.segment_base, "log");
-            // The segment after the sealed one holds the spare's file open.
-            let next = self
-                .state
-                .borrow()
-                .segments
-                .get(&checkpoint.segment_base)
-                .cloned();
-            match next {
-                Some(next) => next.file.rename(&from, &to).await,
-                None => file::rename(&from, &to).await,
-            }
-            .map_err(|error| StorageError::io("renaming", &from, error))?;
+            next.file
+                .rename(&from, &next.path())
+                .await
+                .map_err(|error| StorageError::io("renaming", &from, error))?;
             if let Some(pending) = self.pending_seal.borrow_mut().as_mut() {
-                pending.renames_spare = false;
+                pending.names_spare = None;
             }
             self.spare_taken.set(false);
         }
