@@ -309,33 +309,28 @@ mod tests {
 
     #[test]
     fn try_acquire_takes_only_free_units_and_never_jumps_the_line() {
-        glommio::LocalExecutorBuilder::default()
-            .io_memory(256 << 10)
-            .spawn(|| async {
-                let budget = LocalBudget::new(100);
-                let held = budget.try_acquire(70).expect("70 of 100 are free");
-                assert!(budget.try_acquire(40).is_none(), "only 30 are free");
-                let small = budget.try_acquire(30).expect("30 are free");
-                assert_eq!(budget.available(), 0);
-                drop(small);
-                // A waiter for 50 is in line: 30 free units stay for it.
-                let waiter = {
-                    let budget = Rc::clone(&budget);
-                    glommio::spawn_local(async move { drop(budget.acquire(50).await) })
-                };
-                crate::shard::yield_to_ready_tasks().await;
-                assert!(budget.try_acquire(10).is_none(), "someone waits");
-                drop(held);
-                waiter.await;
-                assert_eq!(
-                    budget.try_acquire(100).map(|permit| permit.units),
-                    Some(100)
-                );
-                assert_eq!(budget.available(), 100);
-            })
-            .unwrap()
-            .join()
-            .unwrap();
+        crate::shard::run_for_test(async {
+            let budget = LocalBudget::new(100);
+            let held = budget.try_acquire(70).expect("70 of 100 are free");
+            assert!(budget.try_acquire(40).is_none(), "only 30 are free");
+            let small = budget.try_acquire(30).expect("30 are free");
+            assert_eq!(budget.available(), 0);
+            drop(small);
+            // A waiter for 50 is in line: 30 free units stay for it.
+            let waiter = {
+                let budget = Rc::clone(&budget);
+                crate::shard::spawn(async move { drop(budget.acquire(50).await) })
+            };
+            crate::shard::yield_to_ready_tasks().await;
+            assert!(budget.try_acquire(10).is_none(), "someone waits");
+            drop(held);
+            waiter.await;
+            assert_eq!(
+                budget.try_acquire(100).map(|permit| permit.units),
+                Some(100)
+            );
+            assert_eq!(budget.available(), 100);
+        });
     }
 
     #[test]
