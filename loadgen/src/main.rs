@@ -15,6 +15,7 @@
 //! logs). `--embedded` runs an in-process broker, so one command benchmarks a fresh
 //! machine; `--broker-cpus` and `--cpus` pin it and the load.
 
+mod interrupt;
 mod plot;
 mod report;
 mod run;
@@ -87,9 +88,15 @@ pub struct Args {
     #[arg(long, default_value_t = 8)]
     partitions: u32,
     /// A config of the topics the run creates, `KEY=VALUE` (repeatable), e.g.
-    /// `retention.bytes=268435456` to keep long runs within the disk.
+    /// `retention.bytes=268435456` to keep long runs within the disk. With --embedded,
+    /// `retention.bytes` and `segment.bytes` default to what fits in the data
+    /// directory's free space.
     #[arg(long = "topic-config", value_name = "KEY=VALUE")]
     topic_configs: Vec<String>,
+    /// Keep the topics each run creates (by default they are deleted when the run of
+    /// their ack mode ends, so runs do not fill the broker's disk).
+    #[arg(long)]
+    keep_topics: bool,
     /// Producers (each its own client and connections).
     #[arg(long, default_value_t = 1)]
     producers: usize,
@@ -175,6 +182,9 @@ struct Config<'a> {
     client_version: &'static str,
     /// The producers' buffer, in effect (`--buffer-memory` or its default).
     buffer_memory_bytes: usize,
+    /// The configs the run's topics were created with: `--topic-config` and, with
+    /// --embedded, the retention defaults sized to the free space.
+    topic_configs_in_effect: Vec<String>,
     #[serde(flatten)]
     flags: &'a Args,
 }
@@ -266,6 +276,62 @@ fn parse_cpus(text: &str) -> Result<Vec<usize>, String> {
     Ok(cpus)
 }
 
+/// Bytes an unprivileged writer may still use on the filesystem holding `path`.
+fn free_bytes(path: &std::path::Path) -> Result<u64, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| format!("{} holds a NUL byte", path.display()))?;
+    // SAFETY: statvfs is plain data, filled by the call; `name` is a valid C string that
+    // outlives it.
+    let stats = unsafe {
+        let mut stats: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(name.as_ptr(), &mut stats) != 0 {
+            return Err(format!(
+                "cannot read the free space of {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        stats
+    };
+    Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
+}
+
+/// The smallest segment an embedded run's default retention uses.
+const MIN_FITTED_SEGMENT_BYTES: u64 = 16 << 20;
+
+/// Gives an embedded run's topics a `retention.bytes` and `segment.bytes`, unless the
+/// flags set them, that keep `partitions` partitions within half of `free_bytes`: each
+/// partition keeps at most its retention, an active segment and the space reserved
+/// ahead of it. Fails if that leaves a partition less than four of the smallest segment.
+fn fit_retention(
+    configs: &mut Vec<(String, String)>,
+    free_bytes: u64,
+    partitions: u64,
+) -> Result<(), String> {
+    let given = |key: &str| configs.iter().any(|(name, _)| name == key);
+    if given("retention.bytes") {
+        return Ok(());
+    }
+    let share = free_bytes / 2 / partitions.max(1);
+    if share < 4 * MIN_FITTED_SEGMENT_BYTES {
+        return Err(format!(
+            "too little free space for {partitions} partitions: {} MB, and a run needs {} MB \
+             (set --topic-config retention.bytes=..., or --data-dir on a larger disk)",
+            free_bytes / 1_000_000,
+            partitions * 8 * MIN_FITTED_SEGMENT_BYTES / 1_000_000
+        ));
+    }
+    let mib = |bytes: u64| bytes >> 20 << 20;
+    if !given("segment.bytes") {
+        let broker_default = flumen::storage::LogConfig::default().segment_bytes_max;
+        let segment = mib((share / 4).min(broker_default));
+        configs.push(("segment.bytes".into(), segment.to_string()));
+    }
+    configs.push(("retention.bytes".into(), mib(share / 2).to_string()));
+    Ok(())
+}
+
 /// Restricts the calling thread (and the threads it starts later) to `cpus`.
 fn pin_current_thread(cpus: &[usize]) -> Result<(), String> {
     // SAFETY: cpu_set_t is plain data; CPU_SET stays inside it (checked by parse_cpus);
@@ -287,11 +353,20 @@ fn pin_current_thread(cpus: &[usize]) -> Result<(), String> {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    match run(&args) {
+    // Before any thread starts: they all inherit the blocked signals.
+    let outcome = interrupt::install().and_then(|()| run(&args));
+    match outcome {
+        Ok(()) if interrupt::requested() => {
+            eprintln!("interrupted: the figures above cover only the time that ran");
+            std::process::ExitCode::from(interrupt::EXIT_STATUS)
+        }
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("error: {message}");
-            std::process::ExitCode::FAILURE
+            match interrupt::requested() {
+                true => std::process::ExitCode::from(interrupt::EXIT_STATUS),
+                false => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -363,6 +438,7 @@ fn plan(args: &Args) -> Result<Plan, String> {
         interval_logs: args.hdr_log.is_some(),
         progress: !args.quiet,
         seed: args.seed,
+        keep_topics: args.keep_topics,
     })
 }
 
@@ -387,7 +463,9 @@ fn start_embedded(args: &Args) -> Result<(EmbeddedBroker, Vec<usize>, usize), St
     .map_err(|error| format!("cannot start the embedded broker: {error}"));
     let pinned_to = flumen::shard::available_cpus();
     pin_current_thread(&original)?;
-    Ok((started?, pinned_to, shards))
+    let started = started?;
+    interrupt::remove_on_exit(started.data_dir().to_path_buf());
+    Ok((started, pinned_to, shards))
 }
 
 fn run(args: &Args) -> Result<(), String> {
@@ -432,6 +510,31 @@ fn run(args: &Args) -> Result<(), String> {
         Some((broker, _, _)) => broker.data_dir().to_path_buf(),
         None => PathBuf::from("."),
     };
+    if embedded.is_some() {
+        let free = free_bytes(&disk_path)?;
+        match args.scenario {
+            Scenario::ProduceConsume => {
+                // Topics of one ack mode at a time, unless they are kept.
+                let sets = if args.keep_topics { modes.len() } else { 1 };
+                let partitions = u64::from(plan.topics) * u64::from(plan.partitions);
+                fit_retention(&mut plan.topic_configs, free, partitions * sets as u64)
+                    .map_err(|reason| format!("{reason} in {}", disk_path.display()))?;
+            }
+            Scenario::Drain => {
+                let backlog = parse_bytes(&args.backlog)?;
+                // Values plus batch and record headers, with room to spare.
+                if backlog.saturating_mul(5) / 4 > free {
+                    return Err(format!(
+                        "--backlog {} does not fit in the {} MB free in {}",
+                        args.backlog,
+                        free / 1_000_000,
+                        disk_path.display()
+                    ));
+                }
+            }
+            Scenario::Idle => {}
+        }
+    }
     let runtime = match args.threads {
         1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -448,13 +551,24 @@ fn run(args: &Args) -> Result<(), String> {
     match args.scenario {
         Scenario::ProduceConsume => {
             for (label, acks) in &modes {
+                if interrupt::requested() {
+                    break;
+                }
                 if !args.quiet {
                     eprintln!(
                         "acks={label}: {}s warm-up, {}s measured",
                         args.warmup, args.duration
                     );
                 }
-                results.push(runtime.block_on(run::run_mode(&plan, label, *acks))?);
+                match runtime.block_on(run::run_mode(&plan, label, *acks)) {
+                    Ok(result) => results.push(result),
+                    // Stopped in its warm-up: the modes before it still get reported.
+                    Err(message) if interrupt::requested() => {
+                        eprintln!("acks={label}: {message}");
+                        break;
+                    }
+                    Err(message) => return Err(message),
+                }
             }
         }
         Scenario::Drain => {
@@ -498,11 +612,17 @@ fn run(args: &Args) -> Result<(), String> {
             compression: "none",
             client_version: env!("CARGO_PKG_VERSION"),
             buffer_memory_bytes: plan.batching.buffer_memory_bytes,
+            topic_configs_in_effect: plan
+                .topic_configs
+                .iter()
+                .map(|(key, value)| format!("{key}={value}"))
+                .collect(),
             flags: args,
         },
         runs: results.iter().map(|result| result.run.clone()).collect(),
         backlog_drain,
         idle,
+        interrupted: interrupt::requested(),
     };
     print!("{}", report.table());
     if let Some(path) = &args.json {
@@ -582,6 +702,42 @@ mod tests {
         assert_eq!(parse_cpus("0,2-4"), Ok(vec![0, 2, 3, 4]));
         assert!(parse_cpus("x").is_err() && parse_cpus("100000").is_err());
         assert_eq!(parse_acks("0, 1,all").unwrap().len(), 3);
+    }
+
+    #[test]
+    fn an_embedded_run_gets_a_retention_that_fits_half_the_free_space() {
+        let fitted = |configs: &[(&str, &str)], free: u64, partitions: u64| {
+            let mut configs: Vec<(String, String)> = configs
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect();
+            fit_retention(&mut configs, free, partitions).map(|()| configs)
+        };
+        let number = |configs: &[(String, String)], key: &str| {
+            configs
+                .iter()
+                .find(|(name, _)| name == key)
+                .map(|(_, value)| value.parse::<u64>().unwrap())
+        };
+        // 2 GiB free, 8 partitions: 128 MiB each; a quarter of it per segment, half kept.
+        let small = fitted(&[], 2 << 30, 8).unwrap();
+        assert_eq!(number(&small, "segment.bytes"), Some(32 << 20));
+        assert_eq!(number(&small, "retention.bytes"), Some(64 << 20));
+        // A large disk keeps the broker's segment size.
+        let large = fitted(&[], 4 << 40, 8).unwrap();
+        assert_eq!(number(&large, "segment.bytes"), Some(1 << 30));
+        assert_eq!(number(&large, "retention.bytes"), Some(128 << 30));
+        // What the flags set stays.
+        let given = fitted(&[("retention.bytes", "1000")], 2 << 30, 8).unwrap();
+        assert_eq!(given.len(), 1);
+        let segment = fitted(&[("segment.bytes", "16777216")], 2 << 30, 8).unwrap();
+        assert_eq!(number(&segment, "segment.bytes"), Some(16 << 20));
+        assert_eq!(number(&segment, "retention.bytes"), Some(64 << 20));
+        // Too little room: refused, naming the way out.
+        let refused = fitted(&[], 1 << 30, 100).unwrap_err();
+        assert!(refused.contains("retention.bytes"), "{refused}");
+        // Given a retention, nothing is checked: the flags decide.
+        assert!(fitted(&[("retention.bytes", "1000")], 0, 100).is_ok());
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! `kernel`, `memory_bytes`, `disk`), `broker` (`embedded`, `bootstrap`, `version`,
 //! `shards`, `cpus`, `fsync_policy`, `write_out_interval_ms`, `flush_interval_ms`),
 //! `config` (every flag,
-//! plus `mode` and `target_rate_msgs_per_s`), `runs` (one per ack mode, in the order
-//! run), `backlog_drain` and `idle` (`null` unless that scenario ran). Each run: `acks`
+//! plus `mode`, `target_rate_msgs_per_s` and `topic_configs_in_effect`), `runs` (one per
+//! ack mode, in the order run), `backlog_drain` and `idle` (`null` unless that scenario
+//! ran), and `interrupted` (stopped by a signal: the runs cover the time that ran, and
+//! modes not reached are missing). Each run: `acks`
 //! (`"0"`, `"1"`, `"all"`), `messages`, `producer` and `consumer` (`msgs_per_s`,
 //! `mb_per_s`; `consumer` is `null` without consumers), `publish_latency_us` and
 //! `end_to_end_latency_us` (`p50 p90 p99 p999 p9999 max`, microseconds;
@@ -274,6 +276,8 @@ pub struct Report<C: Serialize> {
     pub runs: Vec<AckRun>,
     pub backlog_drain: Option<BacklogDrain>,
     pub idle: Option<IdleCost>,
+    /// Stopped by a signal: the runs cover only the time that ran.
+    pub interrupted: bool,
 }
 
 impl<C: Serialize> Report<C> {
@@ -410,9 +414,11 @@ mod tests {
             runs: vec![run_of("1"), run_of("all")],
             backlog_drain: None,
             idle: None,
+            interrupted: false,
         };
         let json: serde_json::Value = serde_json::from_str(&report.json()).unwrap();
         assert_eq!(json["schema_version"], 1);
+        assert_eq!(json["interrupted"], false);
         for key in ["cpu_model", "cores", "kernel", "memory_bytes", "disk"] {
             assert!(json["machine"].get(key).is_some(), "machine.{key}");
         }

@@ -52,6 +52,8 @@ pub struct Plan {
     /// Print a progress line every second.
     pub progress: bool,
     pub seed: u64,
+    /// Keep the topics a run creates (by default each is deleted when its run ends).
+    pub keep_topics: bool,
 }
 
 /// One ack mode's results.
@@ -118,7 +120,46 @@ struct Progress {
     producers_done: AtomicBool,
 }
 
-fn create_topics(plan: &Plan, label: &str) -> Result<Vec<String>, String> {
+/// The topics a run created: deleted when it ends (also on an error or a stop), unless
+/// the plan keeps them, so runs do not pile data up on the broker.
+struct RunTopics<'a> {
+    plan: &'a Plan,
+    names: Vec<String>,
+}
+
+impl std::ops::Deref for RunTopics<'_> {
+    type Target = [String];
+
+    fn deref(&self) -> &[String] {
+        &self.names
+    }
+}
+
+impl Drop for RunTopics<'_> {
+    fn drop(&mut self) {
+        if !self.plan.keep_topics {
+            delete_topics(&self.plan.bootstrap, &self.names);
+        }
+    }
+}
+
+/// Deletes `names`, warning about those it cannot.
+fn delete_topics(bootstrap: &str, names: &[String]) {
+    let mut client = match Client::connect(bootstrap) {
+        Ok(client) => client,
+        Err(error) => {
+            eprintln!("warning: cannot delete topics {names:?}: {error}");
+            return;
+        }
+    };
+    for name in names {
+        if let Err(error) = client.delete_topic(name) {
+            eprintln!("warning: cannot delete topic {name}: {error}");
+        }
+    }
+}
+
+fn create_topics<'a>(plan: &'a Plan, label: &str) -> Result<RunTopics<'a>, String> {
     let names: Vec<String> = (0..plan.topics)
         .map(|index| match plan.topics {
             1 => format!("{}-{label}-{}", plan.topic_prefix, std::process::id()),
@@ -136,12 +177,17 @@ fn create_topics(plan: &Plan, label: &str) -> Result<Vec<String>, String> {
         .iter()
         .map(|(key, value)| (key.as_str(), value.as_str()))
         .collect();
-    for name in &names {
+    let mut created = RunTopics {
+        plan,
+        names: Vec::with_capacity(names.len()),
+    };
+    for name in names {
         client
-            .create_topic(name, plan.partitions, &configs)
+            .create_topic(&name, plan.partitions, &configs)
             .map_err(|error| format!("cannot create topic {name}: {error}"))?;
+        created.names.push(name);
     }
-    Ok(names)
+    Ok(created)
 }
 
 fn producer_config(plan: &Plan, acks: Acks) -> ProducerConfig {
@@ -267,7 +313,8 @@ async fn produce(
         progress,
         period,
     });
-    loop {
+    // A stop request (Ctrl-C) ends the sends; what was sent still gets its outcome.
+    while !crate::interrupt::requested() {
         let intended = match &mut pace {
             Pace::Closed { until } => {
                 let now = Instant::now();
@@ -312,6 +359,9 @@ async fn produce(
     producer.flush().await;
 }
 
+/// How long consumers wait for missing records after a stop request.
+const INTERRUPTED_GRACE: Duration = Duration::from_secs(1);
+
 /// One consumer: reads its partitions until the producers are done and every record
 /// produced was read, or nothing came for `grace`. Returns when its last record came.
 async fn consume(
@@ -355,6 +405,11 @@ async fn consume(
                 .consumed
                 .fetch_add(records.len() as u64, Ordering::Relaxed);
         }
+        // Stopped by a signal, the records still coming are read, but not waited for long.
+        let grace = match crate::interrupt::requested() {
+            true => grace.min(INTERRUPTED_GRACE),
+            false => grace,
+        };
         if progress.producers_done.load(Ordering::Acquire) {
             let produced = progress.produced.load(Ordering::Relaxed);
             if progress.consumed.load(Ordering::Relaxed) >= produced
@@ -381,6 +436,7 @@ impl Reporter {
     fn start(
         label: String,
         recorders: &[SharedRecorder],
+        producers: &[Producer],
         (start, measure_from): (Instant, Instant),
         show: bool,
         logs: bool,
@@ -389,8 +445,8 @@ impl Reporter {
         let task = tokio::spawn(report_progress(
             label,
             recorders.to_vec(),
-            start,
-            measure_from,
+            producers.to_vec(),
+            (start, measure_from),
             show,
             logs,
             stopped,
@@ -407,12 +463,14 @@ impl Reporter {
     }
 }
 
-/// Prints and records one point a second until `stop`.
+/// Prints and records one point a second until `stop`. The line counts the
+/// producers' retries too: a broker refusing every write (a full disk) shows as retries
+/// climbing while nothing is produced, long before the records time out as errors.
 async fn report_progress(
     label: String,
     recorders: Vec<SharedRecorder>,
-    start: Instant,
-    measure_from: Instant,
+    producers: Vec<Producer>,
+    (start, measure_from): (Instant, Instant),
     show: bool,
     logs: bool,
     stop: tokio::sync::oneshot::Receiver<()>,
@@ -451,7 +509,7 @@ async fn report_progress(
         if show {
             let line = format!(
                 "acks={label} {:>5.0}s{} produced {:>9.0} msg/s {:>8.1} MB/s  p99 {} us  \
-                 consumed {:>9.0} msg/s  errors {}",
+                 consumed {:>9.0} msg/s  errors {}  retries {}",
                 point.t_s,
                 if warmup { " (warm-up)" } else { "" },
                 point.producer_msgs_per_s,
@@ -462,7 +520,11 @@ async fn report_progress(
                     progressive.value_at_quantile(0.99)
                 },
                 point.consumer_msgs_per_s,
-                point.errors
+                point.errors,
+                producers
+                    .iter()
+                    .map(|producer| producer.metrics().retries)
+                    .sum::<u64>()
             );
             let mut stderr = std::io::stderr().lock();
             let _ = match terminal {
@@ -623,22 +685,33 @@ pub async fn run_mode(plan: &Plan, label: &str, acks: Acks) -> Result<ModeResult
     let reporter = Reporter::start(
         label.to_owned(),
         &load.recorders,
+        &producers,
         (start, period.from),
         plan.progress,
         plan.interval_logs,
     );
     join_all(producing).await?;
+    // Stopped early, the rates are over the part of the measured period that ran.
+    let measured = match crate::interrupt::requested() {
+        true => Instant::now()
+            .min(period.until)
+            .saturating_duration_since(period.from),
+        false => plan.duration,
+    };
     let retries = close(producers).await;
     load.progress.producers_done.store(true, Ordering::Release);
     for outcome in join_all(consumers).await? {
         outcome?;
     }
     let (series, publish_log, end_to_end_log) = reporter.finish().await?;
+    if measured.is_zero() {
+        return Err("stopped during the warm-up: nothing was measured".into());
+    }
     let total = totals(&load.recorders);
     let mut run = AckRun::new(
         label,
         &total,
-        plan.duration.as_secs_f64(),
+        measured.as_secs_f64(),
         plan.consumers > 0,
         plan.rate_msgs_per_s.is_some(),
     );
@@ -684,6 +757,7 @@ pub async fn run_drain(
     let reporter = Reporter::start(
         format!("{label} (backlog)"),
         &load.recorders,
+        &producers,
         (start, start),
         plan.progress,
         false,
@@ -710,6 +784,7 @@ pub async fn run_drain(
     let reporter = Reporter::start(
         format!("{label} (drain)"),
         &readers.recorders,
+        &[],
         (drain_start, drain_start),
         plan.progress,
         false,
@@ -783,15 +858,23 @@ pub fn run_idle(
     let mut admin = Client::connect(plan.bootstrap.as_str())
         .map_err(|error| format!("cannot reach the broker at {}: {error}", plan.bootstrap))?;
     let mut remaining = partitions;
-    let mut index = 0;
+    let mut created = RunTopics {
+        plan,
+        names: Vec::new(),
+    };
     while remaining > 0 {
         let count = remaining.min(1_000);
-        let name = format!("{}-idle-{}-{index}", plan.topic_prefix, std::process::id());
+        let name = format!(
+            "{}-idle-{}-{}",
+            plan.topic_prefix,
+            std::process::id(),
+            created.names.len()
+        );
         admin
             .create_topic(&name, count, &[])
             .map_err(|error| format!("cannot create {name} ({count} partitions): {error}"))?;
+        created.names.push(name);
         remaining -= count;
-        index += 1;
     }
     let rss_after_partitions_bytes = settled()?;
     let mut open = Vec::with_capacity(connections as usize);
