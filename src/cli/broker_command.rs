@@ -101,3 +101,39 @@ fn init_logging(level: &str) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .try_init();
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    /// Set in the copy of the test binary the test below starts.
+    const CHILD: &str = "FLUMEN_TEST_PANIC_CHILD";
+
+    /// Runs in a child process: a panic on a thread other than the main one (as on a
+    /// shard's) must take the whole process down, not just that thread.
+    #[test]
+    fn a_panic_on_any_thread_aborts_the_process() {
+        if std::env::var_os(CHILD).is_some() {
+            super::abort_on_panic();
+            let _ = std::thread::spawn(|| panic!("a bug on a shard's thread")).join();
+            println!("the process outlived the panic");
+            return;
+        }
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "--nocapture", "--test-threads", "1"])
+            .arg("cli::broker_command::tests::a_panic_on_any_thread_aborts_the_process")
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.signal(),
+            Some(libc::SIGABRT),
+            "{:?}\n{stdout}\n{stderr}",
+            output.status
+        );
+        assert!(stderr.contains("a bug on a shard's thread"), "{stderr}");
+        assert!(!stdout.contains("outlived"), "{stdout}");
+    }
+}
