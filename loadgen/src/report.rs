@@ -12,7 +12,8 @@
 //! (`"0"`, `"1"`, `"all"`), `messages`, `producer` and `consumer` (`msgs_per_s`,
 //! `mb_per_s`; `consumer` is `null` without consumers), `publish_latency_us` and
 //! `end_to_end_latency_us` (`p50 p90 p99 p999 p9999 max`, microseconds;
-//! end-to-end is `null` without consumers), `send_slip_us` (open loop only), `errors`,
+//! end-to-end is `null` without consumers), `send_slip_us` (open loop only),
+//! `hiccups_us` (the load CPU's own stalls: a 1 ms sleep's extra delay), `errors`,
 //! `retries`, `unconsumed`, and `time_series` (one [`Point`] per second, warm-up
 //! included and marked). Fields may be added in a version; none is removed or changes
 //! meaning without a new `schema_version`.
@@ -91,6 +92,10 @@ pub struct AckRun {
     pub end_to_end_latency_us: Option<Percentiles>,
     /// Open loop: how far sends went out behind their intended times.
     pub send_slip_us: Option<Percentiles>,
+    /// How much longer than asked a 1 ms sleep on the load's CPUs took during the
+    /// measured period: the stalls of the machine itself, which every latency above
+    /// includes (`null` where no meter ran).
+    pub hiccups_us: Option<Percentiles>,
     pub errors: u64,
     pub retries: u64,
     /// Records produced in the whole run (warm-up included) that consumers had not read
@@ -114,6 +119,7 @@ impl AckRun {
                 .then(|| Percentiles::of(&total.end_to_end).unwrap_or_else(Percentiles::zero)),
             send_slip_us: open_loop
                 .then(|| Percentiles::of(&total.slip).unwrap_or_else(Percentiles::zero)),
+            hiccups_us: Percentiles::of(&total.hiccups),
             errors: total.errors,
             retries: 0,
             unconsumed: 0,
@@ -332,6 +338,13 @@ impl<C: Serialize> Report<C> {
                     run.acks, slip.p50, slip.p99, slip.max
                 ));
             }
+            if let Some(hiccups) = &run.hiccups_us {
+                out.push_str(&format!(
+                    "acks={}: the load CPU's hiccups (a 1 ms sleep's extra delay) p99 {} us, \
+                     p99.99 {} us, max {} us\n",
+                    run.acks, hiccups.p99, hiccups.p9999, hiccups.max
+                ));
+            }
             if run.unconsumed > 0 {
                 out.push_str(&format!(
                     "acks={}: {} produced records were never consumed\n",
@@ -389,6 +402,7 @@ mod tests {
             recorder.delivered(Duration::from_micros(micros), 1_000, true);
             recorder.consumed(Duration::from_micros(micros * 2), 1_000, true, true);
             recorder.slipped(Duration::from_micros(micros / 10), true);
+            recorder.hiccup(Duration::from_micros(micros / 20), true);
         }
         let total = crate::stats::totals(&[recorder]);
         AckRun::new(acks, &total, 2.0, true, true)
@@ -435,6 +449,7 @@ mod tests {
                 "publish_latency_us",
                 "end_to_end_latency_us",
                 "send_slip_us",
+                "hiccups_us",
             ] {
                 let values: Vec<u64> = ["p50", "p90", "p99", "p999", "p9999", "max"]
                     .iter()
@@ -463,5 +478,6 @@ mod tests {
             1
         );
         assert!(table.contains("slipped behind schedule"));
+        assert!(table.contains("hiccups"));
     }
 }

@@ -359,6 +359,54 @@ async fn produce(
     producer.flush().await;
 }
 
+/// How long the hiccup meter sleeps each time.
+const HICCUP_SLEEP: Duration = Duration::from_millis(1);
+
+/// A thread on the load's CPUs that sleeps 1 ms at a time and records how much longer
+/// each sleep took, as jHiccup does: nothing in it waits for the broker, so what it
+/// sees is the machine's own stalls (a vCPU the host did not run, a busy CPU, a kernel
+/// thread in the way), which every latency measured meanwhile includes. It costs a
+/// wake-up a millisecond.
+struct HiccupMeter {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HiccupMeter {
+    /// Starts recording into `recorder`, counting sleeps begun in `period` as measured.
+    fn start(recorder: SharedRecorder, period: Period) -> Result<Self, String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("hiccups".into())
+            .spawn(move || {
+                while !stopping.load(Ordering::Relaxed) {
+                    let before = Instant::now();
+                    std::thread::sleep(HICCUP_SLEEP);
+                    let extra = before.elapsed().saturating_sub(HICCUP_SLEEP);
+                    recorder
+                        .lock()
+                        .expect("no task panics holding it")
+                        .hiccup(extra, period.contains(before));
+                }
+            })
+            .map_err(|error| format!("cannot start the hiccup meter: {error}"))?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for HiccupMeter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// How long consumers wait for missing records after a stop request.
 const INTERRUPTED_GRACE: Duration = Duration::from_secs(1);
 
@@ -682,6 +730,8 @@ pub async fn run_mode(plan: &Plan, label: &str, acks: Acks) -> Result<ModeResult
         }
     };
     let (producers, producing) = start_producers(plan, acks, &topics, &mut load, period, pace);
+    // Started from the load's thread, so it runs on the load's CPUs.
+    let hiccups = HiccupMeter::start(load.recorder(), period)?;
     let reporter = Reporter::start(
         label.to_owned(),
         &load.recorders,
@@ -691,6 +741,7 @@ pub async fn run_mode(plan: &Plan, label: &str, acks: Acks) -> Result<ModeResult
         plan.interval_logs,
     );
     join_all(producing).await?;
+    drop(hiccups);
     // Stopped early, the rates are over the part of the measured period that ran.
     let measured = match crate::interrupt::requested() {
         true => Instant::now()

@@ -42,6 +42,9 @@ pub struct Tally {
     pub end_to_end: Histogram<u64>,
     /// Open loop: actual send time − intended send time.
     pub slip: Histogram<u64>,
+    /// How much longer than asked a 1 ms sleep on the load's CPUs took (see
+    /// `HiccupMeter` in `run.rs`): the machine's own stalls.
+    pub hiccups: Histogram<u64>,
 }
 
 impl Default for Tally {
@@ -55,6 +58,7 @@ impl Default for Tally {
             publish: histogram(),
             end_to_end: histogram(),
             slip: histogram(),
+            hiccups: histogram(),
         }
     }
 }
@@ -71,6 +75,7 @@ impl Tally {
             (&mut self.publish, &other.publish),
             (&mut self.end_to_end, &other.end_to_end),
             (&mut self.slip, &other.slip),
+            (&mut self.hiccups, &other.hiccups),
         ] {
             into.add(from).expect("histograms share their bounds");
         }
@@ -120,6 +125,14 @@ impl Recorder {
         let slip = micros(slip);
         for tally in self.tallies(measured) {
             tally.slip.saturating_record(slip);
+        }
+    }
+
+    /// A sleep of the hiccup meter took `extra` longer than asked.
+    pub fn hiccup(&mut self, extra: Duration, measured: bool) {
+        let extra = micros(extra);
+        for tally in self.tallies(measured) {
+            tally.hiccups.saturating_record(extra);
         }
     }
 
@@ -197,6 +210,8 @@ pub struct Point {
     /// `None` when nothing was consumed in the window.
     pub end_to_end_p99_us: Option<u64>,
     pub errors: u64,
+    /// The longest hiccup of the load's CPUs in the window (0 without a meter).
+    pub hiccup_max_us: u64,
 }
 
 impl Point {
@@ -217,6 +232,7 @@ impl Point {
             end_to_end_p99_us: (!window.end_to_end.is_empty())
                 .then(|| window.end_to_end.value_at_quantile(0.99)),
             errors: window.errors,
+            hiccup_max_us: window.hiccups.max(),
         }
     }
 }

@@ -135,6 +135,9 @@ fn a_five_second_embedded_ack_mode_matrix_reports_every_figure() {
         assert_ordered(&run["publish_latency_us"]);
         assert_ordered(&run["end_to_end_latency_us"]);
         assert!(run["send_slip_us"].is_null(), "closed loop has no schedule");
+        // The hiccup meter slept 1 ms at a time through the 5 measured seconds: each
+        // sleep took at least a microsecond longer than asked (the floor recorded).
+        assert_ordered(&run["hiccups_us"]);
         assert_eq!(run["errors"], 0);
         assert_eq!(run["unconsumed"], 0, "every record produced was consumed");
         // The time series saw every record produced (warm-up included), and consumers
@@ -149,6 +152,7 @@ fn a_five_second_embedded_ack_mode_matrix_reports_every_figure() {
         let series = run["time_series"].as_array().unwrap();
         assert!(series.len() >= 5, "a point a second: {}", series.len());
         assert_eq!(series[0]["warmup"], true);
+        assert!(series.iter().all(|point| point["hiccup_max_us"].is_u64()));
         // One interval log per ack mode and kind, an interval a second.
         for kind in ["publish", "end-to-end"] {
             let log = logs.join(format!(
