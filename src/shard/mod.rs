@@ -69,6 +69,13 @@ where
     glommio::spawn_local(future).detach();
 }
 
+/// Runs `work` on one of this shard's helper threads (the ones for the system calls
+/// io_uring cannot make) and waits for it without blocking the shard: for file system
+/// work that may take a while, such as removing a deleted partition's files.
+pub async fn blocking<R: Send + 'static>(work: impl FnOnce() -> R + Send + 'static) -> R {
+    glommio::executor().spawn_blocking(work).await
+}
+
 /// Lets other tasks on this shard run if this one has used up its time slice: long loops
 /// call this so one task cannot starve the shard.
 pub async fn yield_now() {
