@@ -327,8 +327,7 @@ async fn produce(
                 let Some(due) = schedule.next_due() else {
                     break;
                 };
-                wait_until(due).await;
-                let slip = due.elapsed();
+                let slip = wait_until(due).await.saturating_duration_since(due);
                 recorder
                     .lock()
                     .expect("no task panics holding it")

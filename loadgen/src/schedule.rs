@@ -76,22 +76,27 @@ impl OpenLoop {
 
 /// Waits until `due` on tokio: sleeps while it is far off, then yields until it
 /// arrives, so a send starts within microseconds of its time instead of the timer's
-/// millisecond. Returns at once when `due` has passed.
+/// millisecond. Returns at once when `due` has passed. Returns the clock's reading at
+/// `due` or after it, the one that ended the wait, so the caller has the send's actual
+/// time without reading the clock again (the open loop reads it for every record).
 ///
 /// Each turn of the wait yields the thread too (`sched_yield`), not only the task: other
 /// threads on the load's CPUs (the hiccup meter, the kernel's softirq and I/O
 /// completion workers) then run at once instead of after this thread's time slice.
 /// Without it, a 1 ms sleeper on the load's CPU woke 3–4 ms late every second at
 /// 100 MB/s; with it, 0.25 ms.
-pub async fn wait_until(due: Instant) {
-    let now = Instant::now();
+pub async fn wait_until(due: Instant) -> Instant {
+    let mut now = Instant::now();
     if due > now + SLEEP_ABOVE {
         tokio::time::sleep_until((due - SLEEP_MARGIN).into()).await;
+        now = Instant::now();
     }
-    while Instant::now() < due {
+    while now < due {
         std::thread::yield_now();
         tokio::task::yield_now().await;
+        now = Instant::now();
     }
+    now
 }
 
 #[cfg(test)]
@@ -164,11 +169,13 @@ mod tests {
             .unwrap();
         runtime.block_on(async {
             let due = Instant::now() + Duration::from_millis(20);
-            wait_until(due).await;
+            let returned = wait_until(due).await;
             let now = Instant::now();
-            assert!(now >= due);
-            // Already past: returns at once.
-            wait_until(now - Duration::from_millis(5)).await;
+            assert!(returned >= due && returned <= now);
+            // Already past: returns at once, with a reading taken during the call.
+            let past = now - Duration::from_millis(5);
+            let returned = wait_until(past).await;
+            assert!(returned >= now && returned <= Instant::now());
         });
     }
 }
