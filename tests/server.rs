@@ -173,6 +173,47 @@ fn topics_produce_and_fetch_across_shards_and_survive_a_restart() {
     );
 }
 
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        match entry.file_type().unwrap().is_dir() {
+            true => copy_dir(&entry.path(), &target),
+            false => drop(std::fs::copy(entry.path(), &target).unwrap()),
+        }
+    }
+}
+
+/// A crash between a deletion's catalog write and the removal of the topic's files
+/// leaves them behind; a new topic of the same name must start empty, not recover them.
+#[test]
+fn a_new_topic_does_not_inherit_files_left_by_a_deleted_one_of_the_same_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let saved = tempfile::tempdir().unwrap();
+    let broker = start(dir.path());
+    let mut client = Client::connect(broker.summary().listen).unwrap();
+    client.create_topic("orders", 1, &[]).unwrap();
+    client
+        .produce("orders", 0, &[&batch(&["old", "old"])], Acks::All)
+        .unwrap();
+    copy_dir(&dir.path().join("orders"), saved.path());
+    client.delete_topic("orders").unwrap();
+    // The files come back as a crash would have left them.
+    copy_dir(saved.path(), &dir.path().join("orders"));
+
+    client.create_topic("orders", 1, &[]).unwrap();
+    assert_eq!(values(&mut client, "orders", 0), Vec::<String>::new());
+    client
+        .produce("orders", 0, &[&batch(&["new"])], Acks::All)
+        .unwrap();
+    assert_eq!(values(&mut client, "orders", 0), vec!["new".to_string()]);
+    let trash: Vec<_> = std::fs::read_dir(dir.path().join(".trash"))
+        .unwrap()
+        .collect();
+    assert!(trash.is_empty(), "{trash:?}");
+}
+
 #[test]
 fn bad_requests_get_clear_errors_and_the_broker_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
