@@ -148,12 +148,11 @@ impl DirectFile {
         self.path.borrow().clone()
     }
 
-    /// Renames the open file, which is `from`, to `to` (replacing `to`), and the name
-    /// every handle to it reports; not durable until the directory is synced.
-    pub(crate) async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        let (from, to) = (std::path::absolute(from)?, std::path::absolute(to)?);
-        debug_assert_eq!(from, self.path(), "renaming another file than the open one");
-        rename(&from, &to).await?;
+    /// Renames the open file to `to` (replacing `to`), and the name every handle to it
+    /// reports; not durable until the directory is synced.
+    pub(crate) async fn rename(&self, to: &Path) -> io::Result<()> {
+        let to = std::path::absolute(to)?;
+        rename(&self.path(), &to).await?;
         *self.path.borrow_mut() = to;
         Ok(())
     }
@@ -346,9 +345,7 @@ pub(crate) async fn write_file_replacing(path: &Path, contents: &[u8]) -> io::Re
     file.truncate(contents.len() as u64).await?;
     file.fdatasync().await?;
     file.close().await?;
-    glommio::io::rename(&temporary, path)
-        .await
-        .map_err(to_io_error)
+    rename(&temporary, path).await
 }
 
 #[cfg(test)]
@@ -362,7 +359,7 @@ mod tests {
         crate::shard::run_for_test(async {
             let file = DirectFile::open(&from, true).await.unwrap();
             let other_handle = file.clone();
-            file.rename(&from, &to).await.unwrap();
+            file.rename(&to).await.unwrap();
             assert_eq!(other_handle.path(), to);
             let mut buffer = file.alloc(IO_ALIGNMENT_BYTES as usize);
             buffer.as_bytes_mut().fill(7);
@@ -394,11 +391,15 @@ mod tests {
             sync_dir(dir.path()).await.unwrap();
             file.close().await.unwrap();
             remove_file(&path).await.unwrap();
-            let counted = stall::summary().slow_disk_ops.count - before;
+            let file_ops = stall::summary().slow_disk_ops.count - before;
+            write_file_atomically(&path, b"meta").await.unwrap();
+            let replace_ops = stall::summary().slow_disk_ops.count - before - file_ops;
             stall::set_threshold(None);
-            counted
+            (file_ops, replace_ops)
         });
         // open, fallocate, write, fdatasync, read, truncate, sync directory, remove
-        assert_eq!(counted, 8);
+        assert_eq!(counted.0, 8);
+        // open, write, truncate, fdatasync, rename, sync directory
+        assert_eq!(counted.1, 6);
     }
 }

@@ -812,9 +812,9 @@ impl Log {
             .await
             .map_err(|error| StorageError::io("sealing", segment.path(), error))?;
         if let Some(next) = names_spare {
-            let from = self.dir.join(SPARE_FILE);
+            let from = next.file.path();
             next.file
-                .rename(&from, &next.path())
+                .rename(&next.path())
                 .await
                 .map_err(|error| StorageError::io("renaming", &from, error))?;
             if let Some(pending) = self.pending_seal.borrow_mut().as_mut() {
@@ -1289,7 +1289,7 @@ impl Log {
         let recycled = async {
             segment.remove_index().await?;
             // Replaces an empty spare, whose open handle then holds its only link.
-            segment.file.rename(&segment.path(), &path).await?;
+            segment.file.rename(&path).await?;
             // Durable before anything overwrites the file: after a power loss the
             // directory could otherwise still name it as the deleted segment (with its
             // index files), holding new batches where that segment's were.
