@@ -72,7 +72,14 @@ pub fn install() -> Result<(), String> {
 fn exit_now(why: &str) -> ! {
     let dir = DATA_DIR.lock().map_or(None, |dir| dir.clone());
     if let Some(dir) = dir {
-        let _ = std::fs::remove_dir_all(&dir);
+        // The broker still runs meanwhile: a file it creates in a directory being
+        // removed fails that pass (not empty), so a few passes are allowed.
+        for _ in 0..5 {
+            match std::fs::remove_dir_all(&dir) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => continue,
+                _ => break,
+            }
+        }
     }
     eprintln!("stopped: {why}");
     std::process::exit(i32::from(EXIT_STATUS))

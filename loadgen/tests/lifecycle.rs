@@ -4,7 +4,8 @@
 //! (a progress line, the process's exit), never for time.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::{Child, ChildStderr, Command, Stdio};
 
 use flumen::EmbeddedBroker;
 use flumen_client::Client;
@@ -67,46 +68,64 @@ fn runs_delete_their_topics_unless_told_to_keep_them() {
     assert!(kept[1].starts_with("kept-acksall-"), "{kept:?}");
 }
 
+/// An embedded open-loop run with its data in `data` and its report in `json`, read
+/// until its first measured second is reported.
+fn start_embedded_run(data: &Path, json: &Path) -> (Child, BufReader<ChildStderr>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flumen-loadgen"))
+        .args(["--embedded", "--data-dir", data.to_str().unwrap()])
+        .args(["--acks", "1,all", "--duration", "600", "--warmup", "0.2"])
+        .args(["--partitions", "2", "--message-size", "256"])
+        .args(["--rate", "20000", "--json", json.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    read_until(&mut stderr, |line| {
+        line.starts_with("acks=1") && line.contains("produced") && !line.contains("warm-up")
+    });
+    (child, stderr)
+}
+
+/// Reads lines until one matches; panics if the output ends first.
+fn read_until(stderr: &mut BufReader<ChildStderr>, matches: impl Fn(&str) -> bool) {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "output ended");
+        if matches(&line) {
+            return;
+        }
+    }
+}
+
+/// Sends `signal` to the child.
+fn send(child: &Child, signal: libc::c_int) {
+    // SAFETY: signals a child this test started and has not reaped yet.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
+}
+
+/// Sends `SIGINT`, as a terminal's Ctrl-C would.
+fn interrupt(child: &Child) {
+    send(child, libc::SIGINT);
+}
+
+/// What is left in the data directory the embedded broker was given.
+fn left_in(data: &Path) -> Vec<std::fs::DirEntry> {
+    std::fs::read_dir(data)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
 #[test]
 fn ctrl_c_stops_the_run_reports_what_ran_and_removes_the_broker_data() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
     let json = dir.path().join("report.json");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flumen-loadgen"))
-        .args(["--embedded", "--data-dir", data.to_str().unwrap()])
-        .args(["--acks", "1,all", "--duration", "600", "--warmup", "0.2"])
-        .args([
-            "--partitions",
-            "2",
-            "--message-size",
-            "256",
-            "--rate",
-            "20000",
-        ])
-        .args(["--json", json.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Once a measured second is reported, interrupt it as a terminal's Ctrl-C would.
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "ended before measuring"
-        );
-        if line.starts_with("acks=1") && line.contains("produced") && !line.contains("warm-up") {
-            break;
-        }
-    }
-    // SAFETY: signals a child this test started and has not reaped yet.
-    assert_eq!(
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) },
-        0
-    );
+    let (mut child, mut stderr) = start_embedded_run(&data, &json);
+    interrupt(&child);
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     let status = child.wait().unwrap();
@@ -121,6 +140,30 @@ fn ctrl_c_stops_the_run_reports_what_ran_and_removes_the_broker_data() {
     assert!(runs[0]["messages"].as_u64().unwrap() > 0);
     assert!(runs[0]["producer"]["msgs_per_s"].as_f64().unwrap() > 0.0);
     // The embedded broker's data directory went with it.
-    let left: Vec<_> = std::fs::read_dir(&data).unwrap().collect();
+    let left = left_in(&data);
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn a_second_signal_quits_at_once_and_still_removes_the_broker_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let json = dir.path().join("report.json");
+    let (mut child, mut stderr) = start_embedded_run(&data, &json);
+    // Both signals wait while the process is stopped (two of one kind would merge into
+    // one), so they reach it together: the second comes long before the run could
+    // wind down after the first.
+    send(&child, libc::SIGSTOP);
+    interrupt(&child);
+    send(&child, libc::SIGTERM);
+    send(&child, libc::SIGCONT);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{rest}");
+    assert!(rest.contains("stopped: a second signal"), "{rest}");
+    assert!(!json.exists(), "no report: the run did not finish");
+    let left = left_in(&data);
     assert!(left.is_empty(), "{left:?}");
 }
