@@ -167,3 +167,21 @@ fn a_second_signal_quits_at_once_and_still_removes_the_broker_data() {
     let left = left_in(&data);
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn an_embedded_drain_larger_than_the_disk_is_refused_before_it_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_flumen-loadgen"))
+        .args(["--embedded", "--data-dir", dir.path().to_str().unwrap()])
+        .args(["--scenario", "drain", "--backlog", "1000000GB", "--quiet"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--backlog 1000000GB does not fit"),
+        "{stderr}"
+    );
+    let left = left_in(dir.path());
+    assert!(left.is_empty(), "{left:?}");
+}
