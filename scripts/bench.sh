@@ -186,9 +186,17 @@ out, iperf, fio_write, fio_sync, fio_read = sys.argv[1], *map(float, sys.argv[2:
 load = lambda name: json.load(open(f"{out}/{name}.json"))
 run = lambda report, acks: next(r for r in report["runs"] if r["acks"] == acks)
 rows = []
-def row(workload, value, unit, limit_name, limit, bar, passed, floor_above_bar=False):
+# A figure counts only from a sound run: nothing failed, every record produced was read
+# back (with consumers), and something was measured at all (an empty histogram reads 0).
+def sound(r):
+    return r["errors"] == 0 and r["unconsumed"] == 0 and r["messages"] > 0
+def row(workload, value, unit, limit_name, limit, bar, passed, floor_above_bar=False, runs=()):
     ratio = f"{value / limit:.2f}" if limit else "-"
-    met = "-" if bar == "(context)" else "yes" if passed else (
+    unsound = [r for r in runs if not sound(r)]
+    met = "-" if bar == "(context)" else (
+        "**no** (errors or records unread: " + ", ".join(
+            f"acks={r['acks']} errors {r['errors']}, unconsumed {r['unconsumed']}, "
+            f"messages {r['messages']}" for r in unsound) + ")") if unsound else "yes" if passed else (
         "**no** (floor above bar)" if floor_above_bar else "**no**")
     rows.append((workload, f"{value:,.1f} {unit}", f"{limit_name} {limit:,.1f}" if limit else limit_name,
                  ratio, bar, met))
@@ -202,13 +210,13 @@ def floor(name):
 m = load("max-rate")
 a1, aall = run(m, "1"), run(m, "all")
 row("acks=1 max rate", a1["producer"]["mb_per_s"], "MB/s", "iperf3", iperf, ">= 0.5 x iperf3",
-    a1["producer"]["mb_per_s"] >= 0.5 * iperf)
+    a1["producer"]["mb_per_s"] >= 0.5 * iperf, runs=[a1])
 # Not a bar of the issue: what bounds acks=1 over runs longer than any cache is the disk.
 row("acks=1 max rate, against the disk", a1["producer"]["mb_per_s"], "MB/s", "fio write", fio_write,
     "(context)", True)
 limit = min(iperf, fio_sync)
 row("acks=all max rate", aall["producer"]["mb_per_s"], "MB/s", "min(iperf3, fio fdatasync)", limit,
-    ">= 0.5 x limit", aall["producer"]["mb_per_s"] >= 0.5 * limit)
+    ">= 0.5 x limit", aall["producer"]["mb_per_s"] >= 0.5 * limit, runs=[aall])
 o = load("open-loop")
 # Not a bar: the machine's own loopback round trip at the same rate (sockperf, above).
 floor_ms, floor_rate = floor("open-loop")
@@ -231,10 +239,10 @@ for acks, bar in (("1", 2000), ("all", 5000)):
     p = r["publish_latency_us"]["p9999"]
     row(f"open loop {o['config']['target_rate_msgs_per_s']:,.0f} msg/s acks={acks}: publish p99.99",
         p / 1000, "ms", "floor", floor_ms, f"<= {bar/1000:g} ms", p <= bar,
-        max(floor_ms * 1000, hiccups[acks]["p9999"], sync_us if acks == "all" else 0) > bar)
+        max(floor_ms * 1000, hiccups[acks]["p9999"], sync_us if acks == "all" else 0) > bar, runs=[r])
 e = run(o, "1")["end_to_end_latency_us"]["p9999"]
 row("open loop acks=1: end-to-end p99.99", e / 1000, "ms", "floor", floor_ms, "<= 3 ms", e <= 3000,
-    max(floor_ms * 1000, hiccups["1"]["p9999"]) > 3000)
+    max(floor_ms * 1000, hiccups["1"]["p9999"]) > 3000, runs=[run(o, "1")])
 # Not a bar: how late the load generator's own sends went out. A record cannot be
 # acknowledged sooner after its intended time than it was sent, so this is the floor the
 # machine's stalls of the load core put under the publish tails.
@@ -243,11 +251,11 @@ for acks in ("1", "all"):
     row(f"open loop acks={acks}: sends slipped p99.99", slip / 1000, "ms", "-", 0, "(context)", True)
 d = load("drain")["backlog_drain"]
 row(f"backlog drain {d['backlog_bytes']/1e9:.1f} GB", d["drain"]["mb_per_s"], "MB/s", "fio read", fio_read,
-    ">= 0.7 x fio read", d["drain"]["mb_per_s"] >= 0.7 * fio_read)
+    ">= 0.7 x fio read", d["drain"]["mb_per_s"] >= 0.7 * fio_read, runs=load("drain")["runs"])
 scale = load("scale")
 s = run(scale, "1")["producer"]["mb_per_s"]
 row(f"1,000 partitions acks=1 ({scale['config']['duration']:g} s)", s, "MB/s", "8 partitions", a1["producer"]["mb_per_s"], ">= 0.7 x 8 partitions",
-    s >= 0.7 * a1["producer"]["mb_per_s"])
+    s >= 0.7 * a1["producer"]["mb_per_s"], runs=[run(scale, "1"), a1])
 i = load("idle")["idle"]
 row(f"{i['partitions']:,} idle partitions", i["bytes_per_partition"] / 1024, "KiB each", "-", 0, "<= 64 KiB",
     i["bytes_per_partition"] <= 64 * 1024)
@@ -257,18 +265,19 @@ pm, pe = load("peer-max"), load("peer-e2e")
 for acks, label, mb, p99, p9999 in (("1", "fsync off", 445, 34.5, 122), ("all", "fsync per batch", 496, None, 46)):
     r = run(pm, acks)
     row(f"vs peer, acks={acks} ({label}), 4 partitions", r["producer"]["mb_per_s"], "MB/s", "peer", mb,
-        ">= 1.5 x peer", r["producer"]["mb_per_s"] >= 1.5 * mb)
+        ">= 1.5 x peer", r["producer"]["mb_per_s"] >= 1.5 * mb, runs=[r])
     if p99 is not None:
         v = r["publish_latency_us"]["p99"] / 1000
-        row(f"vs peer, acks={acks}: publish p99", v, "ms", "peer", p99, "<= 0.5 x peer", v <= p99 / 2)
+        row(f"vs peer, acks={acks}: publish p99", v, "ms", "peer", p99, "<= 0.5 x peer", v <= p99 / 2, runs=[r])
     v = r["publish_latency_us"]["p9999"] / 1000
-    row(f"vs peer, acks={acks}: publish p99.99", v, "ms", "peer", p9999, "<= 0.5 x peer", v <= p9999 / 2)
+    row(f"vs peer, acks={acks}: publish p99.99", v, "ms", "peer", p9999, "<= 0.5 x peer", v <= p9999 / 2, runs=[r])
 floor_ms, floor_rate = floor("100MBps")
 row(f"machine floor: TCP round trip p99.99, sockperf at {floor_rate:,.0f} msg/s", floor_ms, "ms", "-", 0,
     "(context)", True)
 for acks, peer in (("1", 4.0), ("all", 15.3)):
     v = run(pe, acks)["end_to_end_latency_us"]["p99"] / 1000
-    row(f"vs peer, 100 MB/s acks={acks}: end-to-end p99", v, "ms", "peer", peer, "<= 0.5 x peer", v <= peer / 2)
+    row(f"vs peer, 100 MB/s acks={acks}: end-to-end p99", v, "ms", "peer", peer, "<= 0.5 x peer", v <= peer / 2,
+        runs=[run(pe, acks)])
 gb = sum(r["producer"]["mb_per_s"] * load("max-rate")["config"]["duration"] / 1e3 for r in m["runs"])
 print(f"limits: iperf3 {iperf:,.1f} MB/s, fio write {fio_write:,.1f} MB/s, "
       f"fio write+fdatasync/1 MiB {fio_sync:,.1f} MB/s, fio read {fio_read:,.1f} MB/s; "
@@ -277,6 +286,11 @@ print("| workload | Flumen | limit / reference | ratio | bar | met |")
 print("|---|---|---|---|---|---|")
 for r in rows:
     print("| " + " | ".join(r) + " |")
+unsound = [f"{name} acks={r['acks']} (errors {r['errors']}, unconsumed {r['unconsumed']}, messages {r['messages']})"
+           for name in ("max-rate", "open-loop", "drain", "scale", "peer-max", "peer-e2e")
+           for r in load(name)["runs"] if not sound(r)]
+print("\nRuns with failed sends, records never read back, or nothing measured: "
+      + (", ".join(unsound) if unsound else "none") + ".")
 # What the broker saw: each shard's stall totals at shutdown (stall_warn_ms, 50 ms).
 print("\nBroker stall reports per workload (over 50 ms; docs/OPERATIONS.md section 4):\n")
 print("| workload | shard stalls | worst | slow disk operations | worst |")

@@ -11,8 +11,8 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// How long a run may take to wind down after the first signal.
 pub const GRACE: Duration = Duration::from_secs(10);
@@ -22,6 +22,9 @@ pub const EXIT_STATUS: u8 = 130;
 
 /// Set by the first signal.
 static REQUESTED: AtomicBool = AtomicBool::new(false);
+
+/// When the first signal came.
+static REQUESTED_AT: OnceLock<Instant> = OnceLock::new();
 
 /// The embedded broker's data directory, removed on a hard exit.
 static DATA_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
@@ -52,6 +55,7 @@ pub fn install() -> Result<(), String> {
             if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
                 continue;
             }
+            let _ = REQUESTED_AT.set(Instant::now());
             if REQUESTED.swap(true, Ordering::AcqRel) {
                 exit_now("a second signal");
             }
@@ -95,4 +99,9 @@ pub fn remove_on_exit(dir: PathBuf) {
 /// Whether a stop was requested.
 pub fn requested() -> bool {
     REQUESTED.load(Ordering::Acquire)
+}
+
+/// When the stop was requested, if it was.
+pub fn requested_at() -> Option<Instant> {
+    requested().then(|| REQUESTED_AT.get().copied()).flatten()
 }

@@ -128,9 +128,10 @@ pub struct Args {
     /// ready batches of partitions with none in flight).
     #[arg(long, default_value_t = 5)]
     max_in_flight: usize,
-    /// Ack modes to run, comma-separated: 0, 1, all.
-    #[arg(long, default_value = "0,1,all")]
-    acks: String,
+    /// Ack modes to run, comma-separated: 0, 1, all [default: 0,1,all; the drain
+    /// scenario runs one mode, default 1].
+    #[arg(long)]
+    acks: Option<String>,
     /// Open loop at this rate over all producers: records a second (`50000`, `50k`) or
     /// bytes of values a second (`100MB/s`, `1GiB/s`). Without it: max rate, closed loop.
     #[arg(long)]
@@ -197,6 +198,17 @@ fn parse_linger_ms(text: &str) -> Result<f64, String> {
             "not a linger in milliseconds (0 to 3600000): {text}"
         )),
     }
+}
+
+/// The ack modes of `--acks`, or of the scenario's default: one for the drain.
+fn ack_modes(args: &Args) -> Result<Vec<(String, Acks)>, String> {
+    let drain = args.scenario == Scenario::Drain;
+    let default = if drain { "1" } else { "0,1,all" };
+    let modes = parse_acks(args.acks.as_deref().unwrap_or(default))?;
+    if drain && modes.len() > 1 {
+        return Err("the drain scenario runs one ack mode: --acks 0, 1 or all".into());
+    }
+    Ok(modes)
 }
 
 fn parse_acks(list: &str) -> Result<Vec<(String, Acks)>, String> {
@@ -300,6 +312,9 @@ fn free_bytes(path: &std::path::Path) -> Result<u64, String> {
 /// The smallest segment an embedded run's default retention uses.
 const MIN_FITTED_SEGMENT_BYTES: u64 = 16 << 20;
 
+/// Longest `--duration`, `--warmup` or `--drain-grace`: a year.
+const SECONDS_MAX: f64 = 365.0 * 24.0 * 3600.0;
+
 /// Gives an embedded run's topics a `retention.bytes` and `segment.bytes`, unless the
 /// flags set them, that keep `partitions` partitions within half of `free_bytes`: each
 /// partition keeps at most its retention, an active segment and the space reserved
@@ -382,12 +397,24 @@ fn plan(args: &Args) -> Result<Plan, String> {
     if args.topics == 0 || args.partitions == 0 {
         return Err("--topics and --partitions must be positive".into());
     }
-    let positive = |value: f64| value.is_finite() && value > 0.0;
-    if !(positive(args.duration) && args.warmup >= 0.0 && args.warmup.is_finite()) {
-        return Err("--duration must be positive and --warmup not negative".into());
+    // Seconds: a year at most, so every instant computed from them exists.
+    let seconds = |value: f64| (0.0..=SECONDS_MAX).contains(&value);
+    if !(seconds(args.duration) && args.duration > 0.0 && seconds(args.warmup)) {
+        return Err(format!(
+            "--duration must be positive and --warmup not negative, both at most {SECONDS_MAX} s"
+        ));
     }
-    if !(args.drain_grace >= 0.0 && args.drain_grace.is_finite()) {
-        return Err("--drain-grace must not be negative".into());
+    if !seconds(args.drain_grace) {
+        return Err(format!(
+            "--drain-grace must be between 0 and {SECONDS_MAX} s"
+        ));
+    }
+    if args.scenario == Scenario::Drain && args.rate.is_some() {
+        return Err(
+            "--rate does not apply to the drain scenario: it builds its backlog as \
+                    fast as the broker takes it"
+                .into(),
+        );
     }
     let topic_configs = args
         .topic_configs
@@ -405,7 +432,7 @@ fn plan(args: &Args) -> Result<Plan, String> {
         buffer_memory_bytes: match &args.buffer_memory {
             Some(text) => usize::try_from(parse_bytes(text)?)
                 .map_err(|_| format!("--buffer-memory {text} is too large"))?,
-            None => (args.batch_size * 32).max(32 << 20),
+            None => args.batch_size.saturating_mul(32).max(32 << 20),
         },
     };
     batching
@@ -469,7 +496,7 @@ fn start_embedded(args: &Args) -> Result<(EmbeddedBroker, Vec<usize>, usize), St
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    let modes = parse_acks(&args.acks)?;
+    let modes = ack_modes(args)?;
     let mut plan = plan(args)?;
     let load_cpus = args.cpus.as_deref().map(parse_cpus).transpose()?;
     let embedded = match args.embedded {
@@ -617,7 +644,17 @@ fn run(args: &Args) -> Result<(), String> {
                 .iter()
                 .map(|(key, value)| format!("{key}={value}"))
                 .collect(),
-            flags: args,
+            // The ack modes that ran by default are named, as if given.
+            flags: &Args {
+                acks: Some(
+                    modes
+                        .iter()
+                        .map(|(label, _)| label.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+                ..args.clone()
+            },
         },
         runs: results.iter().map(|result| result.run.clone()).collect(),
         backlog_drain,
@@ -754,5 +791,42 @@ mod tests {
         assert_eq!(plan_of(&["--buffer-memory", "8MiB"]), Ok(8 << 20));
         assert!(plan_of(&["--buffer-memory", "0"]).is_err());
         assert!(plan_of(&["--buffer-memory", "lots"]).is_err());
+    }
+
+    #[test]
+    fn scenarios_get_their_ack_modes_and_out_of_range_times_are_refused() {
+        let args_of = |flags: &[&str]| {
+            Args::try_parse_from(std::iter::once("flumen-loadgen").chain(flags.iter().copied()))
+                .expect("flags parse")
+        };
+        let labels = |flags: &[&str]| {
+            ack_modes(&args_of(flags)).map(|modes| {
+                modes
+                    .into_iter()
+                    .map(|(label, _)| label)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+        };
+        assert_eq!(labels(&[]).unwrap(), "0,1,all");
+        assert_eq!(labels(&["--scenario", "drain"]).unwrap(), "1");
+        assert_eq!(
+            labels(&["--scenario", "drain", "--acks", "all"]).unwrap(),
+            "all"
+        );
+        let several = labels(&["--scenario", "drain", "--acks", "1,all"]).unwrap_err();
+        assert!(several.contains("one ack mode"), "{several}");
+        let rate = plan(&args_of(&["--scenario", "drain", "--rate", "1000"])).map(drop);
+        assert!(rate.unwrap_err().contains("--rate"));
+        for flags in [
+            ["--duration", "1e300"],
+            ["--duration", "0"],
+            ["--warmup", "1e19"],
+            ["--warmup=-1", "--seed=1"],
+            ["--drain-grace", "inf"],
+        ] {
+            assert!(plan(&args_of(&flags)).is_err(), "{flags:?} accepted");
+        }
+        assert!(plan(&args_of(&["--duration", "86400", "--warmup", "3600"])).is_ok());
     }
 }

@@ -2,7 +2,7 @@
 //! documented in `docs/BENCHMARKS.md` ("The JSON report").
 //!
 //! Schema version 1. Top level: `schema_version`, `machine` (`cpu_model`, `cores`,
-//! `kernel`, `memory_bytes`, `disk`), `broker` (`embedded`, `bootstrap`, `version`,
+//! `load_cpus`, `kernel`, `memory_bytes`, `disk`), `broker` (`embedded`, `bootstrap`, `version`,
 //! `shards`, `cpus`, `fsync_policy`, `write_out_interval_ms`, `flush_interval_ms`),
 //! `config` (every flag,
 //! plus `mode`, `target_rate_msgs_per_s` and `topic_configs_in_effect`), `runs` (one per
@@ -107,11 +107,20 @@ pub struct AckRun {
 
 impl AckRun {
     /// The figures of `total`, measured over `seconds`.
+    ///
+    /// In open loop the records counted are those meant to be sent in the measured
+    /// period, a number the schedule fixes; a broker that fell behind acknowledged them
+    /// over a longer time, and the producer's throughput is over that time, so it never
+    /// shows more than was achieved.
     pub fn new(acks: &str, total: &Tally, seconds: f64, consumers: bool, open_loop: bool) -> Self {
+        let producer_seconds = match total.acknowledged {
+            Some((first, last)) if open_loop => seconds.max((last - first).as_secs_f64()),
+            _ => seconds,
+        };
         Self {
             acks: acks.to_owned(),
             messages: total.produced,
-            producer: Throughput::of(total.produced, total.produced_bytes, seconds),
+            producer: Throughput::of(total.produced, total.produced_bytes, producer_seconds),
             consumer: consumers
                 .then(|| Throughput::of(total.consumed, total.consumed_bytes, seconds)),
             publish_latency_us: Percentiles::of(&total.publish).unwrap_or_else(Percentiles::zero),
@@ -132,7 +141,10 @@ impl AckRun {
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
     pub cpu_model: String,
+    /// CPUs online on the machine.
     pub cores: usize,
+    /// The CPUs the load generator could run on (its affinity: `--cpus`, `taskset`).
+    pub load_cpus: Vec<usize>,
     pub kernel: String,
     pub memory_bytes: u64,
     pub disk: Disk,
@@ -168,7 +180,17 @@ impl Machine {
             .map_or(0, |kib| kib * 1024);
         Self {
             cpu_model,
-            cores: std::thread::available_parallelism().map_or(1, usize::from),
+            // Not `available_parallelism`, which counts only the CPUs this process
+            // is pinned to.
+            cores: match cpuinfo
+                .lines()
+                .filter(|line| line.starts_with("processor"))
+                .count()
+            {
+                0 => std::thread::available_parallelism().map_or(1, usize::from),
+                online => online,
+            },
+            load_cpus: flumen::shard::available_cpus(),
             kernel,
             memory_bytes,
             disk: Disk::holding(path),
@@ -393,13 +415,15 @@ impl<C: Serialize> Report<C> {
 mod tests {
     use super::*;
     use crate::stats::Recorder;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     fn run_of(acks: &str) -> AckRun {
         let recorder = Recorder::shared();
+        let start = Instant::now();
         for micros in 1..=1_000u64 {
             let mut recorder = recorder.lock().unwrap();
-            recorder.delivered(Duration::from_micros(micros), 1_000, true);
+            let at = start + Duration::from_millis(micros);
+            recorder.delivered(Duration::from_micros(micros), at, 1_000, true);
             recorder.consumed(Duration::from_micros(micros * 2), 1_000, true, true);
             recorder.slipped(Duration::from_micros(micros / 10), true);
             recorder.hiccup(Duration::from_micros(micros / 20), true);
@@ -433,7 +457,14 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&report.json()).unwrap();
         assert_eq!(json["schema_version"], 1);
         assert_eq!(json["interrupted"], false);
-        for key in ["cpu_model", "cores", "kernel", "memory_bytes", "disk"] {
+        for key in [
+            "cpu_model",
+            "cores",
+            "load_cpus",
+            "kernel",
+            "memory_bytes",
+            "disk",
+        ] {
             assert!(json["machine"].get(key).is_some(), "machine.{key}");
         }
         for key in ["embedded", "version", "fsync_policy", "shards"] {
@@ -479,5 +510,35 @@ mod tests {
         );
         assert!(table.contains("slipped behind schedule"));
         assert!(table.contains("hiccups"));
+    }
+
+    /// In open loop the schedule fixes how many records the period holds; a broker that
+    /// acknowledged them over 3 s instead of the period's 2 s gets the rate over 3 s.
+    /// In closed loop the records counted are those the producer got to send in the
+    /// period, so the period stays the divisor.
+    #[test]
+    fn an_open_loop_behind_schedule_reports_the_rate_it_achieved() {
+        let recorder = Recorder::shared();
+        let start = Instant::now();
+        for index in 0..=3_000u64 {
+            let at = start + Duration::from_millis(index);
+            let mut recorder = recorder.lock().unwrap();
+            recorder.delivered(Duration::from_micros(100), at, 1_000, true);
+            // Outside the measured period: neither counted nor part of the span.
+            recorder.delivered(
+                Duration::from_micros(100),
+                at + Duration::from_secs(9),
+                1_000,
+                false,
+            );
+        }
+        let total = crate::stats::totals(&[recorder]);
+        let open = AckRun::new("1", &total, 2.0, false, true);
+        assert_eq!(open.messages, 3_001);
+        assert!((open.producer.msgs_per_s - 3_001.0 / 3.0).abs() < 1e-6);
+        let closed = AckRun::new("1", &total, 2.0, false, false);
+        assert!((closed.producer.msgs_per_s - 3_001.0 / 2.0).abs() < 1e-6);
+        // On schedule (acknowledged within the period): the period, not a shorter span.
+        assert_eq!(run_of("1").producer.msgs_per_s, 500.0);
     }
 }

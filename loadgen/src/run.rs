@@ -266,8 +266,8 @@ impl Source {
 
 /// How a producer paces its sends.
 enum Pace {
-    /// As fast as the buffer takes them, until the end.
-    Closed { until: Instant },
+    /// As fast as the buffer takes them, from the run's start until the end.
+    Closed { start: Instant, until: Instant },
     /// On schedule.
     Open(OpenLoop),
     /// Closed loop until this many value bytes were sent by all producers together.
@@ -290,7 +290,7 @@ impl Outcomes {
         let mut recorder = self.recorder.lock().expect("no task panics holding it");
         if let Some(acknowledged_at) = delivered {
             let latency = acknowledged_at.saturating_duration_since(intended);
-            recorder.delivered(latency, bytes, measured);
+            recorder.delivered(latency, acknowledged_at, bytes, measured);
             self.progress.produced.fetch_add(1, Ordering::Relaxed);
         } else {
             recorder.failed(measured);
@@ -313,10 +313,14 @@ async fn produce(
         progress,
         period,
     });
+    if let Pace::Closed { start, .. } = pace {
+        // The consumers are given until then to start polling.
+        tokio::time::sleep_until(start.into()).await;
+    }
     // A stop request (Ctrl-C) ends the sends; what was sent still gets its outcome.
     while !crate::interrupt::requested() {
         let intended = match &mut pace {
-            Pace::Closed { until } => {
+            Pace::Closed { until, .. } => {
                 let now = Instant::now();
                 if now >= *until {
                     break;
@@ -523,8 +527,14 @@ async fn report_progress(
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> (Vec<Point>, IntervalLog, IntervalLog) {
     let mut series = Vec::new();
-    let (mut publish_log, mut end_to_end_log) = (IntervalLog::default(), IntervalLog::default());
     tokio::time::sleep_until(start.into()).await;
+    // The logs' intervals are offsets from the run's start, whose wall-clock time they
+    // carry.
+    let started = std::time::SystemTime::now() - start.elapsed();
+    let (mut publish_log, mut end_to_end_log) = (
+        IntervalLog::starting_at(started),
+        IntervalLog::starting_at(started),
+    );
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
@@ -716,6 +726,7 @@ pub async fn run_mode(plan: &Plan, label: &str, acks: Acks) -> Result<ModeResult
     let consumers = start_consumers(plan, &topics, &mut load, Some(period));
     let pace = |index: usize| match plan.rate_msgs_per_s {
         None => Pace::Closed {
+            start,
             until: period.until,
         },
         Some(rate) => {
@@ -741,12 +752,13 @@ pub async fn run_mode(plan: &Plan, label: &str, acks: Acks) -> Result<ModeResult
     );
     join_all(producing).await?;
     drop(hiccups);
-    // Stopped early, the rates are over the part of the measured period that ran.
-    let measured = match crate::interrupt::requested() {
-        true => Instant::now()
+    // Stopped early, the rates are over the part of the measured period that ran
+    // before the stop (not the flush after it).
+    let measured = match crate::interrupt::requested_at() {
+        Some(stopped) => stopped
             .min(period.until)
             .saturating_duration_since(period.from),
-        false => plan.duration,
+        None => plan.duration,
     };
     let retries = close(producers).await;
     load.progress.producers_done.store(true, Ordering::Release);
@@ -818,12 +830,13 @@ pub async fn run_drain(
     let built = totals(&load.recorders);
     load.progress.producers_done.store(true, Ordering::Release);
 
-    let drain_start = Instant::now();
     let plan = Plan {
         consumers: plan.consumers.max(1),
         ..plan.clone()
     };
     reporter.finish().await?;
+    // From the consumers' start: their connecting is part of catching up.
+    let drain_start = Instant::now();
     // The readers get recorders of their own, so the drain is timed apart from the build.
     let mut readers = Load {
         clock: load.clock,

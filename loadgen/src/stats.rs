@@ -10,7 +10,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
 use hdrhistogram::serialization::V2DeflateSerializer;
@@ -36,6 +36,8 @@ pub struct Tally {
     pub consumed_bytes: u64,
     /// Sends that failed.
     pub errors: u64,
+    /// When the first and the last of the `produced` records were acknowledged.
+    pub acknowledged: Option<(Instant, Instant)>,
     /// Send (intended time, in open loop) → acknowledgement.
     pub publish: Histogram<u64>,
     /// Send (intended time) → handed to the consumer's caller.
@@ -55,6 +57,7 @@ impl Default for Tally {
             consumed: 0,
             consumed_bytes: 0,
             errors: 0,
+            acknowledged: None,
             publish: histogram(),
             end_to_end: histogram(),
             slip: histogram(),
@@ -71,6 +74,12 @@ impl Tally {
         self.consumed += other.consumed;
         self.consumed_bytes += other.consumed_bytes;
         self.errors += other.errors;
+        self.acknowledged = match (self.acknowledged, other.acknowledged) {
+            (Some((first, last)), Some((other_first, other_last))) => {
+                Some((first.min(other_first), last.max(other_last)))
+            }
+            (mine, theirs) => mine.or(theirs),
+        };
         for (into, from) in [
             (&mut self.publish, &other.publish),
             (&mut self.end_to_end, &other.end_to_end),
@@ -103,13 +112,18 @@ impl Recorder {
         Arc::new(Mutex::new(Self::default()))
     }
 
-    /// A send of `bytes` was acknowledged `latency` after it was (meant to be) sent.
-    pub fn delivered(&mut self, latency: Duration, bytes: usize, measured: bool) {
+    /// A send of `bytes` was acknowledged at `at`, `latency` after it was (meant to
+    /// be) sent.
+    pub fn delivered(&mut self, latency: Duration, at: Instant, bytes: usize, measured: bool) {
         let latency = micros(latency);
         for tally in self.tallies(measured) {
             tally.produced += 1;
             tally.produced_bytes += bytes as u64;
             tally.publish.saturating_record(latency);
+            tally.acknowledged = Some(match tally.acknowledged {
+                Some((first, last)) => (first.min(at), last.max(at)),
+                None => (at, at),
+            });
         }
     }
 
@@ -240,10 +254,20 @@ impl Point {
 /// Interval histograms kept for an HdrHistogram log: `(start, length, histogram)`.
 #[derive(Debug, Default)]
 pub struct IntervalLog {
+    /// The wall-clock time the intervals' starts count from (the log's `StartTime`).
+    started: Option<std::time::SystemTime>,
     intervals: Vec<(Duration, Duration, Histogram<u64>)>,
 }
 
 impl IntervalLog {
+    /// An empty log whose intervals start `started` plus their offset.
+    pub fn starting_at(started: std::time::SystemTime) -> Self {
+        Self {
+            started: Some(started),
+            intervals: Vec::new(),
+        }
+    }
+
     /// Keeps one interval.
     pub fn push(&mut self, start: Duration, length: Duration, histogram: Histogram<u64>) {
         self.intervals.push((start, length, histogram));
@@ -257,7 +281,7 @@ impl IntervalLog {
         let mut writer = IntervalLogWriterBuilder::new()
             .add_comment(comment)
             .add_comment("values in microseconds")
-            .with_start_time(std::time::SystemTime::now())
+            .with_start_time(self.started.unwrap_or_else(std::time::SystemTime::now))
             .begin_log_with(&mut text, &mut serializer)?;
         for (start, length, histogram) in &self.intervals {
             writer
@@ -291,7 +315,10 @@ mod tests {
                     for micros in 1..=10_000u64 {
                         let latency = Duration::from_micros(micros * (index as u64 + 1));
                         let measured = micros > 1_000;
-                        recorder.lock().unwrap().delivered(latency, 100, measured);
+                        recorder
+                            .lock()
+                            .unwrap()
+                            .delivered(latency, Instant::now(), 100, measured);
                         recorder
                             .lock()
                             .unwrap()
@@ -334,7 +361,8 @@ mod tests {
 
     #[test]
     fn interval_logs_read_back() {
-        let mut log = IntervalLog::default();
+        let started = std::time::UNIX_EPOCH + Duration::from_secs(1_764_900_000);
+        let mut log = IntervalLog::starting_at(started);
         for second in 0..3u64 {
             let mut interval = histogram();
             interval.record(100 * (second + 1)).unwrap();
@@ -348,6 +376,16 @@ mod tests {
         let path = dir.path().join("publish.hlog");
         log.write(&path, "test").unwrap();
         let text = std::fs::read(&path).unwrap();
+        let start_times: Vec<Duration> =
+            hdrhistogram::serialization::interval_log::IntervalLogIterator::new(&text)
+                .filter_map(|entry| match entry {
+                    Ok(hdrhistogram::serialization::interval_log::LogEntry::StartTime(at)) => {
+                        Some(at)
+                    }
+                    _ => None,
+                })
+                .collect();
+        assert_eq!(start_times, [Duration::from_secs(1_764_900_000)]);
         let maxima: Vec<f64> =
             hdrhistogram::serialization::interval_log::IntervalLogIterator::new(&text)
                 .filter_map(|entry| match entry {
