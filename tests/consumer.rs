@@ -233,6 +233,67 @@ async fn offset_reset_policies_and_bad_input() {
     ));
 }
 
+/// Chunks prefetched for an earlier assignment of a partition, still in the channel when
+/// it is assigned again, are not taken for the new assignment's: the records come back
+/// whole and in order from the new position.
+#[tokio::test(flavor = "current_thread")]
+async fn a_partition_assigned_again_ignores_what_its_earlier_assignment_prefetched() {
+    let broker = setup(1);
+    produce(&broker, numbered(0, 0..3_000)).await;
+    let p0 = TopicPartition::new("t", 0);
+    let mut config = ConsumerConfig::new(broker.bootstrap().to_string());
+    config.max_poll_records = 100;
+    config.fetch_max_bytes = 4 << 10;
+    let mut consumer = Consumer::new(config);
+    consumer.assign(std::slice::from_ref(&p0)).await.unwrap();
+    assert_eq!(poll_exactly(&mut consumer, 100).await[99].offset, 99);
+    // Let the fetch task fill the channel, then take the partition away and back.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    consumer.assign(&[]).await.unwrap();
+    consumer.assign(std::slice::from_ref(&p0)).await.unwrap();
+    assert_eq!(consumer.position(&p0).unwrap(), Some(0), "Earliest again");
+    let mut offsets = Vec::new();
+    while offsets.len() < 3_000 {
+        let records = consumer.poll(POLL).await.unwrap();
+        assert!(!records.is_empty(), "stalled at {}", offsets.len());
+        assert_eq!(records.len(), records.iter().count(), "counted as returned");
+        offsets.extend(records.iter().map(|record| record.offset()));
+    }
+    assert_eq!(offsets, (0..3_000).collect::<Vec<u64>>());
+}
+
+/// A position that went out of range while its reset could not be read (the topic was
+/// gone) is reset by a later poll, and the partition is fetched again.
+#[tokio::test(flavor = "current_thread")]
+async fn a_failed_offset_reset_is_retried_by_the_next_poll() {
+    let broker = setup(1);
+    produce(&broker, numbered(0, 0..10)).await;
+    let p0 = TopicPartition::new("t", 0);
+    let mut consumer = Consumer::new(ConsumerConfig::new(broker.bootstrap().to_string()));
+    consumer.assign(std::slice::from_ref(&p0)).await.unwrap();
+    assert_eq!(poll_exactly(&mut consumer, 10).await.len(), 10);
+    // Out of range; then the topic goes, so resetting (or fetching) fails.
+    consumer.seek(&p0, SeekTo::Offset(1_000)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut admin = Client::connect(broker.bootstrap()).unwrap();
+    admin.delete_topic("t").unwrap();
+    let failed = consumer.poll(POLL).await;
+    assert!(failed.is_err(), "{failed:?}");
+    admin.create_topic("t", 1, &[]).unwrap();
+    produce(&broker, numbered(0, 0..10)).await;
+    let mut read = Vec::new();
+    for _ in 0..60 {
+        match consumer.poll(Duration::from_secs(1)).await {
+            Ok(records) => read.extend(records.iter().map(|record| record.offset())),
+            Err(error) => eprintln!("retrying after: {error}"),
+        }
+        if read.len() >= 10 {
+            break;
+        }
+    }
+    assert_eq!(read, (0..10).collect::<Vec<u64>>());
+}
+
 #[test]
 fn the_blocking_facade_produces_and_consumes_from_plain_threads() {
     let broker = setup(2);

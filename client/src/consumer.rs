@@ -255,18 +255,41 @@ pub(crate) enum EventKind {
 struct Assigned {
     position: Option<u64>,
     paused: bool,
-    /// Bumped whenever the fetch task is replaced, so its stale results are dropped.
+    /// A fresh number whenever the fetch task is replaced (and for every assignment),
+    /// so the results of an earlier task, still in the channel, are dropped: also those
+    /// of a task of an earlier assignment of the same partition.
     generation: u64,
     /// Dropping it stops the fetch task.
     task: Option<oneshot::Sender<()>>,
     buffered: VecDeque<Chunk>,
+    /// The position went out of range and resetting it has not succeeded yet: `poll`
+    /// tries again, and no fetch task runs meanwhile.
+    reset_pending: bool,
+}
+
+/// Fetch task generations, unique in the process.
+static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn fresh_generation() -> u64 {
+    GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Assigned {
+    fn new(position: Option<u64>) -> Self {
+        Self {
+            position,
+            paused: false,
+            generation: fresh_generation(),
+            task: None,
+            buffered: VecDeque::new(),
+            reset_pending: false,
+        }
+    }
+
     fn stop(&mut self) {
         drop(self.task.take());
         self.buffered.clear();
-        self.generation += 1;
+        self.generation = fresh_generation();
     }
 }
 
@@ -537,8 +560,13 @@ impl<R: Runtime> Consumer<R> {
         };
         if due && self.config.group_id.is_some() {
             match self.commit_sync().await {
-                // A rebalance began: rejoining below settles it.
-                Err(error) if error.is_rebalance() => {}
+                // A rebalance began (or this member's generation is gone): rejoining
+                // below settles it, even if the heartbeat has not noticed yet.
+                Err(error) if error.is_rebalance() => {
+                    if let Some(member) = &self.member {
+                        lock(&member.shared).rejoin = true;
+                    }
+                }
                 other => other?,
             }
             self.last_commit = Instant::now();
@@ -770,13 +798,27 @@ impl<R: Runtime> Consumer<R> {
                 .listener
                 .on_revoked(&revoked);
         }
-        self.assign(&new).await?;
+        let assigned = self.assign(&new).await;
+        // A partition whose start failed (its committed offset or reset position could
+        // not be read) is not owned: the member rejoins, and the group's next round
+        // assigns it again, rather than leaving it unread while heartbeats succeed.
+        let owned: Vec<TopicPartition> = new
+            .into_iter()
+            .filter(|partition| self.assigned.contains_key(partition))
+            .collect();
+        let added: Vec<TopicPartition> = added
+            .into_iter()
+            .filter(|partition| self.assigned.contains_key(partition))
+            .collect();
         let member = self.member.as_mut().expect("subscribed");
-        member.owned = new;
+        if assigned.is_err() {
+            lock(&member.shared).rejoin = true;
+        }
+        member.owned = owned;
         if !added.is_empty() {
             member.listener.on_assigned(&added);
         }
-        Ok(())
+        assigned
     }
 
     /// Replaces the assignment. Partitions kept keep their positions; new ones start at
@@ -804,14 +846,8 @@ impl<R: Runtime> Consumer<R> {
                 Some(offset) => Some(offset),
                 None => self.reset_position(partition).await?,
             };
-            let assigned = Assigned {
-                position,
-                paused: false,
-                generation: 0,
-                task: None,
-                buffered: VecDeque::new(),
-            };
-            self.assigned.insert(partition.clone(), assigned);
+            self.assigned
+                .insert(partition.clone(), Assigned::new(position));
             self.start_fetching(partition);
         }
         Ok(())
@@ -853,6 +889,7 @@ impl<R: Runtime> Consumer<R> {
         let assigned = self.assigned.get_mut(partition).expect("checked above");
         assigned.stop();
         assigned.position = Some(offset);
+        assigned.reset_pending = false;
         self.start_fetching(partition);
         Ok(())
     }
@@ -904,6 +941,7 @@ impl<R: Runtime> Consumer<R> {
     pub async fn poll(&mut self, timeout: Duration) -> Result<ConsumerRecords, ConsumeError> {
         let deadline = Instant::now() + timeout;
         self.maintain().await?;
+        self.reset_pending_positions().await?;
         loop {
             if let Some(partition) = self.assigned.iter().find_map(|(partition, assigned)| {
                 (assigned.position.is_none() && !assigned.paused).then(|| partition.clone())
@@ -967,11 +1005,10 @@ impl<R: Runtime> Consumer<R> {
                         offset,
                     });
                 }
-                let position = self.reset_position(&event.partition).await?;
-                if let Some(assigned) = self.assigned.get_mut(&event.partition) {
-                    assigned.position = position;
-                }
-                self.start_fetching(&event.partition);
+                // Kept until it succeeds: a failed (or cancelled) reset is tried again
+                // by the next poll rather than leaving the partition without a fetcher.
+                assigned.reset_pending = true;
+                self.reset_pending_positions().await?;
             }
             EventKind::Refused(code, message) => {
                 return Err(ConsumeError::Fetch {
@@ -1028,6 +1065,26 @@ impl<R: Runtime> Consumer<R> {
             }
         }
         records
+    }
+
+    /// Resets the positions that went out of range where `auto_offset_reset` says, and
+    /// fetches from there; a partition whose reset fails stays pending.
+    async fn reset_pending_positions(&mut self) -> Result<(), ConsumeError> {
+        let pending: Vec<TopicPartition> = self
+            .assigned
+            .iter()
+            .filter(|(_, assigned)| assigned.reset_pending)
+            .map(|(partition, _)| partition.clone())
+            .collect();
+        for partition in pending {
+            let position = self.reset_position(&partition).await?;
+            if let Some(assigned) = self.assigned.get_mut(&partition) {
+                assigned.position = position;
+                assigned.reset_pending = false;
+            }
+            self.start_fetching(&partition);
+        }
+        Ok(())
     }
 
     /// The position `auto_offset_reset` gives `partition`.
@@ -1175,7 +1232,7 @@ impl<R: Runtime> Consumer<R> {
         let Some(position) = assigned.position else {
             return;
         };
-        if assigned.paused || assigned.task.is_some() {
+        if assigned.paused || assigned.task.is_some() || assigned.reset_pending {
             return;
         }
         let fetcher = Fetcher {

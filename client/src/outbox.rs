@@ -48,6 +48,8 @@ pub struct Outbox {
     log: File,
     cursor: u64,
     len: u64,
+    /// A failed append could not be undone: the file may end in a partial entry.
+    broken: bool,
 }
 
 impl Outbox {
@@ -86,6 +88,7 @@ impl Outbox {
             log,
             cursor,
             len: valid as u64,
+            broken: false,
         })
     }
 
@@ -99,39 +102,81 @@ impl Outbox {
         self.len - self.cursor
     }
 
-    /// Appends records durably (`fdatasync`) in order.
+    /// Appends records durably (`fdatasync`) in order. A record without a timestamp gets
+    /// the current time, as a send would have given it. If the write or the sync fails,
+    /// the file is cut back to the entries before, so a partly written entry never sits
+    /// in front of later ones; if even that fails, the outbox refuses further appends.
     pub fn append(&mut self, records: &[Record]) -> io::Result<()> {
+        if self.broken {
+            return Err(io::Error::other(
+                "the outbox could not undo a failed append and takes no more records",
+            ));
+        }
+        let now_ms = crate::producer::now_ms();
         let mut bytes = Vec::new();
         for record in records {
-            encode_entry(record, &mut bytes);
+            encode_entry(record, now_ms, &mut bytes);
         }
-        self.log.write_all(&bytes)?;
-        self.log.sync_data()?;
+        let written = self
+            .log
+            .write_all(&bytes)
+            .and_then(|()| self.log.sync_data());
+        if let Err(error) = written {
+            if self.log.set_len(self.len).is_err() {
+                self.broken = true;
+            }
+            return Err(error);
+        }
         self.len += bytes.len() as u64;
         Ok(())
     }
 
     /// Unpublished entries from the cursor, about `max_bytes` of them (at least one).
+    /// Reads only those from the file, not the whole backlog.
     pub fn read(&mut self, max_bytes: usize) -> io::Result<Vec<OutboxEntry>> {
-        let mut bytes = vec![0u8; (self.len - self.cursor) as usize];
-        self.log.seek(SeekFrom::Start(self.cursor))?;
-        self.log.read_exact(&mut bytes)?;
-        let mut entries = Vec::new();
-        let mut at = 0;
-        while at < bytes.len() && (entries.is_empty() || at < max_bytes) {
-            let Some((record, next)) = decode_entry(&bytes, at) else {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("damaged outbox entry at byte {}", self.cursor + at as u64),
-                ));
-            };
-            at = next;
-            entries.push(OutboxEntry {
-                record,
-                end: self.cursor + at as u64,
-            });
+        let pending = (self.len - self.cursor) as usize;
+        let mut window = pending.min(max_bytes.max(ENTRY_HEADER_BYTES));
+        loop {
+            let mut bytes = vec![0u8; window];
+            self.log.seek(SeekFrom::Start(self.cursor))?;
+            self.log.read_exact(&mut bytes)?;
+            let mut entries = Vec::new();
+            let mut at = 0;
+            while at < bytes.len() && (entries.is_empty() || at < max_bytes) {
+                if let Some((record, next)) = decode_entry(&bytes, at) {
+                    at = next;
+                    entries.push(OutboxEntry {
+                        record,
+                        end: self.cursor + at as u64,
+                    });
+                    continue;
+                }
+                // An entry running past the window (its header, or its payload) is left
+                // for the next chunk, or read whole next time round if it is the first;
+                // anything else is damage.
+                let end = entry_end(&bytes, at);
+                let past_window = match end {
+                    Some(end) => end > window && end <= pending,
+                    None => at + ENTRY_HEADER_BYTES > window && window < pending,
+                };
+                if !past_window {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("damaged outbox entry at byte {}", self.cursor + at as u64),
+                    ));
+                }
+                match (entries.is_empty(), end) {
+                    (true, Some(end)) => {
+                        window = end;
+                        break;
+                    }
+                    _ => return Ok(entries),
+                }
+            }
+            if !entries.is_empty() {
+                return Ok(entries);
+            }
         }
-        Ok(entries)
     }
 
     /// Marks everything before `position` as published; empties the files once all is.
@@ -181,7 +226,7 @@ fn write_cursor(dir: &Path, position: u64) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn encode_entry(record: &Record, out: &mut Vec<u8>) {
+fn encode_entry(record: &Record, now_ms: i64, out: &mut Vec<u8>) {
     let mut payload = Vec::new();
     put_bytes16(&mut payload, record.topic.as_bytes());
     match record.partition {
@@ -191,7 +236,7 @@ fn encode_entry(record: &Record, out: &mut Vec<u8>) {
         }
         None => payload.extend_from_slice(&[0; 5]),
     }
-    payload.extend_from_slice(&record.timestamp_ms.unwrap_or(0).to_le_bytes());
+    payload.extend_from_slice(&record.timestamp_ms.unwrap_or(now_ms).to_le_bytes());
     for field in [&record.key, &record.value] {
         match field {
             Some(bytes) => {
@@ -219,6 +264,16 @@ fn put_bytes16(out: &mut Vec<u8>, bytes: &[u8]) {
 fn put_bytes32(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
     out.extend_from_slice(bytes);
+}
+
+/// The length and CRC in front of each entry.
+const ENTRY_HEADER_BYTES: usize = 8;
+
+/// Where the entry at `at` ends by its length, if its header is there and the length
+/// is within bounds.
+fn entry_end(bytes: &[u8], at: usize) -> Option<usize> {
+    let length = u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?) as usize;
+    (length <= ENTRY_BYTES_MAX).then_some(at + ENTRY_HEADER_BYTES + length)
 }
 
 /// The entry at `at` and the position after it; `None` if it is torn or damaged.
@@ -319,8 +374,14 @@ mod tests {
         let entries = outbox.read(usize::MAX).unwrap();
         let records: Vec<Record> = entries.iter().map(|entry| entry.record.clone()).collect();
         let mut expected: Vec<Record> = (0..5).map(record).collect();
+        // Without a timestamp of its own it was stamped when queued.
+        let stamped = records[5].timestamp_ms.unwrap();
+        assert!(
+            (crate::producer::now_ms() - stamped).abs() < 60_000,
+            "{stamped}"
+        );
         expected.push(Record {
-            timestamp_ms: Some(0),
+            timestamp_ms: Some(stamped),
             ..tombstone
         });
         assert_eq!(records, expected);
@@ -376,5 +437,57 @@ mod tests {
             .map(|entry| entry.record)
             .collect();
         assert_eq!(records, vec![record(0), record(2)]);
+    }
+
+    /// A chunk reads about `max_bytes` from the file, not the backlog; an entry larger
+    /// than that comes whole; chunk after chunk gives every entry once, in order.
+    #[test]
+    fn chunks_read_about_max_bytes_and_a_large_entry_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = Outbox::open(dir.path()).unwrap();
+        let mut sent: Vec<Record> = (0..200).map(record).collect();
+        sent.insert(
+            100,
+            Record::new("orders", vec![7u8; 10_000]).with_timestamp(5),
+        );
+        outbox.append(&sent).unwrap();
+        let mut read = Vec::new();
+        let (mut chunks, mut start) = (0, 0);
+        while !outbox.is_empty() {
+            let entries = outbox.read(1_000).unwrap();
+            let end = entries.last().unwrap().end;
+            // Past 1,000 bytes only by the entry that crossed it, or a single large one.
+            assert!(entries.len() == 1 || end - start < 1_200, "{}", end - start);
+            outbox.commit(end).unwrap();
+            read.extend(entries.into_iter().map(|entry| entry.record));
+            (chunks, start) = (chunks + 1, end);
+        }
+        assert_eq!(read, sent);
+        assert!(chunks > 10, "{chunks}");
+    }
+
+    /// A failed append that cannot be undone leaves the outbox refusing appends, and the
+    /// entries before it readable.
+    #[test]
+    fn an_append_that_fails_and_cannot_be_undone_stops_further_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = Outbox::open(dir.path()).unwrap();
+        outbox.append(&[record(0)]).unwrap();
+        // A handle that can neither write nor truncate.
+        let writable = std::mem::replace(
+            &mut outbox.log,
+            File::open(dir.path().join(LOG_FILE)).unwrap(),
+        );
+        assert!(outbox.append(&[record(1)]).is_err());
+        outbox.log = writable;
+        let refused = outbox.append(&[record(2)]).unwrap_err();
+        assert!(refused.to_string().contains("takes no more"), "{refused}");
+        let records: Vec<Record> = outbox
+            .read(usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|entry| entry.record)
+            .collect();
+        assert_eq!(records, vec![record(0)]);
     }
 }

@@ -1032,17 +1032,18 @@ impl<R: Runtime> Worker<R> {
                 Ok(partitions) => partitions,
                 Err(ProduceError::TimedOut(_)) => {
                     // Not reachable yet: what was batched is read again next time.
+                    // Both the open batches and the full ones already taken out give
+                    // their room back.
                     let counts = self.partition_counts();
                     let mut desk = self.desk.lock();
-                    for batch in desk
+                    let open = desk
                         .accumulator
-                        .drain(|topic| counts.get(topic).copied().unwrap_or(1))
-                    {
+                        .drain(|topic| counts.get(topic).copied().unwrap_or(1));
+                    for batch in open.into_iter().chain(self.outbox_chunk.drain(..)) {
                         desk.accumulator.release(batch.payload_bytes);
                     }
                     drop(desk);
                     self.desk.room.notify_waiters();
-                    self.outbox_chunk.clear();
                     return false;
                 }
                 Err(error) => {
