@@ -451,6 +451,57 @@ fn a_recycled_segment_replaces_an_empty_spare() {
     });
 }
 
+/// A roll while retention is turning a deleted segment into the spare (after its rename
+/// replaced the empty spare's name, before the pass is done) does not take the empty
+/// spare, whose file no longer has a name: its batches would go to a file the seal
+/// cannot name, and the seal would name the recycled file instead. Every batch reads
+/// back, before and after a reopen, and later rolls and seals work.
+#[test]
+fn a_roll_during_recycling_does_not_take_the_spare_being_replaced() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, mut tag, _, config) = recycling_log(dir.path()).await;
+        append_until(&log, &mut tag, |log| log.wants_spare()).await;
+        log.prepare_spare().await.unwrap();
+        let spare = dir.path().join(flumen::storage::SPARE_FILE);
+        let empty = inode(&spare);
+        let roll_once_renamed = async {
+            // Once the rename has replaced the spare's name, and before the pass ends.
+            while std::fs::metadata(&spare).map_or(true, |meta| {
+                use std::os::unix::fs::MetadataExt;
+                meta.ino() == empty
+            }) {
+                flumen::shard::sleep(std::time::Duration::from_micros(100)).await;
+            }
+            log.roll().await.unwrap();
+            let mut tag = tag;
+            for _ in 0..4 {
+                log.append(batch(tag, 4, 15_000, 10_000)).await.unwrap();
+                tag += 1;
+            }
+            tag
+        };
+        let (report, next_tag) =
+            futures_lite::future::zip(log.apply_retention(), roll_once_renamed).await;
+        tag = next_tag;
+        let report = report.unwrap();
+        assert!(report.bytes_recycled > 0, "{report:?}");
+        let start_tag = log.log_start_offset() / 4;
+        assert_reads_tags(&log, start_tag, tag).await;
+        // The next roll takes the recycled spare, and its seal names it.
+        let active = log.active_segment_base();
+        append_until(&log, &mut tag, |log| log.active_segment_base() != active).await;
+        log.finish_pending_seal().await.unwrap();
+        log.flush().await.unwrap();
+        assert_reads_tags(&log, start_tag, tag).await;
+        log.close().await.unwrap();
+        let (log, report) = open_uncached(dir.path(), config).await;
+        assert_eq!(report.bytes_cut, 0, "{report:?}");
+        assert_reads_tags(&log, start_tag, tag).await;
+        log.close().await.unwrap();
+    });
+}
+
 /// A spare that is already a recycled segment stays: a second pass before the next roll
 /// frees what it deletes.
 #[test]

@@ -654,7 +654,12 @@ impl Log {
             .await
             .map_err(|error| self.writer_error(&writer, "writing out", &active, error))?;
         let next_offset = self.next_offset();
-        let spare = self.spare.borrow_mut().take();
+        // Not while retention is turning a deleted segment into the spare: its rename
+        // may already have replaced this spare's name, and the seal renames by name.
+        let spare = match self.preparing_spare.get() {
+            true => None,
+            false => self.spare.borrow_mut().take(),
+        };
         let renames_spare = spare.is_some();
         let segment = match spare {
             Some(file) => {
