@@ -215,6 +215,11 @@ impl Partition {
         let mut range: Option<Appended> = None;
         let mut duplicate = true;
         let guard = self.produce_lock.lock().await;
+        // Closed while this waited for the lock (a deleted topic, a shutdown): a retry
+        // answered as a duplicate would otherwise reach the closed log's segments.
+        if self.log.is_closed() {
+            return Err(StorageError::Closed(self.log.dir().to_path_buf()).into());
+        }
         for batch in validated {
             let header = *batch.header();
             let check = self.producers.borrow().check(&header)?;
@@ -410,4 +415,58 @@ async fn load_producer_states(log: &Log) -> Result<ProducerStates, StorageError>
         }
     }
     Ok(states)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::SystemClock;
+    use flumen_protocol::record::BatchBuilder;
+
+    fn idempotent_batch(sequence: i32) -> BytesMut {
+        let mut builder = BatchBuilder::new(0);
+        builder.push(0, None, Some(b"value"), &[]);
+        builder.producer(1, 0, sequence);
+        BytesMut::from(builder.build().unwrap().as_bytes())
+    }
+
+    /// A retry that waited for the produce lock while the partition closed (a deleted
+    /// topic, a shutdown) is refused as closed, not answered as a duplicate from the
+    /// closed log.
+    #[test]
+    fn a_retry_after_close_is_refused_as_closed() {
+        crate::shard::run_for_test(async {
+            let dir = tempfile::tempdir().unwrap();
+            let (partition, _) = Partition::open(
+                dir.path(),
+                Rc::from("t"),
+                0,
+                TopicConfig::default(),
+                &LogConfig::default(),
+                Rc::new(SystemClock),
+                TailCache::new(1 << 20),
+            )
+            .await
+            .unwrap();
+            let first = partition
+                .produce(idempotent_batch(0), Acks::Leader)
+                .await
+                .unwrap();
+            assert!(!first.duplicate);
+            let retry = partition
+                .produce(idempotent_batch(0), Acks::Leader)
+                .await
+                .unwrap();
+            assert!(retry.duplicate, "a retry while open is a duplicate");
+            partition.close().await.unwrap();
+            let after_close = partition.produce(idempotent_batch(0), Acks::All).await;
+            assert!(
+                matches!(
+                    after_close,
+                    Err(ProduceError::Storage(StorageError::Closed(_)))
+                ),
+                "{after_close:?}"
+            );
+        });
+    }
 }
