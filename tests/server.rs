@@ -528,3 +528,106 @@ fn frames_arriving_in_small_pieces_are_read_whole() {
     drop(client);
     relay.join().unwrap();
 }
+
+/// A fetch request as given, answered with the whole response.
+struct RawFetch(flumen_protocol::wire::messages::FetchRequest);
+
+impl flumen_client::operation::Operation for RawFetch {
+    type Request = flumen_protocol::wire::messages::FetchRequest;
+    type Response = flumen_protocol::wire::messages::FetchResponse;
+    type Output = flumen_protocol::wire::messages::FetchResponse;
+    const API: flumen_protocol::wire::ApiKey = flumen_protocol::wire::ApiKey::Fetch;
+
+    fn request(&self) -> Self::Request {
+        self.0.clone()
+    }
+
+    fn output(
+        self,
+        response: Self::Response,
+        _: flumen_protocol::wire::FrameBuffer,
+        _: usize,
+    ) -> flumen_client::Result<Self::Output> {
+        Ok(response)
+    }
+}
+
+fn fetch_of(partitions: &[(u32, u32)], max_bytes: u32) -> RawFetch {
+    RawFetch(flumen_protocol::wire::messages::FetchRequest {
+        max_wait_ms: 0,
+        min_bytes: 1,
+        max_bytes,
+        topics: vec![flumen_protocol::wire::messages::FetchTopic {
+            name: "t".into(),
+            partitions: partitions
+                .iter()
+                .map(|&(partition, partition_max_bytes)| {
+                    flumen_protocol::wire::messages::FetchPartition {
+                        partition,
+                        fetch_offset: 0,
+                        partition_max_bytes,
+                    }
+                })
+                .collect(),
+        }],
+    })
+}
+
+/// One fetch naming many partitions: a partition named twice is refused (the first
+/// mention is served); once the response is full the others report their offsets
+/// without data; a fetch naming more than the limit is refused whole, and the broker
+/// keeps serving.
+#[test]
+fn a_fetch_is_bounded_by_its_response_not_by_the_partitions_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path());
+    let mut client = Client::connect(broker.summary().listen).unwrap();
+    client.create_topic("t", 4, &[]).unwrap();
+    let value = "v".repeat(1_000);
+    let batch = batch(&vec![value.as_str(); 100]);
+    for partition in 0..4 {
+        client
+            .produce("t", partition, &[&batch], Acks::All)
+            .unwrap();
+    }
+    let batch_bytes = batch.len() as u32;
+
+    let response = client
+        .run(fetch_of(
+            &[(0, 1 << 20), (1, 1 << 20), (0, 1 << 20)],
+            1 << 20,
+        ))
+        .unwrap();
+    let partitions = &response.topics[0].partitions;
+    assert_eq!(partitions.len(), 3);
+    assert_eq!(partitions[0].batches.length, batch_bytes);
+    assert_eq!(partitions[1].batches.length, batch_bytes);
+    assert_eq!(
+        ErrorCode::from_u16(partitions[2].outcome.error_code),
+        ErrorCode::InvalidRequest,
+        "{:?}",
+        partitions[2]
+    );
+
+    // Room for two batches: the first two partitions fill it, the others only say where
+    // their logs end.
+    let response = client
+        .run(fetch_of(
+            &[(0, 1 << 20), (1, 1 << 20), (2, 1 << 20), (3, 1 << 20)],
+            2 * batch_bytes,
+        ))
+        .unwrap();
+    let partitions = &response.topics[0].partitions;
+    for (index, partition) in partitions.iter().enumerate() {
+        assert_eq!(partition.outcome.error_code, 0, "{partition:?}");
+        assert_eq!(partition.high_watermark, 100);
+        let expected = if index < 2 { batch_bytes } else { 0 };
+        assert_eq!(partition.batches.length, expected, "partition {index}");
+    }
+
+    let too_many: Vec<(u32, u32)> = (0..10_001).map(|index| (index % 4, 1 << 20)).collect();
+    let refused = client.run(fetch_of(&too_many, 1 << 20));
+    assert!(refused.is_err(), "{refused:?}");
+    let mut client = Client::connect(broker.summary().listen).unwrap();
+    assert_eq!(values(&mut client, "t", 3).len(), 100, "still serving");
+}

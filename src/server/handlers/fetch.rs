@@ -1,17 +1,22 @@
-//! Fetch: reads every requested partition (on its owning shard, concurrently), and if
-//! fewer than `min_bytes` came back, waits until any of them receives data or
-//! `max_wait_ms` passes, then reads once more.
+//! Fetch: reads the requested partitions (each on its owning shard), and if fewer than
+//! `min_bytes` came back, waits until any of them receives data or `max_wait_ms` passes,
+//! then reads once more.
 //!
 //! Limits: each partition returns at most `partition_max_bytes` and the response at most
 //! `max_bytes`, except that the first batch found is always returned whole so a consumer
-//! can get past a batch larger than its limits. Batches are written to the socket from
-//! the cache's or the read's buffers; nothing is copied on the owning shard.
+//! can get past a batch larger than its limits. The partitions are read one after
+//! another, each up to what the response has left, and once it is full the rest only
+//! report their offsets: what a fetch holds in memory is bounded by its response, not by
+//! how many partitions it names. A fetch names at most [`FETCH_PARTITIONS_MAX`]
+//! partitions, each once. Batches are written to the socket from the cache's or the
+//! read's buffers; nothing is copied on the owning shard.
 
+use std::collections::HashSet;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use flumen_protocol::wire::messages::{
-    FetchPartitionResult, FetchRequest, FetchResponse, FetchTopicResult, Outcome,
+    FetchPartitionResult, FetchRequest, FetchResponse, FetchTopicResult, Outcome, LATEST_TIMESTAMP,
 };
 use flumen_protocol::wire::{decode_control, DataRange, ErrorCode, FrameError};
 
@@ -25,6 +30,8 @@ use crate::shard::{spawn, until, with_deadline, LocalBudget, Notify};
 const MAX_WAIT_MS_LIMIT: u32 = 60_000;
 /// Most batch bytes one fetch response carries (beyond a first batch larger than this).
 const RESPONSE_BYTES_MAX: usize = 32 << 20;
+/// Most partitions one fetch may name.
+pub(crate) const FETCH_PARTITIONS_MAX: usize = 10_000;
 
 struct Wanted {
     topic: usize,
@@ -66,14 +73,19 @@ pub(super) async fn handle(
             })
         })
         .collect();
+    if wanted.len() > FETCH_PARTITIONS_MAX {
+        return Err(FrameError::Malformed(
+            "a fetch names more partitions than FETCH_PARTITIONS_MAX",
+        ));
+    }
     let wait_ms = request.max_wait_ms.to_native().min(MAX_WAIT_MS_LIMIT);
     let deadline = Instant::now() + Duration::from_millis(u64::from(wait_ms));
     let min_bytes = request.min_bytes.to_native() as usize;
-    let mut results = read_all(state, &wanted).await;
+    let mut results = read_all(state, &wanted, response_limit).await;
     let any_error = results.iter().any(Result::is_err);
     if fetched_bytes(&results) < min_bytes.max(1) && wait_ms > 0 && !any_error {
         wait_for_any(state, &wanted, deadline).await;
-        results = read_all(state, &wanted).await;
+        results = read_all(state, &wanted, response_limit).await;
     }
     let names = request
         .topics
@@ -84,49 +96,98 @@ pub(super) async fn handle(
     Ok(response)
 }
 
-async fn read_all(state: &Rc<ShardState>, wanted: &[Wanted]) -> Vec<PartitionFetch> {
-    let tasks: Vec<_> = wanted
-        .iter()
-        .map(|want| {
-            let catalog = state.catalog();
-            let known = catalog.topic(&want.name).map(|topic| topic.partitions);
-            let (state, name, partition) = (Rc::clone(state), want.name.clone(), want.partition);
-            let op = PartitionOp::Fetch {
-                offset: want.offset,
-                max_bytes: want.max_bytes,
-            };
-            spawn(async move {
-                match known {
-                    None => Err((ErrorCode::UnknownTopic, format!("unknown topic {name}"))),
-                    Some(count) if partition >= count => Err((
-                        ErrorCode::UnknownPartition,
-                        format!("{name} has {count} partitions"),
-                    )),
-                    Some(_) => match state.partition_op(&name, partition, op).await {
-                        ShardOutcome::Fetched(result) => result,
-                        _ => unreachable!("fetch ops answer Fetched"),
-                    },
-                }
-            })
-        })
-        .collect();
-    let mut results = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        results.push(task.await);
+/// Reads `wanted` in order, each up to what `response_limit` has left; once the
+/// response is full, a read keeps only the partition's offsets. A partition named a
+/// second time is refused.
+async fn read_all(
+    state: &Rc<ShardState>,
+    wanted: &[Wanted],
+    response_limit: usize,
+) -> Vec<PartitionFetch> {
+    let mut results = Vec::with_capacity(wanted.len());
+    let mut named = HashSet::with_capacity(wanted.len());
+    let mut total = 0usize;
+    for want in wanted {
+        if !named.insert((want.name.as_str(), want.partition)) {
+            results.push(Err((
+                ErrorCode::InvalidRequest,
+                format!(
+                    "{}-{} is named twice in one fetch",
+                    want.name, want.partition
+                ),
+            )));
+            continue;
+        }
+        // Until something was read, a read may return one batch larger than its limit.
+        let max_bytes = want.max_bytes.min(response_limit.saturating_sub(total));
+        let offsets_only = total > 0 && max_bytes == 0;
+        let result = read_one(state, want, max_bytes, offsets_only).await;
+        if let Ok(fetched) = &result {
+            total += batch_bytes(&fetched.batches);
+        }
+        results.push(result);
     }
     results
+}
+
+async fn read_one(
+    state: &Rc<ShardState>,
+    want: &Wanted,
+    max_bytes: usize,
+    offsets_only: bool,
+) -> PartitionFetch {
+    let known = state
+        .catalog()
+        .topic(&want.name)
+        .map(|topic| topic.partitions);
+    match known {
+        None => Err((
+            ErrorCode::UnknownTopic,
+            format!("unknown topic {}", want.name),
+        )),
+        Some(count) if want.partition >= count => Err((
+            ErrorCode::UnknownPartition,
+            format!("{} has {count} partitions", want.name),
+        )),
+        // The response is full: only the partition's offsets, read from no batch.
+        Some(_) if offsets_only => {
+            let op = PartitionOp::ListOffset {
+                timestamp: LATEST_TIMESTAMP,
+            };
+            match state.partition_op(&want.name, want.partition, op).await {
+                ShardOutcome::Offset(result) => result.map(|(_, stats)| FetchResult {
+                    high_watermark: stats.log_end_offset,
+                    log_start_offset: stats.log_start_offset,
+                    batches: FetchedBatches::Copied(Vec::new()),
+                }),
+                _ => unreachable!("list-offset ops answer Offset"),
+            }
+        }
+        Some(_) => {
+            let op = PartitionOp::Fetch {
+                offset: want.offset,
+                max_bytes,
+            };
+            match state.partition_op(&want.name, want.partition, op).await {
+                ShardOutcome::Fetched(result) => result,
+                _ => unreachable!("fetch ops answer Fetched"),
+            }
+        }
+    }
+}
+
+fn batch_bytes(batches: &FetchedBatches) -> usize {
+    match batches {
+        FetchedBatches::Stored(batches) => batches.iter().map(|b| b.as_bytes().len()).sum(),
+        FetchedBatches::Copied(batches) => batches.iter().map(|b| b.len()).sum(),
+    }
 }
 
 fn fetched_bytes(results: &[PartitionFetch]) -> usize {
     results
         .iter()
         .filter_map(|result| result.as_ref().ok())
-        .map(|fetched| -> usize {
-            match &fetched.batches {
-                FetchedBatches::Stored(batches) => batches.iter().map(|b| b.as_bytes().len()).sum(),
-                FetchedBatches::Copied(batches) => batches.iter().map(|b| b.len()).sum(),
-            }
-        })
+        .map(|fetched| batch_bytes(&fetched.batches))
         .sum()
 }
 
