@@ -631,3 +631,99 @@ fn a_fetch_is_bounded_by_its_response_not_by_the_partitions_it_names() {
     let mut client = Client::connect(broker.summary().listen).unwrap();
     assert_eq!(values(&mut client, "t", 3).len(), 100, "still serving");
 }
+
+/// A produce request as given, with its data section, answered with the whole response.
+struct RawProduce<'a> {
+    request: flumen_protocol::wire::messages::ProduceRequest,
+    data: [&'a [u8]; 1],
+}
+
+impl flumen_client::operation::Operation for RawProduce<'_> {
+    type Request = flumen_protocol::wire::messages::ProduceRequest;
+    type Response = flumen_protocol::wire::messages::ProduceResponse;
+    type Output = flumen_protocol::wire::messages::ProduceResponse;
+    const API: flumen_protocol::wire::ApiKey = flumen_protocol::wire::ApiKey::Produce;
+
+    fn request(&self) -> Self::Request {
+        self.request.clone()
+    }
+
+    fn data(&self) -> &[&[u8]] {
+        &self.data
+    }
+
+    fn output(
+        self,
+        response: Self::Response,
+        _: flumen_protocol::wire::FrameBuffer,
+        _: usize,
+    ) -> flumen_client::Result<Self::Output> {
+        Ok(response)
+    }
+}
+
+/// Requests whose appended batches are a sliver of the frame (here, a tiny batch next to
+/// 4 MiB for a topic that does not exist) do not keep their frames alive through the
+/// tail cache: memory stays near the cache's budget, not the frames' total.
+#[test]
+fn cached_batches_do_not_hold_the_rest_of_their_request() {
+    use flumen_protocol::wire::messages::{ProducePartition, ProduceRequest, ProduceTopic};
+    use flumen_protocol::wire::DataRange;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = run_broker(BrokerConfig {
+        shards: 1,
+        ..config(dir.path())
+    })
+    .unwrap();
+    let mut client = Client::connect(broker.summary().listen).unwrap();
+    client.create_topic("t", 1, &[]).unwrap();
+    let small = batch(&["tiny"]);
+    let junk = 4usize << 20;
+    let mut data = small.clone();
+    data.resize(small.len() + junk, 0);
+    let data: &'static [u8] = data.leak();
+    let request = |data: &'static [u8]| RawProduce {
+        request: ProduceRequest {
+            acks: 1,
+            timeout_ms: 10_000,
+            topics: vec![
+                ProduceTopic {
+                    name: "t".into(),
+                    partitions: vec![ProducePartition {
+                        partition: 0,
+                        batches: DataRange {
+                            offset: 0,
+                            length: small.len() as u32,
+                        },
+                    }],
+                },
+                ProduceTopic {
+                    name: "nope".into(),
+                    partitions: vec![ProducePartition {
+                        partition: 0,
+                        batches: DataRange {
+                            offset: small.len() as u32,
+                            length: junk as u32,
+                        },
+                    }],
+                },
+            ],
+        },
+        data: [data],
+    };
+    let first = client.run(request(data)).unwrap();
+    assert_eq!(first.topics[0].partitions[0].outcome.error_code, 0);
+    let before = resident_bytes();
+    for _ in 0..200 {
+        let response = client.run(request(data)).unwrap();
+        assert_eq!(response.topics[0].partitions[0].outcome.error_code, 0);
+        assert_eq!(
+            ErrorCode::from_u16(response.topics[1].partitions[0].outcome.error_code),
+            ErrorCode::UnknownTopic
+        );
+    }
+    // 200 frames of 4 MiB would be 800 MiB held; the cache's budget is 8 MiB.
+    let growth = resident_bytes().saturating_sub(before);
+    assert!(growth < 200 << 20, "memory grew by {growth} bytes");
+    assert_eq!(values(&mut client, "t", 0).len(), 201);
+}

@@ -259,7 +259,7 @@ async fn write_response(
 
 /// A zeroed buffer of `len` bytes starting at a 16-byte-aligned address, so the frame's
 /// control archive and batches can be read in place.
-fn aligned_buffer(len: usize) -> BytesMut {
+pub(crate) fn aligned_buffer(len: usize) -> BytesMut {
     let mut buffer = BytesMut::zeroed(len + 15);
     let misalignment = buffer.as_ptr() as usize % 16;
     let skip = (16 - misalignment) % 16;

@@ -3,7 +3,10 @@
 //!
 //! Batches are split out of the request buffer without copying: each partition gets a
 //! `BytesMut` view of its range, which the log patches in place, keeps in the tail cache
-//! and copies once into its write staging buffer.
+//! and copies once into its write staging buffer. A view keeps the whole request buffer
+//! alive as long as the cache holds it, so when the batches to append are under half of
+//! the frame (refused partitions, a large control part) each gets a copy of its own and
+//! the frame is freed: the cache's budget then bounds the memory it holds.
 
 use std::rc::Rc;
 
@@ -55,8 +58,30 @@ pub(super) async fn handle(
             });
         }
     }
+    let frame_bytes = control.len() + data.len();
     split_data(&mut jobs, data);
-    let pending: Vec<Pending> = jobs.iter_mut().map(|job| start(state, job, acks)).collect();
+    let admitted: Vec<Result<(Acks, BytesMut), WireError>> =
+        jobs.iter_mut().map(|job| admit(state, job, acks)).collect();
+    let appending: usize = admitted
+        .iter()
+        .filter_map(|admitted| admitted.as_ref().ok())
+        .map(|(_, batches)| batches.len())
+        .sum();
+    let copy = appending.saturating_mul(2) < frame_bytes;
+    let pending: Vec<Pending> = jobs
+        .iter()
+        .zip(admitted)
+        .map(|(job, admitted)| match admitted {
+            Err(error) => Pending::Failed(error),
+            Ok((acks, batches)) => {
+                let batches = match copy {
+                    true => copied(&batches),
+                    false => batches,
+                };
+                start(state, job, acks, batches)
+            }
+        })
+        .collect();
     let mut topics: Vec<ProduceTopicResult> = request
         .topics
         .iter()
@@ -108,29 +133,43 @@ fn split_data(jobs: &mut [Job], mut data: BytesMut) {
     }
 }
 
-fn start(state: &Rc<ShardState>, job: &mut Job, acks: Option<Acks>) -> Pending {
+/// The job's acks and batches, if it may be appended: valid acks, a topic clients may
+/// write, a partition it has, and a valid range.
+fn admit(
+    state: &Rc<ShardState>,
+    job: &mut Job,
+    acks: Option<Acks>,
+) -> Result<(Acks, BytesMut), WireError> {
     let Some(acks) = acks else {
-        return Pending::Failed((ErrorCode::InvalidAcks, "acks must be 0, 1 or -1".into()));
+        return Err((ErrorCode::InvalidAcks, "acks must be 0, 1 or -1".into()));
     };
     let catalog = state.catalog();
     let Some(topic) = catalog.topic(&job.name) else {
-        return Pending::Failed((
+        return Err((
             ErrorCode::UnknownTopic,
             format!("unknown topic {}", job.name),
         ));
     };
     if topic.internal {
         let message = format!("{} is written by the broker only", job.name);
-        return Pending::Failed((ErrorCode::ReservedTopicName, message));
+        return Err((ErrorCode::ReservedTopicName, message));
     }
     if job.partition >= topic.partitions {
         let message = format!("{} has {} partitions", job.name, topic.partitions);
-        return Pending::Failed((ErrorCode::UnknownPartition, message));
+        return Err((ErrorCode::UnknownPartition, message));
     }
-    let batches = match std::mem::replace(&mut job.batches, Ok(BytesMut::new())) {
-        Ok(batches) => batches,
-        Err(error) => return Pending::Failed(error),
-    };
+    let batches = std::mem::replace(&mut job.batches, Ok(BytesMut::new()))?;
+    Ok((acks, batches))
+}
+
+/// A 16-byte-aligned copy of `batches` (the alignment the frame gave them).
+fn copied(batches: &[u8]) -> BytesMut {
+    let mut copy = crate::server::connection::aligned_buffer(batches.len());
+    copy.copy_from_slice(batches);
+    copy
+}
+
+fn start(state: &Rc<ShardState>, job: &Job, acks: Acks, batches: BytesMut) -> Pending {
     let (state, name, partition) = (Rc::clone(state), job.name.clone(), job.partition);
     Pending::Running(spawn(async move {
         let op = PartitionOp::Produce { acks, batches };
