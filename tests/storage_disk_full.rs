@@ -77,15 +77,22 @@ fn available_bytes(path: &Path) -> u64 {
         .unwrap()
 }
 
-#[test]
-fn a_full_disk_fails_appends_cleanly_and_they_resume_once_space_is_freed() {
-    let mount = match LoopMount::new(48) {
-        Ok(mount) => mount,
+/// A loop filesystem of `size_mib`, or `None` (the test is skipped) without root.
+fn mount_or_skip(size_mib: u64) -> Option<LoopMount> {
+    match LoopMount::new(size_mib) {
+        Ok(mount) => Some(mount),
         Err(reason) if std::env::var("FLUMEN_REQUIRE_ROOT_TESTS").as_deref() != Ok("1") => {
             eprintln!("skipping the disk-full test (needs root and loop devices): {reason}");
-            return;
+            None
         }
         Err(reason) => panic!("cannot set up the loop filesystem: {reason}"),
+    }
+}
+
+#[test]
+fn a_full_disk_fails_appends_cleanly_and_they_resume_once_space_is_freed() {
+    let Some(mount) = mount_or_skip(48) else {
+        return;
     };
     let root = mount.mount_point.clone();
     // Leave about 6 MiB free: a few segments' worth.
@@ -166,6 +173,82 @@ fn a_full_disk_fails_appends_cleanly_and_they_resume_once_space_is_freed() {
         let read: Vec<_> = read_all(&log).await.iter().flat_map(tags).collect();
         assert_eq!(read.len() as u64, (appended + 50) * 4);
         assert_eq!(read.last().unwrap().0, appended + 49);
+        log.close().await.unwrap();
+    });
+    drop(mount);
+}
+
+/// A seal that fails for want of space (the disk filled right after a roll) does not
+/// stop retention: lowering the retention frees the old segments, and then the seal and
+/// the appends succeed again.
+#[test]
+fn retention_frees_space_while_the_last_roll_cannot_be_sealed() {
+    let Some(mount) = mount_or_skip(48) else {
+        return;
+    };
+    let root = mount.mount_point.clone();
+    run_on_shard(move || async move {
+        let config = LogConfig {
+            segment_bytes_max: 1 << 20,
+            preallocate_bytes: 0,
+            ..small_config()
+        };
+        let dir = root.join("topic").join("0");
+        let (log, _) = open_uncached(&dir, config.clone()).await;
+        let mut tag = 0;
+        while log.segment_count() < 6 {
+            log.append(batch(tag, 4, 8000, 0)).await.unwrap();
+            tag += 1;
+        }
+        log.flush().await.unwrap();
+        assert!(log.has_pending_seal(), "the last roll is not sealed yet");
+        // Nothing left on the disk: most of it taken at once, the rest written until full.
+        let ballast = root.join("ballast");
+        let most = available_bytes(&root) - (1 << 20);
+        run("fallocate", &["-l", &most.to_string(), path(&ballast)]).unwrap();
+        let filler = format!("of={}", path(&root.join("filler")));
+        let full = run("dd", &["if=/dev/zero", &filler, "bs=4096"]);
+        assert!(full.is_err(), "dd stops at a full disk");
+        assert!(
+            available_bytes(&root) < 64 << 10,
+            "{}",
+            available_bytes(&root)
+        );
+        let sealed = log.finish_pending_seal().await;
+        assert!(
+            matches!(sealed, Err(StorageError::DiskFull { .. })),
+            "got {sealed:?}"
+        );
+        log.reconfigure(LogConfig {
+            retention_bytes: Some(2 << 20),
+            ..config.clone()
+        })
+        .unwrap();
+        let report = log.apply_retention().await.unwrap();
+        assert!(report.segments_deleted >= 2, "{report:?}");
+        assert_eq!(
+            report.bytes_recycled, 0,
+            "nothing kept: the space is needed"
+        );
+        // The deleted segments' blocks go back in the background.
+        let freed = wait_for(|| available_bytes(&root) >= 1 << 20).await;
+        assert!(freed, "{} bytes free", available_bytes(&root));
+        log.finish_pending_seal().await.unwrap();
+        for _ in 0..20 {
+            log.append(batch(tag, 4, 8000, 0)).await.unwrap();
+            tag += 1;
+        }
+        log.flush().await.unwrap();
+        let start_tag = log.log_start_offset() / 4;
+        log.close().await.unwrap();
+        let (log, report) = open_uncached(&dir, config).await;
+        assert_eq!(report.bytes_cut, 0);
+        let read: Vec<u64> = read_all(&log)
+            .await
+            .iter()
+            .map(|batch| tags(batch)[0].0)
+            .collect();
+        assert_eq!(read, (start_tag..tag).collect::<Vec<u64>>());
         log.close().await.unwrap();
     });
     drop(mount);

@@ -1205,8 +1205,16 @@ impl Log {
         free_within: std::time::Duration,
     ) -> Result<RetentionReport> {
         let pass = self.retention_lock.lock().await;
-        // A segment still being sealed is kept, so seal the last roll's first.
-        self.finish_pending_seal().await?;
+        // Seal the last roll's segment first. A segment still being sealed is kept (and
+        // nothing is recycled, which frees nothing): a seal that fails for want of space
+        // must not stop retention from freeing it. The seal is retried later.
+        let sealed = match self.finish_pending_seal().await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(dir = %self.dir.display(), %error, "retention goes on without sealing the last rolled segment");
+                false
+            }
+        };
         let (report, deleted) = self.drop_expired_segments().await?;
         if deleted.is_empty() {
             return Ok(report);
@@ -1227,7 +1235,8 @@ impl Log {
         let mut report = report;
         let recycle = deleted
             .iter()
-            .rposition(|segment| Rc::strong_count(segment) == 1);
+            .rposition(|segment| Rc::strong_count(segment) == 1)
+            .filter(|_| sealed);
         let mut recycled = None;
         let mut first_error = None;
         for (position, segment) in deleted.iter().enumerate() {
