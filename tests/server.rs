@@ -727,3 +727,32 @@ fn cached_batches_do_not_hold_the_rest_of_their_request() {
     assert!(growth < 200 << 20, "memory grew by {growth} bytes");
     assert_eq!(values(&mut client, "t", 0).len(), 201);
 }
+
+/// One broker has one in-sync replica: a topic asking for two refuses acks=all with
+/// `NotEnoughReplicas` and appends nothing, takes acks=1, and takes acks=all again once
+/// the setting is lowered.
+#[test]
+fn acks_all_is_refused_when_the_topic_wants_more_in_sync_replicas_than_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path());
+    let mut client = Client::connect(broker.summary().listen).unwrap();
+    client
+        .create_topic("t", 1, &[("min.insync.replicas", "2")])
+        .unwrap();
+    let refused = client.produce("t", 0, &[&batch(&["a"])], Acks::All);
+    assert_eq!(code(refused), ErrorCode::NotEnoughReplicas);
+    assert!(values(&mut client, "t", 0).is_empty(), "nothing appended");
+    client
+        .produce("t", 0, &[&batch(&["b"])], Acks::Leader)
+        .unwrap();
+    client
+        .alter_configs("t", &[("min.insync.replicas", "1")])
+        .unwrap();
+    client
+        .produce("t", 0, &[&batch(&["c"])], Acks::All)
+        .unwrap();
+    assert_eq!(
+        values(&mut client, "t", 0),
+        vec!["b".to_owned(), "c".to_owned()]
+    );
+}

@@ -85,7 +85,18 @@ pub enum ProduceError {
     /// An idempotent batch was out of sequence or fenced.
     #[error(transparent)]
     Sequence(#[from] SequenceError),
+    /// acks=all, and the topic wants more in-sync replicas than the partition has.
+    #[error("acks=all needs {required} in-sync replicas (min.insync.replicas); the partition has {in_sync}")]
+    NotEnoughReplicas {
+        /// `min.insync.replicas`.
+        required: u32,
+        /// The replicas in sync: on one broker, 1.
+        in_sync: u32,
+    },
 }
+
+/// Replicas in sync with each partition's leader: without replication, the leader alone.
+const IN_SYNC_REPLICAS: u32 = 1;
 
 /// Producer-state snapshots kept per partition.
 const SNAPSHOTS_KEPT: usize = 2;
@@ -203,6 +214,14 @@ impl Partition {
         mut batches: BytesMut,
         acks: Acks,
     ) -> Result<Produced, ProduceError> {
+        let required = self.config.borrow().min_insync_replicas();
+        if acks == Acks::All && required > IN_SYNC_REPLICAS {
+            // As Kafka: refused before anything is appended.
+            return Err(ProduceError::NotEnoughReplicas {
+                required,
+                in_sync: IN_SYNC_REPLICAS,
+            });
+        }
         let mut validated = Vec::new();
         while !batches.is_empty() {
             let length = first_batch_length(&batches).map_err(StorageError::from)?;

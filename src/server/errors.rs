@@ -40,6 +40,7 @@ pub(crate) fn from_produce(error: &ProduceError) -> WireError {
             };
             (code, inner.to_string())
         }
+        ProduceError::NotEnoughReplicas { .. } => (ErrorCode::NotEnoughReplicas, error.to_string()),
     }
 }
 
