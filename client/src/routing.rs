@@ -18,6 +18,12 @@ async fn metadata<R: Runtime>(
         .first()
         .ok_or_else(|| ClientError::Protocol("empty metadata".into()))?;
     crate::operation::check(&found.outcome)?;
+    // Partitioning divides by the count: a topic without partitions is a broker's error.
+    if found.partitions.is_empty() {
+        return Err(ClientError::Protocol(format!(
+            "metadata lists no partitions for {topic}"
+        )));
+    }
     Ok(metadata)
 }
 

@@ -673,13 +673,22 @@ impl<R: Runtime> Producer<R> {
         Attempt::Done
     }
 
-    /// Hands a record (its room reserved) to the worker.
+    /// Hands a record (its room reserved) to the worker. If the send is dropped before
+    /// the worker has the record (a `select!` or timeout around it), the reserved room
+    /// goes back, and the record's reply reports `Closed`.
     async fn hand_over(&self, record: Record, reply: Reply, size: usize) {
-        if let Err(mpsc::error::SendError(Command::Send(record, reply, _))) =
-            self.commands.send(Command::Send(record, reply, size)).await
-        {
-            self.desk.lock().unhand(&record.topic, size);
-            reply.send(Err(ProduceError::Closed));
+        let mut reserved = Reserved {
+            desk: &self.desk,
+            topic: Some(record.topic.clone()),
+            size,
+        };
+        let sent = self.commands.send(Command::Send(record, reply, size)).await;
+        match sent {
+            Ok(()) => reserved.topic = None,
+            Err(mpsc::error::SendError(Command::Send(_, reply, _))) => {
+                reply.send(Err(ProduceError::Closed))
+            }
+            Err(_) => unreachable!("a Send command comes back"),
         }
     }
 
@@ -719,6 +728,23 @@ fn futures_poll_once(delivery: &mut DeliveryFuture) -> Option<Result<Delivery, P
         Ok(result) => Some(result),
         Err(oneshot::error::TryRecvError::Empty) => None,
         Err(oneshot::error::TryRecvError::Closed) => Some(Err(ProduceError::Closed)),
+    }
+}
+
+/// Room reserved for a handed record, given back when dropped unless the worker got
+/// the record (`topic` taken).
+struct Reserved<'a> {
+    desk: &'a Desk,
+    topic: Option<String>,
+    size: usize,
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        if let Some(topic) = self.topic.take() {
+            self.desk.lock().unhand(&topic, self.size);
+            self.desk.room.notify_waiters();
+        }
     }
 }
 
