@@ -377,3 +377,30 @@ async fn a_large_backlog_is_held_to_about_one_fetch_per_partition() {
         );
     }
 }
+
+/// A broker that takes the connection and never answers (a half-open connection, a
+/// hung process) fails the consumer's request after `request_timeout`, instead of
+/// leaving it waiting for good.
+#[tokio::test(flavor = "current_thread")]
+async fn a_broker_that_never_answers_is_a_timeout_not_a_hang() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming() {
+            held.push(stream);
+        }
+    });
+    let mut config = ConsumerConfig::new(address.to_string());
+    config.request_timeout = Duration::from_millis(200);
+    let mut consumer = Consumer::new(config);
+    // A bound far above the timeout: what is checked is that it ends at all.
+    let assigned = tokio::time::timeout(
+        Duration::from_secs(30),
+        consumer.assign(&[TopicPartition::new("t", 0)]),
+    )
+    .await
+    .expect("the request timed out rather than waiting for good");
+    let error = assigned.unwrap_err().to_string();
+    assert!(error.contains("no answer within"), "{error}");
+}

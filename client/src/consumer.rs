@@ -49,6 +49,19 @@ use crate::{ClientError, Fetched};
 /// Fetched chunks the prefetch channel holds beyond one per partition.
 pub const PREFETCH_CHANNEL_CHUNKS: usize = 16;
 
+/// Runs `$call` on the consumer's admin connection, waiting at most `$limit` for the
+/// answer; a connection that failed or did not answer is dropped (the next call
+/// reconnects).
+macro_rules! admin_call {
+    ($consumer:ident, $limit:expr, |$admin:ident| $call:expr) => {{
+        let limit = $limit;
+        let $admin = $consumer.admin().await?;
+        let answered = crate::runtime::timeout::<R, _>(limit, $call).await;
+        $consumer
+            .keep_admin(answered.unwrap_or_else(|| Err(crate::producer::worker::timed_out(limit))))
+    }};
+}
+
 /// A topic and partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TopicPartition {
@@ -143,6 +156,10 @@ pub struct ConsumerConfig {
     pub retry_backoff: Duration,
     /// Longest pause before a reconnect.
     pub retry_backoff_max: Duration,
+    /// How long the broker may take to answer a request (beyond `fetch_max_wait` for a
+    /// fetch, and the rebalance for a join) before the connection is dropped and the
+    /// request tried again or failed.
+    pub request_timeout: Duration,
 }
 
 impl ConsumerConfig {
@@ -164,6 +181,7 @@ impl ConsumerConfig {
             pattern_refresh: Duration::from_secs(5),
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -407,6 +425,7 @@ impl<R: Runtime> Consumer<R> {
                 group,
                 interval: self.config.heartbeat_interval,
                 max_poll_interval: self.config.max_poll_interval,
+                request_timeout: self.config.request_timeout,
                 shared: Arc::clone(&shared),
             },
             stopped,
@@ -441,8 +460,8 @@ impl<R: Runtime> Consumer<R> {
     }
 
     async fn matching_topics(&mut self, pattern: &str) -> Result<BTreeSet<String>, ConsumeError> {
-        let metadata = self.admin().await?.metadata(None).await;
-        let metadata = self.keep_admin(metadata)?;
+        let limit = self.config.request_timeout;
+        let metadata = admin_call!(self, limit, |admin| admin.metadata(None))?;
         Ok(metadata
             .topics
             .into_iter()
@@ -477,8 +496,12 @@ impl<R: Runtime> Consumer<R> {
                     group_id: &group,
                     member_id: &member_id,
                 };
+                let limit = self.config.request_timeout;
                 if let Ok(admin) = self.admin().await {
-                    let _ = admin.run(leave).await;
+                    let left = crate::runtime::timeout::<R, _>(limit, admin.run(leave)).await;
+                    if !matches!(left, Some(Ok(_) | Err(ClientError::Broker { .. }))) {
+                        self.admin = None;
+                    }
                 }
             }
         }
@@ -649,8 +672,9 @@ impl<R: Runtime> Consumer<R> {
                 protocol_type: "consumer",
                 protocols: &protocols,
             };
-            let joined = self.admin().await?.run(join).await;
-            let joined = match self.keep_admin(joined) {
+            // The broker holds a join until the rebalance completes.
+            let limit = config.max_poll_interval + config.request_timeout;
+            let joined = match admin_call!(self, limit, |admin| admin.run(join)) {
                 Ok(joined) => joined,
                 Err(error) => {
                     self.retry_join(error)?;
@@ -676,8 +700,8 @@ impl<R: Runtime> Consumer<R> {
                 member_id: &joined.member_id,
                 assignments: &pairs,
             };
-            let synced = self.admin().await?.run(sync).await;
-            let assignment = match self.keep_admin(synced) {
+            let limit = config.max_poll_interval + config.request_timeout;
+            let assignment = match admin_call!(self, limit, |admin| admin.run(sync)) {
                 Ok(assignment) => assignment,
                 Err(error) => {
                     self.retry_join(error)?;
@@ -732,8 +756,9 @@ impl<R: Runtime> Consumer<R> {
             members.values().flat_map(|member| &member.topics).collect();
         let mut counts = std::collections::BTreeMap::new();
         for topic in topics {
-            let metadata = self.admin().await?.metadata(Some(&[topic.as_str()])).await;
-            let metadata = self.keep_admin(metadata)?;
+            let limit = self.config.request_timeout;
+            let metadata =
+                admin_call!(self, limit, |admin| admin.metadata(Some(&[topic.as_str()])))?;
             if let Some(found) = metadata
                 .topics
                 .first()
@@ -1140,8 +1165,8 @@ impl<R: Runtime> Consumer<R> {
             member_id: &member_id,
             positions: &wire,
         };
-        let outcomes = self.admin().await?.run(commit).await;
-        let outcomes = self.keep_admin(outcomes)?;
+        let limit = self.config.request_timeout;
+        let outcomes = admin_call!(self, limit, |admin| admin.run(commit))?;
         for ((partition, _), outcome) in positions.iter().zip(outcomes) {
             if let Err(ClientError::Broker { code, message }) = outcome {
                 return Err(ConsumeError::CommitFailed {
@@ -1178,8 +1203,8 @@ impl<R: Runtime> Consumer<R> {
             group_id: &group,
             topics: Some(&topics),
         };
-        let answer = self.admin().await?.run(fetch).await;
-        let found = self.keep_admin(answer)?;
+        let limit = self.config.request_timeout;
+        let found = admin_call!(self, limit, |admin| admin.run(fetch))?;
         Ok(partitions
             .iter()
             .map(|partition| {
@@ -1217,12 +1242,13 @@ impl<R: Runtime> Consumer<R> {
         partition: &TopicPartition,
         timestamp: i64,
     ) -> Result<u64, ConsumeError> {
-        let answer = self
-            .admin()
-            .await?
-            .list_offsets(&partition.topic, partition.partition, timestamp)
-            .await;
-        Ok(self.keep_admin(answer)?.offset)
+        let limit = self.config.request_timeout;
+        let answer = admin_call!(self, limit, |admin| admin.list_offsets(
+            &partition.topic,
+            partition.partition,
+            timestamp
+        ))?;
+        Ok(answer.offset)
     }
 
     fn start_fetching(&mut self, partition: &TopicPartition) {
@@ -1272,13 +1298,18 @@ impl<R: Runtime> Fetcher<R> {
         let mut reported = false;
         loop {
             if client.is_none() {
-                match crate::routing::connect_leader::<R>(
-                    &self.config.bootstrap,
-                    &self.partition.topic,
-                    self.partition.partition,
+                let limit = self.config.request_timeout;
+                let connected = crate::runtime::timeout::<R, _>(
+                    limit,
+                    crate::routing::connect_leader::<R>(
+                        &self.config.bootstrap,
+                        &self.partition.topic,
+                        self.partition.partition,
+                    ),
                 )
                 .await
-                {
+                .unwrap_or_else(|| Err(crate::producer::worker::timed_out(limit)));
+                match connected {
                     Ok(connected) => client = Some(connected),
                     Err(error) => {
                         if !self.failed(error, &mut reported).await {
@@ -1291,15 +1322,21 @@ impl<R: Runtime> Fetcher<R> {
             }
             let connection = client.as_mut().expect("connected above");
             let max_wait_ms = self.config.fetch_max_wait.as_millis().min(u32::MAX as u128) as u32;
-            let fetched = connection
-                .fetch(
+            // A broker that holds the fetch past its wait (a half-open connection) is
+            // given up on: the connection goes and the fetch is tried again.
+            let limit = self.config.fetch_max_wait + self.config.request_timeout;
+            let fetched = crate::runtime::timeout::<R, _>(
+                limit,
+                connection.fetch(
                     &self.partition.topic,
                     self.partition.partition,
                     offset,
                     self.config.fetch_max_bytes,
                     max_wait_ms,
-                )
-                .await;
+                ),
+            )
+            .await
+            .unwrap_or_else(|| Err(crate::producer::worker::timed_out(limit)));
             let result = fetched.and_then(|fetched| {
                 let next_offset = fetched
                     .batches()?

@@ -139,6 +139,8 @@ pub(crate) struct Heartbeater<R: Runtime> {
     pub group: String,
     pub interval: Duration,
     pub max_poll_interval: Duration,
+    /// Longest wait for an answer; a connection that gives none is dropped.
+    pub request_timeout: Duration,
     pub shared: Arc<Mutex<Shared>>,
 }
 
@@ -180,7 +182,9 @@ impl<R: Runtime> Heartbeater<R> {
                     group_id: &self.group,
                     member_id: &member,
                 };
-                let _ = connection.run(leave).await;
+                let _ =
+                    crate::runtime::timeout::<R, _>(self.request_timeout, connection.run(leave))
+                        .await;
                 let mut shared = lock(&self.shared);
                 shared.active = false;
                 shared.lost = true;
@@ -193,7 +197,14 @@ impl<R: Runtime> Heartbeater<R> {
                 generation_id: generation,
                 member_id: &member,
             };
-            match connection.run(beat).await {
+            let answered =
+                crate::runtime::timeout::<R, _>(self.request_timeout, connection.run(beat)).await;
+            let Some(answered) = answered else {
+                // No answer: a new connection next time.
+                client = None;
+                continue;
+            };
+            match answered {
                 Ok(()) => {}
                 Err(ClientError::Broker { code, .. }) => {
                     let mut shared = lock(&self.shared);

@@ -751,8 +751,12 @@ impl<R: Runtime> Worker<R> {
                     // Every batch of this producer after the reset is stamped anew; the
                     // failed one goes first again.
                     Counters::add(&self.counters.producer_id_resets, 1);
-                    if let Ok((producer_id, epoch)) = self.request_producer_id().await {
-                        self.adopt_producer(producer_id, epoch, Some(&mut flight));
+                    match self.request_producer_id().await {
+                        Ok((producer_id, epoch)) => {
+                            self.adopt_producer(producer_id, epoch, Some(&mut flight))
+                        }
+                        // Sent again as it is, it would be refused again at once: pause.
+                        Err(_) => R::sleep(self.config.retry_backoff).await,
                     }
                     self.queues.entry(shard).or_default().push_front(flight);
                 } else {
@@ -902,10 +906,17 @@ impl<R: Runtime> Worker<R> {
         Ok(partitions)
     }
 
-    /// A new producer id and epoch from the broker (see [`Self::adopt_producer`]).
+    /// A new producer id and epoch from the broker (see [`Self::adopt_producer`]),
+    /// within `request_timeout`: the worker waits for it.
     async fn request_producer_id(&mut self) -> Result<(i64, i16), ClientError> {
-        let mut client = crate::runtime::connect::<R>(&self.config.bootstrap).await?;
-        client.init_producer_id().await
+        let limit = self.config.request_timeout;
+        let bootstrap = &self.config.bootstrap;
+        let requested = timeout::<R, _>(limit, async {
+            let mut client = crate::runtime::connect::<R>(bootstrap).await?;
+            client.init_producer_id().await
+        })
+        .await;
+        requested.unwrap_or_else(|| Err(timed_out(limit)))
     }
 
     /// Appends a batch's records to the outbox, each with the partition it was given.
@@ -969,16 +980,19 @@ impl<R: Runtime> Worker<R> {
                     }
                     Landed::NewProducerId(_) => {
                         Counters::add(&self.counters.producer_id_resets, 1);
-                        if let Ok((producer_id, epoch)) = self.request_producer_id().await {
-                            // Nothing else is queued or closed meanwhile: the outbox is
-                            // drained after a settle, and its producer's sends all go
-                            // through this task.
-                            let mut desk = self.desk.lock();
-                            desk.accumulator.set_producer(producer_id, epoch);
-                            desk.accumulator.restamp(&mut batch);
-                            for queued in &mut self.outbox_chunk {
-                                desk.accumulator.restamp(queued);
+                        match self.request_producer_id().await {
+                            Ok((producer_id, epoch)) => {
+                                // Nothing else is queued or closed meanwhile: the outbox
+                                // is drained after a settle, and its producer's sends all
+                                // go through this task.
+                                let mut desk = self.desk.lock();
+                                desk.accumulator.set_producer(producer_id, epoch);
+                                desk.accumulator.restamp(&mut batch);
+                                for queued in &mut self.outbox_chunk {
+                                    desk.accumulator.restamp(queued);
+                                }
                             }
+                            Err(_) => R::sleep(self.config.retry_backoff).await,
                         }
                         self.outbox_chunk.push_front(batch);
                         return;
@@ -1091,4 +1105,12 @@ impl<R: Runtime> Worker<R> {
         self.outbox_chunk_end = end;
         true
     }
+}
+
+/// The error of a request the broker did not answer within `limit`.
+pub(crate) fn timed_out(limit: Duration) -> ClientError {
+    ClientError::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("no answer within {limit:?}"),
+    ))
 }
