@@ -353,3 +353,43 @@ async fn after_record_commits_land_as_each_record_is_handled() {
         .unwrap();
     assert_eq!(committed, vec![Some(10)]);
 }
+
+/// Committed offsets that cannot be loaded at start-up (damaged on disk) are refused as
+/// a storage error, not answered as "nothing committed", which would move the group's
+/// consumers to their reset policy.
+#[test]
+fn offsets_that_failed_to_load_are_an_error_not_an_empty_answer() {
+    let mut broker = broker();
+    let mut client = Client::connect(broker.bootstrap()).unwrap();
+    client
+        .commit_offsets("billing", &[("orders", 0, 10, None)])
+        .unwrap();
+    broker.shutdown().unwrap();
+    // Damage a record of the one __consumer_offsets partition holding data.
+    let offsets = broker.data_dir().join("__consumer_offsets");
+    let segment = std::fs::read_dir(&offsets)
+        .unwrap()
+        .flat_map(|partition| std::fs::read_dir(partition.unwrap().path()).unwrap())
+        .map(|entry| entry.unwrap().path())
+        .find(|path| {
+            path.extension().is_some_and(|extension| extension == "log")
+                && std::fs::metadata(path).unwrap().len() > 0
+        })
+        .expect("a segment with the commit");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&segment, &bytes).unwrap();
+    broker.restart().unwrap();
+    let mut client = Client::connect(broker.bootstrap()).unwrap();
+    let fetched = client.fetch_offsets("billing", None);
+    assert!(
+        matches!(
+            fetched,
+            Err(ClientError::Broker {
+                code: ErrorCode::StorageError,
+                ..
+            })
+        ),
+        "{fetched:?}"
+    );
+}

@@ -105,7 +105,9 @@ pub(crate) enum GroupOp {
 /// A group operation's answer.
 pub(crate) enum GroupReply {
     Committed(Result<(), WireError>),
-    Positions(BTreeMap<(String, u32), Committed>),
+    /// A group's committed positions; an error if its `__consumer_offsets` partition
+    /// is not open (it failed to load), rather than an empty answer.
+    Positions(Result<BTreeMap<(String, u32), Committed>, WireError>),
     Groups(Vec<String>),
     Joined(Result<JoinAnswer, WireError>),
     Synced(Result<Vec<u8>, WireError>),

@@ -311,7 +311,19 @@ impl ShardState {
                     .await;
                 GroupReply::Committed(committed.map_err(|error| from_group(&error)))
             }
-            GroupOp::Fetch { group } => GroupReply::Positions(self.groups.committed(&group)),
+            GroupOp::Fetch { group } => {
+                // Without its partition (it failed to load) the group's positions are
+                // unknown, not absent: answering none would move its consumers to
+                // their reset policy.
+                let (_, index) = self.coordinator_of(&group);
+                GroupReply::Positions(match self.local_partition(OFFSETS_TOPIC, index) {
+                    Some(_) => Ok(self.groups.committed(&group)),
+                    None => Err((
+                        ErrorCode::StorageError,
+                        format!("{OFFSETS_TOPIC}-{index} is not open"),
+                    )),
+                })
+            }
             GroupOp::Join { group, request } => {
                 let now = self.clock.now_ms();
                 let joined = self.groups.join(&group, request, now).await;

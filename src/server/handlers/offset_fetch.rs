@@ -38,7 +38,13 @@ pub(super) async fn handle(state: &Rc<ShardState>, control: &[u8]) -> Result<Res
     }
     let (coordinator, _) = state.coordinator_of(&group);
     let positions = match state.group_op(coordinator, GroupOp::Fetch { group }).await {
-        GroupReply::Positions(positions) => positions,
+        GroupReply::Positions(Ok(positions)) => positions,
+        GroupReply::Positions(Err((code, message))) => {
+            return Ok(Response::ok(encode(&OffsetFetchResponse {
+                outcome: Outcome::error(code, message),
+                topics: Vec::new(),
+            })))
+        }
         _ => unreachable!("fetch is answered with positions"),
     };
     let topics = match request.topics.as_ref() {
