@@ -598,6 +598,10 @@ async fn offsets_refresh_loop(state: Rc<ShardState>) {
 /// what a pass deletes is freed over half the interval (steps no slower than 20 ms), so
 /// the freeing's cost is spread rather than taken in one burst.
 async fn retention_loop(state: Rc<ShardState>) {
+    // Live committed positions are written again before the first pass: after a
+    // downtime longer than their retention, that pass would otherwise delete their
+    // only stored copies, leaving them in memory until the next refresh (up to an hour).
+    state.refresh_offsets().await;
     let interval = retention_interval(&state);
     loop {
         sleep(interval).await;
