@@ -53,7 +53,20 @@ pub enum MembershipError {
     InconsistentProtocol,
     /// A timeout outside the limits.
     InvalidSessionTimeout,
+    /// The group has [`GROUP_MEMBERS_MAX`] members: no new one joins.
+    GroupFull,
+    /// More than [`PROTOCOLS_MAX`] protocols, or more than
+    /// [`MEMBER_METADATA_BYTES_MAX`] of protocol names and metadata.
+    TooMuchMetadata,
 }
+
+/// Most members a group has (a new member beyond it is refused).
+pub const GROUP_MEMBERS_MAX: usize = 1_000;
+/// Most protocols one member offers.
+pub const PROTOCOLS_MAX: usize = 16;
+/// Most bytes of protocol names and metadata one member offers: with
+/// [`GROUP_MEMBERS_MAX`], the leader's join answer stays well within a frame.
+pub const MEMBER_METADATA_BYTES_MAX: usize = 32 << 10;
 
 /// A join request's member-side data.
 #[derive(Debug, Clone)]
@@ -211,7 +224,18 @@ impl Membership {
         if request.protocols.is_empty() || request.protocol_type.is_empty() {
             return Err(MembershipError::InconsistentProtocol);
         }
+        let metadata_bytes: usize = request
+            .protocols
+            .iter()
+            .map(|(name, metadata)| name.len() + metadata.len())
+            .sum();
+        if request.protocols.len() > PROTOCOLS_MAX || metadata_bytes > MEMBER_METADATA_BYTES_MAX {
+            return Err(MembershipError::TooMuchMetadata);
+        }
         let member_id = if request.member_id.is_empty() {
+            if self.members.len() >= GROUP_MEMBERS_MAX {
+                return Err(MembershipError::GroupFull);
+            }
             new_member_id()
         } else if self.members.contains_key(&request.member_id) {
             request.member_id
@@ -682,5 +706,48 @@ mod tests {
             Err(MembershipError::UnknownMember)
         );
         assert_eq!(group.leave("ghost", 0), Err(MembershipError::UnknownMember));
+    }
+
+    /// A group takes at most `GROUP_MEMBERS_MAX` members (one already in may rejoin),
+    /// and a join at most `PROTOCOLS_MAX` protocols and `MEMBER_METADATA_BYTES_MAX` of
+    /// their names and metadata.
+    #[test]
+    fn groups_and_their_members_metadata_are_bounded() {
+        let mut group = Membership::default();
+        for index in 0..GROUP_MEMBERS_MAX {
+            group
+                .join(
+                    request("", &["range"]),
+                    || format!("m{index}"),
+                    &limits(),
+                    0,
+                )
+                .unwrap();
+        }
+        let full = group.join(request("", &["range"]), || "one-more".into(), &limits(), 0);
+        assert_eq!(full, Err(MembershipError::GroupFull));
+        assert!(group
+            .join(request("m7", &["range"]), || unreachable!(), &limits(), 0)
+            .is_ok());
+
+        let mut group = Membership::default();
+        let names: Vec<String> = (0..=PROTOCOLS_MAX)
+            .map(|index| format!("p{index}"))
+            .collect();
+        let many: Vec<&str> = names.iter().map(String::as_str).collect();
+        let too_many = group.join(request("", &many), || "a".into(), &limits(), 0);
+        assert_eq!(too_many, Err(MembershipError::TooMuchMetadata));
+        let mut large = request("", &["range"]);
+        large.protocols[0].1 = vec![0; MEMBER_METADATA_BYTES_MAX];
+        let too_large = group.join(large, || "a".into(), &limits(), 0);
+        assert_eq!(too_large, Err(MembershipError::TooMuchMetadata));
+        assert!(group
+            .join(
+                request("", &many[..PROTOCOLS_MAX]),
+                || "a".into(),
+                &limits(),
+                0
+            )
+            .is_ok());
     }
 }

@@ -92,6 +92,22 @@ pub enum GroupError {
     /// The group has members; the operation needs an empty group.
     #[error("group {0} has active members")]
     NonEmpty(String),
+    /// The group has as many members as allowed.
+    #[error("group {group} has {max} members, the most allowed")]
+    GroupFull {
+        /// The group.
+        group: String,
+        /// The limit.
+        max: usize,
+    },
+    /// A join offered too many protocols or too much protocol metadata.
+    #[error("a join may offer at most {protocols} protocols and {bytes} bytes of protocol names and metadata")]
+    TooMuchMetadata {
+        /// Most protocols.
+        protocols: usize,
+        /// Most bytes.
+        bytes: usize,
+    },
     /// Appending the commit failed.
     #[error(transparent)]
     Append(#[from] ProduceError),
@@ -239,6 +255,14 @@ fn membership_error(group: &str, error: MembershipError, limits: &MembershipLimi
         MembershipError::InvalidSessionTimeout => GroupError::InvalidSessionTimeout {
             min_ms: limits.session_timeout_min_ms,
             max_ms: limits.session_timeout_max_ms,
+        },
+        MembershipError::GroupFull => GroupError::GroupFull {
+            group,
+            max: membership::GROUP_MEMBERS_MAX,
+        },
+        MembershipError::TooMuchMetadata => GroupError::TooMuchMetadata {
+            protocols: membership::PROTOCOLS_MAX,
+            bytes: membership::MEMBER_METADATA_BYTES_MAX,
         },
     }
 }

@@ -54,6 +54,8 @@ pub(crate) fn from_group(error: &GroupError) -> WireError {
         GroupError::InconsistentProtocol(_) => ErrorCode::InconsistentGroupProtocol,
         GroupError::InvalidSessionTimeout { .. } => ErrorCode::InvalidSessionTimeout,
         GroupError::NonEmpty(_) => ErrorCode::NonEmptyGroup,
+        GroupError::GroupFull { .. } => ErrorCode::GroupMaxSizeReached,
+        GroupError::TooMuchMetadata { .. } => ErrorCode::InvalidRequest,
         GroupError::Append(inner) => return from_produce(inner),
     };
     (code, error.to_string())

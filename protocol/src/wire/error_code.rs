@@ -87,10 +87,12 @@ pub enum ErrorCode {
     InconsistentGroupProtocol = 37,
     /// A session or rebalance timeout is outside the broker's limits.
     InvalidSessionTimeout = 38,
+    /// The group has as many members as the broker allows; a new member cannot join.
+    GroupMaxSizeReached = 39,
 }
 
 impl ErrorCode {
-    const ALL: [ErrorCode; 39] = [
+    const ALL: [ErrorCode; 40] = [
         ErrorCode::None,
         ErrorCode::Unknown,
         ErrorCode::MalformedRequest,
@@ -130,6 +132,7 @@ impl ErrorCode {
         ErrorCode::RebalanceInProgress,
         ErrorCode::InconsistentGroupProtocol,
         ErrorCode::InvalidSessionTimeout,
+        ErrorCode::GroupMaxSizeReached,
     ];
 
     /// The code with this number; unknown numbers (from a newer broker) map to `Unknown`.
