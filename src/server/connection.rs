@@ -86,7 +86,7 @@ async fn read_loop(
         }
         let length = match frame_length(prefix, state.config.frame_bytes_max) {
             Ok(length) => length,
-            Err(error) => return reject_frame(&mut reader, pipeline, prefix, &error).await,
+            Err(error) => return reject_frame(state, &mut reader, pipeline, prefix, &error).await,
         };
         let mut frame = aligned_buffer(length);
         frame[..4].copy_from_slice(&prefix);
@@ -114,6 +114,7 @@ async fn wait_for_room(state: &ShardState, pipeline: &Pipeline) {
 
 /// Answers a frame that cannot be read (too large, bad length) and ends the connection.
 async fn reject_frame(
+    state: &ShardState,
     reader: &mut ReadHalf<TcpStream>,
     pipeline: &Rc<Pipeline>,
     prefix: [u8; 4],
@@ -127,8 +128,11 @@ async fn reject_frame(
     }
     let mut header = [0u8; REQUEST_HEADER_BYTES];
     header[..4].copy_from_slice(&prefix);
-    if reader.read_exact(&mut header[4..]).await.is_err() {
-        return Err("client went away");
+    // A client that never sends the rest does not hold up a shutdown.
+    match until(reader.read_exact(&mut header[4..]), state.shutdown.listen()).await {
+        None => return Ok(()),
+        Some(Err(_)) => return Err("client went away"),
+        Some(Ok(())) => {}
     }
     let correlation_id = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
     let code = ErrorCode::FrameTooLarge;
