@@ -507,3 +507,35 @@ async fn a_member_with_malformed_metadata_gets_nothing_and_breaks_nothing() {
         assert_eq!(owned.len(), expected, "{}", member.member_id);
     }
 }
+
+/// A poll cancelled while its JoinGroup was held by the broker (here by the initial
+/// rebalance delay) does not make the consumer's next call fail: the half-used
+/// connection is replaced.
+#[tokio::test(flavor = "current_thread")]
+async fn a_poll_cancelled_during_its_join_leaves_the_consumer_usable() {
+    use flumen_client::{Consumer, ConsumerConfig, NoListener, TopicPartition};
+
+    let broker = EmbeddedBroker::start_with(|config| {
+        config.group_initial_rebalance_delay_ms = 3_000;
+    })
+    .unwrap();
+    Client::connect(broker.bootstrap())
+        .unwrap()
+        .create_topic("orders", 1, &[])
+        .unwrap();
+    let mut config = ConsumerConfig::new(broker.bootstrap().to_string());
+    config.group_id = Some("cancelled".into());
+    let mut consumer = Consumer::new(config);
+    consumer.subscribe(&["orders"], NoListener).await.unwrap();
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(200),
+        consumer.poll(Duration::from_secs(5)),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the join was still held: {cancelled:?}");
+    let committed = consumer
+        .committed(&[TopicPartition::new("orders", 0)])
+        .await
+        .unwrap();
+    assert_eq!(committed, vec![None]);
+}

@@ -1185,6 +1185,10 @@ impl<R: Runtime> Consumer<R> {
         partitions: &[TopicPartition],
     ) -> Result<Vec<Option<u64>>, ConsumeError> {
         let group = self.config.group_id.clone().ok_or(ConsumeError::NoGroup)?;
+        if partitions.is_empty() {
+            // Nothing to ask (`assign(&[])`): no request, which could fail for nothing.
+            return Ok(Vec::new());
+        }
         let mut by_topic: Vec<(&str, Vec<u32>)> = Vec::new();
         for partition in partitions {
             match by_topic
@@ -1220,6 +1224,14 @@ impl<R: Runtime> Consumer<R> {
 
     /// The bootstrap connection used for offsets and commits.
     async fn admin(&mut self) -> Result<&mut R::Connection, ConsumeError> {
+        // A call dropped half-way (a cancelled poll) left it unusable: a new one.
+        if self
+            .admin
+            .as_ref()
+            .is_some_and(|admin| admin.is_interrupted())
+        {
+            self.admin = None;
+        }
         if self.admin.is_none() {
             self.admin = Some(crate::runtime::connect::<R>(&self.config.bootstrap).await?);
         }

@@ -12,7 +12,7 @@ use crate::{client_methods, Result};
 #[derive(Debug)]
 pub struct GlommioClient {
     stream: TcpStream,
-    session: Session,
+    pub(crate) session: Session,
 }
 
 impl GlommioClient {

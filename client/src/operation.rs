@@ -128,6 +128,12 @@ impl Session {
         self.frame_bytes_max = bytes;
     }
 
+    /// Whether an exchange began and never finished (its future was dropped half-way):
+    /// the connection cannot be used again.
+    pub fn is_interrupted(&self) -> bool {
+        self.interrupted
+    }
+
     /// Starts an exchange: the request frame's bytes before its data section, and the
     /// correlation id. Refused if an earlier exchange never finished.
     pub fn begin<O: Operation>(&mut self, operation: &O) -> Result<(u32, Vec<u8>)> {

@@ -78,6 +78,9 @@ pub trait Runtime: sealed::Sealed + Sized + 'static {
 pub trait Connection: Sized {
     /// Runs one operation.
     fn run<O: Operation>(&mut self, operation: O) -> impl Future<Output = Result<O::Output>>;
+
+    /// Whether an operation was dropped half-way, leaving the connection unusable.
+    fn is_interrupted(&self) -> bool;
 }
 
 /// `future`'s output, or `None` if `duration` passes first.
@@ -158,6 +161,10 @@ impl Connection for crate::AsyncClient {
     fn run<O: Operation>(&mut self, operation: O) -> impl Future<Output = Result<O::Output>> {
         crate::AsyncClient::run(self, operation)
     }
+
+    fn is_interrupted(&self) -> bool {
+        self.session.is_interrupted()
+    }
 }
 
 /// The glommio runtime: tasks are spawned on the current glommio executor (the
@@ -223,6 +230,10 @@ impl Runtime for Glommio {
 impl Connection for crate::GlommioClient {
     fn run<O: Operation>(&mut self, operation: O) -> impl Future<Output = Result<O::Output>> {
         crate::GlommioClient::run(self, operation)
+    }
+
+    fn is_interrupted(&self) -> bool {
+        self.session.is_interrupted()
     }
 }
 

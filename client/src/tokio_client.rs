@@ -25,7 +25,7 @@ use crate::{client_methods, Result};
 #[derive(Debug)]
 pub struct AsyncClient {
     stream: TcpStream,
-    session: Session,
+    pub(crate) session: Session,
 }
 
 impl AsyncClient {

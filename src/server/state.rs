@@ -326,8 +326,16 @@ impl ShardState {
             }
             GroupOp::Join { group, request } => {
                 let now = self.clock.now_ms();
-                let joined = self.groups.join(&group, request, now).await;
-                GroupReply::Joined(joined.map_err(|error| from_group(&error)))
+                // A held join ends with a shutdown, which does not wait for the rebalance.
+                let joined = crate::shard::until(
+                    self.groups.join(&group, request, now),
+                    self.shutdown.listen(),
+                )
+                .await;
+                GroupReply::Joined(match joined {
+                    Some(joined) => joined.map_err(|error| from_group(&error)),
+                    None => Err(shutting_down()),
+                })
             }
             GroupOp::Sync {
                 group,
@@ -336,11 +344,16 @@ impl ShardState {
                 assignments,
             } => {
                 let now = self.clock.now_ms();
-                let synced = self
-                    .groups
-                    .sync(&group, generation, &member, assignments, now)
-                    .await;
-                GroupReply::Synced(synced.map_err(|error| from_group(&error)))
+                let synced = crate::shard::until(
+                    self.groups
+                        .sync(&group, generation, &member, assignments, now),
+                    self.shutdown.listen(),
+                )
+                .await;
+                GroupReply::Synced(match synced {
+                    Some(synced) => synced.map_err(|error| from_group(&error)),
+                    None => Err(shutting_down()),
+                })
             }
             GroupOp::Heartbeat {
                 group,
@@ -722,4 +735,12 @@ pub(crate) async fn load_catalog(
         catalog.persist(&config.data_dir).await?;
     }
     Ok(catalog)
+}
+
+/// The answer to a request a shutdown cut short.
+fn shutting_down() -> WireError {
+    (
+        ErrorCode::BrokerShuttingDown,
+        "the broker is shutting down".into(),
+    )
 }
