@@ -400,3 +400,53 @@ async fn batches_that_fit_alone_are_delivered_when_together_they_exceed_the_fram
         "one sortie, split after the refusal"
     );
 }
+
+/// `flush` waits for the records sent before it, not for those other tasks keep sending
+/// meanwhile: it returns while a sender never stops, and those earlier records have
+/// their outcomes when it does.
+#[tokio::test(flavor = "current_thread")]
+async fn flush_returns_while_other_tasks_keep_sending() {
+    let (broker, _client) = broker_with_topic("t", 4);
+    let mut config = ProducerConfig::new(broker.bootstrap().to_string());
+    config.batching.batch_size_bytes = 4 << 10;
+    // A small buffer: little is queued ahead of the records a flush waits for.
+    config.batching.buffer_memory_bytes = 64 << 10;
+    let producer = Producer::start(config);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let (producer, stop) = (producer.clone(), std::sync::Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                producer
+                    .send_with(record("t", sent.to_string(), "v".repeat(200)), |_| {})
+                    .await;
+                sent += 1;
+            }
+            sent
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..3 {
+        let mut before = Vec::new();
+        for index in 0..10 {
+            before.push(
+                producer
+                    .send(record("t", format!("b{index}"), "x".into()))
+                    .await,
+            );
+        }
+        tokio::time::timeout(Duration::from_secs(30), producer.flush())
+            .await
+            .expect("flush returned while the sender kept sending");
+        for delivery in before {
+            let delivered = futures_lite::future::poll_once(delivery)
+                .await
+                .expect("an outcome by the time flush returned");
+            delivered.expect("delivered");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(sender.await.unwrap() > 0);
+    producer.close().await;
+}

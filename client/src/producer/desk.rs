@@ -143,6 +143,12 @@ pub(crate) struct Appended {
 }
 
 impl DeskState {
+    /// The id the next record appended gets: every record appended so far has a lower
+    /// one.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
     /// Reads the clocks the timestamps are derived from again.
     pub(crate) fn set_clock(&mut self) {
         self.clock = (Instant::now(), super::now_ms());
@@ -338,6 +344,11 @@ pub(crate) struct WaitingRecords {
 }
 
 impl WaitingRecords {
+    /// Whether a record with an id below `boundary` still waits.
+    pub(crate) fn any_below(&self, boundary: u64) -> bool {
+        !self.slots.is_empty() && self.first_id < boundary
+    }
+
     /// Adds the record with `id`, which must be later than every id added before.
     fn insert(&mut self, id: u64, waiting: Waiting) {
         if self.slots.is_empty() {

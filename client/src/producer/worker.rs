@@ -464,23 +464,30 @@ impl<R: Runtime> Worker<R> {
         match command {
             Command::Send(record, reply, size) => self.append(record, reply, size).await,
             Command::Flush(done) => {
-                self.settle().await;
+                // Every record sent before the flush, not those sent while it waits: a
+                // flush returns even while other tasks keep sending.
+                let boundary = self.desk.lock().next_id();
+                self.settle_until(Some(boundary)).await;
                 let _ = done.send(());
             }
             Command::Close(done) => {
                 self.desk.lock().closed = true;
                 commands.close();
+                let mut answered_after = vec![done];
                 while let Some(command) = commands.recv().await {
                     match command {
                         Command::Send(record, reply, size) => {
                             self.append(record, reply, size).await
                         }
-                        Command::Flush(done) | Command::Close(done) => drop(done),
+                        // Answered once everything has its outcome, as they ask.
+                        Command::Flush(done) | Command::Close(done) => answered_after.push(done),
                     }
                 }
                 self.settle().await;
                 drop(self.outbox.take());
-                let _ = done.send(());
+                for done in answered_after {
+                    let _ = done.send(());
+                }
                 return false;
             }
         }
@@ -578,10 +585,20 @@ impl<R: Runtime> Worker<R> {
 
     /// Sends every open batch and waits until everything sent has an outcome.
     async fn settle(&mut self) {
+        self.settle_until(None).await
+    }
+
+    /// Closes every open batch and waits until nothing is in flight, or, with a
+    /// `boundary`, until no record with a lower id waits for its outcome.
+    async fn settle_until(&mut self, boundary: Option<u64>) {
         self.desk.lock().close_all();
         self.collect();
         self.launch_pending();
-        while self.in_flight > 0 {
+        let waits = |worker: &Self| match boundary {
+            Some(boundary) => worker.desk.lock().waiting.any_below(boundary),
+            None => true,
+        };
+        while self.in_flight > 0 && waits(self) {
             let report = self.landed.recv().await.expect("the worker holds a sender");
             self.land(report).await;
             self.collect();
