@@ -49,6 +49,9 @@ use crate::{ClientError, Fetched};
 /// Fetched chunks the prefetch channel holds beyond one per partition.
 pub const PREFETCH_CHANNEL_CHUNKS: usize = 16;
 
+/// With `fetch_max_wait` 0, the pause after a fetch that found nothing.
+const EMPTY_FETCH_PAUSE: Duration = Duration::from_millis(1);
+
 /// Runs `$call` on the consumer's admin connection, waiting at most `$limit` for the
 /// answer; a connection that failed or did not answer is dropped (the next call
 /// reconnects).
@@ -230,6 +233,15 @@ pub enum ConsumeError {
         /// The broker's message.
         message: String,
     },
+    /// What the broker sent for the partition failed the client's checks (a batch's
+    /// CRC or format, a malformed response); the consumer keeps trying.
+    #[error("fetching {partition}: {message}")]
+    Damaged {
+        /// The partition.
+        partition: TopicPartition,
+        /// What failed.
+        message: String,
+    },
 }
 
 impl ConsumeError {
@@ -268,6 +280,7 @@ pub(crate) enum EventKind {
     Fetched(Chunk),
     OutOfRange(u64),
     Refused(ErrorCode, String),
+    Damaged(String),
 }
 
 struct Assigned {
@@ -1042,6 +1055,12 @@ impl<R: Runtime> Consumer<R> {
                     message,
                 })
             }
+            EventKind::Damaged(message) => {
+                return Err(ConsumeError::Damaged {
+                    partition: event.partition,
+                    message,
+                })
+            }
         }
         Ok(())
     }
@@ -1357,6 +1376,11 @@ impl<R: Runtime> Fetcher<R> {
                 Ok((fetched, next_offset))
             });
             match result {
+                // Nothing new. Without a long poll, a pause keeps an idle partition from
+                // being fetched in a busy loop.
+                Ok((_, None)) if self.config.fetch_max_wait.is_zero() => {
+                    R::sleep(EMPTY_FETCH_PAUSE).await
+                }
                 Ok((_, None)) => {}
                 Ok((fetched, Some(next_offset))) => {
                     attempt = 0;
@@ -1389,13 +1413,20 @@ impl<R: Runtime> Fetcher<R> {
         }
     }
 
-    /// Reports a broker refusal once per streak of failures (connection problems are
-    /// retried silently). Returns false if the consumer is gone.
+    /// Reports a broker refusal or damaged data once per streak of failures
+    /// (connection problems are retried silently). Returns false if the consumer is
+    /// gone.
     async fn failed(&self, error: ClientError, reported: &mut bool) -> bool {
         match error {
             ClientError::Broker { code, message } if !*reported => {
                 *reported = true;
                 self.send(EventKind::Refused(code, message)).await
+            }
+            error @ (ClientError::Batch(_) | ClientError::Frame(_) | ClientError::Protocol(_))
+                if !*reported =>
+            {
+                *reported = true;
+                self.send(EventKind::Damaged(error.to_string())).await
             }
             _ => !self.events.is_closed(),
         }
