@@ -450,3 +450,35 @@ async fn flush_returns_while_other_tasks_keep_sending() {
     assert!(sender.await.unwrap() > 0);
     producer.close().await;
 }
+
+/// A delivery callback that panics does not stop the producer: every other record's
+/// callback still runs, and later sends are delivered.
+#[tokio::test(flavor = "current_thread")]
+async fn a_panicking_callback_does_not_stop_the_producer() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    let (broker, _admin) = broker_with_topic("calls", 1);
+    let producer = Producer::start(ProducerConfig::new(broker.bootstrap().to_string()));
+    let called = Arc::new(AtomicU32::new(0));
+    for index in 0..100u32 {
+        let called = Arc::clone(&called);
+        let record = record("calls", "k".into(), index.to_string());
+        producer
+            .send_with(record, move |outcome| {
+                assert!(index != 50, "a callback that panics");
+                outcome.unwrap();
+                called.fetch_add(1, Ordering::Relaxed);
+            })
+            .await;
+    }
+    tokio::time::timeout(Duration::from_secs(30), producer.flush())
+        .await
+        .expect("the producer still answers");
+    assert_eq!(called.load(Ordering::Relaxed), 99);
+    let later = producer
+        .send(record("calls", "k".into(), "later".into()))
+        .await;
+    assert_eq!(later.await.unwrap().offset, Some(100));
+    producer.close().await;
+}

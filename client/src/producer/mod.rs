@@ -289,7 +289,7 @@ impl Reply {
             Some(ReplyTo::Future(sender)) => {
                 let _ = sender.send(outcome);
             }
-            Some(ReplyTo::Callback(callback)) => callback(outcome),
+            Some(ReplyTo::Callback(callback)) => call(callback, outcome),
             None => {}
         }
     }
@@ -298,9 +298,19 @@ impl Reply {
 impl Drop for Reply {
     fn drop(&mut self) {
         if let Some(ReplyTo::Callback(callback)) = self.0.take() {
-            callback(Err(ProduceError::Closed));
+            call(callback, Err(ProduceError::Closed));
         }
     }
+}
+
+/// Runs a delivery callback. One that panics does not take the producer's background
+/// task (and every other record's outcome) with it: the panic is caught here, after
+/// the panic hook has reported it.
+fn call(
+    callback: Box<dyn FnOnce(Result<Delivery, ProduceError>) + Send>,
+    outcome: Result<Delivery, ProduceError>,
+) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || callback(outcome)));
 }
 
 /// Counters of a producer since it started (see [`Producer::metrics`]).
