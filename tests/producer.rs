@@ -482,3 +482,34 @@ async fn a_panicking_callback_does_not_stop_the_producer() {
     assert_eq!(later.await.unwrap().offset, Some(100));
     producer.close().await;
 }
+
+/// Records of a topic whose metadata cannot be had (the broker is unreachable) fail
+/// together once `max_block` ran out for the first, not each after a `max_block` of
+/// its own: twenty records take about one `max_block`, not twenty.
+#[tokio::test(flavor = "current_thread")]
+async fn records_of_an_unreachable_topic_fail_together_after_one_max_block() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut config = ProducerConfig::new(format!("127.0.0.1:{port}"));
+    config.max_block = Duration::from_secs(1);
+    let producer = Producer::start(config);
+    let started = std::time::Instant::now();
+    let mut deliveries = Vec::new();
+    for index in 0..20 {
+        deliveries.push(
+            producer
+                .send(record("nowhere", index.to_string(), "v".into()))
+                .await,
+        );
+    }
+    for delivery in deliveries {
+        assert!(matches!(delivery.await, Err(ProduceError::TimedOut(_))));
+    }
+    // Twenty max_blocks would be 20 s; one, and some slack for a slow machine, far less.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    producer.close().await;
+}

@@ -339,6 +339,10 @@ pub(crate) struct Worker<R: Runtime> {
     outbox_chunk_end: u64,
     /// The last outbox failure, reported with the next send that needs the outbox.
     outbox_error: Option<String>,
+    /// The topic whose metadata (or producer id) could not be had within `max_block`,
+    /// when, and why: records of it handled soon after fail the same way at once
+    /// rather than each waiting `max_block` in turn.
+    unprepared: Option<(String, Instant, String)>,
 }
 
 impl<R: Runtime> Worker<R> {
@@ -376,6 +380,7 @@ impl<R: Runtime> Worker<R> {
             outbox_chunk: VecDeque::new(),
             outbox_chunk_end: 0,
             outbox_error: None,
+            unprepared: None,
         }
     }
 
@@ -884,13 +889,21 @@ impl<R: Runtime> Worker<R> {
                 return Ok(leaders.len() as u32);
             }
         }
+        if let Some((failed, at, reason)) = &self.unprepared {
+            if failed == topic && at.elapsed() < self.config.retry_backoff_max {
+                return Err(ProduceError::TimedOut(reason.clone()));
+            }
+        }
         let deadline = Instant::now() + self.config.max_block;
         let mut attempt = 0;
         loop {
             let limit = self.config.request_timeout;
             let result = timeout::<R, _>(limit, self.try_prepare(topic)).await;
             let error = match result {
-                Some(Ok(partitions)) => return Ok(partitions),
+                Some(Ok(partitions)) => {
+                    self.unprepared = None;
+                    return Ok(partitions);
+                }
                 Some(Err(ClientError::Broker { code, message })) if !code.is_retriable() => {
                     return Err(ProduceError::Broker { code, message })
                 }
@@ -899,9 +912,9 @@ impl<R: Runtime> Worker<R> {
             };
             let pause = self.pilot.backoff(attempt);
             if Instant::now() + pause >= deadline {
-                return Err(ProduceError::TimedOut(format!(
-                    "no metadata for {topic} within max_block: {error}"
-                )));
+                let reason = format!("no metadata for {topic} within max_block: {error}");
+                self.unprepared = Some((topic.to_owned(), Instant::now(), reason.clone()));
+                return Err(ProduceError::TimedOut(reason));
             }
             R::sleep(pause).await;
             attempt += 1;
