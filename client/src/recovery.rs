@@ -76,7 +76,9 @@ pub enum Exhausted {
     RetryTopic {
         /// The retry topic.
         topic: String,
-        /// The delay.
+        /// The delay. The retry topic's consumer waits it out inside
+        /// [`ErrorHandler::handle`], so keep it below that consumer's
+        /// `max_poll_interval`, or the member is presumed stuck and leaves its group.
         delay: Duration,
     },
     /// To the dead-letter topic.
