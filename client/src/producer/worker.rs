@@ -1103,11 +1103,20 @@ impl<R: Runtime> Worker<R> {
             // Outbox records have no reply waiting: ids no send uses.
             let id = u64::MAX - self.outbox_ids;
             self.outbox_ids += 1;
-            let appended =
-                self.desk
-                    .lock()
-                    .accumulator
-                    .append(&outgoing, partitions, id, Instant::now());
+            let appended = {
+                let mut desk = self.desk.lock();
+                // The room sends reserved for their handed records is theirs: an outbox
+                // record that would take it waits for the next chunk.
+                match desk.has_room(crate::accumulator::record_size(&outgoing)) {
+                    true => desk
+                        .accumulator
+                        .append(&outgoing, partitions, id, Instant::now()),
+                    false => Err(AppendError::BufferFull {
+                        buffered_bytes: desk.accumulator.buffered_bytes(),
+                        limit_bytes: self.config.batching.buffer_memory_bytes,
+                    }),
+                }
+            };
             match appended {
                 Ok((_, Some(full))) => self.outbox_chunk.push_back(full),
                 Ok((_, None)) => {}
