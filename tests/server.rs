@@ -529,31 +529,52 @@ fn frames_arriving_in_small_pieces_are_read_whole() {
     relay.join().unwrap();
 }
 
-/// A fetch request as given, answered with the whole response.
-struct RawFetch(flumen_protocol::wire::messages::FetchRequest);
-
-impl flumen_client::operation::Operation for RawFetch {
-    type Request = flumen_protocol::wire::messages::FetchRequest;
-    type Response = flumen_protocol::wire::messages::FetchResponse;
-    type Output = flumen_protocol::wire::messages::FetchResponse;
-    const API: flumen_protocol::wire::ApiKey = flumen_protocol::wire::ApiKey::Fetch;
-
-    fn request(&self) -> Self::Request {
-        self.0.clone()
-    }
-
-    fn output(
-        self,
-        response: Self::Response,
-        _: flumen_protocol::wire::FrameBuffer,
-        _: usize,
-    ) -> flumen_client::Result<Self::Output> {
-        Ok(response)
-    }
+/// A request as given (`request`, and `data` for its data section), answered with the
+/// whole response: for checking what the broker puts in a response.
+struct Raw<'a, Q> {
+    request: Q,
+    data: &'a [&'a [u8]],
 }
 
-fn fetch_of(partitions: &[(u32, u32)], max_bytes: u32) -> RawFetch {
-    RawFetch(flumen_protocol::wire::messages::FetchRequest {
+/// The operation of [`Raw`] requests of one API.
+macro_rules! raw_operation {
+    ($request:ident, $response:ident, $api:ident) => {
+        impl flumen_client::operation::Operation
+            for Raw<'_, flumen_protocol::wire::messages::$request>
+        {
+            type Request = flumen_protocol::wire::messages::$request;
+            type Response = flumen_protocol::wire::messages::$response;
+            type Output = flumen_protocol::wire::messages::$response;
+            const API: flumen_protocol::wire::ApiKey = flumen_protocol::wire::ApiKey::$api;
+
+            fn request(&self) -> Self::Request {
+                self.request.clone()
+            }
+
+            fn data(&self) -> &[&[u8]] {
+                self.data
+            }
+
+            fn output(
+                self,
+                response: Self::Response,
+                _: flumen_protocol::wire::FrameBuffer,
+                _: usize,
+            ) -> flumen_client::Result<Self::Output> {
+                Ok(response)
+            }
+        }
+    };
+}
+
+raw_operation!(FetchRequest, FetchResponse, Fetch);
+raw_operation!(ProduceRequest, ProduceResponse, Produce);
+
+fn fetch_of(
+    partitions: &[(u32, u32)],
+    max_bytes: u32,
+) -> Raw<'static, flumen_protocol::wire::messages::FetchRequest> {
+    let request = flumen_protocol::wire::messages::FetchRequest {
         max_wait_ms: 0,
         min_bytes: 1,
         max_bytes,
@@ -570,7 +591,8 @@ fn fetch_of(partitions: &[(u32, u32)], max_bytes: u32) -> RawFetch {
                 })
                 .collect(),
         }],
-    })
+    };
+    Raw { request, data: &[] }
 }
 
 /// One fetch naming many partitions: a partition named twice is refused (the first
@@ -632,36 +654,6 @@ fn a_fetch_is_bounded_by_its_response_not_by_the_partitions_it_names() {
     assert_eq!(values(&mut client, "t", 3).len(), 100, "still serving");
 }
 
-/// A produce request as given, with its data section, answered with the whole response.
-struct RawProduce<'a> {
-    request: flumen_protocol::wire::messages::ProduceRequest,
-    data: [&'a [u8]; 1],
-}
-
-impl flumen_client::operation::Operation for RawProduce<'_> {
-    type Request = flumen_protocol::wire::messages::ProduceRequest;
-    type Response = flumen_protocol::wire::messages::ProduceResponse;
-    type Output = flumen_protocol::wire::messages::ProduceResponse;
-    const API: flumen_protocol::wire::ApiKey = flumen_protocol::wire::ApiKey::Produce;
-
-    fn request(&self) -> Self::Request {
-        self.request.clone()
-    }
-
-    fn data(&self) -> &[&[u8]] {
-        &self.data
-    }
-
-    fn output(
-        self,
-        response: Self::Response,
-        _: flumen_protocol::wire::FrameBuffer,
-        _: usize,
-    ) -> flumen_client::Result<Self::Output> {
-        Ok(response)
-    }
-}
-
 /// Requests whose appended batches are a sliver of the frame (here, a tiny batch next to
 /// 4 MiB for a topic that does not exist) do not keep their frames alive through the
 /// tail cache: memory stays near the cache's budget, not the frames' total.
@@ -681,8 +673,8 @@ fn cached_batches_do_not_hold_the_rest_of_their_request() {
     let junk = 4usize << 20;
     let mut data = small.clone();
     data.resize(small.len() + junk, 0);
-    let data: &'static [u8] = data.leak();
-    let request = |data: &'static [u8]| RawProduce {
+    let parts = [data.as_slice()];
+    let request = || Raw {
         request: ProduceRequest {
             acks: 1,
             timeout_ms: 10_000,
@@ -709,13 +701,13 @@ fn cached_batches_do_not_hold_the_rest_of_their_request() {
                 },
             ],
         },
-        data: [data],
+        data: &parts,
     };
-    let first = client.run(request(data)).unwrap();
+    let first = client.run(request()).unwrap();
     assert_eq!(first.topics[0].partitions[0].outcome.error_code, 0);
     let before = resident_bytes();
     for _ in 0..200 {
-        let response = client.run(request(data)).unwrap();
+        let response = client.run(request()).unwrap();
         assert_eq!(response.topics[0].partitions[0].outcome.error_code, 0);
         assert_eq!(
             ErrorCode::from_u16(response.topics[1].partitions[0].outcome.error_code),

@@ -357,6 +357,12 @@ mod tests {
             .with_timestamp(1_000 + i64::from(index))
     }
 
+    /// Every record not yet published.
+    fn pending(outbox: &mut Outbox) -> Vec<Record> {
+        let entries = outbox.read(usize::MAX).unwrap();
+        entries.into_iter().map(|entry| entry.record).collect()
+    }
+
     #[test]
     fn entries_survive_reopen_in_order_and_are_removed_once_published() {
         let dir = tempfile::tempdir().unwrap();
@@ -430,13 +436,7 @@ mod tests {
         assert_eq!(entries[0].record, record(0));
         // Appends continue after the cut.
         outbox.append(&[record(2)]).unwrap();
-        let records: Vec<Record> = outbox
-            .read(usize::MAX)
-            .unwrap()
-            .into_iter()
-            .map(|entry| entry.record)
-            .collect();
-        assert_eq!(records, vec![record(0), record(2)]);
+        assert_eq!(pending(&mut outbox), vec![record(0), record(2)]);
     }
 
     /// A chunk reads about `max_bytes` from the file, not the backlog; an entry larger
@@ -482,12 +482,6 @@ mod tests {
         outbox.log = writable;
         let refused = outbox.append(&[record(2)]).unwrap_err();
         assert!(refused.to_string().contains("takes no more"), "{refused}");
-        let records: Vec<Record> = outbox
-            .read(usize::MAX)
-            .unwrap()
-            .into_iter()
-            .map(|entry| entry.record)
-            .collect();
-        assert_eq!(records, vec![record(0)]);
+        assert_eq!(pending(&mut outbox), vec![record(0)]);
     }
 }
