@@ -214,13 +214,15 @@ impl Partition {
         mut batches: BytesMut,
         acks: Acks,
     ) -> Result<Produced, ProduceError> {
-        let required = self.config.borrow().min_insync_replicas();
-        if acks == Acks::All && required > IN_SYNC_REPLICAS {
-            // As Kafka: refused before anything is appended.
-            return Err(ProduceError::NotEnoughReplicas {
-                required,
-                in_sync: IN_SYNC_REPLICAS,
-            });
+        if acks == Acks::All {
+            let required = self.config.borrow().min_insync_replicas();
+            if required > IN_SYNC_REPLICAS {
+                // As Kafka: refused before anything is appended.
+                return Err(ProduceError::NotEnoughReplicas {
+                    required,
+                    in_sync: IN_SYNC_REPLICAS,
+                });
+            }
         }
         let mut validated = Vec::new();
         while !batches.is_empty() {
