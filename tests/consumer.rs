@@ -404,3 +404,43 @@ async fn a_broker_that_never_answers_is_a_timeout_not_a_hang() {
     let error = assigned.unwrap_err().to_string();
     assert!(error.contains("no answer within"), "{error}");
 }
+
+/// A partition whose position cannot be found (its topic was deleted while it was out
+/// of range) does not hold up the others: their records keep coming, and the error is
+/// reported only by polls with nothing else to return.
+#[tokio::test(flavor = "current_thread")]
+async fn a_partition_that_cannot_be_reset_does_not_block_the_others() {
+    let broker = setup(1);
+    let mut admin = Client::connect(broker.bootstrap()).unwrap();
+    admin.create_topic("other", 1, &[]).unwrap();
+    produce(&broker, numbered(0, 0..10)).await;
+    let t0 = TopicPartition::new("t", 0);
+    let other = TopicPartition::new("other", 0);
+    let mut consumer = Consumer::new(ConsumerConfig::new(broker.bootstrap().to_string()));
+    consumer.assign(&[t0.clone(), other.clone()]).await.unwrap();
+    assert_eq!(poll_exactly(&mut consumer, 10).await.len(), 10);
+    consumer.seek(&t0, SeekTo::Offset(1_000)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    admin.delete_topic("t").unwrap();
+    let records: Vec<Record> = (0..20)
+        .map(|index| Record::new("other", index.to_string()).with_partition(0))
+        .collect();
+    produce(&broker, records).await;
+    let (mut read, mut errors) = (0, 0);
+    for _ in 0..100 {
+        match consumer.poll(Duration::from_secs(1)).await {
+            Ok(records) => {
+                assert!(records.iter().all(|record| record.topic() == "other"));
+                read += records.len();
+            }
+            Err(_) => errors += 1,
+        }
+        if read == 20 {
+            break;
+        }
+    }
+    assert_eq!(
+        read, 20,
+        "the other partition's records came ({errors} errors)"
+    );
+}

@@ -606,13 +606,13 @@ fn a_fetch_is_bounded_by_its_response_not_by_the_partitions_it_names() {
     let mut client = Client::connect(broker.summary().listen).unwrap();
     client.create_topic("t", 4, &[]).unwrap();
     let value = "v".repeat(1_000);
-    let batch = batch(&vec![value.as_str(); 100]);
+    let hundred = batch(&vec![value.as_str(); 100]);
     for partition in 0..4 {
         client
-            .produce("t", partition, &[&batch], Acks::All)
+            .produce("t", partition, &[&hundred], Acks::All)
             .unwrap();
     }
-    let batch_bytes = batch.len() as u32;
+    let batch_bytes = hundred.len() as u32;
 
     let response = client
         .run(fetch_of(
@@ -646,6 +646,26 @@ fn a_fetch_is_bounded_by_its_response_not_by_the_partitions_it_names() {
         let expected = if index < 2 { batch_bytes } else { 0 };
         assert_eq!(partition.batches.length, expected, "partition {index}");
     }
+
+    // A later partition still gets batches that fit after an earlier one's did not.
+    client.create_topic("mixed", 3, &[]).unwrap();
+    let large = batch(&vec![value.as_str(); 300]);
+    let small = batch(&[value.as_str(); 10]);
+    client.produce("mixed", 0, &[&hundred], Acks::All).unwrap();
+    client.produce("mixed", 1, &[&large], Acks::All).unwrap();
+    client.produce("mixed", 2, &[&small], Acks::All).unwrap();
+    let mut mixed = fetch_of(
+        &[(0, 1 << 20), (1, 1 << 20), (2, 1 << 20)],
+        batch_bytes + small.len() as u32,
+    );
+    mixed.request.topics[0].name = "mixed".into();
+    let response = client.run(mixed).unwrap();
+    let lengths: Vec<u32> = response.topics[0]
+        .partitions
+        .iter()
+        .map(|partition| partition.batches.length)
+        .collect();
+    assert_eq!(lengths, vec![batch_bytes, 0, small.len() as u32]);
 
     let too_many: Vec<(u32, u32)> = (0..10_001).map(|index| (index % 4, 1 << 20)).collect();
     let refused = client.run(fetch_of(&too_many, 1 << 20));
@@ -720,31 +740,21 @@ fn cached_batches_do_not_hold_the_rest_of_their_request() {
     assert_eq!(values(&mut client, "t", 0).len(), 201);
 }
 
-/// One broker has one in-sync replica: a topic asking for two refuses acks=all with
-/// `NotEnoughReplicas` and appends nothing, takes acks=1, and takes acks=all again once
-/// the setting is lowered.
+/// One broker has one in-sync replica: a topic cannot ask for two, at creation or
+/// later, since acks=all could never be satisfied.
 #[test]
-fn acks_all_is_refused_when_the_topic_wants_more_in_sync_replicas_than_exist() {
+fn a_topic_cannot_want_more_in_sync_replicas_than_it_has_replicas() {
     let dir = tempfile::tempdir().unwrap();
     let broker = start(dir.path());
     let mut client = Client::connect(broker.summary().listen).unwrap();
+    let created = client.create_topic("t", 1, &[("min.insync.replicas", "2")]);
+    assert_eq!(code(created), ErrorCode::InvalidConfig);
     client
-        .create_topic("t", 1, &[("min.insync.replicas", "2")])
+        .create_topic("t", 1, &[("min.insync.replicas", "1")])
         .unwrap();
-    let refused = client.produce("t", 0, &[&batch(&["a"])], Acks::All);
-    assert_eq!(code(refused), ErrorCode::NotEnoughReplicas);
-    assert!(values(&mut client, "t", 0).is_empty(), "nothing appended");
+    let altered = client.alter_configs("t", &[("min.insync.replicas", "2")]);
+    assert_eq!(code(altered), ErrorCode::InvalidConfig);
     client
-        .produce("t", 0, &[&batch(&["b"])], Acks::Leader)
+        .produce("t", 0, &[&batch(&["a"])], Acks::All)
         .unwrap();
-    client
-        .alter_configs("t", &[("min.insync.replicas", "1")])
-        .unwrap();
-    client
-        .produce("t", 0, &[&batch(&["c"])], Acks::All)
-        .unwrap();
-    assert_eq!(
-        values(&mut client, "t", 0),
-        vec!["b".to_owned(), "c".to_owned()]
-    );
 }

@@ -351,6 +351,30 @@ impl Accumulator {
         id: u64,
         now: impl FnOnce() -> Instant,
     ) -> Result<(u32, Option<ReadyBatch>), AppendError> {
+        self.append_checked(record, partitions, id, now, true)
+    }
+
+    /// [`Accumulator::append_at`] for a record whose buffer room its sender already
+    /// reserved (the producer counts room across the accumulator and the records on
+    /// their way to it): no `BufferFull` for it.
+    pub(crate) fn append_reserved(
+        &mut self,
+        record: &RecordRef<'_>,
+        partitions: u32,
+        id: u64,
+        now: impl FnOnce() -> Instant,
+    ) -> Result<(u32, Option<ReadyBatch>), AppendError> {
+        self.append_checked(record, partitions, id, now, false)
+    }
+
+    fn append_checked(
+        &mut self,
+        record: &RecordRef<'_>,
+        partitions: u32,
+        id: u64,
+        now: impl FnOnce() -> Instant,
+        check_room: bool,
+    ) -> Result<(u32, Option<ReadyBatch>), AppendError> {
         let size = record_size(record);
         if size > self.config.buffer_memory_bytes {
             return Err(AppendError::RecordTooLarge {
@@ -358,7 +382,7 @@ impl Accumulator {
                 limit_bytes: self.config.buffer_memory_bytes,
             });
         }
-        if self.buffered_bytes + size > self.config.buffer_memory_bytes {
+        if check_room && self.buffered_bytes + size > self.config.buffer_memory_bytes {
             return Err(AppendError::BufferFull {
                 buffered_bytes: self.buffered_bytes,
                 limit_bytes: self.config.buffer_memory_bytes,

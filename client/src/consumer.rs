@@ -293,9 +293,19 @@ struct Assigned {
     /// Dropping it stops the fetch task.
     task: Option<oneshot::Sender<()>>,
     buffered: VecDeque<Chunk>,
-    /// The position went out of range and resetting it has not succeeded yet: `poll`
-    /// tries again, and no fetch task runs meanwhile.
-    reset_pending: bool,
+    /// The position is still to be found (and no fetch task runs meanwhile): `poll`
+    /// tries until it succeeds.
+    pending: Option<Pending>,
+}
+
+/// How a partition's position is still to be found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    /// Newly assigned to a group member: the group's committed offset, else
+    /// `auto_offset_reset`.
+    Start,
+    /// Out of range: where `auto_offset_reset` says.
+    Reset,
 }
 
 /// Fetch task generations, unique in the process.
@@ -313,7 +323,7 @@ impl Assigned {
             generation: fresh_generation(),
             task: None,
             buffered: VecDeque::new(),
-            reset_pending: false,
+            pending: None,
         }
     }
 
@@ -349,6 +359,8 @@ pub struct Consumer<R: Runtime = Tokio> {
     admin: Option<R::Connection>,
     /// Rotates which partition `poll` serves first, for fairness.
     rotation: usize,
+    /// After a failure to find pending positions, when to try again.
+    pending_retry_at: Instant,
     /// In subscribe mode: the group membership.
     member: Option<Member>,
     /// When the commit mode last committed.
@@ -414,6 +426,7 @@ impl<R: Runtime> Consumer<R> {
             rotation: 0,
             member: None,
             last_commit: Instant::now(),
+            pending_retry_at: Instant::now(),
             pending_commits: Vec::new(),
         }
     }
@@ -686,7 +699,9 @@ impl<R: Runtime> Consumer<R> {
                 protocols: &protocols,
             };
             // The broker holds a join until the rebalance completes.
-            let limit = config.max_poll_interval + config.request_timeout;
+            let limit = config
+                .max_poll_interval
+                .saturating_add(config.request_timeout);
             let joined = match admin_call!(self, limit, |admin| admin.run(join)) {
                 Ok(joined) => joined,
                 Err(error) => {
@@ -713,7 +728,9 @@ impl<R: Runtime> Consumer<R> {
                 member_id: &joined.member_id,
                 assignments: &pairs,
             };
-            let limit = config.max_poll_interval + config.request_timeout;
+            let limit = config
+                .max_poll_interval
+                .saturating_add(config.request_timeout);
             let assignment = match admin_call!(self, limit, |admin| admin.run(sync)) {
                 Ok(assignment) => assignment,
                 Err(error) => {
@@ -836,27 +853,37 @@ impl<R: Runtime> Consumer<R> {
                 .listener
                 .on_revoked(&revoked);
         }
-        let assigned = self.assign(&new).await;
-        // A partition whose start failed (its committed offset or reset position could
-        // not be read) is not owned: the member rejoins, and the group's next round
-        // assigns it again, rather than leaving it unread while heartbeats succeed.
-        let owned: Vec<TopicPartition> = new
-            .into_iter()
-            .filter(|partition| self.assigned.contains_key(partition))
-            .collect();
-        let added: Vec<TopicPartition> = added
-            .into_iter()
-            .filter(|partition| self.assigned.contains_key(partition))
-            .collect();
+        // The new partitions are the member's now; their positions (the group's
+        // committed offsets) are found here, or by later polls if that fails, without
+        // another rebalance.
+        self.assign_pending(&new);
         let member = self.member.as_mut().expect("subscribed");
-        if assigned.is_err() {
-            lock(&member.shared).rejoin = true;
-        }
-        member.owned = owned;
+        member.owned = new;
         if !added.is_empty() {
             member.listener.on_assigned(&added);
         }
-        assigned
+        self.resolve_pending().await
+    }
+
+    /// Takes `partitions` as the assignment: partitions kept keep their positions, new
+    /// ones wait for theirs ([`Pending::Start`], found by [`Self::resolve_pending`]).
+    fn assign_pending(&mut self, partitions: &[TopicPartition]) {
+        self.assigned.retain(|partition, assigned| {
+            let keep = partitions.contains(partition);
+            if !keep {
+                assigned.stop();
+            }
+            keep
+        });
+        for partition in partitions {
+            if !self.assigned.contains_key(partition) {
+                let mut assigned = Assigned::new(None);
+                assigned.pending = Some(Pending::Start);
+                self.assigned.insert(partition.clone(), assigned);
+            }
+        }
+        // A new assignment is tried at once, whatever an earlier failure's pause.
+        self.pending_retry_at = Instant::now();
     }
 
     /// Replaces the assignment. Partitions kept keep their positions; new ones start at
@@ -927,7 +954,7 @@ impl<R: Runtime> Consumer<R> {
         let assigned = self.assigned.get_mut(partition).expect("checked above");
         assigned.stop();
         assigned.position = Some(offset);
-        assigned.reset_pending = false;
+        assigned.pending = None;
         self.start_fetching(partition);
         Ok(())
     }
@@ -979,10 +1006,13 @@ impl<R: Runtime> Consumer<R> {
     pub async fn poll(&mut self, timeout: Duration) -> Result<ConsumerRecords, ConsumeError> {
         let deadline = Instant::now() + timeout;
         self.maintain().await?;
-        self.reset_pending_positions().await?;
+        // A position that cannot be found yet is reported only when there is nothing
+        // else to return: the other partitions' records keep flowing.
+        let mut unresolved = self.resolve_pending().await.err();
         loop {
             if let Some(partition) = self.assigned.iter().find_map(|(partition, assigned)| {
-                (assigned.position.is_none() && !assigned.paused).then(|| partition.clone())
+                (assigned.position.is_none() && !assigned.paused && assigned.pending.is_none())
+                    .then(|| partition.clone())
             }) {
                 return Err(ConsumeError::NoPosition(partition));
             }
@@ -997,6 +1027,9 @@ impl<R: Runtime> Consumer<R> {
             let records = self.take_buffered();
             if !records.is_empty() {
                 return Ok(records);
+            }
+            if let Some(error) = unresolved.take() {
+                return Err(error);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             match crate::runtime::timeout::<R, _>(left, self.events.recv()).await {
@@ -1044,9 +1077,9 @@ impl<R: Runtime> Consumer<R> {
                     });
                 }
                 // Kept until it succeeds: a failed (or cancelled) reset is tried again
-                // by the next poll rather than leaving the partition without a fetcher.
-                assigned.reset_pending = true;
-                self.reset_pending_positions().await?;
+                // by a later poll rather than leaving the partition without a fetcher.
+                assigned.pending = Some(Pending::Reset);
+                self.resolve_pending().await?;
             }
             EventKind::Refused(code, message) => {
                 return Err(ConsumeError::Fetch {
@@ -1111,22 +1144,51 @@ impl<R: Runtime> Consumer<R> {
         records
     }
 
-    /// Resets the positions that went out of range where `auto_offset_reset` says, and
-    /// fetches from there; a partition whose reset fails stays pending.
-    async fn reset_pending_positions(&mut self) -> Result<(), ConsumeError> {
-        let pending: Vec<TopicPartition> = self
+    /// Finds the positions still pending (a group's committed offsets, resets), and
+    /// fetches from there. After a failure it waits `retry_backoff` before trying again
+    /// (the partitions stay pending meanwhile), so a lasting failure costs one request
+    /// per pause, not one per poll.
+    async fn resolve_pending(&mut self) -> Result<(), ConsumeError> {
+        let pending: Vec<(TopicPartition, Pending)> = self
             .assigned
             .iter()
-            .filter(|(_, assigned)| assigned.reset_pending)
+            .filter_map(|(partition, assigned)| Some((partition.clone(), assigned.pending?)))
+            .collect();
+        if pending.is_empty() || Instant::now() < self.pending_retry_at {
+            return Ok(());
+        }
+        let resolved = self.find_positions(&pending).await;
+        if resolved.is_err() {
+            self.pending_retry_at = Instant::now() + self.config.retry_backoff;
+        }
+        resolved
+    }
+
+    async fn find_positions(
+        &mut self,
+        pending: &[(TopicPartition, Pending)],
+    ) -> Result<(), ConsumeError> {
+        let starting: Vec<TopicPartition> = pending
+            .iter()
+            .filter(|(_, pending)| *pending == Pending::Start)
             .map(|(partition, _)| partition.clone())
             .collect();
-        for partition in pending {
-            let position = self.reset_position(&partition).await?;
-            if let Some(assigned) = self.assigned.get_mut(&partition) {
+        let committed = match (&self.config.group_id, starting.is_empty()) {
+            (Some(_), false) => self.committed(&starting).await?,
+            _ => vec![None; starting.len()],
+        };
+        let committed: HashMap<&TopicPartition, Option<u64>> =
+            starting.iter().zip(committed).collect();
+        for (partition, _) in pending {
+            let position = match committed.get(partition).copied().flatten() {
+                Some(offset) => Some(offset),
+                None => self.reset_position(partition).await?,
+            };
+            if let Some(assigned) = self.assigned.get_mut(partition) {
                 assigned.position = position;
-                assigned.reset_pending = false;
+                assigned.pending = None;
             }
-            self.start_fetching(&partition);
+            self.start_fetching(partition);
         }
         Ok(())
     }
@@ -1289,7 +1351,7 @@ impl<R: Runtime> Consumer<R> {
         let Some(position) = assigned.position else {
             return;
         };
-        if assigned.paused || assigned.task.is_some() || assigned.reset_pending {
+        if assigned.paused || assigned.task.is_some() || assigned.pending.is_some() {
             return;
         }
         let fetcher = Fetcher {
@@ -1355,7 +1417,10 @@ impl<R: Runtime> Fetcher<R> {
             let max_wait_ms = self.config.fetch_max_wait.as_millis().min(u32::MAX as u128) as u32;
             // A broker that holds the fetch past its wait (a half-open connection) is
             // given up on: the connection goes and the fetch is tried again.
-            let limit = self.config.fetch_max_wait + self.config.request_timeout;
+            let limit = self
+                .config
+                .fetch_max_wait
+                .saturating_add(self.config.request_timeout);
             let fetched = crate::runtime::timeout::<R, _>(
                 limit,
                 connection.fetch(

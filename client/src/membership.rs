@@ -182,9 +182,12 @@ impl<R: Runtime> Heartbeater<R> {
                     group_id: &self.group,
                     member_id: &member,
                 };
-                let _ =
+                let left =
                     crate::runtime::timeout::<R, _>(self.request_timeout, connection.run(leave))
                         .await;
+                if left.is_none() {
+                    client = None;
+                }
                 let mut shared = lock(&self.shared);
                 shared.active = false;
                 shared.lost = true;

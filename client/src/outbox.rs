@@ -135,6 +135,9 @@ impl Outbox {
     /// Reads only those from the file, not the whole backlog.
     pub fn read(&mut self, max_bytes: usize) -> io::Result<Vec<OutboxEntry>> {
         let pending = (self.len - self.cursor) as usize;
+        if pending == 0 {
+            return Ok(Vec::new());
+        }
         let mut window = pending.min(max_bytes.max(ENTRY_HEADER_BYTES));
         loop {
             let mut bytes = vec![0u8; window];
@@ -368,6 +371,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut outbox = Outbox::open(dir.path()).unwrap();
         assert!(outbox.is_empty());
+        assert!(outbox.read(1_000).unwrap().is_empty());
         outbox
             .append(&(0..5).map(record).collect::<Vec<_>>())
             .unwrap();

@@ -170,6 +170,7 @@ impl Catalog {
                 .iter()
                 .map(|(key, value)| (key.as_str(), value.as_str())),
         )?;
+        check_in_sync_replicas(&config, replication_factor)?;
         let mut catalog = self.clone();
         catalog.topics.insert(
             name.to_owned(),
@@ -215,6 +216,7 @@ impl Catalog {
                 .iter()
                 .map(|(key, value)| (key.as_str(), value.as_str())),
         )?;
+        check_in_sync_replicas(&config, 1)?;
         let mut catalog = self.clone();
         catalog.topics.get_mut(name).expect("checked").config = config;
         Ok(catalog)
@@ -310,6 +312,27 @@ fn decode_topic(line: &str) -> Result<TopicEntry, String> {
         config,
         internal,
     })
+}
+
+/// A topic cannot ask for more in-sync replicas than it has replicas: with one (the
+/// only replication factor), `min.insync.replicas` above 1 would refuse every acks=all
+/// produce. (A topic stored with such a value by an older broker still loads, and its
+/// acks=all produces get `NotEnoughReplicas`.)
+fn check_in_sync_replicas(
+    config: &TopicConfig,
+    replication_factor: u16,
+) -> Result<(), CatalogError> {
+    let required = config.min_insync_replicas();
+    if required > u32::from(replication_factor) {
+        return Err(CatalogError::InvalidConfig(ConfigError {
+            key: "min.insync.replicas".into(),
+            value: required.to_string(),
+            reason: format!(
+                "exceeds the replication factor {replication_factor}: acks=all could never be satisfied"
+            ),
+        }));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

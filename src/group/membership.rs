@@ -53,7 +53,8 @@ pub enum MembershipError {
     InconsistentProtocol,
     /// A timeout outside the limits.
     InvalidSessionTimeout,
-    /// The group has [`GROUP_MEMBERS_MAX`] members: no new one joins.
+    /// The group has [`GROUP_MEMBERS_MAX`] members (no new one joins), or its members'
+    /// metadata would pass [`GROUP_METADATA_BYTES_MAX`].
     GroupFull,
     /// More than [`PROTOCOLS_MAX`] protocols, or more than
     /// [`MEMBER_METADATA_BYTES_MAX`] of protocol names and metadata.
@@ -64,9 +65,22 @@ pub enum MembershipError {
 pub const GROUP_MEMBERS_MAX: usize = 1_000;
 /// Most protocols one member offers.
 pub const PROTOCOLS_MAX: usize = 16;
-/// Most bytes of protocol names and metadata one member offers: with
-/// [`GROUP_MEMBERS_MAX`], the leader's join answer stays well within a frame.
-pub const MEMBER_METADATA_BYTES_MAX: usize = 32 << 10;
+/// Most bytes of protocol names and metadata one member offers. (A cooperative
+/// consumer's metadata lists the partitions it owns: thousands fit.)
+pub const MEMBER_METADATA_BYTES_MAX: usize = 1 << 20;
+/// Most bytes of metadata of all a group's members together, each counted by its
+/// largest protocol: the leader's join answer carries one protocol's metadata of every
+/// member, and stays well within the default 64 MiB frame.
+pub const GROUP_METADATA_BYTES_MAX: usize = 16 << 20;
+
+/// The most metadata `protocols` put in a leader's join answer.
+fn largest_metadata(protocols: &[(String, Vec<u8>)]) -> usize {
+    protocols
+        .iter()
+        .map(|(_, metadata)| metadata.len())
+        .max()
+        .unwrap_or(0)
+}
 
 /// A join request's member-side data.
 #[derive(Debug, Clone)]
@@ -248,6 +262,14 @@ impl Membership {
             .filter(|(id, _)| **id != member_id)
             .map(|(_, member)| member)
             .collect();
+        let group_metadata: usize = others
+            .iter()
+            .map(|member| largest_metadata(&member.protocols))
+            .sum::<usize>()
+            + largest_metadata(&request.protocols);
+        if group_metadata > GROUP_METADATA_BYTES_MAX {
+            return Err(MembershipError::GroupFull);
+        }
         if !others.is_empty() {
             let shared = request.protocols.iter().any(|(name, _)| {
                 others
@@ -741,6 +763,26 @@ mod tests {
         large.protocols[0].1 = vec![0; MEMBER_METADATA_BYTES_MAX];
         let too_large = group.join(large, || "a".into(), &limits(), 0);
         assert_eq!(too_large, Err(MembershipError::TooMuchMetadata));
+        // A cooperative member owning thousands of partitions fits, twice over.
+        let mut owner = request("", &["range", "cooperative-sticky"]);
+        let owned = "topics=orders;owned=".to_owned() + &"orders:1234,".repeat(10_000);
+        for (_, metadata) in &mut owner.protocols {
+            *metadata = owned.clone().into_bytes();
+        }
+        let mut members = Membership::default();
+        assert!(members
+            .join(owner.clone(), || "owner".into(), &limits(), 0)
+            .is_ok());
+        // The group's members together stay within what a join answer may carry.
+        let per_member = owned.len();
+        let fitting = GROUP_METADATA_BYTES_MAX / per_member;
+        for index in 1..fitting {
+            members
+                .join(owner.clone(), || format!("m{index}"), &limits(), 0)
+                .unwrap();
+        }
+        let over = members.join(owner, || "over".into(), &limits(), 0);
+        assert_eq!(over, Err(MembershipError::GroupFull));
         assert!(group
             .join(
                 request("", &many[..PROTOCOLS_MAX]),

@@ -92,13 +92,15 @@ pub enum GroupError {
     /// The group has members; the operation needs an empty group.
     #[error("group {0} has active members")]
     NonEmpty(String),
-    /// The group has as many members as allowed.
-    #[error("group {group} has {max} members, the most allowed")]
+    /// The group has as many members, or as much member metadata, as allowed.
+    #[error("group {group} is full: at most {members} members and {metadata_bytes} bytes of their metadata")]
     GroupFull {
         /// The group.
         group: String,
-        /// The limit.
-        max: usize,
+        /// Most members.
+        members: usize,
+        /// Most metadata of all members together.
+        metadata_bytes: usize,
     },
     /// A join offered too many protocols or too much protocol metadata.
     #[error("a join may offer at most {protocols} protocols and {bytes} bytes of protocol names and metadata")]
@@ -258,7 +260,8 @@ fn membership_error(group: &str, error: MembershipError, limits: &MembershipLimi
         },
         MembershipError::GroupFull => GroupError::GroupFull {
             group,
-            max: membership::GROUP_MEMBERS_MAX,
+            members: membership::GROUP_MEMBERS_MAX,
+            metadata_bytes: membership::GROUP_METADATA_BYTES_MAX,
         },
         MembershipError::TooMuchMetadata => GroupError::TooMuchMetadata {
             protocols: membership::PROTOCOLS_MAX,

@@ -490,4 +490,42 @@ mod tests {
             );
         });
     }
+
+    /// A topic stored with `min.insync.replicas` above the one replica a single broker
+    /// has (by an older broker) refuses acks=all, appending nothing, and takes acks=1.
+    #[test]
+    fn acks_all_wants_the_in_sync_replicas_the_topic_asks_for() {
+        crate::shard::run_for_test(async {
+            let dir = tempfile::tempdir().unwrap();
+            let config = TopicConfig::from_entries([("min.insync.replicas", "2")]).unwrap();
+            let (partition, _) = Partition::open(
+                dir.path(),
+                Rc::from("t"),
+                0,
+                config,
+                &LogConfig::default(),
+                Rc::new(SystemClock),
+                TailCache::new(1 << 20),
+            )
+            .await
+            .unwrap();
+            let refused = partition.produce(idempotent_batch(0), Acks::All).await;
+            assert!(
+                matches!(
+                    refused,
+                    Err(ProduceError::NotEnoughReplicas {
+                        required: 2,
+                        in_sync: 1
+                    })
+                ),
+                "{refused:?}"
+            );
+            assert_eq!(partition.log().next_offset(), 0, "nothing appended");
+            partition
+                .produce(idempotent_batch(0), Acks::Leader)
+                .await
+                .unwrap();
+            partition.close().await.unwrap();
+        });
+    }
 }

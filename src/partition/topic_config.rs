@@ -8,7 +8,7 @@
 //! | `segment.bytes` | roll segments at this size (1 MiB – 4 GiB) | 1 GiB |
 //! | `segment.ms` | roll segments at this age | 7 days |
 //! | `max.message.bytes` | largest batch accepted (≤ `segment.bytes`) | 4 MiB |
-//! | `min.insync.replicas` | replicas that must have a batch for `acks=all` (above 1, one broker refuses `acks=all`) | 1 |
+//! | `min.insync.replicas` | replicas that must have a batch for `acks=all` (at most the replication factor, checked by the catalog) | 1 |
 //! | `cleanup.policy` | `delete` (compaction is not supported yet) | `delete` |
 
 use std::collections::BTreeMap;

@@ -216,7 +216,13 @@ impl DeskState {
         let id = self.next_id;
         let opened_before = self.accumulator.open_batches();
         let now = || now.unwrap_or_else(Instant::now);
-        let (partition, full) = match self.accumulator.append_at(record, partitions, id, now) {
+        // Its room was reserved by its send (`has_room`), whether it appends itself or
+        // was handed to the worker: an outbox drain going past the limit meanwhile must
+        // not fail it.
+        let appended = self
+            .accumulator
+            .append_reserved(record, partitions, id, now);
+        let (partition, full) = match appended {
             Ok(appended) => appended,
             Err(error) => return Err((reply, error)),
         };

@@ -901,7 +901,13 @@ impl<R: Runtime> Worker<R> {
             let result = timeout::<R, _>(limit, self.try_prepare(topic)).await;
             let error = match result {
                 Some(Ok(partitions)) => {
-                    self.unprepared = None;
+                    if self
+                        .unprepared
+                        .as_ref()
+                        .is_some_and(|(failed, _, _)| failed == topic)
+                    {
+                        self.unprepared = None;
+                    }
                     return Ok(partitions);
                 }
                 Some(Err(ClientError::Broker { code, message })) if !code.is_retriable() => {
@@ -1103,20 +1109,14 @@ impl<R: Runtime> Worker<R> {
             // Outbox records have no reply waiting: ids no send uses.
             let id = u64::MAX - self.outbox_ids;
             self.outbox_ids += 1;
-            let appended = {
-                let mut desk = self.desk.lock();
-                // The room sends reserved for their handed records is theirs: an outbox
-                // record that would take it waits for the next chunk.
-                match desk.has_room(crate::accumulator::record_size(&outgoing)) {
-                    true => desk
-                        .accumulator
-                        .append(&outgoing, partitions, id, Instant::now()),
-                    false => Err(AppendError::BufferFull {
-                        buffered_bytes: desk.accumulator.buffered_bytes(),
-                        limit_bytes: self.config.batching.buffer_memory_bytes,
-                    }),
-                }
-            };
+            // Only the accumulator's own bound: records handed by sends have their room
+            // reserved and are appended past it if need be (`append_reserved`), so the
+            // drain always makes progress, holding at most one chunk more.
+            let appended =
+                self.desk
+                    .lock()
+                    .accumulator
+                    .append(&outgoing, partitions, id, Instant::now());
             match appended {
                 Ok((_, Some(full))) => self.outbox_chunk.push_back(full),
                 Ok((_, None)) => {}

@@ -121,9 +121,9 @@ async fn read_all(
         // Until something was read, a read may return one batch larger than its limit.
         let max_bytes = want.max_bytes.min(response_limit.saturating_sub(total));
         let offsets_only = total > 0 && max_bytes == 0;
-        let result = read_one(state, want, max_bytes, offsets_only).await;
-        if let Ok(fetched) = &result {
-            total += batch_bytes(&fetched.batches);
+        let mut result = read_one(state, want, max_bytes, offsets_only).await;
+        if let Ok(fetched) = &mut result {
+            total = keep_fitting(&mut fetched.batches, total, response_limit);
         }
         results.push(result);
     }
@@ -155,8 +155,8 @@ async fn read_one(
                 timestamp: LATEST_TIMESTAMP,
             };
             match state.partition_op(&want.name, want.partition, op).await {
-                ShardOutcome::Offset(result) => result.map(|(_, stats)| FetchResult {
-                    high_watermark: stats.log_end_offset,
+                ShardOutcome::Offset(result) => result.map(|(end, stats)| FetchResult {
+                    high_watermark: end,
                     log_start_offset: stats.log_start_offset,
                     batches: FetchedBatches::Copied(Vec::new()),
                 }),
@@ -173,6 +173,35 @@ async fn read_one(
                 _ => unreachable!("fetch ops answer Fetched"),
             }
         }
+    }
+}
+
+/// Drops the batches a response holding `total` bytes has no room for (as
+/// [`assemble`] would: the response's first batch always fits), so the room they
+/// would have taken stays for later partitions; returns the new total.
+fn keep_fitting(batches: &mut FetchedBatches, total: usize, limit: usize) -> usize {
+    fn keep<T>(
+        batches: &mut Vec<T>,
+        mut total: usize,
+        limit: usize,
+        length: impl Fn(&T) -> usize,
+    ) -> usize {
+        let fitting = batches
+            .iter()
+            .take_while(|batch| {
+                let fits = total == 0 || total + length(batch) <= limit;
+                if fits {
+                    total += length(batch);
+                }
+                fits
+            })
+            .count();
+        batches.truncate(fitting);
+        total
+    }
+    match batches {
+        FetchedBatches::Stored(batches) => keep(batches, total, limit, |b| b.as_bytes().len()),
+        FetchedBatches::Copied(batches) => keep(batches, total, limit, |b| b.len()),
     }
 }
 
