@@ -34,7 +34,9 @@ pub(super) struct BrokerArgs {
 pub(super) fn run(args: BrokerArgs) -> Result<ExitCode, String> {
     let mut config = BrokerConfig::default();
     if let Some(path) = &args.config {
-        ConfigFile::load(path)?.apply(&mut config);
+        ConfigFile::load(path)?
+            .apply(&mut config)
+            .map_err(|error| format!("{}: {error}", path.display()))?;
     }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
@@ -51,6 +53,7 @@ pub(super) fn run(args: BrokerArgs) -> Result<ExitCode, String> {
         print!("{text}");
         return Ok(ExitCode::SUCCESS);
     }
+    check_log_level(&args.log_level)?;
     init_logging(&args.log_level);
     abort_on_panic();
     crate::shard::tune_allocator();
@@ -91,6 +94,18 @@ fn abort_on_panic() {
     }));
 }
 
+/// A level, or a filter naming targets (`flumen=debug,info`). A lone word that is not a
+/// level would be read as a target, and quietly turn every log off.
+fn check_log_level(level: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    if level.contains(['=', ',']) || LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+        return Ok(());
+    }
+    Err(format!(
+        "--log-level {level:?}: use error, warn, info, debug, trace or off, or a filter such as flumen=debug,info"
+    ))
+}
+
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
@@ -108,6 +123,22 @@ mod tests {
 
     /// Set in the copy of the test binary the test below starts.
     const CHILD: &str = "FLUMEN_TEST_PANIC_CHILD";
+
+    #[test]
+    fn a_mistyped_log_level_is_refused_rather_than_silencing_the_logs() {
+        for good in [
+            "info",
+            "WARN",
+            "off",
+            "flumen=debug,info",
+            "flumen::storage=trace",
+        ] {
+            assert_eq!(super::check_log_level(good), Ok(()), "{good}");
+        }
+        for bad in ["warning", "verbose", ""] {
+            assert!(super::check_log_level(bad).is_err(), "{bad}");
+        }
+    }
 
     /// Runs in a child process: a panic on a thread other than the main one (as on a
     /// shard's) must take the whole process down, not just that thread.

@@ -60,8 +60,8 @@ impl ConfigFile {
         toml::from_str(&text).map_err(|error| format!("invalid {}: {error}", path.display()))
     }
 
-    /// Applies the file's settings to `config`.
-    pub fn apply(self, config: &mut BrokerConfig) {
+    /// Applies the file's settings to `config`; a value out of its range is an error.
+    pub fn apply(self, config: &mut BrokerConfig) -> Result<(), String> {
         macro_rules! set {
             ($($field:ident),*) => { $(if let Some(value) = self.$field { config.$field = value; })* };
         }
@@ -103,8 +103,9 @@ impl ConfigFile {
             config.advertised_host = self.advertised_host;
         }
         if let Some(log) = self.log {
-            log.apply(&mut config.log);
+            log.apply(&mut config.log)?;
         }
+        Ok(())
     }
 
     /// The effective configuration, as a file.
@@ -151,21 +152,35 @@ impl ConfigFile {
 }
 
 impl LogDefaults {
-    fn apply(self, log: &mut crate::storage::LogConfig) {
-        let optional = |value: i64| (value >= 0).then_some(value);
+    fn apply(self, log: &mut crate::storage::LogConfig) -> Result<(), String> {
+        // The same ranges as the topic keys (docs/OPERATIONS.md): -1 is "none", other
+        // negatives are mistakes.
+        let optional = |key: &str, value: i64, least: i64| match value {
+            -1 => Ok(None),
+            value if value >= least => Ok(Some(value)),
+            value => Err(format!(
+                "[log] {key} = {value}: must be -1 or at least {least}"
+            )),
+        };
         if let Some(bytes) = self.segment_bytes {
             log.segment_bytes_max = bytes;
         }
         if let Some(ms) = self.segment_ms {
-            log.segment_age_ms_max = optional(ms);
+            log.segment_age_ms_max = optional("segment_ms", ms, 1)?;
         }
         if let Some(bytes) = self.retention_bytes {
-            log.retention_bytes = optional(bytes).map(|bytes| bytes as u64);
+            log.retention_bytes = optional("retention_bytes", bytes, 0)?.map(|bytes| bytes as u64);
         }
         if let Some(ms) = self.retention_ms {
-            log.retention_ms = optional(ms);
+            log.retention_ms = optional("retention_ms", ms, 0)?;
         }
         if let Some(bytes) = self.max_message_bytes {
+            if !(1024..=64 << 20).contains(&bytes) {
+                return Err(format!(
+                    "[log] max_message_bytes = {bytes}: must be between 1024 and {}",
+                    64 << 20
+                ));
+            }
             log.batch_bytes_max = bytes;
         }
         if let Some(bytes) = self.index_interval_bytes {
@@ -182,6 +197,36 @@ impl LogDefaults {
         }
         if let Some(recycle) = self.recycle_segments {
             log.recycle_segments = recycle;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn applied(text: &str) -> Result<BrokerConfig, String> {
+        let file: ConfigFile = toml::from_str(text).map_err(|error| error.to_string())?;
+        let mut config = BrokerConfig::default();
+        file.apply(&mut config).map(|()| config)
+    }
+
+    #[test]
+    fn log_defaults_keep_the_topic_keys_ranges() {
+        let config =
+            applied("[log]\nretention_ms = -1\nretention_bytes = 0\nsegment_ms = 1\n").unwrap();
+        assert_eq!(config.log.retention_ms, None);
+        assert_eq!(config.log.retention_bytes, Some(0));
+        assert_eq!(config.log.segment_age_ms_max, Some(1));
+        for (text, key) in [
+            ("[log]\nretention_ms = -5\n", "retention_ms"),
+            ("[log]\nretention_bytes = -2\n", "retention_bytes"),
+            ("[log]\nsegment_ms = 0\n", "segment_ms"),
+            ("[log]\nmax_message_bytes = 100\n", "max_message_bytes"),
+        ] {
+            let error = applied(text).unwrap_err();
+            assert!(error.contains(key), "{text}: {error}");
         }
     }
 }

@@ -626,8 +626,25 @@ fn check_data_dir(config: &BrokerConfig) -> Result<(), StartupError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|error| not_writable(error.to_string()))?;
     let probe = config.data_dir.join(".write-probe.tmp");
     std::fs::write(&probe, b"ok").map_err(|error| not_writable(error.to_string()))?;
-    let _ = std::fs::remove_file(probe);
-    Ok(())
+    // Every data file is opened with O_DIRECT: say so now rather than fail later with a
+    // bare EINVAL from the first file the catalog opens.
+    let direct = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&probe)
+    };
+    let _ = std::fs::remove_file(&probe);
+    match direct {
+        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => Err(not_writable(
+            "the filesystem does not support O_DIRECT (direct I/O), which every data file \
+             uses: use ext4 or xfs (tmpfs has it from Linux 6.6)"
+                .into(),
+        )),
+        Err(error) => Err(not_writable(error.to_string())),
+        Ok(_) => Ok(()),
+    }
 }
 
 /// Creates (and drops) one executor here, so a blocked io_uring is reported with advice
@@ -705,7 +722,7 @@ fn check_memlock(config: &BrokerConfig) -> Result<(), StartupError> {
     if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
         return Ok(());
     }
-    let needed = (config.io_memory_bytes * config.shards) as u64;
+    let needed = config.io_memory_bytes.saturating_mul(config.shards) as u64;
     if limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < needed {
         return Err(StartupError::MemlockTooLow {
             limit_bytes: limit.rlim_cur,

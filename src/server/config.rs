@@ -106,8 +106,42 @@ impl Default for BrokerConfig {
 impl BrokerConfig {
     /// Checks the options against each other.
     pub fn validate(&self) -> Result<(), String> {
-        if self.offsets_retention_ms < 1_000 {
-            return Err("offsets_retention_ms must be at least 1000".into());
+        if self.offsets_retention_ms < 1_000 || self.offsets_retention_ms > i64::MAX as u64 {
+            return Err("offsets_retention_ms must be between 1000 and 2^63 - 1".into());
+        }
+        if self.io_memory_bytes.checked_mul(self.shards).is_none() {
+            return Err("io_memory_bytes times shards overflows".into());
+        }
+        // Shard ports: within range, and not the shared port (the listeners reuse
+        // ports, so a collision would not fail; it would spread clients across shards).
+        let shards = self.shards as u64;
+        let first_shard_port = match (self.shard_port_base, self.listen.port()) {
+            (0, 0) => None,
+            (0, port) => Some(u64::from(port) + 1),
+            (base, _) => Some(u64::from(base)),
+        };
+        if let Some(first) = first_shard_port {
+            if first + shards - 1 > 65_535 {
+                return Err(format!(
+                    "the shard ports {first}..{} pass 65535: lower the port or shard_port_base",
+                    first + shards - 1
+                ));
+            }
+            let shared = u64::from(self.listen.port());
+            if (first..first + shards).contains(&shared) {
+                return Err(format!(
+                    "the listen port {shared} is one of the shard ports {first}..{}",
+                    first + shards - 1
+                ));
+            }
+        }
+        if let Some(host) = &self.advertised_host {
+            let with_port = host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err();
+            if host.is_empty() || host.contains(['/', ' ']) || with_port {
+                return Err(format!(
+                    "advertised_host {host:?} must be a host name or address, without a port"
+                ));
+            }
         }
         if self.group_session_timeout_min_ms > self.group_session_timeout_max_ms {
             return Err("group_session_timeout_min_ms exceeds group_session_timeout_max_ms".into());
@@ -168,5 +202,57 @@ mod tests {
         assert_eq!(config.validate(), Ok(()), "0 lends nothing");
         config.write_window_bytes_per_shard = config.log.write_buffer_bytes;
         assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn shard_ports_stay_in_range_and_off_the_shared_port() {
+        let with = |listen: &str, base: u16, shards: usize| {
+            let config = BrokerConfig {
+                listen: listen.parse().unwrap(),
+                shard_port_base: base,
+                shards,
+                ..BrokerConfig::default()
+            };
+            config.validate()
+        };
+        assert_eq!(with("127.0.0.1:9292", 0, 8), Ok(()));
+        assert_eq!(with("127.0.0.1:0", 0, 8), Ok(()), "ephemeral ports");
+        assert!(with("127.0.0.1:65535", 0, 1).unwrap_err().contains("65535"));
+        assert!(with("127.0.0.1:9292", 65_530, 8)
+            .unwrap_err()
+            .contains("65535"));
+        assert!(with("127.0.0.1:9292", 9_290, 4)
+            .unwrap_err()
+            .contains("9292"));
+        assert_eq!(with("127.0.0.1:9292", 9_300, 4), Ok(()));
+    }
+
+    #[test]
+    fn sizes_that_overflow_and_hosts_with_ports_are_refused() {
+        let config = BrokerConfig {
+            io_memory_bytes: usize::MAX / 2,
+            shards: 4,
+            ..BrokerConfig::default()
+        };
+        assert!(config.validate().unwrap_err().contains("overflows"));
+        let config = BrokerConfig {
+            offsets_retention_ms: u64::MAX,
+            ..BrokerConfig::default()
+        };
+        assert!(config.validate().is_err());
+        for (host, valid) in [
+            ("broker-1.example", true),
+            ("10.0.0.7", true),
+            ("::1", true),
+            ("broker-1.example:9292", false),
+            ("10.0.0.7:9292", false),
+            ("", false),
+        ] {
+            let config = BrokerConfig {
+                advertised_host: Some(host.into()),
+                ..BrokerConfig::default()
+            };
+            assert_eq!(config.validate().is_ok(), valid, "{host:?}");
+        }
     }
 }
