@@ -702,3 +702,34 @@ fn three_consumer_processes_share_a_topic_and_one_killed_with_kill_9_loses_nothi
     drop(members);
     broker.stop();
 }
+
+/// With no shard count chosen, the broker starts one shard per CPU as far as the
+/// locked-memory limit allows, instead of refusing to start (a machine with many CPUs
+/// and the usual 8 MiB limit): under 1 MiB of it, one shard of 1 MiB.
+#[test]
+fn the_default_shard_count_fits_the_locked_memory_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let address = free_address();
+    let command = format!(
+        "ulimit -l 1024 && exec {FLUMEN} broker --listen {address} --data-dir {}",
+        dir.path().display()
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &command])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(address).is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "the broker exited");
+        assert!(Instant::now() < deadline, "broker did not start listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let metadata = Client::connect(address).unwrap().metadata(None).unwrap();
+    assert_eq!(metadata.brokers[0].shards.len(), 1);
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: signals a child this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    assert!(child.wait().unwrap().success());
+}

@@ -33,10 +33,17 @@ pub(super) struct BrokerArgs {
 
 pub(super) fn run(args: BrokerArgs) -> Result<ExitCode, String> {
     let mut config = BrokerConfig::default();
+    let mut shards_chosen = args.shards.is_some();
     if let Some(path) = &args.config {
-        ConfigFile::load(path)?
-            .apply(&mut config)
+        let file = ConfigFile::load(path)?;
+        shards_chosen |= file.shards.is_some();
+        file.apply(&mut config)
             .map_err(|error| format!("{}: {error}", path.display()))?;
+    }
+    let per_cpu = config.shards;
+    if !shards_chosen {
+        // One shard per CPU, as far as the locked-memory limit allows.
+        config.shards = crate::server::shards_within_memlock(config.shards, config.io_memory_bytes);
     }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
@@ -55,6 +62,13 @@ pub(super) fn run(args: BrokerArgs) -> Result<ExitCode, String> {
     }
     check_log_level(&args.log_level)?;
     init_logging(&args.log_level);
+    if config.shards < per_cpu && !shards_chosen {
+        tracing::warn!(
+            shards = config.shards,
+            cpus = per_cpu,
+            "fewer shards than CPUs: the locked memory limit (ulimit -l) holds only this many; raise it for one shard per CPU (docs/OPERATIONS.md, section 9.1)"
+        );
+    }
     abort_on_panic();
     crate::shard::tune_allocator();
     // Handlers first: a signal during start-up (recovery can take a while) must shut the

@@ -713,19 +713,41 @@ fn raise_open_files_limit() {
     }
 }
 
-fn check_memlock(config: &BrokerConfig) -> Result<(), StartupError> {
+/// The locked-memory limit (`ulimit -l`) in bytes; `None` if unlimited or unknown.
+fn memlock_limit() -> Option<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: `limit` is a valid `rlimit` to write into.
     if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
-        return Ok(());
+        return None;
     }
+    (limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+}
+
+/// How many shards of `io_memory_bytes` each the locked-memory limit allows, at most
+/// `wanted` (and at least 1: one that does not fit is refused with advice at start).
+/// For a shard count nobody chose (one per CPU by default), so that a machine with many
+/// CPUs and the usual 8 MiB limit still starts.
+pub fn shards_within_memlock(wanted: usize, io_memory_bytes: usize) -> usize {
+    match memlock_limit() {
+        Some(limit) => {
+            let fitting = (limit / io_memory_bytes.max(1) as u64).max(1);
+            wanted.min(usize::try_from(fitting).unwrap_or(usize::MAX))
+        }
+        None => wanted,
+    }
+}
+
+fn check_memlock(config: &BrokerConfig) -> Result<(), StartupError> {
+    let Some(limit) = memlock_limit() else {
+        return Ok(());
+    };
     let needed = config.io_memory_bytes.saturating_mul(config.shards) as u64;
-    if limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < needed {
+    if limit < needed {
         return Err(StartupError::MemlockTooLow {
-            limit_bytes: limit.rlim_cur,
+            limit_bytes: limit,
             needed_bytes: needed,
             shards: config.shards,
         });

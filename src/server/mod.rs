@@ -14,5 +14,8 @@ mod handlers;
 mod mesh;
 mod state;
 
-pub use broker::{run_broker, run_broker_with_stop, BrokerHandle, StartupError, StartupSummary};
+pub use broker::{
+    run_broker, run_broker_with_stop, shards_within_memlock, BrokerHandle, StartupError,
+    StartupSummary,
+};
 pub use config::BrokerConfig;
