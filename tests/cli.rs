@@ -733,3 +733,50 @@ fn the_default_shard_count_fits_the_locked_memory_limit() {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     assert!(child.wait().unwrap().success());
 }
+
+/// `produce` sends each line's bytes as they are, UTF-8 or not, splitting keys on the
+/// separator's bytes and dropping `\n` or `\r\n`.
+#[test]
+fn produce_sends_lines_that_are_not_utf8() {
+    let dir = tempfile::tempdir().unwrap();
+    let address = free_address();
+    let broker = Broker::start(dir.path(), address);
+    let (ok, _, stderr) = cli(
+        address,
+        &["topic", "create", "raw", "--partitions", "1"],
+        None,
+    );
+    assert!(ok, "{stderr}");
+    let input = b"a\n\xff\xfe\nk:\xc3v\r\nlast";
+    let (ok, _, stderr) = cli(
+        address,
+        &["produce", "raw", "--key-separator", ":", "--partition", "0"],
+        Some(input),
+    );
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("acknowledged 4 records"), "{stderr}");
+    let mut client = Client::connect(address).unwrap();
+    let fetched = client.fetch("raw", 0, 0, 1 << 20, 0).unwrap();
+    let records: Vec<(Option<Vec<u8>>, Vec<u8>)> = fetched
+        .batches()
+        .unwrap()
+        .iter()
+        .flat_map(|batch| batch.records())
+        .map(|record| {
+            (
+                record.key().map(<[u8]>::to_vec),
+                record.value().unwrap().to_vec(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        records,
+        vec![
+            (None, b"a".to_vec()),
+            (None, b"\xff\xfe".to_vec()),
+            (Some(b"k".to_vec()), b"\xc3v".to_vec()),
+            (None, b"last".to_vec()),
+        ]
+    );
+    broker.stop();
+}

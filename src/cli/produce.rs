@@ -91,15 +91,41 @@ pub(super) fn run(bootstrap: &str, args: ProduceArgs) -> Result<ExitCode, String
         .map_err(|error| format!("cannot start the producer: {error}"))?;
     let mut summary = Summary::default();
     let mut pending = VecDeque::new();
-    for line in std::io::stdin().lock().lines() {
-        let line = line.map_err(|error| format!("cannot read standard input: {error}"))?;
+    // Lines are bytes, not text: any value, UTF-8 or not, is sent as it is.
+    let mut input = std::io::stdin().lock();
+    let mut line = Vec::new();
+    let mut read_error = None;
+    loop {
+        line.clear();
+        match input.read_until(b'\n', &mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(error) => {
+                // What was read so far is still sent and summed up below.
+                read_error = Some(format!("cannot read standard input: {error}"));
+                break;
+            }
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+        }
         let bytes = line.len() as u64;
-        let mut record = match &args.key_separator {
-            Some(separator) => match line.split_once(separator.as_str()) {
-                Some((key, value)) => Record::new(&args.topic, value).with_key(key),
-                None => Record::new(&args.topic, line),
-            },
-            None => Record::new(&args.topic, line),
+        let split = args.key_separator.as_deref().and_then(|separator| {
+            let separator = separator.as_bytes();
+            (!separator.is_empty())
+                .then(|| {
+                    line.windows(separator.len())
+                        .position(|window| window == separator)
+                })
+                .flatten()
+                .map(|at| (&line[..at], &line[at + separator.len()..]))
+        });
+        let mut record = match split {
+            Some((key, value)) => Record::new(&args.topic, value).with_key(key),
+            None => Record::new(&args.topic, line.as_slice()),
         };
         record.partition = args.partition;
         for (name, value) in &args.headers {
@@ -121,8 +147,9 @@ pub(super) fn run(bootstrap: &str, args: ProduceArgs) -> Result<ExitCode, String
     for (partition, (first, last)) in &summary.ranges {
         eprintln!("  partition {partition}: offsets {first}..={last}");
     }
-    match summary.first_error {
-        None => Ok(ExitCode::SUCCESS),
-        Some(error) => Err(format!("sending to {} failed: {error}", args.topic)),
+    match (read_error, summary.first_error) {
+        (Some(error), _) => Err(error),
+        (None, None) => Ok(ExitCode::SUCCESS),
+        (None, Some(error)) => Err(format!("sending to {} failed: {error}", args.topic)),
     }
 }
