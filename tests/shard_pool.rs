@@ -63,3 +63,46 @@ fn placement_is_shared_by_everyone_who_knows_the_shard_count() {
     assert_eq!(owners.iter().filter(|&&shard| shard == 0).count(), 2);
     assert_eq!(owners.iter().filter(|&&shard| shard == 1).count(), 2);
 }
+
+/// Threads of this process whose name starts with `prefix`.
+fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with(prefix))
+        .count()
+}
+
+/// A shard that cannot start (here, pinned to a CPU that does not exist) fails the
+/// pool's start, and the shards that did start do not stay waiting for it: their
+/// threads end.
+#[test]
+fn a_shard_that_cannot_start_does_not_leave_the_others_waiting() {
+    let config = ShardPoolConfig {
+        shards: 2,
+        cpus: vec![available_cpus()[0], 4_000],
+        io_memory_bytes: 512 << 10,
+        mesh_channel_capacity: 4,
+        name: "doomed".into(),
+    };
+    let started = ShardPool::start::<(), _, _>(&config, |_| async {});
+    let failed = match started {
+        Err(_) => true,
+        Ok(pool) => pool.join().is_err(),
+    };
+    assert!(failed, "a shard on a CPU that does not exist started");
+    // Give the started shard's threads time to appear, then a bounded wait for them to
+    // end (left waiting, they never would).
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for _ in 0..500 {
+        if threads_named("doomed-") == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(
+        threads_named("doomed-"),
+        0,
+        "the started shard's threads are left"
+    );
+}

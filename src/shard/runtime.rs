@@ -11,6 +11,9 @@
 use std::future::Future;
 use std::io;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use glommio::channels::channel_mesh::{MeshBuilder, Receivers, Senders};
 use glommio::{CpuSet, LocalExecutorBuilder, Placement, PoolPlacement};
@@ -165,6 +168,10 @@ impl ShardPool {
         assert!(config.shards > 0, "at least one shard");
         let mesh = MeshBuilder::<M, _>::full(config.shards, config.mesh_channel_capacity);
         let mut handles = Vec::with_capacity(config.shards);
+        // Set when a shard cannot start (its spawn fails, or its executor is never
+        // created): the shards waiting for it in the mesh then give up and end, rather
+        // than wait for good.
+        let failed = Arc::new(AtomicBool::new(false));
         // Executors are spawned in shard order; the mesh numbers peers by executor id, which
         // grows in spawn order, so peer `i` is shard `i` (checked on join).
         for shard in 0..config.shards {
@@ -175,23 +182,40 @@ impl ShardPool {
             let mesh = mesh.clone();
             let body = body.clone();
             let shards = config.shards as u32;
-            let handle = LocalExecutorBuilder::new(placement.clone())
+            // Dropped unused if glommio never creates this shard's executor.
+            let unstarted = Unstarted(Some(Arc::clone(&failed)));
+            let failed_peer = Arc::clone(&failed);
+            let spawned = LocalExecutorBuilder::new(placement.clone())
                 .blocking_thread_pool_placement(blocking_pool(&placement))
                 .name(&format!("{}-{shard}", config.name))
                 .io_memory(config.io_memory_bytes)
-                .spawn(move || async move {
-                    let (senders, receivers) = mesh.join().await.expect("joins the shard mesh");
-                    assert_eq!(senders.peer_id(), shard, "mesh peer ids follow shard order");
-                    body(ShardContext {
-                        shard: shard as u32,
-                        shards,
-                        senders: Rc::new(senders),
-                        receivers: Some(receivers),
-                    })
-                    .await;
+                .spawn(move || {
+                    let mut unstarted = unstarted;
+                    unstarted.0 = None;
+                    async move {
+                        let joined = super::until(mesh.join(), peer_failed(failed_peer)).await;
+                        let Some(joined) = joined else {
+                            return;
+                        };
+                        let (senders, receivers) = joined.expect("joins the shard mesh");
+                        assert_eq!(senders.peer_id(), shard, "mesh peer ids follow shard order");
+                        body(ShardContext {
+                            shard: shard as u32,
+                            shards,
+                            senders: Rc::new(senders),
+                            receivers: Some(receivers),
+                        })
+                        .await;
+                    }
                 })
-                .map_err(io::Error::from)?;
-            handles.push(handle);
+                .map_err(io::Error::from);
+            match spawned {
+                Ok(handle) => handles.push(handle),
+                Err(error) => {
+                    failed.store(true, Ordering::Release);
+                    return Err(error);
+                }
+            }
         }
         Ok(Self { handles })
     }
@@ -208,6 +232,26 @@ impl ShardPool {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Marks the pool failed when dropped still holding the flag: a shard whose start-up
+/// closure glommio dropped without running (its executor could not be created).
+struct Unstarted(Option<Arc<AtomicBool>>);
+
+impl Drop for Unstarted {
+    fn drop(&mut self) {
+        if let Some(failed) = self.0.take() {
+            failed.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Resolves once a shard of the pool failed to start (checked every 10 ms while the
+/// shards join the mesh, which takes a moment).
+async fn peer_failed(failed: Arc<AtomicBool>) {
+    while !failed.load(Ordering::Acquire) {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
     }
 }
 
