@@ -393,3 +393,77 @@ fn offsets_that_failed_to_load_are_an_error_not_an_empty_answer() {
         "{fetched:?}"
     );
 }
+
+/// Many live positions with large metadata are written again in batches that fit the
+/// topic's batch limit (here 1 MiB; one batch of them, about 1.2 MB, did not), so
+/// retention still keeps every one: after the first commits are gone, all come back from
+/// the log at a restart.
+#[test]
+fn many_large_positions_are_refreshed_within_the_batch_limit() {
+    let mut broker = EmbeddedBroker::start_with(|config| {
+        config.offsets_retention_ms = 2_000;
+        config.retention_check_interval_ms = 100;
+        config.log.batch_bytes_max = 1 << 20;
+    })
+    .unwrap();
+    let mut client = Client::connect(broker.bootstrap()).unwrap();
+    client.create_topic("wide", 300, &[]).unwrap();
+    let metadata = "m".repeat(4_000);
+    let positions: Vec<(&str, u32, u64, Option<&str>)> = (0..300)
+        .map(|partition| ("wide", partition, 7, Some(metadata.as_str())))
+        .collect();
+    for chunk in positions.chunks(100) {
+        let outcomes = client.commit_offsets("big", chunk).unwrap();
+        assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    }
+    let partitions = flumen::group::OFFSETS_PARTITIONS_DEFAULT;
+    let index = flumen::group::offsets_partition("big", partitions);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while client
+        .list_offsets(
+            "__consumer_offsets",
+            index,
+            flumen_client::EARLIEST_TIMESTAMP,
+        )
+        .unwrap()
+        .log_start_offset
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retention never removed the first commits"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    broker.restart().unwrap();
+    let mut client = Client::connect(broker.bootstrap()).unwrap();
+    let kept = client.fetch_offsets("big", None).unwrap();
+    let count: usize = kept.iter().map(|topic| topic.partitions.len()).sum();
+    assert_eq!(count, 300);
+    assert!(kept[0]
+        .partitions
+        .iter()
+        .all(|partition| partition.offset == Some(7)));
+}
+
+/// Deleting a topic deletes the groups' committed positions of it (as Kafka does): a
+/// topic created again with the same name starts its groups afresh, after a restart
+/// too, while their positions of other topics stay.
+#[test]
+fn a_deleted_topic_takes_its_committed_positions_with_it() {
+    let mut broker = broker();
+    let mut client = Client::connect(broker.bootstrap()).unwrap();
+    client
+        .commit_offsets(
+            "billing",
+            &[("orders", 0, 10, None), ("payments", 0, 3, None)],
+        )
+        .unwrap();
+    client.delete_topic("orders").unwrap();
+    client.create_topic("orders", 3, &[]).unwrap();
+    let expected = vec![("payments".to_owned(), 0, Some(3), None)];
+    assert_eq!(positions(&mut client, "billing"), expected);
+    broker.restart().unwrap();
+    let mut client = Client::connect(broker.bootstrap()).unwrap();
+    assert_eq!(positions(&mut client, "billing"), expected);
+}

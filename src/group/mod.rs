@@ -617,11 +617,50 @@ impl Coordinator {
             })
             .collect();
         let count = stale.len();
-        // One batch at a time keeps each within the batch size limits.
-        let mut stale = stale.into_iter().peekable();
-        while stale.peek().is_some() {
-            let chunk: Vec<_> = stale.by_ref().take(1_000).collect();
-            self.append_now(partition, chunk, now_ms).await?;
+        // Batches within half the partition's batch limit; a chunk that fails does not
+        // keep the later ones (other groups' positions) from being written.
+        let mut first_error = None;
+        for chunk in within_batches(partition, stale) {
+            if let Err(error) = self.append_now(partition, chunk, now_ms).await {
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(count), Err)
+    }
+
+    /// Deletes every committed position of `topic` held by offsets partition `index` (of
+    /// `partitions`): tombstones appended (durably), then forgotten. For a deleted topic,
+    /// as Kafka does: a topic created again with the same name must not resume from
+    /// them. Returns how many were deleted.
+    pub async fn forget_topic(
+        &self,
+        partition: &Partition,
+        index: u32,
+        partitions: u32,
+        topic: &str,
+        now_ms: i64,
+    ) -> Result<usize, GroupError> {
+        let records: Vec<(OffsetKey, Option<Committed>)> = self
+            .groups
+            .borrow()
+            .iter()
+            .filter(|(group, _)| offsets_partition(group, partitions) == index)
+            .flat_map(|(group, data)| {
+                data.positions.keys().filter(|(name, _)| name == topic).map(
+                    move |(name, number)| {
+                        let key = OffsetKey {
+                            group: group.clone(),
+                            topic: name.clone(),
+                            partition: *number,
+                        };
+                        (key, None)
+                    },
+                )
+            })
+            .collect();
+        let count = records.len();
+        for chunk in within_batches(partition, records) {
+            self.append(partition, chunk, now_ms).await?;
         }
         Ok(count)
     }
@@ -656,7 +695,12 @@ impl Coordinator {
             return Err(GroupError::UnknownGroup(group.to_owned()));
         }
         let records = keys.into_iter().map(|key| (key, None)).collect();
-        self.append(partition, records, now_ms).await
+        // A group with more positions than one batch takes is deleted in several; a
+        // failure part way leaves the rest, to be deleted again.
+        for chunk in within_batches(partition, records) {
+            self.append(partition, chunk, now_ms).await?;
+        }
+        Ok(())
     }
 
     /// The committed positions of `group`, by topic and partition.
@@ -677,4 +721,33 @@ impl Coordinator {
     pub fn groups(&self) -> Vec<String> {
         self.groups.borrow().keys().cloned().collect()
     }
+}
+
+/// `records` split into batches of at most half the partition's batch limit (at least
+/// one record each), by their encoded size.
+fn within_batches(
+    partition: &Partition,
+    records: Vec<(OffsetKey, Option<Committed>)>,
+) -> Vec<Vec<(OffsetKey, Option<Committed>)>> {
+    let budget = partition.log().config().batch_bytes_max / 2;
+    let mut chunks: Vec<Vec<(OffsetKey, Option<Committed>)>> = Vec::new();
+    let mut bytes = 0;
+    for record in records {
+        // Key, value and the record's own framing (generously).
+        let size = record.0.encode().len()
+            + record
+                .1
+                .as_ref()
+                .map_or(0, |committed| committed.encode().len())
+            + 64;
+        match chunks.last_mut() {
+            Some(chunk) if bytes + size <= budget => chunk.push(record),
+            _ => {
+                chunks.push(vec![record]);
+                bytes = 0;
+            }
+        }
+        bytes += size;
+    }
+    chunks
 }

@@ -587,10 +587,14 @@ async fn group_timer_loop(state: Rc<ShardState>) {
 /// Writes live committed positions again before `__consumer_offsets`' retention could
 /// remove them: every eighth of the retention time, at most hourly.
 async fn offsets_refresh_loop(state: Rc<ShardState>) {
-    let period = (state.config.offsets_retention_ms / 8).clamp(100, 3_600_000);
     loop {
+        // From the topic's retention in force, which the broker's setting may no longer
+        // match (it applies when the topic is created).
+        let period = state
+            .offsets_topic_retention_ms()
+            .map_or(3_600_000, |retention| (retention / 8).clamp(100, 3_600_000));
         sleep(Duration::from_millis(period)).await;
-        state.refresh_offsets().await;
+        let _ = state.refresh_offsets().await;
     }
 }
 
@@ -601,11 +605,19 @@ async fn retention_loop(state: Rc<ShardState>) {
     // Live committed positions are written again before the first pass: after a
     // downtime longer than their retention, that pass would otherwise delete their
     // only stored copies, leaving them in memory until the next refresh (up to an hour).
-    state.refresh_offsets().await;
+    // Until that has succeeded (a full disk may fail it), the offsets partitions are
+    // left alone.
+    let mut offsets_refreshed = state.refresh_offsets().await;
     let interval = retention_interval(&state);
     loop {
         sleep(interval).await;
+        if !offsets_refreshed {
+            offsets_refreshed = state.refresh_offsets().await;
+        }
         for partition in state.local_partitions() {
+            if !offsets_refreshed && partition.topic() == crate::group::OFFSETS_TOPIC {
+                continue;
+            }
             let log = partition.log();
             if let Err(error) = log.apply_retention_freeing_within(interval / 2).await {
                 tracing::error!(?partition, %error, "retention failed");

@@ -387,13 +387,18 @@ impl ShardState {
     /// Writes again the live positions held by this shard's offsets partitions whose
     /// newest record is older than a quarter of `offsets_retention_ms` (called by a
     /// timer), so retention never removes them.
-    pub async fn refresh_offsets(&self) {
+    /// Returns whether every one of this shard's offsets partitions was refreshed.
+    pub async fn refresh_offsets(&self) -> bool {
         let partitions = self
             .catalog()
             .topic(OFFSETS_TOPIC)
             .map_or(OFFSETS_PARTITIONS_DEFAULT, |topic| topic.partitions);
+        let Some(retention_ms) = self.offsets_topic_retention_ms() else {
+            return true; // Nothing deletes commits: nothing to write again.
+        };
+        let mut all = true;
         let now = self.clock.now_ms();
-        let older_than = now - (self.config.offsets_retention_ms / 4) as i64;
+        let older_than = now - (retention_ms / 4) as i64;
         for index in 0..partitions {
             let Some(partition) = self.local_partition(OFFSETS_TOPIC, index) else {
                 continue;
@@ -408,10 +413,24 @@ impl ShardState {
                     tracing::debug!(partition = index, count, "refreshed committed offsets")
                 }
                 Err(error) => {
+                    all = false;
                     tracing::warn!(partition = index, %error, "cannot refresh committed offsets")
                 }
             }
         }
+        all
+    }
+
+    /// The time retention of `__consumer_offsets` in force: the topic's own (set when it
+    /// was created, from `offsets_retention_ms` then), not the broker's setting now,
+    /// which may have changed since. `None` if nothing deletes by time.
+    pub fn offsets_topic_retention_ms(&self) -> Option<u64> {
+        let catalog = self.catalog();
+        let retention = match catalog.topic(OFFSETS_TOPIC) {
+            Some(topic) => topic.config.log_config(&self.config.log).retention_ms,
+            None => Some(self.config.offsets_retention_ms as i64),
+        };
+        retention.map(|ms| ms.max(0) as u64)
     }
 
     /// Expires group members and completes due rebalances (called by a timer).
@@ -432,9 +451,23 @@ impl ShardState {
     }
 
     /// Applies a catalog change; shard 0 does the work.
-    pub async fn change_catalog(&self, change: CatalogChange) -> Result<(), WireError> {
+    pub async fn change_catalog(self: &Rc<Self>, change: CatalogChange) -> Result<(), WireError> {
         if self.shard == 0 {
-            return self.change_catalog_here(change).await;
+            // In a task of its own, as on the other shards' behalf (a mesh request): a
+            // change must run to its end even if the request that asked for it goes (its
+            // connection closed), or the catalog persisted and the shards' could differ.
+            let done = Rc::new(Notify::new());
+            let result = Rc::new(std::cell::RefCell::new(None));
+            let finished = done.listen();
+            let (state, slot, signal) = (Rc::clone(self), Rc::clone(&result), Rc::clone(&done));
+            crate::shard::spawn_detached(async move {
+                let changed = state.change_catalog_here(change).await;
+                *slot.borrow_mut() = Some(changed);
+                signal.notify_all();
+            });
+            finished.await;
+            let changed = result.borrow_mut().take();
+            return changed.expect("set before the notification");
         }
         match self.call(0, ShardRequest::ChangeCatalog(change)).await {
             ShardResponse::Catalog(result) => result,
@@ -523,6 +556,7 @@ impl ShardState {
         for old in previous.topics() {
             if current.topic(&old.name).is_none() {
                 self.drop_topic(&old.name, old.partitions).await;
+                self.forget_committed_positions(&old.name).await;
             }
         }
         for topic in current.topics() {
@@ -532,6 +566,37 @@ impl ShardState {
                 }
                 Some(old) if old.config != topic.config => self.reconfigure_topic(&topic.name),
                 Some(_) => {}
+            }
+        }
+    }
+
+    /// Deletes the groups' committed positions of a deleted topic held by this shard's
+    /// offsets partitions. A failure is logged; the positions then stay until the group
+    /// commits others or is deleted.
+    async fn forget_committed_positions(&self, topic: &str) {
+        let partitions = self
+            .catalog()
+            .topic(OFFSETS_TOPIC)
+            .map_or(OFFSETS_PARTITIONS_DEFAULT, |offsets| offsets.partitions);
+        for index in 0..partitions {
+            let Some(partition) = self.local_partition(OFFSETS_TOPIC, index) else {
+                continue;
+            };
+            let now = self.clock.now_ms();
+            let forgotten = self
+                .groups
+                .forget_topic(&partition, index, partitions, topic, now)
+                .await;
+            match forgotten {
+                Ok(0) => {}
+                Ok(count) => tracing::info!(
+                    topic,
+                    count,
+                    "deleted the committed positions of a deleted topic"
+                ),
+                Err(error) => {
+                    tracing::error!(topic, %error, "cannot delete the committed positions of a deleted topic")
+                }
             }
         }
     }
