@@ -155,6 +155,8 @@ pub struct Membership {
     members: BTreeMap<String, Member>,
     /// In `PreparingRebalance`: complete at the latest then.
     rebalance_deadline_ms: i64,
+    /// In `PreparingRebalance`: when it began.
+    rebalance_started_ms: i64,
     /// In the first rebalance of an empty group: complete no sooner than then.
     not_before_ms: i64,
     /// The answer of the last completed rebalance, kept so that a join waiting for it
@@ -181,6 +183,7 @@ impl Default for Membership {
             leader: String::new(),
             members: BTreeMap::new(),
             rebalance_deadline_ms: 0,
+            rebalance_started_ms: 0,
             not_before_ms: 0,
             completed: None,
         }
@@ -306,9 +309,20 @@ impl Membership {
                 self.not_before_ms = now_ms + i64::from(limits.initial_rebalance_delay_ms);
             }
         } else {
-            // A longer rebalance timeout of a new member extends the wait.
+            // A longer rebalance timeout of a new member extends the wait, but never past
+            // the longest timeout counted from the rebalance's start: members joining
+            // one after another (a crash-looping one) cannot hold it open for good.
             let timeout = i64::from(request.rebalance_timeout_ms);
-            self.rebalance_deadline_ms = self.rebalance_deadline_ms.max(now_ms + timeout);
+            let longest = self
+                .members
+                .values()
+                .map(|member| i64::from(member.rebalance_timeout_ms))
+                .max()
+                .unwrap_or(timeout);
+            let latest = self.rebalance_started_ms + longest;
+            self.rebalance_deadline_ms = self
+                .rebalance_deadline_ms
+                .max((now_ms + timeout).min(latest));
         }
         let generation = self.generation;
         self.try_complete(now_ms);
@@ -498,6 +512,7 @@ impl Membership {
                 .max()
                 .unwrap_or(0);
             self.rebalance_deadline_ms = now_ms + i64::from(longest);
+            self.rebalance_started_ms = now_ms;
         }
     }
 
@@ -791,5 +806,45 @@ mod tests {
                 0
             )
             .is_ok());
+    }
+
+    /// New members joining one after another during a rebalance do not hold it open past
+    /// the longest rebalance timeout counted from its start.
+    #[test]
+    fn joins_during_a_rebalance_cannot_push_its_deadline_back_for_good() {
+        let mut group = Membership::default();
+        let (a, _) = group
+            .join(request("", &["range"]), || "a".into(), &limits(), 0)
+            .unwrap();
+        group.sync(&a, 1, vec![], 0).unwrap();
+        let (b, before) = group
+            .join(request("", &["range"]), || "b".into(), &limits(), 10)
+            .unwrap();
+        // a never rejoins; a new member joins every second.
+        for second in 1..5 {
+            group
+                .join(
+                    request("", &["range"]),
+                    || format!("c{second}"),
+                    &limits(),
+                    second * 1_000,
+                )
+                .unwrap();
+            // a's heartbeats keep its session (they are told to rejoin).
+            let _ = group.heartbeat(&a, 1, second * 1_000);
+            group.tick(second * 1_000);
+        }
+        assert!(
+            group.join_answer(&b, before).is_none(),
+            "still waiting for a"
+        );
+        let _ = group.heartbeat(&a, 1, 5_000);
+        group.tick(5_011);
+        let answer = group.join_answer(&b, before).unwrap().unwrap();
+        assert_eq!(answer.generation, 2);
+        assert_eq!(
+            group.join_answer(&a, 1),
+            Some(Err(MembershipError::UnknownMember))
+        );
     }
 }
