@@ -238,7 +238,13 @@ impl SegmentWriter {
                 }
                 let window = self.shared.limits.in_flight_max + state.borrowed.len();
                 let short = (state.slots.len() + buffers).saturating_sub(window);
-                if short > 0 && !self.shared.borrow_window(&mut state, short) {
+                // With none of its writes in flight, nothing of this writer's would ever
+                // wake the wait: an append larger than its window (the topic's
+                // max.message.bytes raised after the writer got its limits) goes ahead.
+                let room = short == 0
+                    || self.shared.borrow_window(&mut state, short)
+                    || state.slots.is_empty();
+                if !room {
                     None
                 } else if !state.preallocate {
                     return Ok(());
@@ -645,6 +651,36 @@ mod tests {
             }
             set_shared_write_window(0);
             assert_eq!(shared_write_window_available(), None);
+            file.close().await.unwrap();
+        });
+    }
+
+    /// An append larger than the writer's whole window (its topic's batch limit raised
+    /// after the writer got its limits), with nothing in flight to wait for and nothing
+    /// to borrow, goes ahead instead of waiting for good.
+    #[test]
+    fn an_append_larger_than_the_window_with_nothing_in_flight_goes_ahead() {
+        const BLOCK: usize = IO_ALIGNMENT_BYTES as usize;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        crate::shard::run_for_test(async {
+            set_shared_write_window(0);
+            let file = DirectFile::open(&path, true).await.unwrap();
+            let limits = WriterLimits {
+                buffer_bytes: BLOCK,
+                in_flight_max: 2,
+                preallocate_bytes: 0,
+            };
+            let writer = SegmentWriter::resume(file.clone(), 0, limits, Rc::default())
+                .await
+                .unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            let reserved = crate::shard::with_deadline(writer.reserve(4 * BLOCK), deadline).await;
+            reserved.expect("not left waiting").unwrap();
+            writer.append(&[7; 4 * BLOCK]);
+            writer.flush().await.unwrap();
+            let bytes = file.read_at(0, 4 * BLOCK).await.unwrap();
+            assert!(bytes.iter().all(|&byte| byte == 7));
             file.close().await.unwrap();
         });
     }
