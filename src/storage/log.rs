@@ -511,7 +511,16 @@ impl Log {
             .segment_for_append(batch.len(), header.record_count)
             .await?;
         let writer = segment.writer().expect("the active segment has a writer");
-        if let Some(cause) = writer.failure() {
+        // A failed write or sync of the segment the last roll left (not sealed yet)
+        // poisons the log as one of the active segment's does: acknowledging more
+        // appends would hide that earlier ones may not be on disk.
+        let rolled = self
+            .pending_seal
+            .borrow()
+            .as_ref()
+            .and_then(|pending| pending.segment.writer())
+            .and_then(|writer| writer.failure());
+        if let Some(cause) = writer.failure().or(rolled) {
             return Err(self.poisoned(cause));
         }
         writer
