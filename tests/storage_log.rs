@@ -1360,3 +1360,57 @@ fn no_spare_is_made_while_a_roll_still_holds_the_last_ones_name() {
         log.close().await.unwrap();
     });
 }
+
+/// After a crash, whatever follows the end of the segment appends continue in (here a
+/// batch of an earlier segment, as a recycled file holds, then more bytes) is cut off
+/// when the log is opened, so nothing written before can resurface behind later
+/// appends after another crash.
+#[test]
+fn bytes_after_the_end_of_the_last_segment_are_cut_at_open() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open_uncached(dir.path(), small_config()).await;
+        let mut tag = 0;
+        append_to_segments(&log, &mut tag, 2).await;
+        log.flush().await.unwrap();
+        let bases = log.segment_base_offsets();
+        let first = dir.path().join(format!("{:020}.log", bases[0]));
+        let last = dir.path().join(format!("{:020}.log", bases[1]));
+        let end = std::fs::metadata(&last).unwrap().len();
+        drop(log); // a crash: no close
+                   // A whole batch from the first segment (offsets before the last's), then more.
+        let earlier = std::fs::read(&first).unwrap();
+        let header = flumen_protocol::record::BatchHeader::decode(&earlier[..64]).unwrap();
+        let stale = &earlier[..header.padded_length() as usize];
+        let logical_end = {
+            // The last segment's data ends before any preallocated zeros.
+            let bytes = std::fs::read(&last).unwrap();
+            let mut position = 0usize;
+            while position + 64 <= bytes.len()
+                && bytes[position..position + 64].iter().any(|&b| b != 0)
+            {
+                let header =
+                    flumen_protocol::record::BatchHeader::decode(&bytes[position..position + 64])
+                        .unwrap();
+                position += header.padded_length() as usize;
+            }
+            position as u64
+        };
+        assert!(logical_end <= end);
+        let mut file = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
+        use std::io::{Seek, SeekFrom, Write};
+        file.seek(SeekFrom::Start(logical_end)).unwrap();
+        file.write_all(stale).unwrap();
+        file.write_all(stale).unwrap();
+        drop(file);
+        let (log, report) = open_uncached(dir.path(), small_config()).await;
+        assert_eq!(
+            report.bytes_cut, 0,
+            "not part of the log: nothing reported cut"
+        );
+        assert_eq!(log.next_offset(), tag * 4);
+        assert_eq!(std::fs::metadata(&last).unwrap().len(), logical_end);
+        assert_reads_tags(&log, 0, tag).await;
+        log.close().await.unwrap();
+    });
+}

@@ -107,6 +107,7 @@ pub(crate) async fn recover(
                 break;
             }
         }
+        let last = number + 1 == bases.len();
         let (segment, opened, tail_cut) = open_segment(
             dir,
             config,
@@ -115,6 +116,7 @@ pub(crate) async fn recover(
             previous_next_offset,
             now_ms,
             epochs,
+            last,
             &mut report,
         )
         .await?;
@@ -220,6 +222,7 @@ async fn open_segment(
     previous_next_offset: Option<u64>,
     now_ms: i64,
     epochs: Option<&[EpochEntry]>,
+    last: bool,
     report: &mut RecoveryReport,
 ) -> Result<(Segment, Opened, Option<TailCut>)> {
     let file = Segment::open_file(dir, base)
@@ -330,6 +333,15 @@ async fn open_segment(
     });
     if let Some(cut) = &outcome.cut {
         file.truncate(cut.position)
+            .await
+            .map_err(context("truncating", &path))?;
+        file.fdatasync().await.map_err(context("syncing", &path))?;
+    } else if last && outcome.end_position < file_size {
+        // The segment appends continue in: whatever follows its end goes (a recycled
+        // file's earlier batches, and this one's own that did not reach the disk in
+        // order). Left there, a later crash could find batches written before this one
+        // that happen to continue the offsets of what is written over them.
+        file.truncate(outcome.end_position)
             .await
             .map_err(context("truncating", &path))?;
         file.fdatasync().await.map_err(context("syncing", &path))?;
