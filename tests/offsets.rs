@@ -280,29 +280,10 @@ fn retention_removes_superseded_commits_but_never_a_live_position() {
     client
         .commit_offsets("keeper", &[("orders", 0, 42, Some("once"))])
         .unwrap();
-    let partitions = flumen::group::OFFSETS_PARTITIONS_DEFAULT;
-    let index = flumen::group::offsets_partition("keeper", partitions);
-    let log_start = |client: &mut Client| {
-        client
-            .list_offsets(
-                "__consumer_offsets",
-                index,
-                flumen_client::EARLIEST_TIMESTAMP,
-            )
-            .unwrap()
-            .log_start_offset
-    };
-    assert_eq!(log_start(&mut client), 0);
+    assert_eq!(offsets_log_start(&mut client, "keeper"), 0);
     // The first record (the commit itself) is removed by retention once a refreshed copy
     // exists in a newer segment; the position stays.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while log_start(&mut client) == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "retention never removed the first record"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_retention_of_first_commits(&mut client, "keeper");
     let kept = client.fetch_offsets("keeper", None).unwrap();
     assert_eq!(kept[0].partitions[0].offset, Some(42));
     assert_eq!(kept[0].partitions[0].metadata.as_deref(), Some("once"));
@@ -416,25 +397,7 @@ fn many_large_positions_are_refreshed_within_the_batch_limit() {
         let outcomes = client.commit_offsets("big", chunk).unwrap();
         assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
     }
-    let partitions = flumen::group::OFFSETS_PARTITIONS_DEFAULT;
-    let index = flumen::group::offsets_partition("big", partitions);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while client
-        .list_offsets(
-            "__consumer_offsets",
-            index,
-            flumen_client::EARLIEST_TIMESTAMP,
-        )
-        .unwrap()
-        .log_start_offset
-        == 0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "retention never removed the first commits"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_retention_of_first_commits(&mut client, "big");
     broker.restart().unwrap();
     let mut client = Client::connect(broker.bootstrap()).unwrap();
     let kept = client.fetch_offsets("big", None).unwrap();
@@ -466,4 +429,31 @@ fn a_deleted_topic_takes_its_committed_positions_with_it() {
     broker.restart().unwrap();
     let mut client = Client::connect(broker.bootstrap()).unwrap();
     assert_eq!(positions(&mut client, "billing"), expected);
+}
+
+/// The log start of the `__consumer_offsets` partition holding `group`.
+fn offsets_log_start(client: &mut Client, group: &str) -> u64 {
+    let partitions = flumen::group::OFFSETS_PARTITIONS_DEFAULT;
+    let index = flumen::group::offsets_partition(group, partitions);
+    client
+        .list_offsets(
+            "__consumer_offsets",
+            index,
+            flumen_client::EARLIEST_TIMESTAMP,
+        )
+        .unwrap()
+        .log_start_offset
+}
+
+/// Waits (bounded) until retention has removed the first records of the offsets
+/// partition holding `group`.
+fn wait_for_retention_of_first_commits(client: &mut Client, group: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while offsets_log_start(client, group) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retention never removed the first commits"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

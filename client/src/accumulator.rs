@@ -354,20 +354,10 @@ impl Accumulator {
         self.append_checked(record, partitions, id, now, true)
     }
 
-    /// [`Accumulator::append_at`] for a record whose buffer room its sender already
-    /// reserved (the producer counts room across the accumulator and the records on
-    /// their way to it): no `BufferFull` for it.
-    pub(crate) fn append_reserved(
-        &mut self,
-        record: &RecordRef<'_>,
-        partitions: u32,
-        id: u64,
-        now: impl FnOnce() -> Instant,
-    ) -> Result<(u32, Option<ReadyBatch>), AppendError> {
-        self.append_checked(record, partitions, id, now, false)
-    }
-
-    fn append_checked(
+    /// [`Accumulator::append_at`]; with `check_room` false, for a record whose buffer
+    /// room its sender already reserved (the producer counts room across the
+    /// accumulator and the records on their way to it): no `BufferFull` for it.
+    pub(crate) fn append_checked(
         &mut self,
         record: &RecordRef<'_>,
         partitions: u32,

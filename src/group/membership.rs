@@ -692,8 +692,9 @@ mod tests {
         assert_eq!(group.check_commit("", -1), Ok(()));
     }
 
-    #[test]
-    fn a_member_that_does_not_rejoin_is_dropped_at_the_rebalance_deadline() {
+    /// A group where `a` is stable in generation 1 and `b` joined at 10 ms, starting a
+    /// rebalance: the group, `a`, `b`, and the generation `b`'s answer must pass.
+    fn stable_a_then_b_joins() -> (Membership, String, String, i32) {
         let mut group = Membership::default();
         let (a, _) = group
             .join(request("", &["range"]), || "a".into(), &limits(), 0)
@@ -702,6 +703,12 @@ mod tests {
         let (b, before) = group
             .join(request("", &["range"]), || "b".into(), &limits(), 10)
             .unwrap();
+        (group, a, b, before)
+    }
+
+    #[test]
+    fn a_member_that_does_not_rejoin_is_dropped_at_the_rebalance_deadline() {
+        let (mut group, a, b, before) = stable_a_then_b_joins();
         // a never rejoins; its heartbeat keeps its session but not its place.
         assert_eq!(
             group.heartbeat(&a, 1, 3_500),
@@ -812,14 +819,7 @@ mod tests {
     /// the longest rebalance timeout counted from its start.
     #[test]
     fn joins_during_a_rebalance_cannot_push_its_deadline_back_for_good() {
-        let mut group = Membership::default();
-        let (a, _) = group
-            .join(request("", &["range"]), || "a".into(), &limits(), 0)
-            .unwrap();
-        group.sync(&a, 1, vec![], 0).unwrap();
-        let (b, before) = group
-            .join(request("", &["range"]), || "b".into(), &limits(), 10)
-            .unwrap();
+        let (mut group, a, b, before) = stable_a_then_b_joins();
         // a never rejoins; a new member joins every second.
         for second in 1..5 {
             group

@@ -611,22 +611,29 @@ impl Shared {
 mod tests {
     use super::*;
 
+    /// A writer of one-block buffers and a window of two, over a new file at `path`,
+    /// with `shared` bytes of shard window to borrow from.
+    async fn block_writer(path: &std::path::Path, shared: usize) -> (DirectFile, SegmentWriter) {
+        set_shared_write_window(shared);
+        let file = DirectFile::open(path, true).await.unwrap();
+        let limits = WriterLimits {
+            buffer_bytes: IO_ALIGNMENT_BYTES as usize,
+            in_flight_max: 2,
+            preallocate_bytes: 0,
+        };
+        let writer = SegmentWriter::resume(file.clone(), 0, limits, Rc::default())
+            .await
+            .unwrap();
+        (file, writer)
+    }
+
     #[test]
     fn writes_beyond_the_own_window_borrow_from_the_shard_and_give_it_back() {
         const BLOCK: usize = IO_ALIGNMENT_BYTES as usize;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("0.log");
         crate::shard::run_for_test(async {
-            set_shared_write_window(4 * BLOCK);
-            let file = DirectFile::open(&path, true).await.unwrap();
-            let limits = WriterLimits {
-                buffer_bytes: BLOCK,
-                in_flight_max: 2,
-                preallocate_bytes: 0,
-            };
-            let writer = SegmentWriter::resume(file.clone(), 0, limits, Rc::default())
-                .await
-                .unwrap();
+            let (file, writer) = block_writer(&path, 4 * BLOCK).await;
             // Nothing here yields, so no write runs: each append adds one in flight.
             // Its own window (2, one kept for the next staging buffer) holds one;
             // the shared window lends the next four.
@@ -664,16 +671,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("0.log");
         crate::shard::run_for_test(async {
-            set_shared_write_window(0);
-            let file = DirectFile::open(&path, true).await.unwrap();
-            let limits = WriterLimits {
-                buffer_bytes: BLOCK,
-                in_flight_max: 2,
-                preallocate_bytes: 0,
-            };
-            let writer = SegmentWriter::resume(file.clone(), 0, limits, Rc::default())
-                .await
-                .unwrap();
+            let (file, writer) = block_writer(&path, 0).await;
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
             let reserved = crate::shard::with_deadline(writer.reserve(4 * BLOCK), deadline).await;
             reserved.expect("not left waiting").unwrap();

@@ -221,7 +221,7 @@ impl DeskState {
         // not fail it.
         let appended = self
             .accumulator
-            .append_reserved(record, partitions, id, now);
+            .append_checked(record, partitions, id, now, false);
         let (partition, full) = match appended {
             Ok(appended) => appended,
             Err(error) => return Err((reply, error)),

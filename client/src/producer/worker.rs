@@ -1110,7 +1110,7 @@ impl<R: Runtime> Worker<R> {
             let id = u64::MAX - self.outbox_ids;
             self.outbox_ids += 1;
             // Only the accumulator's own bound: records handed by sends have their room
-            // reserved and are appended past it if need be (`append_reserved`), so the
+            // reserved and are appended past it if need be (`append_checked`), so the
             // drain always makes progress, holding at most one chunk more.
             let appended =
                 self.desk
