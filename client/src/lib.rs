@@ -175,6 +175,13 @@ impl Fetched {
     ) -> Result<Vec<BatchView<'a>>> {
         let data = &self.frame.as_slice()[self.data_start..];
         let range = &self.partition.batches;
+        // Batches start on 16-byte boundaries (section 4.1 of the protocol): one that
+        // does not could not be read in place.
+        if !range.offset.is_multiple_of(16) || !range.length.is_multiple_of(16) {
+            return Err(ClientError::Protocol(
+                "batch range not aligned to 16 bytes".into(),
+            ));
+        }
         let start = range.offset as usize;
         let end = start + range.length as usize;
         let mut bytes = data

@@ -142,6 +142,15 @@ impl Session {
                 "an earlier request on this connection was interrupted; reconnect".into(),
             ));
         }
+        if operation
+            .data()
+            .iter()
+            .any(|part| !part.len().is_multiple_of(16))
+        {
+            return Err(ClientError::Protocol(
+                "a data part is not padded to 16 bytes (whole, padded batches only)".into(),
+            ));
+        }
         self.interrupted = true;
         Ok(self.encoder.encode(operation))
     }
@@ -176,7 +185,10 @@ impl Session {
         correlation_id: u32,
         frame: FrameBuffer,
     ) -> Result<O::Output> {
-        self.interrupted = false;
+        // A response to another request means the stream is out of step with the
+        // requests (an answer the caller did not wait for): not usable again.
+        self.interrupted = ResponseFrame::decode(frame.as_slice())
+            .is_ok_and(|decoded| decoded.header.correlation_id != correlation_id);
         decode(operation, correlation_id, frame)
     }
 }
@@ -1131,5 +1143,52 @@ mod tests {
         let (head, rest) = coalesce(vec![9u8; 10], &data);
         assert_eq!(head, vec![9u8; 10]);
         assert_eq!(rest.len(), 1);
+    }
+
+    /// A data part that is not whole padded batches is an error, not a panic, and the
+    /// session stays usable.
+    #[test]
+    fn unpadded_data_is_refused_before_anything_is_sent() {
+        let odd = [1u8; 8];
+        let parts = [ProducePart {
+            topic: "a",
+            partition: 0,
+            batches: &odd,
+        }];
+        let mut session = Session::new("test");
+        let refused = session.begin(&ProduceBatches::new(&parts, Acks::All));
+        assert!(
+            matches!(refused, Err(ClientError::Protocol(_))),
+            "{refused:?}"
+        );
+        assert!(!session.is_interrupted());
+        let list = ListOffsets {
+            topic: "a",
+            partition: 0,
+            timestamp: 0,
+        };
+        assert!(session.begin(&list).is_ok());
+    }
+
+    /// A response to another request (an answer nobody waited for) leaves the session
+    /// unusable: every later exchange would read the previous one's answer.
+    #[test]
+    fn a_response_to_another_request_ends_the_session() {
+        let list = ListOffsets {
+            topic: "a",
+            partition: 0,
+            timestamp: 0,
+        };
+        let mut session = Session::new("test");
+        let (correlation_id, _) = session.begin(&list).unwrap();
+        let header = flumen_protocol::wire::ResponseHeader {
+            correlation_id: correlation_id.wrapping_sub(1),
+            error_code: ErrorCode::MalformedRequest,
+        };
+        let bytes = flumen_protocol::wire::ResponseFrame::encode(header, &[], &[]);
+        let mut frame = FrameBuffer::zeroed(bytes.len());
+        frame.as_mut_slice().copy_from_slice(&bytes);
+        assert!(session.finish(list, correlation_id, frame).is_err());
+        assert!(session.is_interrupted());
     }
 }

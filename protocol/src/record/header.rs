@@ -152,9 +152,11 @@ impl BatchHeader {
                 "last_offset_delta is not record_count - 1",
             ));
         }
+        // The next offset (one past the last record) must exist too.
         if self
             .base_offset
             .checked_add(u64::from(self.last_offset_delta))
+            .and_then(|last| last.checked_add(1))
             .is_none()
         {
             return Err(BatchError::ImpossibleHeader("offsets overflow"));

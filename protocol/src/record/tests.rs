@@ -128,14 +128,15 @@ fn unknown_body_format_and_codec_are_rejected_not_misread() {
 #[test]
 fn impossible_headers_are_rejected() {
     let cases: Vec<(usize, Vec<u8>)> = vec![
-        (16, vec![9]),                          // magic
-        (17, vec![1]),                          // reserved
-        (8, 10u32.to_le_bytes().to_vec()),      // shorter than the header
-        (8, u32::MAX.to_le_bytes().to_vec()),   // beyond the format limit
-        (60, 0u32.to_le_bytes().to_vec()),      // no records
-        (28, 9u32.to_le_bytes().to_vec()),      // last_offset_delta disagrees
-        (24, 0x1000u16.to_le_bytes().to_vec()), // unknown attribute bit
-        (40, 0i64.to_le_bytes().to_vec()),      // max_timestamp < first_timestamp
+        (16, vec![9]),                              // magic
+        (17, vec![1]),                              // reserved
+        (8, 10u32.to_le_bytes().to_vec()),          // shorter than the header
+        (8, u32::MAX.to_le_bytes().to_vec()),       // beyond the format limit
+        (60, 0u32.to_le_bytes().to_vec()),          // no records
+        (28, 9u32.to_le_bytes().to_vec()),          // last_offset_delta disagrees
+        (24, 0x1000u16.to_le_bytes().to_vec()),     // unknown attribute bit
+        (40, 0i64.to_le_bytes().to_vec()),          // max_timestamp < first_timestamp
+        (0, (u64::MAX - 1).to_le_bytes().to_vec()), // no offset after the last record
     ];
     for (at, bytes) in cases {
         let mut batch = sample(2);
