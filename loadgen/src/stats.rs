@@ -36,7 +36,8 @@ pub struct Tally {
     pub consumed_bytes: u64,
     /// Sends that failed.
     pub errors: u64,
-    /// When the first and the last of the `produced` records were acknowledged.
+    /// When the first and the last of the `produced` records were acknowledged (kept
+    /// for the measured totals only: windows do not need it).
     pub acknowledged: Option<(Instant, Instant)>,
     /// Send (intended time, in open loop) → acknowledgement.
     pub publish: Histogram<u64>,
@@ -120,7 +121,9 @@ impl Recorder {
             tally.produced += 1;
             tally.produced_bytes += bytes as u64;
             tally.publish.saturating_record(latency);
-            tally.acknowledged = Some(match tally.acknowledged {
+        }
+        if measured {
+            self.total.acknowledged = Some(match self.total.acknowledged {
                 Some((first, last)) => (first.min(at), last.max(at)),
                 None => (at, at),
             });
