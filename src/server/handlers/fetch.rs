@@ -91,7 +91,7 @@ pub(super) async fn handle(
         .topics
         .iter()
         .map(|topic| topic.name.as_str().to_owned());
-    let mut response = assemble(names.collect(), &wanted, results, response_bytes);
+    let mut response = assemble(names.collect(), &wanted, results);
     response.permit = Some(permit);
     Ok(response)
 }
@@ -176,9 +176,9 @@ async fn read_one(
     }
 }
 
-/// Drops the batches a response holding `total` bytes has no room for (as
-/// [`assemble`] would: the response's first batch always fits), so the room they
-/// would have taken stays for later partitions; returns the new total.
+/// Drops the batches a response holding `total` bytes has no room for (its first batch
+/// always fits), so the room they would have taken stays for later partitions; returns
+/// the new total.
 fn keep_fitting(batches: &mut FetchedBatches, total: usize, limit: usize) -> usize {
     fn keep<T>(
         batches: &mut Vec<T>,
@@ -246,12 +246,9 @@ async fn wait_for_any(state: &Rc<ShardState>, wanted: &[Wanted], deadline: Insta
     until(with_deadline(listener, deadline), state.shutdown.listen()).await;
 }
 
-fn assemble(
-    names: Vec<String>,
-    wanted: &[Wanted],
-    results: Vec<PartitionFetch>,
-    max_bytes: usize,
-) -> Response {
+/// The response: every batch read goes in (the reads kept only what fits,
+/// [`keep_fitting`]).
+fn assemble(names: Vec<String>, wanted: &[Wanted], results: Vec<PartitionFetch>) -> Response {
     let mut topics: Vec<FetchTopicResult> = names
         .into_iter()
         .map(|name| FetchTopicResult {
@@ -267,11 +264,7 @@ fn assemble(
             Err((code, message)) => error_result(want.partition, code, message),
             Ok(fetched) => {
                 for part in parts(fetched.batches) {
-                    let length = part.as_bytes().len();
-                    if total > 0 && total + length > max_bytes {
-                        break;
-                    }
-                    total += length;
+                    total += part.as_bytes().len();
                     data.push(part);
                 }
                 FetchPartitionResult {
