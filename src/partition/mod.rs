@@ -107,6 +107,9 @@ pub struct Partition {
     index: u32,
     log: Log,
     config: RefCell<TopicConfig>,
+    /// The topic's `min.insync.replicas`, read once per configuration rather than on
+    /// every acks=all produce.
+    min_insync_replicas: Cell<u32>,
     appended: Notify,
     producers: RefCell<ProducerStates>,
     /// Serialises sequence check, append and state update of produces.
@@ -152,6 +155,7 @@ impl Partition {
             index,
             snapshot_segment: Cell::new(log.active_segment_base()),
             log,
+            min_insync_replicas: Cell::new(config.min_insync_replicas()),
             config: RefCell::new(config),
             appended: Notify::new(),
             producers: RefCell::new(producers),
@@ -200,6 +204,7 @@ impl Partition {
         defaults: &LogConfig,
     ) -> Result<(), StorageError> {
         self.log.reconfigure(config.log_config(defaults))?;
+        self.min_insync_replicas.set(config.min_insync_replicas());
         *self.config.borrow_mut() = config;
         Ok(())
     }
@@ -215,7 +220,7 @@ impl Partition {
         acks: Acks,
     ) -> Result<Produced, ProduceError> {
         if acks == Acks::All {
-            let required = self.config.borrow().min_insync_replicas();
+            let required = self.min_insync_replicas.get();
             if required > IN_SYNC_REPLICAS {
                 // As Kafka: refused before anything is appended.
                 return Err(ProduceError::NotEnoughReplicas {
