@@ -456,18 +456,11 @@ impl ShardState {
             // In a task of its own, as on the other shards' behalf (a mesh request): a
             // change must run to its end even if the request that asked for it goes (its
             // connection closed), or the catalog persisted and the shards' could differ.
-            let done = Rc::new(Notify::new());
-            let result = Rc::new(std::cell::RefCell::new(None));
-            let finished = done.listen();
-            let (state, slot, signal) = (Rc::clone(self), Rc::clone(&result), Rc::clone(&done));
-            crate::shard::spawn_detached(async move {
-                let changed = state.change_catalog_here(change).await;
-                *slot.borrow_mut() = Some(changed);
-                signal.notify_all();
-            });
-            finished.await;
-            let changed = result.borrow_mut().take();
-            return changed.expect("set before the notification");
+            let state = Rc::clone(self);
+            return crate::shard::run_to_end(
+                async move { state.change_catalog_here(change).await },
+            )
+            .await;
         }
         match self.call(0, ShardRequest::ChangeCatalog(change)).await {
             ShardResponse::Catalog(result) => result,

@@ -69,6 +69,16 @@ where
     glommio::spawn_local(future).detach();
 }
 
+/// Runs `future` as a task of its own on this shard and waits for its output. Unlike a
+/// [`Task`] (or the future awaited in place), dropping the wait does not cancel it: work
+/// that must not stop half-way runs to its end either way.
+pub async fn run_to_end<T: 'static>(future: impl Future<Output = T> + 'static) -> T {
+    glommio::spawn_local(future)
+        .detach()
+        .await
+        .expect("a detached task runs to its end while its shard runs")
+}
+
 /// Runs `work` on one of this shard's helper threads (the ones for the system calls
 /// io_uring cannot make) and waits for it without blocking the shard: for file system
 /// work that may take a while, such as removing a deleted partition's files.
@@ -154,5 +164,35 @@ impl Future for YieldOnce {
         // Re-queue this task behind the ones already ready.
         context.waker().wake_by_ref();
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    use std::time::{Duration, Instant};
+
+    /// A wait for `run_to_end` given up on (its caller dropped) leaves the work running
+    /// to its end; the same future awaited in place would have stopped.
+    #[test]
+    fn work_run_to_end_finishes_when_its_caller_goes() {
+        super::run_for_test(async {
+            let done = Rc::new(Cell::new(false));
+            let work = |done: Rc<Cell<bool>>| async move {
+                super::sleep(Duration::from_millis(50)).await;
+                done.set(true);
+            };
+            let soon = || Instant::now() + Duration::from_millis(5);
+            let in_place = super::with_deadline(work(Rc::clone(&done)), soon()).await;
+            assert!(in_place.is_none());
+            super::sleep(Duration::from_millis(100)).await;
+            assert!(!done.get(), "awaited in place, it stopped with its caller");
+            let detached =
+                super::with_deadline(super::run_to_end(work(Rc::clone(&done))), soon()).await;
+            assert!(detached.is_none(), "the caller stopped waiting");
+            super::sleep(Duration::from_millis(100)).await;
+            assert!(done.get(), "run to its end all the same");
+        });
     }
 }
