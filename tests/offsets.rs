@@ -457,3 +457,58 @@ fn wait_for_retention_of_first_commits(client: &mut Client, group: &str) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// `__consumer_offsets` keeps the retention it was created with; a broker restarted
+/// with a longer `offsets_retention_ms` still writes live positions again within that
+/// retention (not its own setting's), so retention never takes their only copy.
+#[test]
+fn live_positions_follow_the_offsets_topics_own_retention() {
+    use flumen::server::{run_broker, BrokerConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let config = |retention_ms: u64| BrokerConfig {
+        data_dir: dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shards: 1,
+        offsets_retention_ms: retention_ms,
+        retention_check_interval_ms: 100,
+        ..BrokerConfig::default()
+    };
+    let broker = run_broker(config(2_000)).unwrap();
+    let mut client = Client::connect(broker.summary().listen).unwrap();
+    client.create_topic("orders", 1, &[]).unwrap();
+    client
+        .commit_offsets("keeper", &[("orders", 0, 42, None)])
+        .unwrap();
+    broker.shutdown();
+    broker.join().unwrap();
+
+    // Ten times longer now; the topic still deletes commits after 2 s. Another group of
+    // the same offsets partition keeps committing, so its segments roll and retention
+    // deletes the one with keeper's commit once that is 2 s old.
+    let broker = run_broker(config(20_000)).unwrap();
+    let mut client = Client::connect(broker.summary().listen).unwrap();
+    let partitions = flumen::group::OFFSETS_PARTITIONS_DEFAULT;
+    let index = flumen::group::offsets_partition("keeper", partitions);
+    let busy = (0..)
+        .map(|number| format!("busy-{number}"))
+        .find(|group| flumen::group::offsets_partition(group, partitions) == index)
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut offset = 0;
+    while offsets_log_start(&mut client, "keeper") == 0 {
+        assert!(std::time::Instant::now() < deadline, "retention never ran");
+        offset += 1;
+        client
+            .commit_offsets(&busy, &[("orders", 0, offset, None)])
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    broker.shutdown();
+    broker.join().unwrap();
+    let broker = run_broker(config(20_000)).unwrap();
+    let mut client = Client::connect(broker.summary().listen).unwrap();
+    let kept = client.fetch_offsets("keeper", None).unwrap();
+    assert_eq!(kept[0].partitions[0].offset, Some(42));
+    broker.shutdown();
+    broker.join().unwrap();
+}
