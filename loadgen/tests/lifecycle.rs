@@ -68,6 +68,16 @@ fn runs_delete_their_topics_unless_told_to_keep_them() {
     assert!(kept[1].starts_with("kept-acksall-"), "{kept:?}");
 }
 
+/// A temporary directory with a `data` directory for the embedded broker and the path
+/// of the report in it.
+fn run_dirs() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let json = dir.path().join("report.json");
+    (dir, data, json)
+}
+
 /// An embedded open-loop run with its data in `data` and its report in `json`, read
 /// until its first measured second is reported.
 fn start_embedded_run(data: &Path, json: &Path) -> (Child, BufReader<ChildStderr>) {
@@ -120,10 +130,7 @@ fn left_in(data: &Path) -> Vec<std::fs::DirEntry> {
 
 #[test]
 fn ctrl_c_stops_the_run_reports_what_ran_and_removes_the_broker_data() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    let json = dir.path().join("report.json");
+    let (_dir, data, json) = run_dirs();
     let (mut child, mut stderr) = start_embedded_run(&data, &json);
     interrupt(&child);
     let mut rest = String::new();
@@ -146,10 +153,7 @@ fn ctrl_c_stops_the_run_reports_what_ran_and_removes_the_broker_data() {
 
 #[test]
 fn a_second_signal_quits_at_once_and_still_removes_the_broker_data() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    let json = dir.path().join("report.json");
+    let (_dir, data, json) = run_dirs();
     let (mut child, mut stderr) = start_embedded_run(&data, &json);
     // Both signals wait while the process is stopped (two of one kind would merge into
     // one), so they reach it together: the second comes long before the run could
