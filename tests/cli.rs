@@ -15,7 +15,7 @@ const FLUMEN: &str = env!("CARGO_BIN_EXE_flumen");
 
 struct Broker {
     child: Child,
-    _config: tempfile::TempPath,
+    _config: Option<tempfile::TempPath>,
 }
 
 impl Broker {
@@ -45,9 +45,34 @@ impl Broker {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("broker starts");
-        // Readiness, not timing: wait (bounded) until the port accepts connections.
+        Self::listening(child, address, Some(config))
+    }
+
+    /// Starts a broker with default settings, no configuration file and `args`, under the
+    /// shell's `ulimit` with `limit` (such as `-n 128`).
+    fn start_limited(data_dir: &Path, address: SocketAddr, limit: &str, args: &str) -> Self {
+        let command = format!(
+            "ulimit {limit} && exec {FLUMEN} broker --listen {address} --data-dir {} {args}",
+            data_dir.display()
+        );
+        let child = Command::new("sh")
+            .args(["-c", &command])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("broker starts");
+        Self::listening(child, address, None)
+    }
+
+    /// Readiness, not timing: waits (bounded) until the port accepts connections.
+    fn listening(
+        mut child: Child,
+        address: SocketAddr,
+        config: Option<tempfile::TempPath>,
+    ) -> Self {
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(address).is_err() {
+            assert!(child.try_wait().unwrap().is_none(), "the broker exited");
             assert!(Instant::now() < deadline, "broker did not start listening");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -710,28 +735,50 @@ fn three_consumer_processes_share_a_topic_and_one_killed_with_kill_9_loses_nothi
 fn the_default_shard_count_fits_the_locked_memory_limit() {
     let dir = tempfile::tempdir().unwrap();
     let address = free_address();
-    let command = format!(
-        "ulimit -l 1024 && exec {FLUMEN} broker --listen {address} --data-dir {}",
-        dir.path().display()
-    );
-    let mut child = Command::new("sh")
-        .args(["-c", &command])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(address).is_err() {
-        assert!(child.try_wait().unwrap().is_none(), "the broker exited");
-        assert!(Instant::now() < deadline, "broker did not start listening");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let broker = Broker::start_limited(dir.path(), address, "-l 1024", "");
     let metadata = Client::connect(address).unwrap().metadata(None).unwrap();
     assert_eq!(metadata.brokers[0].shards.len(), 1);
-    let pid = libc::pid_t::try_from(child.id()).unwrap();
-    // SAFETY: signals a child this test started and has not reaped.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    assert!(child.wait().unwrap().success());
+    broker.stop();
+}
+
+/// A topic some of whose partitions cannot be opened (here: out of file descriptors) is
+/// not created: the creator gets an error saying why, and the broker keeps serving, with
+/// the descriptors back for a smaller topic, and the name free for a retry.
+#[test]
+fn a_topic_whose_partitions_cannot_all_be_opened_is_not_created() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let address = free_address();
+    let broker = Broker::start_limited(dir.path(), address, "-n 128", "--shards 1");
+    let mut client = Client::connect(address).unwrap();
+    let error = client
+        .create_topic("big", 200, &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("Too many open files") && error.contains("the topic was not created"),
+        "{error}"
+    );
+    let topics = client.metadata(None).unwrap().topics;
+    assert!(topics.iter().all(|topic| topic.name != "big"), "{topics:?}");
+    assert!(
+        !dir.path().join("big").exists(),
+        "the topic's files are removed"
+    );
+
+    client.create_topic("big", 8, &[]).unwrap();
+    let (ok, stdout, stderr) = cli(
+        address,
+        &["produce", "big", "--partition", "7"],
+        Some(b"x\n"),
+    );
+    assert!(
+        ok && stderr.contains("acknowledged 1 record "),
+        "{stdout}{stderr}"
+    );
+    let fetched = client.fetch("big", 7, 0, 1 << 20, 0).unwrap();
+    assert_eq!(fetched.batches().unwrap().len(), 1);
+    broker.stop();
 }
 
 /// `produce` sends each line's bytes as they are, UTF-8 or not, splitting keys on the

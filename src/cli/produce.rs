@@ -140,8 +140,13 @@ pub(super) fn run(bootstrap: &str, args: ProduceArgs) -> Result<ExitCode, String
     for (delivery, bytes) in pending {
         summary.wait(delivery, bytes);
     }
+    let noun = if summary.acknowledged == 1 {
+        "record"
+    } else {
+        "records"
+    };
     eprintln!(
-        "acknowledged {} records ({} bytes), failed {}",
+        "acknowledged {} {noun} ({} bytes), failed {}",
         summary.acknowledged, summary.bytes, summary.failed
     );
     for (partition, (first, last)) in &summary.ranges {

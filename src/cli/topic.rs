@@ -60,7 +60,12 @@ pub(super) fn run(bootstrap: &str, command: TopicCommand) -> Result<ExitCode, St
             client
                 .create_topic(&name, partitions, &pairs(&configs))
                 .map_err(|error| format!("cannot create topic {name}: {error}"))?;
-            println!("created topic {name} with {partitions} partitions");
+            let noun = if partitions == 1 {
+                "partition"
+            } else {
+                "partitions"
+            };
+            println!("created topic {name} with {partitions} {noun}");
         }
         TopicCommand::List => {
             let metadata = client.metadata(None).map_err(|error| error.to_string())?;

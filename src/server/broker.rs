@@ -359,9 +359,9 @@ async fn run_shard(
     };
     let (mut partitions, mut bytes_cut) = (0, 0);
     for topic in state.catalog().topics() {
-        let (cut, opened) = state.open_topic(&topic.name).await;
-        bytes_cut += cut;
-        partitions += opened;
+        let opened = state.open_topic(&topic.name).await;
+        bytes_cut += opened.bytes_cut;
+        partitions += opened.partitions;
     }
     // Accept nothing until every shard has recovered its partitions: a connection landing
     // here may ask for any partition.

@@ -127,7 +127,8 @@ pub(crate) enum ShardResponse {
     Catalog(Result<(), WireError>),
     ProducerId(Result<i64, WireError>),
     Group(GroupReply),
-    Applied,
+    /// The catalog is applied; the partitions of new topics that could not be opened.
+    Applied(Vec<(u32, String)>),
     Partition(RemoteOutcome),
 }
 

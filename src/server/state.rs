@@ -40,6 +40,17 @@ pub(crate) enum Outcome {
     Offset(Result<(u64, PartitionStats), WireError>),
 }
 
+/// What opening a topic's partitions on one shard did.
+#[derive(Debug, Default)]
+pub(crate) struct Opened {
+    /// Bytes recovery cut from the partitions' logs (a torn tail).
+    pub bytes_cut: u64,
+    /// Partitions opened.
+    pub partitions: usize,
+    /// Partitions that could not be opened, with why.
+    pub failed: Vec<(u32, String)>,
+}
+
 /// A reply slot for a request sent over the mesh.
 #[derive(Default)]
 struct Reply {
@@ -185,8 +196,7 @@ impl ShardState {
             }
             ShardRequest::Group(op) => ShardResponse::Group(self.group_op_here(op).await),
             ShardRequest::ApplyCatalog(catalog) => {
-                self.apply_catalog(catalog).await;
-                ShardResponse::Applied
+                ShardResponse::Applied(self.apply_catalog(catalog).await)
             }
             ShardRequest::Partition {
                 topic,
@@ -511,15 +521,75 @@ impl ShardState {
         next.persist(&self.config.data_dir)
             .await
             .map_err(|error| from_catalog(&error))?;
+        let failed = self.apply_everywhere(&next).await;
+        match &change {
+            CatalogChange::Create { name, .. } if !failed.is_empty() => {
+                Err(self.undo_create(name, &next, failed).await)
+            }
+            CatalogChange::Delete { name } => {
+                let _ = std::fs::remove_dir(self.config.data_dir.join(name));
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// On shard 0: makes every shard apply `catalog`; returns the partitions of newly
+    /// created topics that could not be opened, on any shard.
+    async fn apply_everywhere(&self, catalog: &Catalog) -> Vec<(u32, String)> {
+        let mut failed = Vec::new();
         for shard in 1..self.shards {
-            self.call(shard, ShardRequest::ApplyCatalog(next.clone()))
-                .await;
+            match self
+                .call(shard, ShardRequest::ApplyCatalog(catalog.clone()))
+                .await
+            {
+                ShardResponse::Applied(on_shard) => failed.extend(on_shard),
+                _ => unreachable!("catalog updates get applied answers"),
+            }
         }
-        self.apply_catalog(next).await;
-        if let CatalogChange::Delete { name } = &change {
-            let _ = std::fs::remove_dir(self.config.data_dir.join(name));
+        failed.extend(self.apply_catalog(catalog.clone()).await);
+        failed
+    }
+
+    /// On shard 0: a topic was created but some of its partitions could not be opened (out
+    /// of file descriptors, a failing disk): it is deleted again, so the creator gets an
+    /// error it can act on, and a retry can create it, instead of a topic that answers
+    /// `UnknownPartition` on some partitions. Returns the error to answer with.
+    async fn undo_create(
+        &self,
+        name: &str,
+        created: &Catalog,
+        mut failed: Vec<(u32, String)>,
+    ) -> WireError {
+        failed.sort_by_key(|(index, _)| *index);
+        let (first, why) = &failed[0];
+        let what = format!(
+            "cannot open {} of topic {name}'s partitions (partition {first}: {why})",
+            failed.len()
+        );
+        let undone = match created.without_topic(name) {
+            Ok(undone) => undone,
+            Err(error) => return (ErrorCode::StorageError, format!("{what}; {error}")),
+        };
+        if let Err(error) = undone.persist(&self.config.data_dir).await {
+            let message = format!(
+                "{what}; the topic exists with those partitions unavailable, and could not be \
+                 deleted again: {error}"
+            );
+            return (ErrorCode::StorageError, message);
         }
-        Ok(())
+        self.apply_everywhere(&undone).await;
+        let dir = self.config.data_dir.join(name);
+        if dir.exists() {
+            if let Err(error) = move_to_trash(&self.config.data_dir, &dir).await {
+                tracing::warn!(topic = name, %error, "cannot remove the topic's directory");
+            }
+        }
+        tracing::warn!(topic = name, "{what}; the topic was not created");
+        (
+            ErrorCode::StorageError,
+            format!("{what}; the topic was not created"),
+        )
     }
 
     /// Checks a topic's configuration against this broker's defaults and limits: the
@@ -542,10 +612,12 @@ impl ShardState {
         Ok(())
     }
 
-    /// Opens, closes and reconfigures this shard's partitions to match `catalog`.
-    pub async fn apply_catalog(&self, catalog: Catalog) {
+    /// Opens, closes and reconfigures this shard's partitions to match `catalog`. Returns
+    /// the partitions of newly created topics that could not be opened.
+    pub async fn apply_catalog(&self, catalog: Catalog) -> Vec<(u32, String)> {
         let previous = self.catalog.replace(Rc::new(catalog));
         let current = self.catalog();
+        let mut failed = Vec::new();
         for old in previous.topics() {
             if current.topic(&old.name).is_none() {
                 self.drop_topic(&old.name, old.partitions).await;
@@ -554,13 +626,12 @@ impl ShardState {
         }
         for topic in current.topics() {
             match previous.topic(&topic.name) {
-                None => {
-                    self.open_topic(&topic.name).await;
-                }
+                None => failed.extend(self.open_topic(&topic.name).await.failed),
                 Some(old) if old.config != topic.config => self.reconfigure_topic(&topic.name),
                 Some(_) => {}
             }
         }
+        failed
     }
 
     /// Deletes the groups' committed positions of a deleted topic held by this shard's
@@ -594,15 +665,15 @@ impl ShardState {
         }
     }
 
-    /// Opens the partitions of `topic` this shard owns; errors are logged (the partition
-    /// then answers `UnknownPartition` and the operator sees why in the log).
-    pub async fn open_topic(&self, name: &str) -> (u64, usize) {
+    /// Opens the partitions of `topic` this shard owns. A partition that cannot be opened
+    /// is logged and listed in the answer; it then answers `UnknownPartition`.
+    pub async fn open_topic(&self, name: &str) -> Opened {
         let catalog = self.catalog();
+        let mut opened = Opened::default();
         let Some(topic) = catalog.topic(name) else {
-            return (0, 0);
+            return opened;
         };
         let topic_name: Rc<str> = Rc::from(name);
-        let (mut bytes_cut, mut opened) = (0, 0);
         for index in (0..topic.partitions).filter(|&index| self.owner(name, index) == self.shard) {
             let opening = Partition::open(
                 &self.config.data_dir,
@@ -613,33 +684,37 @@ impl ShardState {
                 Rc::clone(&self.clock),
                 Rc::clone(&self.cache),
             );
-            match opening.await {
+            let partition = match opening.await {
                 Ok((partition, report)) => {
-                    bytes_cut += report.bytes_cut;
-                    opened += 1;
-                    if name == OFFSETS_TOPIC {
-                        match self.groups.load(&partition).await {
-                            Ok(records) => tracing::debug!(
-                                partition = index,
-                                records,
-                                "loaded committed offsets"
-                            ),
-                            Err(error) => {
-                                tracing::error!(partition = index, %error, "cannot load committed offsets");
-                                continue;
-                            }
-                        }
-                    }
-                    self.partitions
-                        .borrow_mut()
-                        .insert((name.to_owned(), index), Rc::new(partition));
+                    opened.bytes_cut += report.bytes_cut;
+                    partition
                 }
                 Err(error) => {
-                    tracing::error!(topic = name, partition = index, %error, "cannot open partition")
+                    tracing::error!(topic = name, partition = index, %error, "cannot open partition");
+                    opened.failed.push((index, error.to_string()));
+                    continue;
+                }
+            };
+            if name == OFFSETS_TOPIC {
+                match self.groups.load(&partition).await {
+                    Ok(records) => {
+                        tracing::debug!(partition = index, records, "loaded committed offsets")
+                    }
+                    Err(error) => {
+                        tracing::error!(partition = index, %error, "cannot load committed offsets");
+                        opened
+                            .failed
+                            .push((index, format!("loading committed offsets: {error}")));
+                        continue;
+                    }
                 }
             }
+            opened.partitions += 1;
+            self.partitions
+                .borrow_mut()
+                .insert((name.to_owned(), index), Rc::new(partition));
         }
-        (bytes_cut, opened)
+        opened
     }
 
     fn reconfigure_topic(&self, name: &str) {
