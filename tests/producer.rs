@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use flumen::EmbeddedBroker;
-use flumen_client::accumulator::AccumulatorConfig;
+use flumen_client::accumulator::{AccumulatorConfig, AppendError};
 use flumen_client::{Acks, Client, ProduceError, Producer, ProducerConfig, Record};
 use flumen_protocol::wire::ErrorCode;
 
@@ -147,6 +147,46 @@ async fn flush_sends_lingering_records_and_errors_are_typed() {
     let lost = producer.send(record("t", "k".into(), "late".into())).await;
     producer.flush().await;
     assert!(matches!(lost.await, Err(ProduceError::TimedOut(_))));
+}
+
+/// A timestamp before the epoch is refused at the send, as Kafka's brokers refuse it;
+/// timestamps as far apart as the format allows share a batch and come back as sent.
+#[tokio::test(flavor = "current_thread")]
+async fn negative_timestamps_are_refused_and_extreme_ones_round_trip() {
+    let (broker, mut admin) = broker_with_topic("times", 1);
+    let producer = Producer::start(flushed_only(&broker));
+    let stamped =
+        |timestamp_ms| record("times", "k".into(), "v".into()).with_timestamp(timestamp_ms);
+    let refused = producer.send(stamped(-5)).await;
+    producer.flush().await;
+    let refused = refused.await;
+    assert!(
+        matches!(
+            refused,
+            Err(ProduceError::Rejected(AppendError::InvalidTimestamp {
+                timestamp_ms: -5
+            }))
+        ),
+        "{refused:?}"
+    );
+    let timestamps = [0, i64::MAX, 1, i64::MAX - 1];
+    let mut deliveries = Vec::new();
+    for timestamp in timestamps {
+        deliveries.push(producer.send(stamped(timestamp)).await);
+    }
+    producer.flush().await;
+    for delivery in deliveries {
+        delivery.await.expect("delivered");
+    }
+    let fetched = admin.fetch("times", 0, 0, 1 << 20, 0).unwrap();
+    let batches = fetched.batches().unwrap();
+    assert_eq!(batches.len(), 1, "one batch");
+    let read: Vec<i64> = batches[0]
+        .records()
+        .map(|record| record.timestamp_ms())
+        .collect();
+    assert_eq!(read, timestamps);
+    assert_eq!(batches[0].header().max_timestamp, i64::MAX);
 }
 
 /// Eight partitions' batches made ready together (by a flush) go out as one produce

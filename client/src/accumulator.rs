@@ -150,6 +150,14 @@ pub enum AppendError {
         /// The limit.
         limit_bytes: usize,
     },
+    /// The record's timestamp is before the Unix epoch.
+    #[error(
+        "timestamp {timestamp_ms} is negative: timestamps are milliseconds since the Unix epoch"
+    )]
+    InvalidTimestamp {
+        /// The record's timestamp.
+        timestamp_ms: i64,
+    },
     /// The explicit partition does not exist.
     #[error("partition {partition} does not exist (topic has {partitions})")]
     InvalidPartition {
@@ -158,6 +166,18 @@ pub enum AppendError {
         /// Existing.
         partitions: u32,
     },
+}
+
+/// Refuses a timestamp before the epoch, as Kafka's brokers do: the batch format stores
+/// each record's timestamp as a distance from the first record's, which two timestamps
+/// far apart on both sides of zero would overflow.
+pub(crate) fn check_timestamp(record: &RecordRef<'_>) -> Result<(), AppendError> {
+    match record.timestamp_ms {
+        Some(timestamp_ms) if timestamp_ms < 0 => {
+            Err(AppendError::InvalidTimestamp { timestamp_ms })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A batch ready to send.
@@ -372,6 +392,7 @@ impl Accumulator {
                 limit_bytes: self.config.buffer_memory_bytes,
             });
         }
+        check_timestamp(record)?;
         if check_room && self.buffered_bytes + size > self.config.buffer_memory_bytes {
             return Err(AppendError::BufferFull {
                 buffered_bytes: self.buffered_bytes,
@@ -654,6 +675,14 @@ mod tests {
             accumulator.append(&record(None, &[0; 20_000]), 2, 100, now),
             Err(AppendError::RecordTooLarge { .. })
         ));
+        let before_epoch = RecordRef {
+            timestamp_ms: Some(-1),
+            ..record(None, &[0; 10])
+        };
+        assert_eq!(
+            accumulator.append(&before_epoch, 2, 101, now).unwrap_err(),
+            AppendError::InvalidTimestamp { timestamp_ms: -1 }
+        );
     }
 
     #[test]

@@ -113,6 +113,13 @@ impl Outbox {
             ));
         }
         let now_ms = crate::producer::now_ms();
+        if let Some(timestamp_ms) = records
+            .iter()
+            .find_map(|record| record.timestamp_ms.filter(|&timestamp| timestamp < 0))
+        {
+            let error = crate::accumulator::AppendError::InvalidTimestamp { timestamp_ms };
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, error));
+        }
         let mut bytes = Vec::new();
         for record in records {
             encode_entry(record, now_ms, &mut bytes);
@@ -487,5 +494,21 @@ mod tests {
         let refused = outbox.append(&[record(2)]).unwrap_err();
         assert!(refused.to_string().contains("takes no more"), "{refused}");
         assert_eq!(pending(&mut outbox), vec![record(0)]);
+    }
+
+    /// Records with a timestamp before the epoch are refused whole, before anything is
+    /// written: the producer could never publish them.
+    #[test]
+    fn appends_with_a_negative_timestamp_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut outbox = Outbox::open(dir.path()).unwrap();
+        let refused = outbox
+            .append(&[record(0), record(1).with_timestamp(-1)])
+            .unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::InvalidInput);
+        assert!(refused.to_string().contains("negative"), "{refused}");
+        assert!(outbox.is_empty());
+        outbox.append(&[record(2)]).unwrap();
+        assert_eq!(pending(&mut outbox), vec![record(2)]);
     }
 }

@@ -597,6 +597,10 @@ impl<R: Runtime> Producer<R> {
             reply.send(Err(ProduceError::Closed));
             return None;
         }
+        if let Err(error) = crate::accumulator::check_timestamp(record) {
+            reply.send(Err(ProduceError::Rejected(error)));
+            return None;
+        }
         // The size does not depend on the timestamp: no clock read for it.
         let size = record_size(record);
         if size > self.buffer_bytes {

@@ -170,6 +170,11 @@ impl BatchBuilder {
     }
 
     /// Adds a record with its timestamp (milliseconds since the Unix epoch).
+    ///
+    /// # Panics
+    ///
+    /// If the distance from the first record's timestamp does not fit an `i64`, which
+    /// takes timestamps on both sides of the epoch: producers refuse negative ones.
     pub fn push(
         &mut self,
         timestamp_ms: i64,
@@ -192,7 +197,9 @@ impl BatchBuilder {
         let headers = self.stage_headers(headers);
         self.records.push(StagedRecord {
             offset_delta,
-            timestamp_delta: timestamp_ms - self.first_timestamp,
+            timestamp_delta: timestamp_ms
+                .checked_sub(self.first_timestamp)
+                .expect("timestamps of one batch within i64 of each other"),
             key,
             value,
             headers,
