@@ -9,7 +9,7 @@ use flumen::server::{run_broker, BrokerConfig, BrokerHandle};
 use flumen_client::{Acks, Client, ClientError};
 use flumen_protocol::record::BatchBuilder;
 use flumen_protocol::wire::messages::{EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
-use flumen_protocol::wire::ErrorCode;
+use flumen_protocol::wire::{ErrorCode, BATCH_BYTES_MAX};
 
 /// A small broker's configuration: two shards, any port, `data_dir`.
 fn config(data_dir: &Path) -> BrokerConfig {
@@ -757,4 +757,45 @@ fn a_topic_cannot_want_more_in_sync_replicas_than_it_has_replicas() {
     client
         .produce("t", 0, &[&batch(&["a"])], Acks::All)
         .unwrap();
+}
+
+/// With frames larger than 64 MiB, a topic may accept batches of up to 64 MiB, the most
+/// `max.message.bytes` allows; a fetch returns such a batch whole, and the client's
+/// default response limit takes it with the response around it.
+#[test]
+fn the_largest_batch_a_topic_can_accept_is_fetched_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = run_broker(BrokerConfig {
+        frame_bytes_max: BATCH_BYTES_MAX + (1 << 20),
+        in_flight_bytes_per_connection: BATCH_BYTES_MAX + (1 << 20),
+        ..config(dir.path())
+    })
+    .expect("broker starts");
+    let mut client = Client::connect(broker.summary().listen).unwrap();
+    let largest = BATCH_BYTES_MAX.to_string();
+    let configs = [
+        ("max.message.bytes", largest.as_str()),
+        ("segment.bytes", "134217728"),
+    ];
+    client.create_topic("large", 1, &configs).unwrap();
+    let build = |value_bytes: usize| {
+        let mut builder = BatchBuilder::new(0);
+        builder.push(1, None, Some(&vec![7u8; value_bytes]), &[]);
+        builder.build().unwrap()
+    };
+    let value_bytes = BATCH_BYTES_MAX - build(0).as_bytes().len();
+    let batch = build(value_bytes);
+    assert!(
+        (BATCH_BYTES_MAX - 16..=BATCH_BYTES_MAX).contains(&batch.as_bytes().len()),
+        "{}",
+        batch.as_bytes().len()
+    );
+    client
+        .produce("large", 0, &[batch.as_bytes()], Acks::Leader)
+        .unwrap();
+    let fetched = client.fetch("large", 0, 0, 1 << 20, 0).unwrap();
+    let batches = fetched.batches().unwrap();
+    assert_eq!(batches.len(), 1);
+    let record = batches[0].records().next().unwrap();
+    assert_eq!(record.value().unwrap().len(), value_bytes);
 }

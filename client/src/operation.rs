@@ -118,7 +118,7 @@ impl Session {
     pub fn new(client_id: impl Into<String>) -> Self {
         Self {
             encoder: Encoder::new(client_id),
-            frame_bytes_max: flumen_protocol::wire::FRAME_BYTES_MAX_DEFAULT,
+            frame_bytes_max: flumen_protocol::wire::RESPONSE_FRAME_BYTES_MAX_DEFAULT,
             interrupted: false,
         }
     }

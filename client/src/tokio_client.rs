@@ -60,7 +60,8 @@ impl AsyncClient {
         self.session.finish(operation, correlation_id, frame)
     }
 
-    /// Accepts responses up to `bytes` (default 64 MiB, the broker's default frame limit).
+    /// Accepts responses up to `bytes` (default 68 MiB: the largest batch a topic can
+    /// accept, 64 MiB, which a fetch returns whole, and room for the rest).
     pub fn set_frame_bytes_max(&mut self, bytes: usize) {
         self.session.set_frame_bytes_max(bytes);
     }

@@ -13,6 +13,8 @@
 
 use std::collections::BTreeMap;
 
+use flumen_protocol::wire::BATCH_BYTES_MAX;
+
 use crate::storage::LogConfig;
 
 /// Every key a topic may set, in display order.
@@ -190,7 +192,7 @@ fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
         "retention.ms" | "retention.bytes" => in_range(-1, i64::MAX),
         "segment.bytes" => in_range(1 << 20, i64::from(u32::MAX)),
         "segment.ms" => in_range(1, i64::MAX),
-        "max.message.bytes" => in_range(1024, 64 << 20),
+        "max.message.bytes" => in_range(1024, BATCH_BYTES_MAX as i64),
         "min.insync.replicas" => in_range(1, 255),
         "cleanup.policy" if value == "delete" => Ok(()),
         "cleanup.policy" if value == "compact" => {

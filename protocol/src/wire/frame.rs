@@ -15,8 +15,14 @@ pub const FRAME_ALIGNMENT_BYTES: usize = 16;
 pub const REQUEST_HEADER_BYTES: usize = 32;
 /// Fixed size of a response header, length prefix included.
 pub const RESPONSE_HEADER_BYTES: usize = 32;
-/// Default largest frame a broker or client accepts.
+/// Default largest request frame a broker accepts.
 pub const FRAME_BYTES_MAX_DEFAULT: usize = 64 << 20;
+/// Largest record batch a topic can be configured to accept (its `max.message.bytes`).
+pub const BATCH_BYTES_MAX: usize = 64 << 20;
+/// Default largest response a client accepts. A fetch returns the first batch it finds
+/// whole, so the largest batch a topic can accept must fit, with room for the rest of
+/// the response: up to 10,000 partitions' results and their error messages.
+pub const RESPONSE_FRAME_BYTES_MAX_DEFAULT: usize = BATCH_BYTES_MAX + (4 << 20);
 /// Largest client id.
 pub const CLIENT_ID_BYTES_MAX: usize = 255;
 

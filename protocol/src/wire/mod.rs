@@ -39,8 +39,8 @@ pub use error_code::ErrorCode;
 pub use frame::{
     decode_control, decode_owned, encode_control, frame_length, ControlMessage, DataRange,
     Deserialize, FrameBuffer, FrameError, RequestFrame, RequestHeader, ResponseFrame,
-    ResponseHeader, FRAME_ALIGNMENT_BYTES, FRAME_BYTES_MAX_DEFAULT, REQUEST_HEADER_BYTES,
-    RESPONSE_HEADER_BYTES,
+    ResponseHeader, BATCH_BYTES_MAX, FRAME_ALIGNMENT_BYTES, FRAME_BYTES_MAX_DEFAULT,
+    REQUEST_HEADER_BYTES, RESPONSE_FRAME_BYTES_MAX_DEFAULT, RESPONSE_HEADER_BYTES,
 };
 
 /// The APIs of the native protocol. Numbers are stable and never reused.
