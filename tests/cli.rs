@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flumen_client::{Acks, Client};
+use flumen_client::{Acks, BlockingConsumer, Client, ConsumerConfig, NoListener};
 use flumen_protocol::record::BatchBuilder;
 
 const FLUMEN: &str = env!("CARGO_BIN_EXE_flumen");
@@ -825,5 +825,58 @@ fn produce_sends_lines_that_are_not_utf8() {
             (None, b"last".to_vec()),
         ]
     );
+    broker.stop();
+}
+
+/// A broker that stops answering (its process stopped with SIGSTOP, its sockets still
+/// open) costs a group consumer a bounded wait per call, not a hang: `poll`
+/// reports the timeout, and once the broker runs again the consumer joins on fresh
+/// connections (the old ones still owe answers to abandoned requests) and reads.
+#[test]
+fn a_consumer_reports_a_broker_that_stopped_answering_and_goes_on_once_it_answers() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let address = free_address();
+    let broker = Broker::start(dir.path(), address);
+    let mut client = Client::connect(address).unwrap();
+    client.create_topic("frozen", 1, &[]).unwrap();
+    let (ok, _, stderr) = cli(address, &["produce", "frozen"], Some(b"before\n"));
+    assert!(ok, "{stderr}");
+
+    let mut config = ConsumerConfig::new(address.to_string());
+    config.group_id = Some("thawed".into());
+    config.request_timeout = Duration::from_millis(500);
+    // A join is given the rebalance's time on top of the request's (the broker holds it
+    // until the group has settled): this bounds it.
+    config.max_poll_interval = Duration::from_secs(1);
+    let consumer = BlockingConsumer::new(config).unwrap();
+    consumer.subscribe(&["frozen"], NoListener).unwrap();
+    let pid = libc::pid_t::try_from(broker.child.id()).unwrap();
+    // SAFETY: signals a child this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let stalled = consumer.poll(Duration::from_secs(60));
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let error = stalled.expect_err("no answer is an error").to_string();
+    assert!(error.contains("no answer within 1.5s"), "{error}");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut values = Vec::new();
+    while values.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing read after the broker resumed"
+        );
+        // Errors while the group settles are retried by the next poll.
+        if let Ok(records) = consumer.poll(Duration::from_millis(200)) {
+            values.extend(
+                records
+                    .iter()
+                    .map(|record| record.value().map(<[u8]>::to_vec)),
+            );
+        }
+    }
+    assert_eq!(values, vec![Some(b"before".to_vec())]);
+    drop(consumer);
     broker.stop();
 }
