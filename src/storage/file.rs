@@ -133,6 +133,18 @@ impl DirectFile {
         })
     }
 
+    /// Opens an existing `path` for reading only: every write to it fails (`EBADF`), as a
+    /// failing device's would.
+    #[cfg(test)]
+    pub(crate) async fn open_read_only(path: &Path) -> io::Result<Self> {
+        let path = std::path::absolute(path)?;
+        let file = OpenOptions::new().read(true).dma_open(&path).await?;
+        Ok(Self {
+            file: Rc::new(file),
+            path: Rc::new(RefCell::new(path)),
+        })
+    }
+
     /// [`timed`] for an operation on this file.
     async fn timed<T, E>(
         &self,

@@ -31,7 +31,7 @@ use super::meta::{Checkpoint, EpochEntry, PartitionMeta};
 use super::readahead::{ReadAhead, Source};
 use super::recovery::{list_segments, read_meta, recover};
 use super::segment::{segment_path, shrink_pause, Segment, SegmentState, DEFAULT_FREE_WITHIN};
-use super::writer::WriterLimits;
+use super::writer::{LogWriting, WriterLimits};
 use super::{Result, StorageError};
 use crate::shard::{spawn_detached, Clock, LocalMutex};
 
@@ -218,7 +218,8 @@ pub struct Log {
     /// After a failed spare creation (a full disk), none is tried before this log-clock
     /// time.
     spare_retry_ms: Cell<i64>,
-    syncs: Rc<Cell<u64>>,
+    /// What the writers of its segments share: sync count, append pace.
+    writing: Rc<LogWriting>,
     read_ahead: ReadAhead,
     state: RefCell<LogState>,
 }
@@ -311,7 +312,7 @@ impl Log {
             spare_recycled: Cell::new(false),
             spare_taken: Cell::new(false),
             spare_retry_ms: Cell::new(i64::MIN),
-            syncs: Rc::new(Cell::new(0)),
+            writing: Rc::default(),
             read_ahead: ReadAhead::default(),
             state: RefCell::new(LogState {
                 segments,
@@ -329,7 +330,7 @@ impl Log {
     async fn finish_open(&self, mut report: RecoveryReport) -> Result<RecoveryReport> {
         let active = self.active_segment();
         let writer = active
-            .activate(self.writer_limits(), Rc::clone(&self.syncs))
+            .activate(self.writer_limits(), Rc::clone(&self.writing))
             .await
             .map_err(|error| StorageError::io("activating", active.path(), error))?;
         active
@@ -368,6 +369,8 @@ impl Log {
             buffer_bytes: self.config().write_buffer_bytes,
             in_flight_max: self.config().writes_in_flight_max,
             preallocate_bytes: self.config().preallocate_bytes,
+            reserve_end_max: self.config().segment_bytes_max.div_ceil(IO_ALIGNMENT_BYTES)
+                * IO_ALIGNMENT_BYTES,
         }
     }
 
@@ -428,7 +431,7 @@ impl Log {
     /// `fdatasync` calls made for appended data since the log was opened; with group
     /// commit this grows slower than the number of flush calls.
     pub fn fdatasync_count(&self) -> u64 {
-        self.syncs.get()
+        self.writing.syncs.get()
     }
 
     /// Tail cache counters of this log's shard.
@@ -656,12 +659,9 @@ impl Log {
         writer: super::writer::SegmentWriter,
         now: i64,
     ) -> Result<Rc<Segment>> {
-        // The old segment's bytes are written (not synced) before the next segment takes
-        // any: a process crash then never leaves a later segment after a hole.
-        writer
-            .write_out(writer.end())
-            .await
-            .map_err(|error| self.writer_error(&writer, "writing out", &active, error))?;
+        if let Some(cause) = writer.failure() {
+            return Err(self.poisoned(cause));
+        }
         let next_offset = self.next_offset();
         // Not while retention is turning a deleted segment into the spare: its rename
         // may already have replaced this spare's name, and the seal renames by name.
@@ -684,6 +684,14 @@ impl Log {
             }
             None => self.start_segment(next_offset, now).await?,
         };
+        // The old segment's bytes are on the device (not synced) before any of the next
+        // segment's: a process crash then never leaves a later segment after a hole. The
+        // next segment's writes wait for them, not the roll, so appends go on while the
+        // device is slow.
+        segment
+            .writer()
+            .expect("a started segment has a writer")
+            .write_after(&writer);
         self.state
             .borrow_mut()
             .segments
@@ -715,8 +723,9 @@ impl Log {
             && self.active_segment().size() >= half
     }
 
-    /// Creates the spare file the next roll takes, with one `preallocate_bytes` step
-    /// reserved, if [`Log::wants_spare`]. The broker calls this in the background. A
+    /// Creates the spare file the next roll takes, with as much space reserved as its
+    /// writer will want reserved ahead (one `preallocate_bytes` step, more for a fast
+    /// partition), if [`Log::wants_spare`]. The broker calls this in the background. A
     /// failure (a full disk) only means the next roll creates its file itself: the file
     /// is removed, so it holds no space, and no spare is tried for
     /// [`SPARE_RETRY_MS`].
@@ -727,11 +736,18 @@ impl Log {
         self.preparing_spare.set(true);
         let path = self.dir.join(SPARE_FILE);
         let step = self.config().preallocate_bytes;
+        let reserve = match step {
+            0 => 0,
+            step => self
+                .writing
+                .reserve_ahead(step)
+                .min(self.writer_limits().reserve_end_max),
+        };
         let created = async {
             let file = file::DirectFile::open(&path, true).await?;
             file.truncate(0).await?;
-            if step > 0 {
-                match file.preallocate(step).await {
+            if reserve > 0 {
+                match file.preallocate(reserve).await {
                     Err(error) if error.raw_os_error() != Some(libc::EOPNOTSUPP) => {
                         return Err(error)
                     }
@@ -786,7 +802,7 @@ impl Log {
 
     async fn activate(&self, segment: &Segment) -> Result<()> {
         segment
-            .activate(self.writer_limits(), Rc::clone(&self.syncs))
+            .activate(self.writer_limits(), Rc::clone(&self.writing))
             .await
             .map(drop)
             .map_err(|error| StorageError::io("activating", segment.path(), error))
@@ -1576,7 +1592,7 @@ impl Log {
         let next_offset = cut.next_offset;
         *segment.state_mut() = cut;
         segment
-            .activate(self.writer_limits(), Rc::clone(&self.syncs))
+            .activate(self.writer_limits(), Rc::clone(&self.writing))
             .await
             .map_err(context("activating", &segment.path()))?;
         let mut state = self.state.borrow_mut();

@@ -42,7 +42,7 @@ pub(crate) fn shrink_pause(
     (free_within / u32::try_from(steps).unwrap_or(u32::MAX)).min(SHRINK_PAUSE)
 }
 use super::index::{SegmentIndex, SegmentSummary};
-use super::writer::{SegmentWriter, WriterLimits};
+use super::writer::{LogWriting, SegmentWriter, WriterLimits};
 
 /// File name of a segment's `extension` file: the base offset in 20 digits.
 pub(crate) fn segment_path(dir: &Path, base_offset: u64, extension: &str) -> PathBuf {
@@ -176,12 +176,12 @@ impl Segment {
     pub(crate) async fn activate(
         &self,
         limits: WriterLimits,
-        syncs: Rc<Cell<u64>>,
+        writing: Rc<LogWriting>,
     ) -> io::Result<SegmentWriter> {
         if let Some(writer) = self.writer() {
             return Ok(writer);
         }
-        let writer = SegmentWriter::resume(self.file.clone(), self.size(), limits, syncs).await?;
+        let writer = SegmentWriter::resume(self.file.clone(), self.size(), limits, writing).await?;
         *self.writer.borrow_mut() = Some(writer.clone());
         Ok(writer)
     }

@@ -38,10 +38,13 @@
 //!
 //! Space is reserved ahead of the write position with `fallocate`, so a full disk is
 //! discovered by `reserve`, before an append is accepted, rather than by a background
-//! write after it was acknowledged. The reservation is topped up in the background while
-//! at least one `preallocate_bytes` step of it is left, so appends do not wait for
-//! `fallocate` (on ext4 it waits for the journal, tens of milliseconds while a sync
-//! commits it); an append waits only when it outruns the reservation.
+//! write after it was acknowledged. The reservation is topped up in the background before
+//! the appends reach it, so they do not wait for `fallocate` (on ext4 it waits for the
+//! journal, tens of milliseconds while a sync commits it, and for as long as the device
+//! stalls); an append waits only when it outruns the reservation. How far ahead is kept
+//! follows the partition's pace ([`LogWriting`]): [`RESERVE_AHEAD_TIME`] of its appends,
+//! at least one `preallocate_bytes` step and at most [`RESERVE_AHEAD_MAX`], and never
+//! past the most a segment can hold.
 //!
 //! Ownership: one writer per active segment, owned by the shard that owns the partition.
 
@@ -49,6 +52,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use super::config::IO_ALIGNMENT_BYTES;
 use super::file::{AlignedBuffer, DirectFile};
@@ -79,6 +83,75 @@ pub(crate) struct WriterLimits {
     pub buffer_bytes: usize,
     pub in_flight_max: usize,
     pub preallocate_bytes: u64,
+    /// The most file a segment can need (its size limit, block-aligned): space is not
+    /// reserved in the background past it.
+    pub reserve_end_max: u64,
+}
+
+/// How much of a partition's appends the space reserved ahead of them covers: a device
+/// that stalls, and every `fallocate` with it, holds up its appends only after this long
+/// (if the shard's write window lasts that long too).
+pub(crate) const RESERVE_AHEAD_TIME: Duration = Duration::from_millis(250);
+/// The most space reserved ahead of a partition's appends (a top-up reserves up to
+/// twice the lead, so at most twice this is held beyond the data until the seal).
+pub(crate) const RESERVE_AHEAD_MAX: u64 = 64 << 20;
+/// How often a partition's append rate is measured.
+const PACE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// What a partition's successive segment writers share: the count of `fdatasync`s the
+/// log reports, and the pace of its appends, which sets how far ahead of them space is
+/// reserved.
+#[derive(Debug, Default)]
+pub(crate) struct LogWriting {
+    pub(crate) syncs: Cell<u64>,
+    pace: Cell<Pace>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Pace {
+    /// Bytes appended since the log was opened.
+    appended: u64,
+    /// When the rate was last measured, and `appended` then.
+    mark: Option<(Instant, u64)>,
+    /// Bytes a second, smoothed over the last few measurements.
+    bytes_per_s: u64,
+}
+
+impl LogWriting {
+    /// Counts `len` bytes appended now.
+    fn appended(&self, len: usize) {
+        let mut pace = self.pace.get();
+        pace.appended += len as u64;
+        let now = Instant::now();
+        match pace.mark {
+            Some((at, before)) if now.duration_since(at) >= PACE_INTERVAL => {
+                let seconds = now.duration_since(at).as_secs_f64();
+                let rate = ((pace.appended - before) as f64 / seconds) as u64;
+                pace.bytes_per_s = pace.bytes_per_s / 2 + rate / 2;
+                pace.mark = Some((now, pace.appended));
+            }
+            Some(_) => {}
+            None => pace.mark = Some((now, pace.appended)),
+        }
+        self.pace.set(pace);
+    }
+
+    /// Bytes to keep reserved ahead of the appends: [`RESERVE_AHEAD_TIME`] of them at
+    /// their recent pace, within `[step, max(step, RESERVE_AHEAD_MAX)]`, block-aligned.
+    pub(crate) fn reserve_ahead(&self, step: u64) -> u64 {
+        let seconds = RESERVE_AHEAD_TIME.as_secs_f64();
+        let ahead = (self.pace.get().bytes_per_s as f64 * seconds) as u64;
+        align_up(ahead.clamp(step, RESERVE_AHEAD_MAX.max(step)))
+    }
+
+    #[cfg(test)]
+    fn set_pace(&self, bytes_per_s: u64) {
+        let pace = self.pace.get();
+        self.pace.set(Pace {
+            bytes_per_s,
+            ..pace
+        });
+    }
 }
 
 /// Writes one segment file. Cheap to clone (shared handle).
@@ -90,11 +163,14 @@ pub(crate) struct SegmentWriter {
 #[derive(Debug)]
 struct Shared {
     file: DirectFile,
-    /// Counts `fdatasync` calls, shared with the log for its statistics.
-    syncs: Rc<Cell<u64>>,
+    /// Shared with the log and the writers of its other segments.
+    writing: Rc<LogWriting>,
     limits: WriterLimits,
     /// The shard's shared write window, if it has one.
     shared_window: Option<Rc<LocalBudget>>,
+    /// The writer of the segment before this one, while its writes may still be in
+    /// flight: this file's writes are issued only after all of them are done.
+    after: RefCell<Option<SegmentWriter>>,
     state: RefCell<State>,
     changed: Notify,
 }
@@ -151,7 +227,7 @@ impl SegmentWriter {
         file: DirectFile,
         end: u64,
         limits: WriterLimits,
-        syncs: Rc<Cell<u64>>,
+        writing: Rc<LogWriting>,
     ) -> io::Result<Self> {
         assert!((limits.buffer_bytes as u64).is_multiple_of(IO_ALIGNMENT_BYTES));
         let staging_start = align_down(end);
@@ -176,9 +252,10 @@ impl SegmentWriter {
         Ok(Self {
             shared: Rc::new(Shared {
                 file,
-                syncs,
+                writing,
                 limits,
                 shared_window: SHARED_WINDOW.with(|window| window.borrow().clone()),
+                after: RefCell::new(None),
                 state: RefCell::new(State {
                     staging,
                     staging_start,
@@ -260,9 +337,15 @@ impl SegmentWriter {
                 let state = self.shared.state.borrow();
                 (state.allocated_end, state.topping_up, state.top_up_failed)
             };
+            let end_max = self.shared.limits.reserve_end_max;
             if needed_end <= allocated_end {
-                if allocated_end - needed_end < step && !topping_up && !top_up_failed {
-                    self.top_up(needed_end + 2 * step);
+                let ahead = self.shared.writing.reserve_ahead(step);
+                if allocated_end - needed_end < ahead
+                    && allocated_end < end_max
+                    && !topping_up
+                    && !top_up_failed
+                {
+                    self.top_up((needed_end + 2 * ahead).min(end_max));
                 }
                 return Ok(());
             }
@@ -271,7 +354,8 @@ impl SegmentWriter {
                 listener.await;
                 continue;
             }
-            let target = needed_end + step;
+            // Only what this append needs and a step: it is waiting for it.
+            let target = (needed_end + step).min(end_max).max(needed_end);
             let result = self.shared.file.preallocate(target).await;
             self.shared.allocated(target, result)?;
         }
@@ -309,6 +393,7 @@ impl SegmentWriter {
     /// Appends `bytes` at the logical end, submitting every staging buffer it fills.
     /// Returns the position the bytes start at. Call right after [`Self::reserve`].
     pub(crate) fn append(&self, mut bytes: &[u8]) -> u64 {
+        self.shared.writing.appended(bytes.len());
         let buffer_bytes = self.shared.limits.buffer_bytes;
         let position = self.end();
         while !bytes.is_empty() {
@@ -401,17 +486,40 @@ impl SegmentWriter {
         };
         let shared = Rc::clone(&self.shared);
         spawn_detached(async move {
+            let before = shared.after.borrow().clone();
+            let before = match before {
+                Some(before) => {
+                    let done = before.write_out(before.end()).await;
+                    if done.is_ok() {
+                        shared.after.borrow_mut().take();
+                    }
+                    done
+                }
+                None => Ok(()),
+            };
             if let Some(previous) = depends_on {
                 shared.wait_slot_done(previous).await;
             }
             let failed = shared.state.borrow().failure.is_some();
-            let result = if failed {
-                Err(io::Error::other("an earlier write failed"))
-            } else {
-                shared.file.write_all_at(buffer, start).await
+            let result = match before {
+                Err(error) => Err(io::Error::other(format!(
+                    "a write of the segment before failed: {error}"
+                ))),
+                Ok(()) if failed => Err(io::Error::other("an earlier write failed")),
+                Ok(()) => shared.file.write_all_at(buffer, start).await,
             };
             shared.complete(id, result);
         });
+    }
+
+    /// Makes this writer (of a segment just started by a roll) issue its writes only
+    /// after every write of `previous`, the rolled segment's, is done, and hands
+    /// `previous`'s last bytes to the device: a process that dies meanwhile never leaves
+    /// this segment's bytes on disk after a hole in the one before, and the roll does not
+    /// wait for the device. Call before anything is appended here.
+    pub(crate) fn write_after(&self, previous: &SegmentWriter) {
+        previous.submit_partial();
+        *self.shared.after.borrow_mut() = Some(previous.clone());
     }
 
     /// Makes everything appended before the call durable. Concurrent calls share rounds.
@@ -467,7 +575,8 @@ impl SegmentWriter {
             }
             return Err(error);
         }
-        self.shared.syncs.set(self.shared.syncs.get() + 1);
+        let syncs = &self.shared.writing.syncs;
+        syncs.set(syncs.get() + 1);
         let mut state = self.shared.state.borrow_mut();
         assert!(
             state.written_end >= round_target,
@@ -611,20 +720,72 @@ impl Shared {
 mod tests {
     use super::*;
 
+    const BLOCK_LIMITS: WriterLimits = WriterLimits {
+        buffer_bytes: IO_ALIGNMENT_BYTES as usize,
+        in_flight_max: 2,
+        preallocate_bytes: 0,
+        reserve_end_max: u64::MAX,
+    };
+
     /// A writer of one-block buffers and a window of two, over a new file at `path`,
     /// with `shared` bytes of shard window to borrow from.
     async fn block_writer(path: &std::path::Path, shared: usize) -> (DirectFile, SegmentWriter) {
         set_shared_write_window(shared);
         let file = DirectFile::open(path, true).await.unwrap();
-        let limits = WriterLimits {
-            buffer_bytes: IO_ALIGNMENT_BYTES as usize,
-            in_flight_max: 2,
-            preallocate_bytes: 0,
-        };
-        let writer = SegmentWriter::resume(file.clone(), 0, limits, Rc::default())
+        let writer = SegmentWriter::resume(file.clone(), 0, BLOCK_LIMITS, Rc::default())
             .await
             .unwrap();
         (file, writer)
+    }
+
+    /// The segment after a rolled one issues no write before the rolled one's writes are
+    /// done: when one of those fails, nothing of the later segment reaches its file (a
+    /// crash would otherwise leave its bytes after a hole), and its writer fails too.
+    #[test]
+    fn a_segment_writes_nothing_after_a_failed_write_of_the_one_before() {
+        const BLOCK: usize = IO_ALIGNMENT_BYTES as usize;
+        let dir = tempfile::tempdir().unwrap();
+        let (earlier_path, later_path) = (dir.path().join("0.log"), dir.path().join("1.log"));
+        std::fs::write(&earlier_path, b"").unwrap();
+        crate::shard::run_for_test(async {
+            set_shared_write_window(0);
+            let earlier_file = DirectFile::open_read_only(&earlier_path).await.unwrap();
+            let earlier = SegmentWriter::resume(earlier_file, 0, BLOCK_LIMITS, Rc::default())
+                .await
+                .unwrap();
+            let (_, later) = block_writer(&later_path, 0).await;
+            earlier.reserve(BLOCK).await.unwrap();
+            earlier.append(&[1; BLOCK]);
+            later.write_after(&earlier);
+            later.reserve(BLOCK).await.unwrap();
+            later.append(&[2; BLOCK]);
+            let error = later.write_out(BLOCK as u64).await.unwrap_err();
+            assert!(error.to_string().contains("segment before"), "{error}");
+            assert!(earlier.failure().is_some());
+            assert!(later.failure().is_some());
+        });
+        let later_bytes = std::fs::read(&later_path).unwrap();
+        assert!(
+            later_bytes.iter().all(|&byte| byte == 0),
+            "nothing was written"
+        );
+    }
+
+    /// How far ahead space is reserved follows the pace of the appends, within bounds.
+    #[test]
+    fn space_is_reserved_ahead_for_a_quarter_second_of_appends_within_bounds() {
+        let writing = LogWriting::default();
+        let step = 4 << 20;
+        assert_eq!(writing.reserve_ahead(step), step, "no pace yet: one step");
+        writing.set_pace(100 << 20);
+        assert_eq!(writing.reserve_ahead(step), 25 << 20);
+        writing.set_pace(10 << 30);
+        assert_eq!(writing.reserve_ahead(step), RESERVE_AHEAD_MAX);
+        assert_eq!(
+            writing.reserve_ahead(128 << 20),
+            128 << 20,
+            "never below a step"
+        );
     }
 
     #[test]
