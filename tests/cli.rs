@@ -8,7 +8,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flumen_client::{Acks, BlockingConsumer, Client, ConsumerConfig, NoListener};
+use flumen_client::{
+    Acks, BlockingConsumer, BlockingProducer, Client, ConsumerConfig, NoListener, ProduceError,
+    ProducerConfig, Record,
+};
 use flumen_protocol::record::BatchBuilder;
 
 const FLUMEN: &str = env!("CARGO_BIN_EXE_flumen");
@@ -94,9 +97,45 @@ impl Broker {
         );
     }
 
+    /// Stops the broker process (SIGSTOP) until the returned guard is dropped (SIGCONT):
+    /// its sockets stay open and nothing answers. Returns once every thread is stopped.
+    fn pause(&self) -> Paused {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: signals a child this test started and has not reaped.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let all_stopped = || {
+            std::fs::read_dir(format!("/proc/{pid}/task"))
+                .unwrap()
+                .all(|task| {
+                    let stat = std::fs::read_to_string(task.unwrap().path().join("stat"));
+                    // The state follows the parenthesised command name.
+                    stat.is_ok_and(|stat| {
+                        stat.rsplit_once(") ")
+                            .is_some_and(|(_, rest)| rest.starts_with('T'))
+                    })
+                })
+        };
+        while !all_stopped() {
+            assert!(Instant::now() < deadline, "the broker did not stop");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Paused(pid)
+    }
+
     fn kill_9(mut self) {
         self.child.kill().unwrap(); // SIGKILL
         self.child.wait().unwrap();
+    }
+}
+
+/// A stopped broker process, continued (SIGCONT) when dropped.
+struct Paused(libc::pid_t);
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        // SAFETY: signals a child the test started and has not reaped.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
     }
 }
 
@@ -851,12 +890,9 @@ fn a_consumer_reports_a_broker_that_stopped_answering_and_goes_on_once_it_answer
     config.max_poll_interval = Duration::from_secs(1);
     let consumer = BlockingConsumer::new(config).unwrap();
     consumer.subscribe(&["frozen"], NoListener).unwrap();
-    let pid = libc::pid_t::try_from(broker.child.id()).unwrap();
-    // SAFETY: signals a child this test started and has not reaped.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let stopped = broker.pause();
     let stalled = consumer.poll(Duration::from_secs(60));
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    drop(stopped);
     let error = stalled.expect_err("no answer is an error").to_string();
     assert!(error.contains("no answer within 1.5s"), "{error}");
 
@@ -878,5 +914,62 @@ fn a_consumer_reports_a_broker_that_stopped_answering_and_goes_on_once_it_answer
     }
     assert_eq!(values, vec![Some(b"before".to_vec())]);
     drop(consumer);
+    broker.stop();
+}
+
+/// A producer whose broker stops answering (SIGSTOP: its sockets stay open) fails the
+/// records it holds once their delivery timeout passes, instead of waiting forever, and
+/// delivers again on fresh connections once the broker runs.
+#[test]
+fn a_producer_fails_records_a_stopped_broker_never_answers_and_delivers_once_it_runs() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let address = free_address();
+    let broker = Broker::start(dir.path(), address);
+    Client::connect(address)
+        .unwrap()
+        .create_topic("frozen", 1, &[])
+        .unwrap();
+    let mut config = ProducerConfig::new(address.to_string());
+    config.delivery_timeout = Duration::from_secs(1);
+    config.request_timeout = Duration::from_millis(500);
+    let producer = BlockingProducer::start(config).unwrap();
+    let first = producer
+        .send(Record::new("frozen", b"first".to_vec()))
+        .wait();
+    assert_eq!(first.expect("delivered").offset, Some(0));
+
+    let stopped = broker.pause();
+    let stalled = producer
+        .send(Record::new("frozen", b"lost".to_vec()))
+        .wait();
+    drop(stopped);
+    assert!(
+        matches!(stalled, Err(ProduceError::TimedOut(_))),
+        "{stalled:?}"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let offset = loop {
+        assert!(
+            Instant::now() < deadline,
+            "nothing delivered after the broker resumed"
+        );
+        if let Ok(delivery) = producer
+            .send(Record::new("frozen", b"after".to_vec()))
+            .wait()
+        {
+            break delivery.offset.expect("an offset");
+        }
+    };
+    let mut client = Client::connect(address).unwrap();
+    let values: Vec<String> = fetch_all(&mut client, "frozen", 0)
+        .into_iter()
+        .map(|(_, value)| value)
+        .collect();
+    assert_eq!(values.first().map(String::as_str), Some("first"));
+    assert_eq!(values.last().map(String::as_str), Some("after"));
+    assert_eq!(offset as usize, values.len() - 1);
+    producer.close();
     broker.stop();
 }
