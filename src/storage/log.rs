@@ -400,6 +400,9 @@ impl Log {
     pub fn reconfigure(&self, config: LogConfig) -> Result<()> {
         config.validate()?;
         *self.config.borrow_mut() = config;
+        if let Some(writer) = self.active_segment().writer() {
+            writer.set_reserve_end_max(self.writer_limits().reserve_end_max);
+        }
         Ok(())
     }
 

@@ -166,6 +166,8 @@ struct Shared {
     /// Shared with the log and the writers of its other segments.
     writing: Rc<LogWriting>,
     limits: WriterLimits,
+    /// `limits.reserve_end_max`, kept up to date when the topic's `segment.bytes` changes.
+    reserve_end_max: Cell<u64>,
     /// The shard's shared write window, if it has one.
     shared_window: Option<Rc<LocalBudget>>,
     /// The writer of the segment before this one, while its writes may still be in
@@ -254,6 +256,7 @@ impl SegmentWriter {
                 file,
                 writing,
                 limits,
+                reserve_end_max: Cell::new(limits.reserve_end_max),
                 shared_window: SHARED_WINDOW.with(|window| window.borrow().clone()),
                 after: RefCell::new(None),
                 state: RefCell::new(State {
@@ -337,7 +340,7 @@ impl SegmentWriter {
                 let state = self.shared.state.borrow();
                 (state.allocated_end, state.topping_up, state.top_up_failed)
             };
-            let end_max = self.shared.limits.reserve_end_max;
+            let end_max = self.shared.reserve_end_max.get();
             if needed_end <= allocated_end {
                 let ahead = self.shared.writing.reserve_ahead(step);
                 if allocated_end - needed_end < ahead
@@ -354,11 +357,23 @@ impl SegmentWriter {
                 listener.await;
                 continue;
             }
-            // Only what this append needs and a step: it is waiting for it.
-            let target = (needed_end + step).min(end_max).max(needed_end);
+            // What this append needs and a step: it is waiting for it. Past the limit (the
+            // segment outgrew it: `segment.bytes` raised), still a step, or every later
+            // append would wait for an `fallocate` of its own.
+            let target = if needed_end < end_max {
+                (needed_end + step).min(end_max)
+            } else {
+                needed_end + step
+            };
             let result = self.shared.file.preallocate(target).await;
             self.shared.allocated(target, result)?;
         }
+    }
+
+    /// The most file this segment can need changed (its topic's `segment.bytes`): space is
+    /// reserved ahead up to `end` from the next append on.
+    pub(crate) fn set_reserve_end_max(&self, end: u64) {
+        self.shared.reserve_end_max.set(end);
     }
 
     /// Extends the reservation to `target` in the background.
@@ -786,6 +801,49 @@ mod tests {
             128 << 20,
             "never below a step"
         );
+    }
+
+    /// A segment's `segment.bytes` raised while it is active: its writer reserves ahead
+    /// up to the new limit, and an append past a limit it has not heard of still
+    /// reserves a step beyond itself, not only what it needs (each later append would
+    /// otherwise wait for an `fallocate` of its own).
+    #[test]
+    fn space_is_reserved_ahead_past_a_raised_segment_limit() {
+        const STEP: u64 = 64 << 10;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        crate::shard::run_for_test(async {
+            set_shared_write_window(0);
+            let file = DirectFile::open(&path, true).await.unwrap();
+            let limits = WriterLimits {
+                preallocate_bytes: STEP,
+                reserve_end_max: STEP,
+                ..BLOCK_LIMITS
+            };
+            let writer = SegmentWriter::resume(file.clone(), 0, limits, Rc::default())
+                .await
+                .unwrap();
+            writer.reserve(1).await.unwrap();
+            assert_eq!(file.size().await.unwrap(), STEP, "a step, up to the limit");
+            // Past the limit the writer was given: what the append needs and a step.
+            let needed = STEP + IO_ALIGNMENT_BYTES;
+            writer.reserve(needed as usize).await.unwrap();
+            assert_eq!(file.size().await.unwrap(), needed + STEP);
+            // Close to the end of that, with the old limit: no reserving ahead.
+            let close = needed + STEP - IO_ALIGNMENT_BYTES;
+            writer.reserve(close as usize).await.unwrap();
+            writer.retire().await;
+            assert_eq!(file.size().await.unwrap(), needed + STEP);
+            // With the limit raised, the same append tops up in the background.
+            let writer = SegmentWriter::resume(file.clone(), 0, limits, Rc::default())
+                .await
+                .unwrap();
+            writer.set_reserve_end_max(1 << 20);
+            writer.reserve(close as usize).await.unwrap();
+            writer.retire().await;
+            assert_eq!(file.size().await.unwrap(), close + 2 * STEP);
+            file.close().await.unwrap();
+        });
     }
 
     #[test]
