@@ -240,11 +240,12 @@ async fn ready_batches_of_a_shard_share_one_request() {
     }
 }
 
-/// `send_with` calls its callback exactly once per record: with the record's offset when
+/// `send_with` calls its callback exactly once per record, and `send_tagged` and
+/// `send_ref_tagged` their handler once per tag: with the record's offset when
 /// delivered (in send order within a partition), at once with the reason when the record
 /// cannot be queued, and with `Closed` once the producer is gone.
 #[tokio::test(flavor = "current_thread")]
-async fn callbacks_report_every_outcome_once() {
+async fn callbacks_and_handlers_report_every_outcome_once() {
     use std::sync::{Arc, Mutex};
 
     let (broker, _admin) = broker_with_topic("calls", 1);
@@ -254,27 +255,58 @@ async fn callbacks_report_every_outcome_once() {
         ..AccumulatorConfig::default()
     };
     let producer = Producer::start(config);
-    type Outcomes = Arc<Mutex<Vec<(u32, Result<Option<u64>, String>)>>>;
-    let outcomes: Outcomes = Arc::default();
-    let callback = |index: u32| {
-        let outcomes = Arc::clone(&outcomes);
-        move |outcome: Result<flumen_client::Delivery, ProduceError>| {
+    type DeliveryOutcome = Result<flumen_client::Delivery, ProduceError>;
+    /// A record's index, and its offset or why it has none.
+    type Noted = (u32, Result<Option<u64>, String>);
+    /// Every outcome, with the index of its record.
+    #[derive(Default)]
+    struct Outcomes(Mutex<Vec<Noted>>);
+    impl Outcomes {
+        fn note(&self, index: u32, outcome: DeliveryOutcome) {
             let outcome = outcome
                 .map(|delivery| delivery.offset)
                 .map_err(|error| format!("{error:?}"));
-            outcomes.lock().unwrap().push((index, outcome));
+            self.0.lock().unwrap().push((index, outcome));
         }
+    }
+    impl flumen_client::DeliveryHandler for Outcomes {
+        fn delivered(&self, tag: u64, outcome: DeliveryOutcome) {
+            self.note(u32::try_from(tag).unwrap(), outcome)
+        }
+    }
+    let outcomes = Arc::new(Outcomes::default());
+    let handler = &outcomes;
+    let callback = |index: u32| {
+        let outcomes = Arc::clone(&outcomes);
+        move |outcome: DeliveryOutcome| outcomes.note(index, outcome)
     };
     for index in 0..1_000u32 {
-        let record = record("calls", "k".into(), index.to_string());
-        producer.send_with(record, callback(index)).await;
+        let value = index.to_string();
+        match index % 3 {
+            0 => {
+                producer
+                    .send_with(record("calls", "k".into(), value), callback(index))
+                    .await
+            }
+            1 => {
+                let record = record("calls", "k".into(), value);
+                producer.send_tagged(record, handler, index.into()).await
+            }
+            _ => {
+                let record =
+                    flumen_client::RecordRef::new("calls", value.as_bytes()).with_key(b"k");
+                producer
+                    .send_ref_tagged(&record, handler, index.into())
+                    .await
+            }
+        }
     }
     // Larger than the whole buffer: refused before it is queued.
     let huge = record("calls", "k".into(), "x".repeat(128 << 10));
-    producer.send_with(huge, callback(1_000)).await;
+    producer.send_tagged(huge, handler, 1_000).await;
     producer.flush().await;
     {
-        let outcomes = outcomes.lock().unwrap();
+        let outcomes = outcomes.0.lock().unwrap();
         assert_eq!(outcomes.len(), 1_001, "one outcome per record");
         assert!(
             matches!(&outcomes[0], (1_000, Err(reason)) if reason.contains("RecordTooLarge")),
@@ -298,13 +330,18 @@ async fn callbacks_report_every_outcome_once() {
     closed
         .send_with(record("calls", "k".into(), "late".into()), callback(1_001))
         .await;
-    let outcomes = outcomes.lock().unwrap();
-    assert_eq!(outcomes.len(), 1_002);
-    assert!(
-        matches!(&outcomes[1_001], (1_001, Err(reason)) if reason.contains("Closed")),
-        "{:?}",
-        outcomes[1_001]
-    );
+    closed
+        .send_tagged(record("calls", "k".into(), "late".into()), handler, 1_002)
+        .await;
+    let outcomes = outcomes.0.lock().unwrap();
+    assert_eq!(outcomes.len(), 1_003);
+    for index in [1_001, 1_002] {
+        assert!(
+            matches!(&outcomes[index as usize], (got, Err(reason)) if *got == index && reason.contains("Closed")),
+            "{:?}",
+            outcomes[index as usize]
+        );
+    }
 }
 
 /// A borrowed record is copied before its send returns: one buffer rewritten for every

@@ -86,8 +86,8 @@ pub use membership::{CommitMode, NoListener, RebalanceListener};
 pub use partitioner::{murmur2, partition_for_key};
 #[cfg(feature = "tokio")]
 pub use producer::{
-    Delivery, DeliveryFuture, ProduceError, Producer, ProducerConfig, ProducerMetrics, Record,
-    RecordRef,
+    Delivery, DeliveryFuture, DeliveryHandler, ProduceError, Producer, ProducerConfig,
+    ProducerMetrics, Record, RecordRef,
 };
 #[cfg(feature = "tokio")]
 pub use sync_facade::{BlockingConsumer, BlockingDelivery, BlockingProducer};

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use flumen_client::accumulator::AccumulatorConfig;
 use flumen_client::{
-    Acks, Client, Consumer, ConsumerConfig, Producer, ProducerConfig, RecordRef, TopicPartition,
+    Acks, Client, Consumer, ConsumerConfig, Delivery, DeliveryHandler, ProduceError, Producer,
+    ProducerConfig, RecordRef, TopicPartition,
 };
 
 use crate::report::{AckRun, BacklogDrain, IdleCost, Throughput};
@@ -278,15 +279,49 @@ enum Pace {
 struct Outcomes {
     recorder: SharedRecorder,
     progress: Arc<Progress>,
-    period: Period,
+    clock: Clock,
+}
+
+/// A record's tag for [`Outcomes`] as a delivery handler: its intended send time (the
+/// clock's microsecond stamp, as in its value) in the low 40 bits, whether it was
+/// intended in the measured period in the next, its value's size in the high 23.
+/// Records that do not fit (runs of over 12 days, values of 8 MiB or more) get a
+/// callback of their own instead.
+const TAG_STAMP_BITS: u32 = 40;
+const TAG_MEASURED: u64 = 1 << TAG_STAMP_BITS;
+const TAG_BYTES_SHIFT: u32 = TAG_STAMP_BITS + 1;
+
+fn tag(stamp: u64, measured: bool, bytes: usize) -> Option<u64> {
+    let bytes = bytes as u64;
+    (stamp >> TAG_STAMP_BITS == 0 && bytes >> (64 - TAG_BYTES_SHIFT) == 0)
+        .then_some(bytes << TAG_BYTES_SHIFT | u64::from(measured) << TAG_STAMP_BITS | stamp)
+}
+
+fn untag(tag: u64) -> (u64, bool, usize) {
+    let stamp = tag & (TAG_MEASURED - 1);
+    (
+        stamp,
+        tag & TAG_MEASURED != 0,
+        (tag >> TAG_BYTES_SHIFT) as usize,
+    )
+}
+
+/// Tagged deliveries: no allocation per record (a boxed callback per record held the
+/// load CPU's throughput 10-15 % lower at 1.4 GB/s of 1 KiB records).
+impl DeliveryHandler for Outcomes {
+    fn delivered(&self, tag: u64, outcome: Result<Delivery, ProduceError>) {
+        let (stamp, measured, bytes) = untag(tag);
+        let acknowledged_at = outcome.ok().map(|delivery| delivery.acknowledged_at);
+        // Latency from the stamp: at most a microsecond (the histograms' unit) longer.
+        self.record(self.clock.instant(stamp), measured, bytes, acknowledged_at);
+    }
 }
 
 impl Outcomes {
     /// Records a delivery as it completes (the producer's callback), so a record
     /// acknowledged while an earlier one of another partition is still out is not
     /// charged that one's wait.
-    fn record(&self, intended: Instant, bytes: usize, delivered: Option<Instant>) {
-        let measured = self.period.contains(intended);
+    fn record(&self, intended: Instant, measured: bool, bytes: usize, delivered: Option<Instant>) {
         let mut recorder = self.recorder.lock().expect("no task panics holding it");
         if let Some(acknowledged_at) = delivered {
             let latency = acknowledged_at.saturating_duration_since(intended);
@@ -311,7 +346,7 @@ async fn produce(
     let outcomes = Arc::new(Outcomes {
         recorder: Arc::clone(&recorder),
         progress,
-        period,
+        clock,
     });
     if let Pace::Closed { start, .. } = pace {
         // The consumers are given until then to start polling.
@@ -345,18 +380,24 @@ async fn produce(
                 Instant::now()
             }
         };
-        let (record, bytes) = source.record(clock.stamp(intended));
+        let stamp = clock.stamp(intended);
+        let (record, bytes) = source.record(stamp);
         let record = record.with_timestamp(clock.timestamp_ms(intended));
         if let Pace::Bytes { budget, .. } = &pace {
             budget.fetch_add(bytes as u64, Ordering::Relaxed);
         }
-        let outcomes = Arc::clone(&outcomes);
-        producer
-            .send_ref_with(&record, move |outcome| {
-                let acknowledged_at = outcome.ok().map(|delivery| delivery.acknowledged_at);
-                outcomes.record(intended, bytes, acknowledged_at)
-            })
-            .await;
+        let measured = period.contains(intended);
+        if let Some(tag) = tag(stamp, measured, bytes) {
+            producer.send_ref_tagged(&record, &outcomes, tag).await;
+        } else {
+            let outcomes = Arc::clone(&outcomes);
+            producer
+                .send_ref_with(&record, move |outcome| {
+                    let acknowledged_at = outcome.ok().map(|delivery| delivery.acknowledged_at);
+                    outcomes.record(intended, measured, bytes, acknowledged_at)
+                })
+                .await;
+        }
     }
     // Every record sent has an outcome (and its callback has run) once this returns.
     producer.flush().await;
@@ -968,4 +1009,27 @@ pub fn run_idle(
             connections,
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tag gives back the stamp and size it was made of, at both ends of their
+    /// ranges; what does not fit gets no tag (and its record a callback of its own).
+    #[test]
+    fn a_tag_carries_the_intended_time_and_the_size() {
+        let twelve_days_us = (1u64 << TAG_STAMP_BITS) - 1;
+        for (stamp, measured, bytes) in [
+            (0, false, 0),
+            (1, true, 1024),
+            (twelve_days_us, true, (8 << 20) - 1),
+            (twelve_days_us, false, (8 << 20) - 1),
+        ] {
+            let tagged = tag(stamp, measured, bytes).unwrap();
+            assert_eq!(untag(tagged), (stamp, measured, bytes));
+        }
+        assert_eq!(tag(twelve_days_us + 1, true, 1024), None);
+        assert_eq!(tag(0, true, 8 << 20), None);
+    }
 }

@@ -264,14 +264,30 @@ pub enum ProduceError {
     Closed,
 }
 
-/// Where a record's outcome goes: its [`DeliveryFuture`], or the callback given to
-/// [`Producer::send_with`]. A reply dropped unsent (the producer went away) reports
-/// `Closed`, so a callback runs exactly once whatever happens.
+/// Receives the outcomes of records sent with [`Producer::send_tagged`] or
+/// [`Producer::send_ref_tagged`], each with the tag it was sent with: one handler for
+/// many records, so a send allocates nothing for its outcome (a callback is boxed per
+/// record, a [`DeliveryFuture`] is a channel per record). librdkafka's delivery report
+/// callback and per-message opaque work the same way.
+///
+/// It runs on the producer's background task, once per record, whatever happens to
+/// it (a producer dropped with records unsent reports them `Closed`); it should return
+/// quickly. A panic in it is caught and reported by the panic hook.
+pub trait DeliveryHandler: Send + Sync + 'static {
+    /// The outcome of the record sent with `tag`.
+    fn delivered(&self, tag: u64, outcome: Result<Delivery, ProduceError>);
+}
+
+/// Where a record's outcome goes: its [`DeliveryFuture`], the callback given to
+/// [`Producer::send_with`], or a [`DeliveryHandler`] with the record's tag. A reply
+/// dropped unsent (the producer went away) reports `Closed`, so a callback or handler
+/// runs exactly once whatever happens.
 pub(crate) struct Reply(Option<ReplyTo>);
 
 enum ReplyTo {
     Future(oneshot::Sender<Result<Delivery, ProduceError>>),
     Callback(Box<dyn FnOnce(Result<Delivery, ProduceError>) + Send>),
+    Tagged(Arc<dyn DeliveryHandler>, u64),
 }
 
 impl Reply {
@@ -283,13 +299,18 @@ impl Reply {
         Self(Some(ReplyTo::Callback(callback)))
     }
 
+    fn tagged<H: DeliveryHandler>(handler: &Arc<H>, tag: u64) -> Self {
+        Self(Some(ReplyTo::Tagged(Arc::clone(handler) as Arc<_>, tag)))
+    }
+
     /// Hands the outcome over (a dropped future is not an error: nobody asked).
     pub(crate) fn send(mut self, outcome: Result<Delivery, ProduceError>) {
         match self.0.take() {
             Some(ReplyTo::Future(sender)) => {
                 let _ = sender.send(outcome);
             }
-            Some(ReplyTo::Callback(callback)) => call(callback, outcome),
+            Some(ReplyTo::Callback(callback)) => call(move || callback(outcome)),
+            Some(ReplyTo::Tagged(handler, tag)) => call(move || handler.delivered(tag, outcome)),
             None => {}
         }
     }
@@ -297,20 +318,21 @@ impl Reply {
 
 impl Drop for Reply {
     fn drop(&mut self) {
-        if let Some(ReplyTo::Callback(callback)) = self.0.take() {
-            call(callback, Err(ProduceError::Closed));
+        match self.0.take() {
+            Some(ReplyTo::Callback(callback)) => call(move || callback(Err(ProduceError::Closed))),
+            Some(ReplyTo::Tagged(handler, tag)) => {
+                call(move || handler.delivered(tag, Err(ProduceError::Closed)))
+            }
+            Some(ReplyTo::Future(_)) | None => {}
         }
     }
 }
 
-/// Runs a delivery callback. One that panics does not take the producer's background
-/// task (and every other record's outcome) with it: the panic is caught here, after
-/// the panic hook has reported it.
-fn call(
-    callback: Box<dyn FnOnce(Result<Delivery, ProduceError>) + Send>,
-    outcome: Result<Delivery, ProduceError>,
-) {
-    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || callback(outcome)));
+/// Runs a delivery callback or handler. One that panics does not take the producer's
+/// background task (and every other record's outcome) with it: the panic is caught
+/// here, after the panic hook has reported it.
+fn call(deliver: impl FnOnce()) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(deliver));
 }
 
 /// Counters of a producer since it started (see [`Producer::metrics`]).
@@ -571,6 +593,61 @@ impl<R: Runtime> Producer<R> {
             .await;
     }
 
+    /// [`Producer::send_with`] without a callback per record: the outcome goes to
+    /// `handler` with `tag`, and nothing is allocated for it (a boxed callback is an
+    /// allocation per record, and at a million records a second the allocator's share
+    /// of a core shows). The tag is the caller's: an index, a sequence number, a
+    /// timestamp.
+    ///
+    /// ```no_run
+    /// # async fn example(producer: flumen_client::Producer) {
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    /// use flumen_client::{Delivery, DeliveryHandler, ProduceError, Record};
+    ///
+    /// #[derive(Default)]
+    /// struct Failures(AtomicU64);
+    ///
+    /// impl DeliveryHandler for Failures {
+    ///     fn delivered(&self, order_id: u64, outcome: Result<Delivery, ProduceError>) {
+    ///         if let Err(error) = outcome {
+    ///             eprintln!("order {order_id} not published: {error}");
+    ///             self.0.fetch_add(1, Ordering::Relaxed);
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// let failures = Arc::new(Failures::default());
+    /// for order_id in 0..1_000u64 {
+    ///     let record = Record::new("orders", format!("order #{order_id}"));
+    ///     producer.send_tagged(record, &failures, order_id).await;
+    /// }
+    /// producer.flush().await;
+    /// assert_eq!(failures.0.load(Ordering::Relaxed), 0);
+    /// # }
+    /// ```
+    pub async fn send_tagged<H: DeliveryHandler>(
+        &self,
+        record: Record,
+        handler: &Arc<H>,
+        tag: u64,
+    ) {
+        self.queue(record, Reply::tagged(handler, tag)).await;
+    }
+
+    /// [`Producer::send_tagged`] for a borrowed record: its bytes are copied into their
+    /// batch before this returns, and nothing is allocated for the record at all unless
+    /// its topic's partitions are not known yet.
+    pub async fn send_ref_tagged<H: DeliveryHandler>(
+        &self,
+        record: &RecordRef<'_>,
+        handler: &Arc<H>,
+        tag: u64,
+    ) {
+        self.queue_borrowed(record, Reply::tagged(handler, tag))
+            .await;
+    }
+
     /// Appends the record to its batch (or hands it to the worker, for a topic it does
     /// not know yet), once there is buffer room for it, or reports why not.
     async fn queue(&self, record: Record, reply: Reply) {
@@ -809,5 +886,36 @@ mod tests {
             matches!(outcomes.as_slice(), [Err(ProduceError::Closed)]),
             "{outcomes:?}"
         );
+    }
+
+    /// Records every (tag, outcome) it is given; panics on tag 13.
+    #[derive(Default)]
+    struct Tags(Mutex<Vec<(u64, Result<Delivery, ProduceError>)>>);
+
+    impl DeliveryHandler for Tags {
+        fn delivered(&self, tag: u64, outcome: Result<Delivery, ProduceError>) {
+            assert_ne!(tag, 13, "a handler that panics");
+            self.0.lock().unwrap().push((tag, outcome));
+        }
+    }
+
+    #[test]
+    fn a_handler_gets_each_tag_once_and_its_panic_is_caught() {
+        let handler = Arc::new(Tags::default());
+        let delivered = Delivery {
+            partition: Some(0),
+            offset: Some(1),
+            queued_in_outbox: false,
+            acknowledged_at: Instant::now(),
+        };
+        Reply::tagged(&handler, 7).send(Ok(delivered));
+        drop(Reply::tagged(&handler, 8));
+        Reply::tagged(&handler, 13).send(Ok(delivered));
+        drop(Reply::tagged(&handler, 13));
+        assert_eq!(
+            *handler.0.lock().unwrap(),
+            vec![(7, Ok(delivered)), (8, Err(ProduceError::Closed))]
+        );
+        assert_eq!(Arc::strong_count(&handler), 1, "no reply keeps it");
     }
 }
