@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The reference benchmark (docs/BENCHMARKS.md, "The reference benchmark"): measures this
 # machine's limits in the same run (iperf3 over loopback; fio O_DIRECT sequential write
-# with and without fdatasync, and read, on the data directory's disk), runs the
+# with and without fdatasync, and read, on the data directory's disk; sockperf's round
+# trip and fio's write+fdatasync latency at the open loop's rate, its floors), runs the
 # reference workloads with flumen-loadgen, and prints every result next to its limit
 # as a ratio, with the bar it must meet.
 #
