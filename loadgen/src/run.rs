@@ -24,7 +24,9 @@ use flumen_client::{
 use crate::report::{AckRun, BacklogDrain, IdleCost, Throughput};
 use crate::schedule::{wait_until, OpenLoop, Schedule};
 use crate::stats::{take_windows, totals, IntervalLog, Point, Recorder, SharedRecorder, Tally};
-use crate::workload::{read_stamp, stamped_value, KeyChooser, Rng, SizeDistribution};
+use crate::workload::{
+    read_stamp, stamped_value, KeyChooser, Rng, SizeDistribution, VALUE_BYTES_MAX,
+};
 
 /// Everything a run needs, checked.
 #[derive(Debug, Clone)]
@@ -275,60 +277,63 @@ enum Pace {
     Bytes { budget: Arc<AtomicU64>, target: u64 },
 }
 
-/// What a delivery callback needs to record its outcome.
+/// What the producer's delivery handler needs to record each outcome.
 struct Outcomes {
     recorder: SharedRecorder,
     progress: Arc<Progress>,
     clock: Clock,
 }
 
-/// A record's tag for [`Outcomes`] as a delivery handler: its intended send time (the
-/// clock's microsecond stamp, as in its value) in the low 40 bits, whether it was
-/// intended in the measured period in the next, its value's size in the high 23.
-/// Records that do not fit (runs of over 12 days, values of 8 MiB or more) get a
-/// callback of their own instead.
-const TAG_STAMP_BITS: u32 = 40;
+/// A record's tag for [`Outcomes`] as a delivery handler: its value's size in the high
+/// 21 bits, whether it was intended in the measured period in the next, and in the low
+/// 42 its intended send time (the clock's microsecond stamp, as in its value) modulo
+/// 2^42 µs, 50 days: the delivery's `acknowledged_at`, a little later, gives back the
+/// rest, as a TCP receiver unwraps sequence numbers.
+const TAG_SIZE_BITS: u32 = 21;
+const _: () = assert!(VALUE_BYTES_MAX < 1 << TAG_SIZE_BITS);
+const TAG_STAMP_BITS: u32 = 64 - 1 - TAG_SIZE_BITS;
+const TAG_STAMP_MASK: u64 = (1 << TAG_STAMP_BITS) - 1;
 const TAG_MEASURED: u64 = 1 << TAG_STAMP_BITS;
-const TAG_BYTES_SHIFT: u32 = TAG_STAMP_BITS + 1;
 
-fn tag(stamp: u64, measured: bool, bytes: usize) -> Option<u64> {
-    let bytes = bytes as u64;
-    (stamp >> TAG_STAMP_BITS == 0 && bytes >> (64 - TAG_BYTES_SHIFT) == 0)
-        .then_some(bytes << TAG_BYTES_SHIFT | u64::from(measured) << TAG_STAMP_BITS | stamp)
+fn tag(stamp: u64, measured: bool, bytes: usize) -> u64 {
+    (bytes as u64) << (TAG_STAMP_BITS + 1)
+        | u64::from(measured) << TAG_STAMP_BITS
+        | stamp & TAG_STAMP_MASK
 }
 
+/// The wrapped stamp, the measured flag and the size of a tag.
 fn untag(tag: u64) -> (u64, bool, usize) {
-    let stamp = tag & (TAG_MEASURED - 1);
     (
-        stamp,
+        tag & TAG_STAMP_MASK,
         tag & TAG_MEASURED != 0,
-        (tag >> TAG_BYTES_SHIFT) as usize,
+        (tag >> (TAG_STAMP_BITS + 1)) as usize,
     )
 }
 
-/// Tagged deliveries: no allocation per record (a boxed callback per record held the
-/// load CPU's throughput 10-15 % lower at 1.4 GB/s of 1 KiB records).
-impl DeliveryHandler for Outcomes {
-    fn delivered(&self, tag: u64, outcome: Result<Delivery, ProduceError>) {
-        let (stamp, measured, bytes) = untag(tag);
-        let acknowledged_at = outcome.ok().map(|delivery| delivery.acknowledged_at);
-        // Latency from the stamp: at most a microsecond (the histograms' unit) longer.
-        self.record(self.clock.instant(stamp), measured, bytes, acknowledged_at);
-    }
+/// The latest stamp at or before `at` that wraps to `wrapped`.
+fn unwrap_stamp(wrapped: u64, at: u64) -> u64 {
+    at - (at.wrapping_sub(wrapped) & TAG_STAMP_MASK)
 }
 
-impl Outcomes {
-    /// Records a delivery as it completes (the producer's callback), so a record
-    /// acknowledged while an earlier one of another partition is still out is not
-    /// charged that one's wait.
-    fn record(&self, intended: Instant, measured: bool, bytes: usize, delivered: Option<Instant>) {
+/// Tagged deliveries: no allocation per record (a boxed callback per record held the
+/// load CPU's throughput 10-15 % lower at 1.4 GB/s of 1 KiB records), so a delivery is
+/// recorded as it completes: a record acknowledged while an earlier one of another
+/// partition is still out is not charged that one's wait.
+impl DeliveryHandler for Outcomes {
+    fn delivered(&self, tag: u64, outcome: Result<Delivery, ProduceError>) {
+        let (wrapped, measured, bytes) = untag(tag);
         let mut recorder = self.recorder.lock().expect("no task panics holding it");
-        if let Some(acknowledged_at) = delivered {
-            let latency = acknowledged_at.saturating_duration_since(intended);
-            recorder.delivered(latency, acknowledged_at, bytes, measured);
-            self.progress.produced.fetch_add(1, Ordering::Relaxed);
-        } else {
-            recorder.failed(measured);
+        match outcome {
+            Ok(Delivery {
+                acknowledged_at, ..
+            }) => {
+                let stamp = unwrap_stamp(wrapped, self.clock.stamp(acknowledged_at));
+                // From the stamp: at most a microsecond (the histograms' unit) longer.
+                let latency = acknowledged_at.saturating_duration_since(self.clock.instant(stamp));
+                recorder.delivered(latency, acknowledged_at, bytes, measured);
+                self.progress.produced.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => recorder.failed(measured),
         }
     }
 }
@@ -386,18 +391,8 @@ async fn produce(
         if let Pace::Bytes { budget, .. } = &pace {
             budget.fetch_add(bytes as u64, Ordering::Relaxed);
         }
-        let measured = period.contains(intended);
-        if let Some(tag) = tag(stamp, measured, bytes) {
-            producer.send_ref_tagged(&record, &outcomes, tag).await;
-        } else {
-            let outcomes = Arc::clone(&outcomes);
-            producer
-                .send_ref_with(&record, move |outcome| {
-                    let acknowledged_at = outcome.ok().map(|delivery| delivery.acknowledged_at);
-                    outcomes.record(intended, measured, bytes, acknowledged_at)
-                })
-                .await;
-        }
+        let tag = tag(stamp, period.contains(intended), bytes);
+        producer.send_ref_tagged(&record, &outcomes, tag).await;
     }
     // Every record sent has an outcome (and its callback has run) once this returns.
     producer.flush().await;
@@ -1015,21 +1010,27 @@ pub fn run_idle(
 mod tests {
     use super::*;
 
-    /// A tag gives back the stamp and size it was made of, at both ends of their
-    /// ranges; what does not fit gets no tag (and its record a callback of its own).
+    /// A tag gives back the size and flag it was made of, and the stamp once unwrapped
+    /// against any later time within 50 days, across the wrap too.
     #[test]
     fn a_tag_carries_the_intended_time_and_the_size() {
-        let twelve_days_us = (1u64 << TAG_STAMP_BITS) - 1;
+        let wrap = TAG_STAMP_MASK + 1;
         for (stamp, measured, bytes) in [
             (0, false, 0),
             (1, true, 1024),
-            (twelve_days_us, true, (8 << 20) - 1),
-            (twelve_days_us, false, (8 << 20) - 1),
+            (wrap - 1, true, VALUE_BYTES_MAX),
+            (wrap, false, VALUE_BYTES_MAX),
+            (5 * wrap + 7, true, 8),
         ] {
-            let tagged = tag(stamp, measured, bytes).unwrap();
-            assert_eq!(untag(tagged), (stamp, measured, bytes));
+            let (wrapped, got_measured, got_bytes) = untag(tag(stamp, measured, bytes));
+            assert_eq!((got_measured, got_bytes), (measured, bytes));
+            for later in [0, 1, 3_000_000, wrap - 1] {
+                assert_eq!(
+                    unwrap_stamp(wrapped, stamp + later),
+                    stamp,
+                    "{stamp} + {later}"
+                );
+            }
         }
-        assert_eq!(tag(twelve_days_us + 1, true, 1024), None);
-        assert_eq!(tag(0, true, 8 << 20), None);
     }
 }
