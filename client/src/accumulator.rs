@@ -171,8 +171,8 @@ pub enum AppendError {
 /// Refuses a timestamp before the epoch, as Kafka's brokers do: the batch format stores
 /// each record's timestamp as a distance from the first record's, which two timestamps
 /// far apart on both sides of zero would overflow.
-pub(crate) fn check_timestamp(record: &RecordRef<'_>) -> Result<(), AppendError> {
-    match record.timestamp_ms {
+pub(crate) fn check_timestamp(timestamp_ms: Option<i64>) -> Result<(), AppendError> {
+    match timestamp_ms {
         Some(timestamp_ms) if timestamp_ms < 0 => {
             Err(AppendError::InvalidTimestamp { timestamp_ms })
         }
@@ -392,7 +392,7 @@ impl Accumulator {
                 limit_bytes: self.config.buffer_memory_bytes,
             });
         }
-        check_timestamp(record)?;
+        check_timestamp(record.timestamp_ms)?;
         if check_room && self.buffered_bytes + size > self.config.buffer_memory_bytes {
             return Err(AppendError::BufferFull {
                 buffered_bytes: self.buffered_bytes,

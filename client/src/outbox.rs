@@ -113,13 +113,10 @@ impl Outbox {
             ));
         }
         let now_ms = crate::producer::now_ms();
-        if let Some(timestamp_ms) = records
+        records
             .iter()
-            .find_map(|record| record.timestamp_ms.filter(|&timestamp| timestamp < 0))
-        {
-            let error = crate::accumulator::AppendError::InvalidTimestamp { timestamp_ms };
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, error));
-        }
+            .try_for_each(|record| crate::accumulator::check_timestamp(record.timestamp_ms))
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
         let mut bytes = Vec::new();
         for record in records {
             encode_entry(record, now_ms, &mut bytes);

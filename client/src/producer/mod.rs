@@ -674,7 +674,7 @@ impl<R: Runtime> Producer<R> {
             reply.send(Err(ProduceError::Closed));
             return None;
         }
-        if let Err(error) = crate::accumulator::check_timestamp(record) {
+        if let Err(error) = crate::accumulator::check_timestamp(record.timestamp_ms) {
             reply.send(Err(ProduceError::Rejected(error)));
             return None;
         }
