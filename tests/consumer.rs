@@ -444,3 +444,35 @@ async fn a_partition_that_cannot_be_reset_does_not_block_the_others() {
         "the other partition's records came ({errors} errors)"
     );
 }
+
+/// Partitions assigned together with one whose position cannot be found (its topic does
+/// not exist) are read all the same: the assignment reports the failure, and the
+/// others' positions are found whatever order they are tried in.
+#[tokio::test(flavor = "current_thread")]
+async fn a_partition_without_a_position_does_not_hold_up_those_assigned_with_it() {
+    let broker = setup(8);
+    produce(
+        &broker,
+        (0..8).flat_map(|partition| numbered(partition, 0..5)),
+    )
+    .await;
+    let mut partitions = vec![TopicPartition::new("missing", 0)];
+    partitions.extend((0..8).map(|partition| TopicPartition::new("t", partition)));
+    let mut consumer = Consumer::new(ConsumerConfig::new(broker.bootstrap().to_string()));
+    let assigned = consumer.assign(&partitions).await;
+    assert!(
+        matches!(assigned, Err(ConsumeError::Client(_))),
+        "{assigned:?}"
+    );
+    let mut read = 0;
+    for _ in 0..100 {
+        if let Ok(records) = consumer.poll(Duration::from_secs(1)).await {
+            assert!(records.iter().all(|record| record.topic() == "t"));
+            read += records.len();
+        }
+        if read == 40 {
+            break;
+        }
+    }
+    assert_eq!(read, 40, "every partition of t was read");
+}

@@ -854,15 +854,16 @@ impl<R: Runtime> Consumer<R> {
                 .on_revoked(&revoked);
         }
         // The new partitions are the member's now; their positions (the group's
-        // committed offsets) are found here, or by later polls if that fails, without
-        // another rebalance.
+        // committed offsets) are found by the poll that follows, or by later ones if
+        // that fails, without another rebalance, and the kept partitions' records go
+        // on meanwhile.
         self.assign_pending(&new);
         let member = self.member.as_mut().expect("subscribed");
         member.owned = new;
         if !added.is_empty() {
             member.listener.on_assigned(&added);
         }
-        self.resolve_pending().await
+        Ok(())
     }
 
     /// Takes `partitions` as the assignment: partitions kept keep their positions, new
@@ -889,33 +890,11 @@ impl<R: Runtime> Consumer<R> {
     /// Replaces the assignment. Partitions kept keep their positions; new ones start at
     /// the group's committed position (with a `group_id`), else where
     /// `auto_offset_reset` says.
+    /// A partition whose position cannot be found yet stays assigned and is tried again
+    /// by later polls; the first such failure is returned.
     pub async fn assign(&mut self, partitions: &[TopicPartition]) -> Result<(), ConsumeError> {
-        self.assigned.retain(|partition, assigned| {
-            let keep = partitions.contains(partition);
-            if !keep {
-                assigned.stop();
-            }
-            keep
-        });
-        let new: Vec<TopicPartition> = partitions
-            .iter()
-            .filter(|partition| !self.assigned.contains_key(partition))
-            .cloned()
-            .collect();
-        let committed = match self.config.group_id {
-            Some(_) => self.committed(&new).await?,
-            None => vec![None; new.len()],
-        };
-        for (partition, committed) in new.iter().zip(committed) {
-            let position = match committed {
-                Some(offset) => Some(offset),
-                None => self.reset_position(partition).await?,
-            };
-            self.assigned
-                .insert(partition.clone(), Assigned::new(position));
-            self.start_fetching(partition);
-        }
-        Ok(())
+        self.assign_pending(partitions);
+        self.resolve_pending().await
     }
 
     /// The assigned partitions, sorted.
@@ -1179,10 +1158,18 @@ impl<R: Runtime> Consumer<R> {
         };
         let committed: HashMap<&TopicPartition, Option<u64>> =
             starting.iter().zip(committed).collect();
+        // One partition that fails stays pending; the others go ahead.
+        let mut first_error = None;
         for (partition, _) in pending {
             let position = match committed.get(partition).copied().flatten() {
                 Some(offset) => Some(offset),
-                None => self.reset_position(partition).await?,
+                None => match self.reset_position(partition).await {
+                    Ok(position) => position,
+                    Err(error) => {
+                        first_error.get_or_insert(error);
+                        continue;
+                    }
+                },
             };
             if let Some(assigned) = self.assigned.get_mut(partition) {
                 assigned.position = position;
@@ -1190,7 +1177,7 @@ impl<R: Runtime> Consumer<R> {
             }
             self.start_fetching(partition);
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// The position `auto_offset_reset` gives `partition`.
