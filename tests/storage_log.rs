@@ -862,6 +862,42 @@ fn staged_bytes_reach_the_file_without_a_flush_once_submitted() {
     });
 }
 
+/// `segment.bytes` raised while a segment is active: the segment grows past its old
+/// limit with space still reserved ahead of its appends, not one `fallocate` per append
+/// for exactly what each needs (the writer kept the limit it was activated with).
+#[test]
+fn a_raised_segment_limit_reaches_the_active_segment() {
+    run_on_shard(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = small_config();
+        let (log, _) = open_uncached(dir.path(), config.clone()).await;
+        let mut tag = 0;
+        while log.size_bytes() < config.segment_bytes_max - (32 << 10) {
+            tag += 1;
+            log.append(batch(tag, 1, 10_000, 0)).await.unwrap();
+        }
+        log.reconfigure(LogConfig {
+            segment_bytes_max: 4 * config.segment_bytes_max,
+            ..config.clone()
+        })
+        .unwrap();
+        while log.size_bytes() < 2 * config.segment_bytes_max {
+            tag += 1;
+            log.append(batch(tag, 1, 10_000, 0)).await.unwrap();
+        }
+        log.flush().await.unwrap();
+        assert_eq!(log.segment_count(), 1, "grew past the old limit");
+        let file = std::fs::metadata(dir.path().join(format!("{:020}.log", 0))).unwrap();
+        let end = log.size_bytes().next_multiple_of(4096);
+        assert!(
+            file.len() > end,
+            "space reserved beyond the data: file {} bytes, data {end}",
+            file.len()
+        );
+        log.close().await.unwrap();
+    });
+}
+
 /// A roll by an append starts the next segment at once and leaves the old one's syncs
 /// for later: no index files, the checkpoint and durable offset unmoved, data readable.
 /// The seal then runs on its own. A flush syncs the rolled segment's data without

@@ -401,7 +401,7 @@ impl Log {
         config.validate()?;
         *self.config.borrow_mut() = config;
         if let Some(writer) = self.active_segment().writer() {
-            writer.set_reserve_end_max(self.writer_limits().reserve_end_max);
+            writer.set_limits(self.writer_limits());
         }
         Ok(())
     }

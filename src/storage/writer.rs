@@ -165,9 +165,8 @@ struct Shared {
     file: DirectFile,
     /// Shared with the log and the writers of its other segments.
     writing: Rc<LogWriting>,
-    limits: WriterLimits,
-    /// `limits.reserve_end_max`, kept up to date when the topic's `segment.bytes` changes.
-    reserve_end_max: Cell<u64>,
+    /// Kept up to date when the topic's configuration changes ([`SegmentWriter::set_limits`]).
+    limits: Cell<WriterLimits>,
     /// The shard's shared write window, if it has one.
     shared_window: Option<Rc<LocalBudget>>,
     /// The writer of the segment before this one, while its writes may still be in
@@ -255,8 +254,7 @@ impl SegmentWriter {
             shared: Rc::new(Shared {
                 file,
                 writing,
-                limits,
-                reserve_end_max: Cell::new(limits.reserve_end_max),
+                limits: Cell::new(limits),
                 shared_window: SHARED_WINDOW.with(|window| window.borrow().clone()),
                 after: RefCell::new(None),
                 state: RefCell::new(State {
@@ -307,8 +305,9 @@ impl SegmentWriter {
     /// and reserves disk space for them. After it returns, the caller must append without
     /// awaiting in between. A full disk is reported here, before anything changes.
     pub(crate) async fn reserve(&self, len: usize) -> io::Result<()> {
-        let buffers = len.div_ceil(self.shared.limits.buffer_bytes) + 1;
-        let step = self.shared.limits.preallocate_bytes;
+        let limits = self.shared.limits.get();
+        let buffers = len.div_ceil(limits.buffer_bytes) + 1;
+        let step = limits.preallocate_bytes;
         loop {
             let listener = self.shared.changed.listen();
             let needed_end = {
@@ -316,11 +315,12 @@ impl SegmentWriter {
                 if let Some(failure) = &state.failure {
                     return Err(io::Error::other(failure.clone()));
                 }
-                let window = self.shared.limits.in_flight_max + state.borrowed.len();
+                let window = limits.in_flight_max + state.borrowed.len();
                 let short = (state.slots.len() + buffers).saturating_sub(window);
                 // With none of its writes in flight, nothing of this writer's would ever
-                // wake the wait: an append larger than its window (the topic's
-                // max.message.bytes raised after the writer got its limits) goes ahead.
+                // wake the wait: an append larger than its window goes ahead. (The limits
+                // follow the topic's max.message.bytes; this keeps any mismatch from
+                // stopping the log for good.)
                 let room = short == 0
                     || self.shared.borrow_window(&mut state, short)
                     || state.slots.is_empty();
@@ -340,7 +340,7 @@ impl SegmentWriter {
                 let state = self.shared.state.borrow();
                 (state.allocated_end, state.topping_up, state.top_up_failed)
             };
-            let end_max = self.shared.reserve_end_max.get();
+            let end_max = limits.reserve_end_max;
             if needed_end <= allocated_end {
                 let ahead = self.shared.writing.reserve_ahead(step);
                 if allocated_end - needed_end < ahead
@@ -357,23 +357,23 @@ impl SegmentWriter {
                 listener.await;
                 continue;
             }
-            // What this append needs and a step: it is waiting for it. Past the limit (the
-            // segment outgrew it: `segment.bytes` raised), still a step, or every later
-            // append would wait for an `fallocate` of its own.
-            let target = if needed_end < end_max {
-                (needed_end + step).min(end_max)
-            } else {
-                needed_end + step
-            };
+            // Only what this append needs and a step: it is waiting for it.
+            let target = (needed_end + step).min(end_max).max(needed_end);
             let result = self.shared.file.preallocate(target).await;
             self.shared.allocated(target, result)?;
         }
     }
 
-    /// The most file this segment can need changed (its topic's `segment.bytes`): space is
-    /// reserved ahead up to `end` from the next append on.
-    pub(crate) fn set_reserve_end_max(&self, end: u64) {
-        self.shared.reserve_end_max.set(end);
+    /// The topic's configuration changed: the window, the reservation's step and its
+    /// limit (`segment.bytes`) apply from the next append on. The buffer size is the
+    /// broker's and stays.
+    pub(crate) fn set_limits(&self, limits: WriterLimits) {
+        let buffer_bytes = self.shared.limits.get().buffer_bytes;
+        debug_assert_eq!(limits.buffer_bytes, buffer_bytes);
+        self.shared.limits.set(WriterLimits {
+            buffer_bytes,
+            ..limits
+        });
     }
 
     /// Extends the reservation to `target` in the background.
@@ -409,7 +409,7 @@ impl SegmentWriter {
     /// Returns the position the bytes start at. Call right after [`Self::reserve`].
     pub(crate) fn append(&self, mut bytes: &[u8]) -> u64 {
         self.shared.writing.appended(bytes.len());
-        let buffer_bytes = self.shared.limits.buffer_bytes;
+        let buffer_bytes = self.shared.limits.get().buffer_bytes;
         let position = self.end();
         while !bytes.is_empty() {
             let mut state = self.shared.state.borrow_mut();
@@ -671,7 +671,7 @@ impl Shared {
             return false;
         };
         let permits: Option<Vec<_>> = (0..buffers)
-            .map(|_| window.try_acquire(self.limits.buffer_bytes))
+            .map(|_| window.try_acquire(self.limits.get().buffer_bytes))
             .collect();
         match permits {
             Some(permits) => {
@@ -723,7 +723,8 @@ impl Shared {
         // Give back what the writes in flight no longer need, keeping one for the
         // staging buffer (`reserve` counts it), which a write-out may submit without
         // reserving.
-        let beyond_own_window = (state.slots.len() + 1).saturating_sub(self.limits.in_flight_max);
+        let beyond_own_window =
+            (state.slots.len() + 1).saturating_sub(self.limits.get().in_flight_max);
         state.borrowed.truncate(beyond_own_window);
         assert!(state.durable_end <= state.written_end && state.written_end <= state.end);
         drop(state);
@@ -801,49 +802,6 @@ mod tests {
             128 << 20,
             "never below a step"
         );
-    }
-
-    /// A segment's `segment.bytes` raised while it is active: its writer reserves ahead
-    /// up to the new limit, and an append past a limit it has not heard of still
-    /// reserves a step beyond itself, not only what it needs (each later append would
-    /// otherwise wait for an `fallocate` of its own).
-    #[test]
-    fn space_is_reserved_ahead_past_a_raised_segment_limit() {
-        const STEP: u64 = 64 << 10;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("0.log");
-        crate::shard::run_for_test(async {
-            set_shared_write_window(0);
-            let file = DirectFile::open(&path, true).await.unwrap();
-            let limits = WriterLimits {
-                preallocate_bytes: STEP,
-                reserve_end_max: STEP,
-                ..BLOCK_LIMITS
-            };
-            let writer = SegmentWriter::resume(file.clone(), 0, limits, Rc::default())
-                .await
-                .unwrap();
-            writer.reserve(1).await.unwrap();
-            assert_eq!(file.size().await.unwrap(), STEP, "a step, up to the limit");
-            // Past the limit the writer was given: what the append needs and a step.
-            let needed = STEP + IO_ALIGNMENT_BYTES;
-            writer.reserve(needed as usize).await.unwrap();
-            assert_eq!(file.size().await.unwrap(), needed + STEP);
-            // Close to the end of that, with the old limit: no reserving ahead.
-            let close = needed + STEP - IO_ALIGNMENT_BYTES;
-            writer.reserve(close as usize).await.unwrap();
-            writer.retire().await;
-            assert_eq!(file.size().await.unwrap(), needed + STEP);
-            // With the limit raised, the same append tops up in the background.
-            let writer = SegmentWriter::resume(file.clone(), 0, limits, Rc::default())
-                .await
-                .unwrap();
-            writer.set_reserve_end_max(1 << 20);
-            writer.reserve(close as usize).await.unwrap();
-            writer.retire().await;
-            assert_eq!(file.size().await.unwrap(), close + 2 * STEP);
-            file.close().await.unwrap();
-        });
     }
 
     #[test]
