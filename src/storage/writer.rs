@@ -100,38 +100,45 @@ const PACE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// What a partition's successive segment writers share: the count of `fdatasync`s the
 /// log reports, and the pace of its appends, which sets how far ahead of them space is
-/// reserved.
+/// reserved. An append only adds to a count; the pace is measured when space is
+/// reserved, once per lead of appends, so no append reads the clock for it.
 #[derive(Debug, Default)]
 pub(crate) struct LogWriting {
     pub(crate) syncs: Cell<u64>,
+    /// Bytes appended since the log was opened.
+    appended: Cell<u64>,
     pace: Cell<Pace>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Pace {
-    /// Bytes appended since the log was opened.
-    appended: u64,
-    /// When the rate was last measured, and `appended` then.
+    /// When the rate was last measured, and the bytes appended then.
     mark: Option<(Instant, u64)>,
     /// Bytes a second, smoothed over the last few measurements.
     bytes_per_s: u64,
 }
 
 impl LogWriting {
-    /// Counts `len` bytes appended now.
+    /// Counts `len` bytes appended.
     fn appended(&self, len: usize) {
+        self.appended.set(self.appended.get() + len as u64);
+    }
+
+    /// Measures the appends' rate at `now`, if [`PACE_INTERVAL`] passed since the last
+    /// time: each measurement moves the pace halfway to the rate since then, so an idle
+    /// partition's lead shrinks at its next reservation.
+    fn measure(&self, now: Instant) {
         let mut pace = self.pace.get();
-        pace.appended += len as u64;
-        let now = Instant::now();
+        let appended = self.appended.get();
         match pace.mark {
-            Some((at, before)) if now.duration_since(at) >= PACE_INTERVAL => {
+            Some((at, before)) if now.saturating_duration_since(at) >= PACE_INTERVAL => {
                 let seconds = now.duration_since(at).as_secs_f64();
-                let rate = ((pace.appended - before) as f64 / seconds) as u64;
+                let rate = ((appended - before) as f64 / seconds) as u64;
                 pace.bytes_per_s = pace.bytes_per_s / 2 + rate / 2;
-                pace.mark = Some((now, pace.appended));
+                pace.mark = Some((now, appended));
             }
             Some(_) => {}
-            None => pace.mark = Some((now, pace.appended)),
+            None => pace.mark = Some((now, appended)),
         }
         self.pace.set(pace);
     }
@@ -139,18 +146,8 @@ impl LogWriting {
     /// Bytes to keep reserved ahead of the appends: [`RESERVE_AHEAD_TIME`] of them at
     /// their recent pace, within `[step, max(step, RESERVE_AHEAD_MAX)]`, block-aligned.
     pub(crate) fn reserve_ahead(&self, step: u64) -> u64 {
-        let seconds = RESERVE_AHEAD_TIME.as_secs_f64();
-        let ahead = (self.pace.get().bytes_per_s as f64 * seconds) as u64;
+        let ahead = self.pace.get().bytes_per_s * RESERVE_AHEAD_TIME.as_millis() as u64 / 1000;
         align_up(ahead.clamp(step, RESERVE_AHEAD_MAX.max(step)))
-    }
-
-    #[cfg(test)]
-    fn set_pace(&self, bytes_per_s: u64) {
-        let pace = self.pace.get();
-        self.pace.set(Pace {
-            bytes_per_s,
-            ..pace
-        });
     }
 }
 
@@ -341,13 +338,15 @@ impl SegmentWriter {
                 (state.allocated_end, state.topping_up, state.top_up_failed)
             };
             let end_max = limits.reserve_end_max;
+            let writing = &self.shared.writing;
             if needed_end <= allocated_end {
-                let ahead = self.shared.writing.reserve_ahead(step);
-                if allocated_end - needed_end < ahead
+                if allocated_end - needed_end < writing.reserve_ahead(step)
                     && allocated_end < end_max
                     && !topping_up
                     && !top_up_failed
                 {
+                    writing.measure(Instant::now());
+                    let ahead = writing.reserve_ahead(step);
                     self.top_up((needed_end + 2 * ahead).min(end_max));
                 }
                 return Ok(());
@@ -357,6 +356,7 @@ impl SegmentWriter {
                 listener.await;
                 continue;
             }
+            writing.measure(Instant::now());
             // Only what this append needs and a step: it is waiting for it.
             let target = (needed_end + step).min(end_max).max(needed_end);
             let result = self.shared.file.preallocate(target).await;
@@ -787,15 +787,30 @@ mod tests {
         );
     }
 
-    /// How far ahead space is reserved follows the pace of the appends, within bounds.
+    /// How far ahead space is reserved follows the pace of the appends, measured at
+    /// most every [`PACE_INTERVAL`], within bounds, and shrinks once they stop.
     #[test]
     fn space_is_reserved_ahead_for_a_quarter_second_of_appends_within_bounds() {
         let writing = LogWriting::default();
         let step = 4 << 20;
+        let start = Instant::now();
+        let at = |millis| start + Duration::from_millis(millis);
+        writing.measure(at(0));
         assert_eq!(writing.reserve_ahead(step), step, "no pace yet: one step");
-        writing.set_pace(100 << 20);
+        writing.appended(20 << 20);
+        writing.measure(at(50));
+        assert_eq!(writing.reserve_ahead(step), step, "too soon to measure");
+        // 20 MiB in 100 ms: 200 MiB/s, half of it after one measurement.
+        writing.measure(at(100));
         assert_eq!(writing.reserve_ahead(step), 25 << 20);
-        writing.set_pace(10 << 30);
+        writing.appended(20 << 20);
+        writing.measure(at(200));
+        assert_eq!(writing.reserve_ahead(step), (150 << 20) / 4);
+        // Idle for a second: halved.
+        writing.measure(at(1_200));
+        assert_eq!(writing.reserve_ahead(step), (75 << 20) / 4);
+        writing.appended(10 << 30);
+        writing.measure(at(1_300));
         assert_eq!(writing.reserve_ahead(step), RESERVE_AHEAD_MAX);
         assert_eq!(
             writing.reserve_ahead(128 << 20),
