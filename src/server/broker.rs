@@ -594,7 +594,7 @@ async fn offsets_refresh_loop(state: Rc<ShardState>) {
             .offsets_topic_retention_ms()
             .map_or(3_600_000, |retention| (retention / 8).clamp(100, 3_600_000));
         sleep(Duration::from_millis(period)).await;
-        let _ = state.refresh_offsets().await;
+        state.refresh_offsets().await;
     }
 }
 
@@ -605,17 +605,18 @@ async fn retention_loop(state: Rc<ShardState>) {
     // Live committed positions are written again before the first pass: after a
     // downtime longer than their retention, that pass would otherwise delete their
     // only stored copies, leaving them in memory until the next refresh (up to an hour).
-    // Until that has succeeded (a full disk may fail it), the offsets partitions are
-    // left alone.
-    let mut offsets_refreshed = state.refresh_offsets().await;
+    // Whenever the last refresh failed (a full disk may fail it, here or in
+    // `offsets_refresh_loop`), it is tried again first, and the offsets partitions are
+    // left alone until one succeeds.
+    state.refresh_offsets().await;
     let interval = retention_interval(&state);
     loop {
         sleep(interval).await;
-        if !offsets_refreshed {
-            offsets_refreshed = state.refresh_offsets().await;
+        if !state.offsets_refreshed() {
+            state.refresh_offsets().await;
         }
         for partition in state.local_partitions() {
-            if !offsets_refreshed && partition.topic() == crate::group::OFFSETS_TOPIC {
+            if !state.offsets_refreshed() && partition.topic() == crate::group::OFFSETS_TOPIC {
                 continue;
             }
             let log = partition.log();

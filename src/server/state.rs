@@ -77,6 +77,9 @@ pub(crate) struct ShardState {
     producer_ids: ProducerIdAllocator,
     /// Groups whose offsets partitions this shard owns.
     groups: Coordinator,
+    /// Whether the last [`Self::refresh_offsets`] wrote every live position it had to:
+    /// until one has, retention leaves the offsets partitions alone.
+    offsets_refreshed: Cell<bool>,
     pub shutting_down: Cell<bool>,
     pub shutdown: Notify,
 }
@@ -112,6 +115,7 @@ impl ShardState {
             mesh,
             pending: RefCell::new(HashMap::new()),
             next_request_id: Cell::new(0),
+            offsets_refreshed: Cell::new(false),
             catalog_lock: LocalMutex::new(),
             shutting_down: Cell::new(false),
             shutdown: Notify::new(),
@@ -397,8 +401,21 @@ impl ShardState {
     /// Writes again the live positions held by this shard's offsets partitions whose
     /// newest record is older than a quarter of `offsets_retention_ms` (called by a
     /// timer), so retention never removes them.
-    /// Returns whether every one of this shard's offsets partitions was refreshed.
-    pub async fn refresh_offsets(&self) -> bool {
+    /// Whether every one of this shard's offsets partitions was refreshed is
+    /// [`Self::offsets_refreshed`] until the next call.
+    pub async fn refresh_offsets(&self) {
+        let refreshed = self.refresh_offsets_once().await;
+        self.offsets_refreshed.set(refreshed);
+    }
+
+    /// Whether the last [`Self::refresh_offsets`] succeeded everywhere: retention may
+    /// delete old offsets records only then, or it could take a live position's only
+    /// stored copy.
+    pub fn offsets_refreshed(&self) -> bool {
+        self.offsets_refreshed.get()
+    }
+
+    async fn refresh_offsets_once(&self) -> bool {
         let partitions = self
             .catalog()
             .topic(OFFSETS_TOPIC)
