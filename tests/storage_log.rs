@@ -84,21 +84,44 @@ fn reads_at_the_tail_hit_the_cache_and_older_reads_miss() {
     });
 }
 
+/// `read` returns a first batch larger than `max_bytes` whole; `read_bounded`, for a
+/// response that holds other batches already, only if it is within the room given for
+/// it, and then only what fits, from the disk and from the tail cache alike.
 #[test]
 fn a_large_first_batch_is_returned_whole_even_beyond_max_bytes() {
     run_on_shard(|| async {
         let dir = tempfile::tempdir().unwrap();
-        let (log, _) = open_uncached(dir.path(), small_config()).await;
-        log.append(batch(1, 10, 5000, 0)).await.unwrap();
-        log.append(batch(2, 1, 10, 0)).await.unwrap();
-        let read = log.read(3, 100).await.unwrap();
-        assert_eq!(read.len(), 1);
-        assert_eq!(read[0].header().record_count, 10);
-        assert!(log.read(11, 100).await.unwrap().is_empty());
-        assert!(matches!(
-            log.read(12, 100).await,
-            Err(StorageError::OffsetOutOfRange { .. })
-        ));
+        for cache_bytes in [0, 1 << 20] {
+            let dir = dir.path().join(cache_bytes.to_string());
+            let clock: Rc<dyn flumen::shard::Clock> = Rc::new(ManualClock::new(0));
+            let cache = flumen::storage::TailCache::new(cache_bytes);
+            let (log, _) = flumen::storage::Log::open(&dir, small_config(), clock, cache)
+                .await
+                .unwrap();
+            log.append(batch(1, 10, 5000, 0)).await.unwrap();
+            log.append(batch(2, 1, 10, 0)).await.unwrap();
+            let read = log.read(3, 100).await.unwrap();
+            assert_eq!(read.len(), 1);
+            assert_eq!(read[0].header().record_count, 10);
+            assert_eq!(read[0].from_cache(), cache_bytes > 0);
+            let large = read[0].as_bytes().len();
+            assert!(log
+                .read_bounded(3, 100, large - 1)
+                .await
+                .unwrap()
+                .is_empty());
+            let within = log.read_bounded(3, 100, large).await.unwrap();
+            assert_eq!(within.len(), 1, "the first within its room, the second not");
+            assert_eq!(log.read_bounded(3, large, 0).await.unwrap().len(), 1);
+            assert_eq!(log.read_bounded(3, 1 << 20, 0).await.unwrap().len(), 2);
+            assert_eq!(log.read_bounded(10, 4096, 0).await.unwrap().len(), 1);
+            assert!(log.read(11, 100).await.unwrap().is_empty());
+            assert!(matches!(
+                log.read(12, 100).await,
+                Err(StorageError::OffsetOutOfRange { .. })
+            ));
+            log.close().await.unwrap();
+        }
     });
 }
 

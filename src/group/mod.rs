@@ -435,7 +435,7 @@ impl Coordinator {
         let end = partition.high_watermark();
         let mut records = 0;
         while offset < end {
-            let batches = partition.fetch(offset, 1 << 20).await?;
+            let batches = partition.fetch(offset, 1 << 20, usize::MAX).await?;
             if batches.is_empty() {
                 break;
             }

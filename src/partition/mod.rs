@@ -348,13 +348,17 @@ impl Partition {
         }
     }
 
-    /// Batches from `offset`, up to about `max_bytes` (at least one batch).
+    /// Batches from `offset`, up to about `max_bytes`, the first even beyond it if it
+    /// is at most `first_batch_max` long ([`Log::read_bounded`]).
     pub async fn fetch(
         &self,
         offset: u64,
         max_bytes: usize,
+        first_batch_max: usize,
     ) -> Result<Vec<StoredBatch>, StorageError> {
-        self.log.read(offset, max_bytes).await
+        self.log
+            .read_bounded(offset, max_bytes, first_batch_max)
+            .await
     }
 
     /// Waits until the log end passes `offset` or `deadline` passes. Returns whether data

@@ -116,10 +116,23 @@ pub(crate) enum GroupReply {
 
 /// An operation on one partition, run by its owning shard.
 pub(crate) enum PartitionOp {
-    Produce { acks: Acks, batches: BytesMut },
-    Fetch { offset: u64, max_bytes: usize },
-    WaitForData { offset: u64, wait_ms: u64 },
-    ListOffset { timestamp: i64 },
+    Produce {
+        acks: Acks,
+        batches: BytesMut,
+    },
+    /// The first batch even beyond `max_bytes` if it is at most `first_batch_max` long.
+    Fetch {
+        offset: u64,
+        max_bytes: usize,
+        first_batch_max: usize,
+    },
+    WaitForData {
+        offset: u64,
+        wait_ms: u64,
+    },
+    ListOffset {
+        timestamp: i64,
+    },
 }
 
 /// Answers.

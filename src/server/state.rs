@@ -257,8 +257,12 @@ impl ShardState {
                         }),
                 )
             }
-            PartitionOp::Fetch { offset, max_bytes } => {
-                let result = partition.fetch(offset, max_bytes).await;
+            PartitionOp::Fetch {
+                offset,
+                max_bytes,
+                first_batch_max,
+            } => {
+                let result = partition.fetch(offset, max_bytes, first_batch_max).await;
                 Outcome::Fetched(result.map_err(|error| from_storage(&error)).map(|batches| {
                     FetchResult {
                         high_watermark: partition.high_watermark(),

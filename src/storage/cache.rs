@@ -125,13 +125,15 @@ impl TailCache {
         inner.evict_to_budget();
     }
 
-    /// Cached batches starting with the one containing `offset`, up to `max_bytes` (at
-    /// least one batch). `None` if `offset` is older than the cached suffix.
+    /// Cached batches starting with the one containing `offset`, up to `max_bytes`, the
+    /// first even beyond it if it is at most `first_batch_max` long. `None` if `offset`
+    /// is older than the cached suffix.
     pub(crate) fn read(
         &self,
         key: CacheKey,
         offset: u64,
         max_bytes: usize,
+        first_batch_max: usize,
     ) -> Option<Vec<CachedBatch>> {
         let mut inner = self.inner.borrow_mut();
         let found = inner.logs.get(&key).and_then(|batches| {
@@ -143,7 +145,9 @@ impl TailCache {
             let mut taken = 0usize;
             let mut result = Vec::new();
             for batch in batches.range(start..) {
-                if !result.is_empty() && taken + batch.bytes.len() > max_bytes {
+                let fits = taken + batch.bytes.len() <= max_bytes
+                    || (result.is_empty() && batch.bytes.len() <= first_batch_max);
+                if !fits {
                     break;
                 }
                 taken += batch.bytes.len();
@@ -255,16 +259,19 @@ mod tests {
         let stats = cache.stats();
         assert!(stats.cached_bytes <= 1000);
         assert!(stats.evictions > 0);
-        assert!(cache.read(a, 0, 1 << 20).is_none());
-        let tail = cache.read(a, 45, 1 << 20).unwrap();
+        assert!(cache.read(a, 0, 1 << 20, usize::MAX).is_none());
+        let tail = cache.read(a, 45, 1 << 20, usize::MAX).unwrap();
         assert_eq!(tail[0].base_offset, 40);
-        assert!(cache.read(b, 25, 150).unwrap().len() == 1);
-        assert!(cache.read(a, 50, 1 << 20).is_none(), "beyond the end");
+        assert!(cache.read(b, 25, 150, usize::MAX).unwrap().len() == 1);
+        assert!(
+            cache.read(a, 50, 1 << 20, usize::MAX).is_none(),
+            "beyond the end"
+        );
         cache.truncate_from(a, 40);
-        assert!(cache.read(a, 40, 1 << 20).is_none());
+        assert!(cache.read(a, 40, 1 << 20, usize::MAX).is_none());
         cache.remove_before(b, 40);
-        assert!(cache.read(b, 35, 1 << 20).is_none());
-        assert!(cache.read(b, 40, 1 << 20).is_some());
+        assert!(cache.read(b, 35, 1 << 20, usize::MAX).is_none());
+        assert!(cache.read(b, 40, 1 << 20, usize::MAX).is_some());
         let stats = cache.stats();
         assert_eq!(stats.hits, 3);
         assert_eq!(stats.misses, 4);

@@ -944,6 +944,19 @@ impl Log {
     /// (always at least one batch, so a consumer can make progress past a large batch).
     /// Returns nothing at the end of the log.
     pub async fn read(&self, offset: u64, max_bytes: usize) -> Result<Vec<StoredBatch>> {
+        self.read_bounded(offset, max_bytes, usize::MAX).await
+    }
+
+    /// [`Self::read`] whose first batch goes beyond `max_bytes` only if it is at most
+    /// `first_batch_max` long, else nothing is returned: for a response that already
+    /// holds other batches and has only so much room left. A batch that is not taken is
+    /// not read beyond its header, and the read-ahead does not move past it.
+    pub async fn read_bounded(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        first_batch_max: usize,
+    ) -> Result<Vec<StoredBatch>> {
         self.check_open()?;
         let (log_start_offset, next_offset) = {
             let state = self.state.borrow();
@@ -959,7 +972,10 @@ impl Log {
         if offset == next_offset {
             return Ok(Vec::new());
         }
-        if let Some(cached) = self.cache.read(self.cache_key, offset, max_bytes) {
+        if let Some(cached) = self
+            .cache
+            .read(self.cache_key, offset, max_bytes, first_batch_max)
+        {
             return Ok(cached
                 .into_iter()
                 .map(|batch| StoredBatch {
@@ -981,7 +997,7 @@ impl Log {
             };
             if let Some(position) = position {
                 return self
-                    .read_sequential(&current, position, offset, max_bytes)
+                    .read_sequential(&current, position, offset, max_bytes, first_batch_max)
                     .await;
             }
             segment = self.segment_after(current.base_offset);
@@ -1015,6 +1031,7 @@ impl Log {
         index_position: u64,
         offset: u64,
         max_bytes: usize,
+        first_batch_max: usize,
     ) -> Result<Vec<StoredBatch>> {
         // Read ahead only what is on the device: never force the staging buffer out.
         let limit = segment.writer().map_or(segment.size(), |writer| {
@@ -1030,7 +1047,7 @@ impl Log {
             .as_ref()
             .map_or(index_position, |(position, _)| *position);
         let read = self
-            .read_segment(segment, position, offset, max_bytes, chunk)
+            .read_segment(segment, position, offset, max_bytes, first_batch_max, chunk)
             .await?;
         if let Some(last) = read.batches.last() {
             let next_offset = last.header().next_offset();
@@ -1041,13 +1058,15 @@ impl Log {
     }
 
     /// Reads from `position` in `segment`, skipping batches before `offset`, starting
-    /// with the bytes of `chunk` if given.
+    /// with the bytes of `chunk` if given; the first batch from `offset` on even beyond
+    /// `max_bytes` if it is at most `first_batch_max` long.
     async fn read_segment(
         &self,
         segment: &Segment,
         mut position: u64,
         offset: u64,
         max_bytes: usize,
+        first_batch_max: usize,
         mut chunk: Option<(u64, ReadBytes)>,
     ) -> Result<SegmentRead> {
         let end = segment.size();
@@ -1065,7 +1084,10 @@ impl Log {
                 .batch_header_at(segment, &mut chunk, position, end)
                 .await?;
             let padded = header.padded_length();
-            if !batches.is_empty() && taken + padded > max_bytes {
+            let before_offset = header.next_offset() <= offset;
+            let fits =
+                taken + padded <= max_bytes || (batches.is_empty() && padded <= first_batch_max);
+            if !before_offset && !fits {
                 break;
             }
             let (chunk_start, bytes) = match &chunk {
@@ -1087,7 +1109,7 @@ impl Log {
                 return Err(self.corrupt(segment, position, &error.to_string()));
             }
             position += padded as u64;
-            if header.next_offset() <= offset {
+            if before_offset {
                 continue;
             }
             taken += padded;
@@ -1187,6 +1209,7 @@ impl Log {
                     position,
                     first_offset,
                     self.scan_window_bytes(),
+                    usize::MAX,
                     None,
                 )
                 .await?;
@@ -1548,7 +1571,7 @@ impl Log {
         };
         let window = self.scan_window_bytes();
         let batches = self
-            .read_segment(segment, start, start_offset, window, None)
+            .read_segment(segment, start, start_offset, window, usize::MAX, None)
             .await?;
         for batch in batches.batches {
             let header = batch.header();

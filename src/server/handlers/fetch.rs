@@ -118,12 +118,16 @@ async fn read_all(
             )));
             continue;
         }
-        // Until something was read, a read may return one batch larger than its limit.
-        let max_bytes = want.max_bytes.min(response_limit.saturating_sub(total));
+        // A partition's first batch may be larger than its limit: any size until
+        // something was read, then as large as the room left. The storage layer reads
+        // no further than that.
+        let room = response_limit.saturating_sub(total);
+        let max_bytes = want.max_bytes.min(room);
+        let first_batch_max = if total == 0 { usize::MAX } else { room };
         let offsets_only = total > 0 && max_bytes == 0;
-        let mut result = read_one(state, want, max_bytes, offsets_only).await;
-        if let Ok(fetched) = &mut result {
-            total = keep_fitting(&mut fetched.batches, total, response_limit);
+        let result = read_one(state, want, max_bytes, first_batch_max, offsets_only).await;
+        if let Ok(fetched) = &result {
+            total += batch_bytes(&fetched.batches);
         }
         results.push(result);
     }
@@ -134,6 +138,7 @@ async fn read_one(
     state: &Rc<ShardState>,
     want: &Wanted,
     max_bytes: usize,
+    first_batch_max: usize,
     offsets_only: bool,
 ) -> PartitionFetch {
     let known = state
@@ -167,41 +172,13 @@ async fn read_one(
             let op = PartitionOp::Fetch {
                 offset: want.offset,
                 max_bytes,
+                first_batch_max,
             };
             match state.partition_op(&want.name, want.partition, op).await {
                 ShardOutcome::Fetched(result) => result,
                 _ => unreachable!("fetch ops answer Fetched"),
             }
         }
-    }
-}
-
-/// Drops the batches a response holding `total` bytes has no room for (its first batch
-/// always fits), so the room they would have taken stays for later partitions; returns
-/// the new total.
-fn keep_fitting(batches: &mut FetchedBatches, total: usize, limit: usize) -> usize {
-    fn keep<T>(
-        batches: &mut Vec<T>,
-        mut total: usize,
-        limit: usize,
-        length: impl Fn(&T) -> usize,
-    ) -> usize {
-        let fitting = batches
-            .iter()
-            .take_while(|batch| {
-                let fits = total == 0 || total + length(batch) <= limit;
-                if fits {
-                    total += length(batch);
-                }
-                fits
-            })
-            .count();
-        batches.truncate(fitting);
-        total
-    }
-    match batches {
-        FetchedBatches::Stored(batches) => keep(batches, total, limit, |b| b.as_bytes().len()),
-        FetchedBatches::Copied(batches) => keep(batches, total, limit, |b| b.len()),
     }
 }
 
@@ -246,8 +223,8 @@ async fn wait_for_any(state: &Rc<ShardState>, wanted: &[Wanted], deadline: Insta
     until(with_deadline(listener, deadline), state.shutdown.listen()).await;
 }
 
-/// The response: every batch read goes in (the reads kept only what fits,
-/// [`keep_fitting`]).
+/// The response: every batch read goes in (the reads returned only what fits,
+/// [`Log::read_bounded`](crate::storage::Log::read_bounded)).
 fn assemble(names: Vec<String>, wanted: &[Wanted], results: Vec<PartitionFetch>) -> Response {
     let mut topics: Vec<FetchTopicResult> = names
         .into_iter()
