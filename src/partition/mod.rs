@@ -501,7 +501,8 @@ mod tests {
     }
 
     /// A topic stored with `min.insync.replicas` above the one replica a single broker
-    /// has (by an older broker) refuses acks=all, appending nothing, and takes acks=1.
+    /// has (by an older broker) refuses acks=all, appending nothing, and takes acks=1;
+    /// once reconfigured to one, it takes acks=all.
     #[test]
     fn acks_all_wants_the_in_sync_replicas_the_topic_asks_for() {
         crate::shard::run_for_test(async {
@@ -532,6 +533,15 @@ mod tests {
             assert_eq!(partition.log().next_offset(), 0, "nothing appended");
             partition
                 .produce(idempotent_batch(0), Acks::Leader)
+                .await
+                .unwrap();
+            // Lowered to one by a configuration change: acks=all is taken from then on.
+            let lowered = TopicConfig::from_entries([("min.insync.replicas", "1")]).unwrap();
+            partition
+                .reconfigure(lowered, &LogConfig::default())
+                .unwrap();
+            partition
+                .produce(idempotent_batch(1), Acks::All)
                 .await
                 .unwrap();
             partition.close().await.unwrap();
