@@ -597,35 +597,13 @@ impl Coordinator {
         older_than_ms: i64,
     ) -> Result<usize, GroupError> {
         let _exclusive = self.gate.exclusive().await;
-        let stale: Vec<(OffsetKey, Option<Committed>)> = self
-            .groups
-            .borrow()
-            .iter()
-            .filter(|(group, _)| offsets_partition(group, partitions) == index)
-            .flat_map(|(group, data)| {
-                data.positions
-                    .iter()
-                    .filter(|(_, versioned)| versioned.written_ms < older_than_ms)
-                    .map(move |((topic, partition), versioned)| {
-                        let key = OffsetKey {
-                            group: group.clone(),
-                            topic: topic.clone(),
-                            partition: *partition,
-                        };
-                        (key, Some(versioned.committed.clone()))
-                    })
-            })
-            .collect();
+        let stale = self.positions_in(index, partitions, |_, versioned| {
+            (versioned.written_ms < older_than_ms).then(|| Some(versioned.committed.clone()))
+        });
         let count = stale.len();
-        // Batches within half the partition's batch limit; a chunk that fails does not
-        // keep the later ones (other groups' positions) from being written.
-        let mut first_error = None;
-        for chunk in within_batches(partition, stale) {
-            if let Err(error) = self.append_now(partition, chunk, now_ms).await {
-                first_error.get_or_insert(error);
-            }
-        }
-        first_error.map_or(Ok(count), Err)
+        self.append_in_batches(partition, stale, now_ms, true)
+            .await
+            .map(|()| count)
     }
 
     /// Deletes every committed position of `topic` held by offsets partition `index` (of
@@ -640,29 +618,66 @@ impl Coordinator {
         topic: &str,
         now_ms: i64,
     ) -> Result<usize, GroupError> {
-        let records: Vec<(OffsetKey, Option<Committed>)> = self
-            .groups
-            .borrow()
-            .iter()
-            .filter(|(group, _)| offsets_partition(group, partitions) == index)
-            .flat_map(|(group, data)| {
-                data.positions.keys().filter(|(name, _)| name == topic).map(
-                    move |(name, number)| {
-                        let key = OffsetKey {
-                            group: group.clone(),
-                            topic: name.clone(),
-                            partition: *number,
-                        };
-                        (key, None)
-                    },
-                )
-            })
-            .collect();
-        let count = records.len();
-        for chunk in within_batches(partition, records) {
-            self.append(partition, chunk, now_ms).await?;
+        let tombstones = self.positions_in(index, partitions, |(name, _), _| {
+            (name == topic).then_some(None)
+        });
+        let count = tombstones.len();
+        self.append_in_batches(partition, tombstones, now_ms, false)
+            .await
+            .map(|()| count)
+    }
+
+    /// The records to write for the positions of the groups held by offsets partition
+    /// `index` (of `partitions`) that `select` picks: the value it gives (the position,
+    /// or `None` for a tombstone) under the position's key.
+    fn positions_in(
+        &self,
+        index: u32,
+        partitions: u32,
+        select: impl Fn(&(String, u32), &Versioned) -> Option<Option<Committed>>,
+    ) -> Vec<(OffsetKey, Option<Committed>)> {
+        let groups = self.groups.borrow();
+        let mut records = Vec::new();
+        for (group, data) in groups.iter() {
+            if offsets_partition(group, partitions) != index {
+                continue;
+            }
+            for (slot, versioned) in &data.positions {
+                if let Some(value) = select(slot, versioned) {
+                    let key = OffsetKey {
+                        group: group.clone(),
+                        topic: slot.0.clone(),
+                        partition: slot.1,
+                    };
+                    records.push((key, value));
+                }
+            }
         }
-        Ok(count)
+        records
+    }
+
+    /// Appends `records` in batches within half the partition's batch limit. A batch
+    /// that fails does not keep the later ones (other groups' positions) from being
+    /// written; the first failure is returned. `gate_held`: the caller holds the commit
+    /// gate exclusively (a refresh).
+    async fn append_in_batches(
+        &self,
+        partition: &Partition,
+        records: Vec<(OffsetKey, Option<Committed>)>,
+        now_ms: i64,
+        gate_held: bool,
+    ) -> Result<(), GroupError> {
+        let mut first_error = None;
+        for chunk in within_batches(partition, records) {
+            let appended = match gate_held {
+                true => self.append_now(partition, chunk, now_ms).await,
+                false => self.append(partition, chunk, now_ms).await,
+            };
+            if let Err(error) = appended {
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Deletes `group`'s positions: tombstones appended (durably) for each, then the
@@ -695,12 +710,10 @@ impl Coordinator {
             return Err(GroupError::UnknownGroup(group.to_owned()));
         }
         let records = keys.into_iter().map(|key| (key, None)).collect();
-        // A group with more positions than one batch takes is deleted in several; a
-        // failure part way leaves the rest, to be deleted again.
-        for chunk in within_batches(partition, records) {
-            self.append(partition, chunk, now_ms).await?;
-        }
-        Ok(())
+        // A group with more positions than one batch takes is deleted in several; what
+        // a failed one held is left, to be deleted again.
+        self.append_in_batches(partition, records, now_ms, false)
+            .await
     }
 
     /// The committed positions of `group`, by topic and partition.
