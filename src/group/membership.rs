@@ -313,13 +313,7 @@ impl Membership {
             // the longest timeout counted from the rebalance's start: members joining
             // one after another (a crash-looping one) cannot hold it open for good.
             let timeout = i64::from(request.rebalance_timeout_ms);
-            let longest = self
-                .members
-                .values()
-                .map(|member| i64::from(member.rebalance_timeout_ms))
-                .max()
-                .unwrap_or(timeout);
-            let latest = self.rebalance_started_ms + longest;
+            let latest = self.rebalance_started_ms + self.longest_rebalance_timeout_ms();
             self.rebalance_deadline_ms = self
                 .rebalance_deadline_ms
                 .max((now_ms + timeout).min(latest));
@@ -505,15 +499,18 @@ impl Membership {
             for member in self.members.values_mut() {
                 member.joined = false;
             }
-            let longest = self
-                .members
-                .values()
-                .map(|member| member.rebalance_timeout_ms)
-                .max()
-                .unwrap_or(0);
-            self.rebalance_deadline_ms = now_ms + i64::from(longest);
+            self.rebalance_deadline_ms = now_ms + self.longest_rebalance_timeout_ms();
             self.rebalance_started_ms = now_ms;
         }
+    }
+
+    /// The longest rebalance timeout of the members (0 without members).
+    fn longest_rebalance_timeout_ms(&self) -> i64 {
+        self.members
+            .values()
+            .map(|member| i64::from(member.rebalance_timeout_ms))
+            .max()
+            .unwrap_or(0)
     }
 
     fn try_complete(&mut self, now_ms: i64) {
