@@ -775,11 +775,10 @@ fn resolve_ports(config: &BrokerConfig) -> Result<Ports, StartupError> {
     let listen = SocketAddr::new(config.listen.ip(), port);
     let shards = (0..config.shards)
         .map(|shard| {
-            let fixed = match (config.shard_port_base, config.listen.port()) {
-                (0, 0) => 0,
-                (0, port) => (port as usize + 1 + shard).min(65_535) as u16,
-                (base, _) => (base as usize + shard).min(65_535) as u16,
-            };
+            // Within range: `BrokerConfig::validate` refuses shard ports past 65535.
+            let fixed = config
+                .first_shard_port()
+                .map_or(0, |first| (first + shard as u64) as u16);
             free_port(SocketAddr::new(listen.ip(), fixed))
         })
         .collect::<Result<_, _>>()?;

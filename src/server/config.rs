@@ -104,6 +104,16 @@ impl Default for BrokerConfig {
 }
 
 impl BrokerConfig {
+    /// The port of shard 0, the others' following it: `shard_port_base`, else the
+    /// shared port + 1; `None` when both are 0 (ephemeral ports).
+    pub(crate) fn first_shard_port(&self) -> Option<u64> {
+        match (self.shard_port_base, self.listen.port()) {
+            (0, 0) => None,
+            (0, port) => Some(u64::from(port) + 1),
+            (base, _) => Some(u64::from(base)),
+        }
+    }
+
     /// Checks the options against each other.
     pub fn validate(&self) -> Result<(), String> {
         if self.offsets_retention_ms < 1_000 || self.offsets_retention_ms > i64::MAX as u64 {
@@ -115,12 +125,7 @@ impl BrokerConfig {
         // Shard ports: within range, and not the shared port (the listeners reuse
         // ports, so a collision would not fail; it would spread clients across shards).
         let shards = self.shards as u64;
-        let first_shard_port = match (self.shard_port_base, self.listen.port()) {
-            (0, 0) => None,
-            (0, port) => Some(u64::from(port) + 1),
-            (base, _) => Some(u64::from(base)),
-        };
-        if let Some(first) = first_shard_port {
+        if let Some(first) = self.first_shard_port() {
             if first + shards - 1 > 65_535 {
                 return Err(format!(
                     "the shard ports {first}..{} pass 65535: lower the port or shard_port_base",
