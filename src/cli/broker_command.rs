@@ -111,8 +111,14 @@ fn abort_on_panic() {
 /// A level, or a filter naming targets (`flumen=debug,info`). A lone word that is not a
 /// level would be read as a target, and quietly turn every log off.
 fn check_log_level(level: &str) -> Result<(), String> {
-    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
-    if level.contains(['=', ',']) || LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+    // (An empty string parses as a level, and is refused here.)
+    let is_level = !level.is_empty()
+        && level
+            .parse::<tracing_subscriber::filter::LevelFilter>()
+            .is_ok();
+    let is_filter =
+        level.contains(['=', ',']) && tracing_subscriber::EnvFilter::try_new(level).is_ok();
+    if is_level || is_filter {
         return Ok(());
     }
     Err(format!(
@@ -149,8 +155,14 @@ mod tests {
         ] {
             assert_eq!(super::check_log_level(good), Ok(()), "{good}");
         }
-        for bad in ["warning", "verbose", ""] {
-            assert!(super::check_log_level(bad).is_err(), "{bad}");
+        for bad in [
+            "warning",
+            "verbose",
+            "",
+            "flumen=verbose",
+            "flumen=debug,info=x",
+        ] {
+            assert!(super::check_log_level(bad).is_err(), "{bad:?} accepted");
         }
     }
 
