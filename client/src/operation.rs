@@ -142,11 +142,11 @@ impl Session {
                 "an earlier request on this connection was interrupted; reconnect".into(),
             ));
         }
-        if operation
-            .data()
-            .iter()
-            .any(|part| !part.len().is_multiple_of(16))
-        {
+        if operation.data().iter().any(|part| {
+            !part
+                .len()
+                .is_multiple_of(flumen_protocol::wire::FRAME_ALIGNMENT_BYTES)
+        }) {
             return Err(ClientError::Protocol(
                 "a data part is not padded to 16 bytes (whole, padded batches only)".into(),
             ));
@@ -187,9 +187,10 @@ impl Session {
     ) -> Result<O::Output> {
         // A response to another request means the stream is out of step with the
         // requests (an answer the caller did not wait for): not usable again.
-        self.interrupted = ResponseFrame::decode(frame.as_slice())
-            .is_ok_and(|decoded| decoded.header.correlation_id != correlation_id);
-        decode(operation, correlation_id, frame)
+        let mut out_of_step = false;
+        let output = decode_checked(operation, correlation_id, frame, &mut out_of_step);
+        self.interrupted = out_of_step;
+        output
     }
 }
 
@@ -199,8 +200,19 @@ pub fn decode<O: Operation>(
     correlation_id: u32,
     frame: FrameBuffer,
 ) -> Result<O::Output> {
+    decode_checked(operation, correlation_id, frame, &mut false)
+}
+
+/// [`decode`], setting `out_of_step` if the frame answers another request.
+fn decode_checked<O: Operation>(
+    operation: O,
+    correlation_id: u32,
+    frame: FrameBuffer,
+    out_of_step: &mut bool,
+) -> Result<O::Output> {
     let decoded = ResponseFrame::decode(frame.as_slice())?;
     if decoded.header.correlation_id != correlation_id {
+        *out_of_step = true;
         return Err(ClientError::Protocol(format!(
             "expected correlation id {correlation_id}, got {}",
             decoded.header.correlation_id
