@@ -153,34 +153,33 @@ impl ConfigFile {
 
 impl LogDefaults {
     fn apply(self, log: &mut crate::storage::LogConfig) -> Result<(), String> {
-        // The same ranges as the topic keys (docs/OPERATIONS.md): -1 is "none", other
-        // negatives are mistakes.
-        let optional = |key: &str, value: i64, least: i64| match value {
-            -1 => Ok(None),
-            value if value >= least => Ok(Some(value)),
-            value => Err(format!(
-                "[log] {key} = {value}: must be -1 or at least {least}"
-            )),
+        // The topic keys' own checks (docs/OPERATIONS.md), with -1 for "none" where the
+        // setting is optional.
+        let check = |key: &str, value: i64| {
+            let topic_key = key.replace('_', ".");
+            crate::partition::topic_config::validate(&topic_key, &value.to_string())
+                .map_err(|error| format!("[log] {key} = {value}: {}", error.reason))
         };
+        let optional = |key: &str, value: i64| match value {
+            -1 => Ok(None),
+            value => check(key, value).map(|()| Some(value)),
+        };
+        let whole = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
         if let Some(bytes) = self.segment_bytes {
+            check("segment_bytes", whole(bytes))?;
             log.segment_bytes_max = bytes;
         }
         if let Some(ms) = self.segment_ms {
-            log.segment_age_ms_max = optional("segment_ms", ms, 1)?;
+            log.segment_age_ms_max = optional("segment_ms", ms)?;
         }
         if let Some(bytes) = self.retention_bytes {
-            log.retention_bytes = optional("retention_bytes", bytes, 0)?.map(|bytes| bytes as u64);
+            log.retention_bytes = optional("retention_bytes", bytes)?.map(|bytes| bytes as u64);
         }
         if let Some(ms) = self.retention_ms {
-            log.retention_ms = optional("retention_ms", ms, 0)?;
+            log.retention_ms = optional("retention_ms", ms)?;
         }
         if let Some(bytes) = self.max_message_bytes {
-            if !(1024..=64 << 20).contains(&bytes) {
-                return Err(format!(
-                    "[log] max_message_bytes = {bytes}: must be between 1024 and {}",
-                    64 << 20
-                ));
-            }
+            check("max_message_bytes", whole(bytes as u64))?;
             log.batch_bytes_max = bytes;
         }
         if let Some(bytes) = self.index_interval_bytes {
@@ -224,6 +223,7 @@ mod tests {
             ("[log]\nretention_bytes = -2\n", "retention_bytes"),
             ("[log]\nsegment_ms = 0\n", "segment_ms"),
             ("[log]\nmax_message_bytes = 100\n", "max_message_bytes"),
+            ("[log]\nsegment_bytes = 4096\n", "segment_bytes"),
         ] {
             let error = applied(text).unwrap_err();
             assert!(error.contains(key), "{text}: {error}");

@@ -15,7 +15,7 @@
 //! [`producers`]).
 
 pub mod producers;
-mod topic_config;
+pub(crate) mod topic_config;
 
 pub use producers::{ProducerStates, SequenceCheck, SequenceError};
 pub use topic_config::{ConfigError, TopicConfig, TOPIC_CONFIG_KEYS};

@@ -170,8 +170,8 @@ fn error(key: &str, value: &str, reason: &str) -> ConfigError {
     }
 }
 
-/// Checks one entry on its own.
-fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
+/// Checks one entry on its own (also the broker's `[log]` defaults for these keys).
+pub(crate) fn validate(key: &str, value: &str) -> Result<(), ConfigError> {
     let number = || {
         value
             .parse::<i64>()
