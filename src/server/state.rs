@@ -290,11 +290,7 @@ impl ShardState {
 
     /// The shard coordinating `group`.
     pub fn coordinator_of(&self, group: &str) -> (u32, u32) {
-        let partitions = self
-            .catalog()
-            .topic(OFFSETS_TOPIC)
-            .map_or(OFFSETS_PARTITIONS_DEFAULT, |topic| topic.partitions);
-        let partition = offsets_partition(group, partitions);
+        let partition = offsets_partition(group, self.offsets_partitions());
         (self.owner(OFFSETS_TOPIC, partition), partition)
     }
 
@@ -420,20 +416,14 @@ impl ShardState {
     }
 
     async fn refresh_offsets_once(&self) -> bool {
-        let partitions = self
-            .catalog()
-            .topic(OFFSETS_TOPIC)
-            .map_or(OFFSETS_PARTITIONS_DEFAULT, |topic| topic.partitions);
         let Some(retention_ms) = self.offsets_topic_retention_ms() else {
             return true; // Nothing deletes commits: nothing to write again.
         };
         let mut all = true;
         let now = self.clock.now_ms();
         let older_than = now - (retention_ms / 4) as i64;
-        for index in 0..partitions {
-            let Some(partition) = self.local_partition(OFFSETS_TOPIC, index) else {
-                continue;
-            };
+        let partitions = self.offsets_partitions();
+        for (index, partition) in self.local_offsets_partitions() {
             let refreshed = self
                 .groups
                 .refresh(&partition, index, partitions, now, older_than)
@@ -450,6 +440,20 @@ impl ShardState {
             }
         }
         all
+    }
+
+    /// How many partitions `__consumer_offsets` has (or will have, once created).
+    fn offsets_partitions(&self) -> u32 {
+        self.catalog()
+            .topic(OFFSETS_TOPIC)
+            .map_or(OFFSETS_PARTITIONS_DEFAULT, |topic| topic.partitions)
+    }
+
+    /// The partitions of `__consumer_offsets` this shard holds, by index.
+    fn local_offsets_partitions(&self) -> Vec<(u32, Rc<Partition>)> {
+        (0..self.offsets_partitions())
+            .filter_map(|index| Some((index, self.local_partition(OFFSETS_TOPIC, index)?)))
+            .collect()
     }
 
     /// The time retention of `__consumer_offsets` in force: the topic's own (set when it
@@ -659,14 +663,8 @@ impl ShardState {
     /// offsets partitions. A failure is logged; the positions then stay until the group
     /// commits others or is deleted.
     async fn forget_committed_positions(&self, topic: &str) {
-        let partitions = self
-            .catalog()
-            .topic(OFFSETS_TOPIC)
-            .map_or(OFFSETS_PARTITIONS_DEFAULT, |offsets| offsets.partitions);
-        for index in 0..partitions {
-            let Some(partition) = self.local_partition(OFFSETS_TOPIC, index) else {
-                continue;
-            };
+        let partitions = self.offsets_partitions();
+        for (index, partition) in self.local_offsets_partitions() {
             let now = self.clock.now_ms();
             let forgotten = self
                 .groups
