@@ -552,10 +552,22 @@ impl ShardState {
                 Err(self.undo_create(name, &next, failed).await)
             }
             CatalogChange::Delete { name } => {
-                let _ = std::fs::remove_dir(self.config.data_dir.join(name));
+                self.remove_topic_dir(name).await;
                 Ok(())
             }
             _ => Ok(()),
+        }
+    }
+
+    /// Removes what is left of a deleted topic's directory: the shards moved the
+    /// directories of the partitions they had open to the trash; any never opened (a
+    /// failed creation, a failing disk) go with it.
+    async fn remove_topic_dir(&self, name: &str) {
+        let dir = self.config.data_dir.join(name);
+        if dir.exists() {
+            if let Err(error) = move_to_trash(&self.config.data_dir, &dir).await {
+                tracing::warn!(topic = name, %error, "cannot remove the topic's directory");
+            }
         }
     }
 
@@ -604,12 +616,7 @@ impl ShardState {
             return (ErrorCode::StorageError, message);
         }
         self.apply_everywhere(&undone).await;
-        let dir = self.config.data_dir.join(name);
-        if dir.exists() {
-            if let Err(error) = move_to_trash(&self.config.data_dir, &dir).await {
-                tracing::warn!(topic = name, %error, "cannot remove the topic's directory");
-            }
-        }
+        self.remove_topic_dir(name).await;
         tracing::warn!(topic = name, "{what}; the topic was not created");
         (
             ErrorCode::StorageError,
