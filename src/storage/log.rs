@@ -369,8 +369,7 @@ impl Log {
             buffer_bytes: self.config().write_buffer_bytes,
             in_flight_max: self.config().writes_in_flight_max,
             preallocate_bytes: self.config().preallocate_bytes,
-            reserve_end_max: self.config().segment_bytes_max.div_ceil(IO_ALIGNMENT_BYTES)
-                * IO_ALIGNMENT_BYTES,
+            reserve_end_max: super::writer::align_up(self.config().segment_bytes_max),
         }
     }
 

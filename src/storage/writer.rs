@@ -214,7 +214,7 @@ fn align_down(value: u64) -> u64 {
     value - value % IO_ALIGNMENT_BYTES
 }
 
-fn align_up(value: u64) -> u64 {
+pub(crate) fn align_up(value: u64) -> u64 {
     value.div_ceil(IO_ALIGNMENT_BYTES) * IO_ALIGNMENT_BYTES
 }
 
