@@ -213,6 +213,11 @@ impl ShardPool {
                 Ok(handle) => handles.push(handle),
                 Err(error) => {
                     failed.store(true, Ordering::Release);
+                    // The shards already started give up on the mesh and end: waited
+                    // for, so nothing of the pool outlives its error.
+                    for handle in handles {
+                        let _ = handle.join();
+                    }
                     return Err(error);
                 }
             }
