@@ -516,16 +516,11 @@ impl Log {
             .segment_for_append(batch.len(), header.record_count)
             .await?;
         let writer = segment.writer().expect("the active segment has a writer");
-        // A failed write or sync of the segment the last roll left (not sealed yet)
-        // poisons the log as one of the active segment's does: acknowledging more
-        // appends would hide that earlier ones may not be on disk.
-        let rolled = self
-            .pending_seal
-            .borrow()
-            .as_ref()
-            .and_then(|pending| pending.segment.writer())
-            .and_then(|writer| writer.failure());
-        if let Some(cause) = writer.failure().or(rolled) {
+        // A failed write or sync of any segment (the active one, or the one the last
+        // roll left, not sealed yet) poisons the log: acknowledging more appends would
+        // hide that earlier ones may not be on disk. The writers record it in the
+        // log's shared `LogWriting`.
+        if let Some(cause) = self.writing.failure() {
             return Err(self.poisoned(cause));
         }
         writer

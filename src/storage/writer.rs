@@ -105,6 +105,9 @@ const PACE_INTERVAL: Duration = Duration::from_millis(100);
 #[derive(Debug, Default)]
 pub(crate) struct LogWriting {
     pub(crate) syncs: Cell<u64>,
+    /// The first write or sync that failed, of any of the log's segments: the log
+    /// refuses appends from then on (it is poisoned until reopened).
+    failure: RefCell<Option<String>>,
     /// Bytes appended since the log was opened.
     appended: Cell<u64>,
     pace: Cell<Pace>,
@@ -119,6 +122,11 @@ struct Pace {
 }
 
 impl LogWriting {
+    /// The first failure of any of the log's segment writers.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.failure.borrow().clone()
+    }
+
     /// Counts `len` bytes appended.
     fn appended(&self, len: usize) {
         self.appended.set(self.appended.get() + len as u64);
@@ -580,14 +588,12 @@ impl SegmentWriter {
         if let Err(error) = self.shared.file.fdatasync().await {
             // A failed fdatasync may have dropped the dirty state of the very writes it
             // was to persist, so a later one that succeeds proves nothing: never retry.
-            let mut state = self.shared.state.borrow_mut();
-            if state.failure.is_none() {
-                tracing::error!(path = %self.shared.file.path().display(), %error, "fdatasync failed");
-                state.failure = Some(format!(
-                    "fdatasync of {} failed: {error}",
-                    self.shared.file.path().display()
-                ));
-            }
+            tracing::error!(path = %self.shared.file.path().display(), %error, "fdatasync failed");
+            let why = format!(
+                "fdatasync of {} failed: {error}",
+                self.shared.file.path().display()
+            );
+            self.shared.fail(&mut self.shared.state.borrow_mut(), why);
             return Err(error);
         }
         let syncs = &self.shared.writing.syncs;
@@ -647,6 +653,17 @@ impl Drop for RoundGuard<'_> {
 }
 
 impl Shared {
+    /// Records this writer's first failure, and the log's if it is its first.
+    fn fail(&self, state: &mut State, why: String) {
+        if state.failure.is_none() {
+            let mut log_failure = self.writing.failure.borrow_mut();
+            if log_failure.is_none() {
+                *log_failure = Some(why.clone());
+            }
+            state.failure = Some(why);
+        }
+    }
+
     /// Records an `fallocate` to `target`: the reservation grows, or a filesystem without
     /// `fallocate` turns reserving off; any other error is the caller's.
     fn allocated(&self, target: u64, result: io::Result<()>) -> io::Result<()> {
@@ -701,11 +718,9 @@ impl Shared {
         if let Err(error) = result {
             if state.failure.is_none() {
                 tracing::error!(path = %self.file.path().display(), %error, "segment write failed");
-                state.failure = Some(format!(
-                    "write to {} failed: {error}",
-                    self.file.path().display()
-                ));
             }
+            let why = format!("write to {} failed: {error}", self.file.path().display());
+            self.fail(&mut state, why);
         }
         if let Some(slot) = state.slots.iter_mut().find(|slot| slot.id == id) {
             slot.done = true;
@@ -766,10 +781,15 @@ mod tests {
         crate::shard::run_for_test(async {
             set_shared_write_window(0);
             let earlier_file = DirectFile::open_read_only(&earlier_path).await.unwrap();
-            let earlier = SegmentWriter::resume(earlier_file, 0, BLOCK_LIMITS, Rc::default())
+            // The two segments' writers share their log's, as a roll makes them.
+            let writing = Rc::new(LogWriting::default());
+            let earlier = SegmentWriter::resume(earlier_file, 0, BLOCK_LIMITS, Rc::clone(&writing))
                 .await
                 .unwrap();
-            let (_, later) = block_writer(&later_path, 0).await;
+            let later_file = DirectFile::open(&later_path, true).await.unwrap();
+            let later = SegmentWriter::resume(later_file, 0, BLOCK_LIMITS, Rc::clone(&writing))
+                .await
+                .unwrap();
             earlier.reserve(BLOCK).await.unwrap();
             earlier.append(&[1; BLOCK]);
             later.write_after(&earlier);
@@ -779,6 +799,11 @@ mod tests {
             assert!(error.to_string().contains("segment before"), "{error}");
             assert!(earlier.failure().is_some());
             assert!(later.failure().is_some());
+            let log_failure = writing.failure().expect("the log is poisoned");
+            assert!(
+                log_failure.contains("0.log"),
+                "the first failure: {log_failure}"
+            );
         });
         let later_bytes = std::fs::read(&later_path).unwrap();
         assert!(
