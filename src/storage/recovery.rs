@@ -331,17 +331,17 @@ async fn open_segment(
             cut.reason
         ),
     });
-    if let Some(cut) = &outcome.cut {
-        file.truncate(cut.position)
-            .await
-            .map_err(context("truncating", &path))?;
-        file.fdatasync().await.map_err(context("syncing", &path))?;
-    } else if last && outcome.end_position < file_size {
-        // The segment appends continue in: whatever follows its end goes (a recycled
-        // file's earlier batches, and this one's own that did not reach the disk in
-        // order). Left there, a later crash could find batches written before this one
-        // that happen to continue the offsets of what is written over them.
-        file.truncate(outcome.end_position)
+    // Invalid data is cut. So is whatever follows the end of the segment appends
+    // continue in (a recycled file's earlier batches, and this one's own that did not
+    // reach the disk in order): left there, a later crash could find batches written
+    // before this one that happen to continue the offsets of what is written over them.
+    let cut_at = match &outcome.cut {
+        Some(cut) => Some(cut.position),
+        None if last && outcome.end_position < file_size => Some(outcome.end_position),
+        None => None,
+    };
+    if let Some(position) = cut_at {
+        file.truncate(position)
             .await
             .map_err(context("truncating", &path))?;
         file.fdatasync().await.map_err(context("syncing", &path))?;
