@@ -1437,24 +1437,15 @@ fn bytes_after_the_end_of_the_last_segment_are_cut_at_open() {
         let last = dir.path().join(format!("{:020}.log", bases[1]));
         let end = std::fs::metadata(&last).unwrap().len();
         drop(log); // a crash: no close
-                   // A whole batch from the first segment (offsets before the last's), then more.
+
+        // A whole batch from the first segment (offsets before the last's), twice, after
+        // the last segment's data (which ends before any preallocated zeros).
         let earlier = std::fs::read(&first).unwrap();
-        let header = flumen_protocol::record::BatchHeader::decode(&earlier[..64]).unwrap();
-        let stale = &earlier[..header.padded_length() as usize];
-        let logical_end = {
-            // The last segment's data ends before any preallocated zeros.
-            let bytes = std::fs::read(&last).unwrap();
-            let mut position = 0usize;
-            while position + 64 <= bytes.len()
-                && bytes[position..position + 64].iter().any(|&b| b != 0)
-            {
-                let header =
-                    flumen_protocol::record::BatchHeader::decode(&bytes[position..position + 64])
-                        .unwrap();
-                position += header.padded_length() as usize;
-            }
-            position as u64
-        };
+        let (_, _, stale_length) = batch_layout(&first)[0];
+        let stale = &earlier[..stale_length as usize];
+        let logical_end = batch_layout(&last)
+            .last()
+            .map_or(0, |(_, position, length)| position + length);
         assert!(logical_end <= end);
         let mut file = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
         use std::io::{Seek, SeekFrom, Write};

@@ -13,7 +13,6 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use flumen_protocol::record::BatchHeader;
 
 const SEEDS: u64 = 64;
 
@@ -101,22 +100,6 @@ fn write_and_crash(dir: PathBuf, seed: u64) -> Written {
             .unwrap();
     });
     receiver.recv().unwrap()
-}
-
-/// Batch positions in a segment file: (base offset, position, padded length).
-fn batch_layout(path: &Path) -> Vec<(u64, u64, u64)> {
-    let bytes = std::fs::read(path).unwrap();
-    let mut layout = Vec::new();
-    let mut position = 0usize;
-    while let Ok(header) = BatchHeader::decode(&bytes[position.min(bytes.len())..]) {
-        let padded = header.padded_length();
-        if position + padded > bytes.len() {
-            break;
-        }
-        layout.push((header.base_offset, position as u64, padded as u64));
-        position += padded;
-    }
-    layout
 }
 
 fn files_with_extension(dir: &Path, extension: &str) -> Vec<PathBuf> {

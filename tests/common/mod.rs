@@ -154,3 +154,21 @@ pub fn stored_indexes(
     }
     stored
 }
+
+/// Batch positions in a segment file: (base offset, position, padded length).
+pub fn batch_layout(path: &Path) -> Vec<(u64, u64, u64)> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut layout = Vec::new();
+    let mut position = 0usize;
+    while let Ok(header) =
+        flumen_protocol::record::BatchHeader::decode(&bytes[position.min(bytes.len())..])
+    {
+        let padded = header.padded_length();
+        if position + padded > bytes.len() {
+            break;
+        }
+        layout.push((header.base_offset, position as u64, padded as u64));
+        position += padded;
+    }
+    layout
+}
