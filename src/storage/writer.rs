@@ -174,9 +174,9 @@ struct Shared {
     limits: Cell<WriterLimits>,
     /// The shard's shared write window, if it has one.
     shared_window: Option<Rc<LocalBudget>>,
-    /// The writer of the segment before this one, while its writes may still be in
-    /// flight: this file's writes are issued only after all of them are done.
-    after: RefCell<Option<SegmentWriter>>,
+    /// Whether the writes of the segment before this one (a roll's) are all done: this
+    /// file's writes are issued only after them.
+    after: RefCell<After>,
     state: RefCell<State>,
     changed: Notify,
 }
@@ -261,7 +261,7 @@ impl SegmentWriter {
                 writing,
                 limits: Cell::new(limits),
                 shared_window: SHARED_WINDOW.with(|window| window.borrow().clone()),
-                after: RefCell::new(None),
+                after: RefCell::new(After::Done),
                 state: RefCell::new(State {
                     staging,
                     staging_start,
@@ -509,17 +509,7 @@ impl SegmentWriter {
         };
         let shared = Rc::clone(&self.shared);
         spawn_detached(async move {
-            let before = shared.after.borrow().clone();
-            let before = match before {
-                Some(before) => {
-                    let done = before.write_out(before.end()).await;
-                    if done.is_ok() {
-                        shared.after.borrow_mut().take();
-                    }
-                    done
-                }
-                None => Ok(()),
-            };
+            let before = shared.after_previous().await;
             if let Some(previous) = depends_on {
                 shared.wait_slot_done(previous).await;
             }
@@ -542,7 +532,18 @@ impl SegmentWriter {
     /// wait for the device. Call before anything is appended here.
     pub(crate) fn write_after(&self, previous: &SegmentWriter) {
         previous.submit_partial();
-        *self.shared.after.borrow_mut() = Some(previous.clone());
+        *self.shared.after.borrow_mut() = After::Waiting;
+        // One wait for all of this segment's writes; the previous writer (and its file)
+        // is let go as soon as it is over.
+        let (shared, previous) = (Rc::clone(&self.shared), previous.clone());
+        spawn_detached(async move {
+            let outcome = match previous.write_out(previous.end()).await {
+                Ok(()) => After::Done,
+                Err(error) => After::Failed(error.to_string()),
+            };
+            *shared.after.borrow_mut() = outcome;
+            shared.changed.notify_all();
+        });
     }
 
     /// Makes everything appended before the call durable. Concurrent calls share rounds.
@@ -652,7 +653,29 @@ impl Drop for RoundGuard<'_> {
     }
 }
 
+/// Where the writes of the segment before stand, for this one's ([`SegmentWriter::write_after`]).
+#[derive(Debug)]
+enum After {
+    /// Written out (or there was none): this segment's writes go ahead.
+    Done,
+    Waiting,
+    Failed(String),
+}
+
 impl Shared {
+    /// Waits until the segment before has written out everything, or failed.
+    async fn after_previous(&self) -> io::Result<()> {
+        loop {
+            let listener = self.changed.listen();
+            match &*self.after.borrow() {
+                After::Done => return Ok(()),
+                After::Failed(why) => return Err(io::Error::other(why.clone())),
+                After::Waiting => {}
+            }
+            listener.await;
+        }
+    }
+
     /// Records this writer's first failure, and the log's if it is its first.
     fn fail(&self, state: &mut State, why: String) {
         if state.failure.is_none() {
