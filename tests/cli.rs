@@ -87,9 +87,7 @@ impl Broker {
 
     fn stop(mut self) {
         // SIGTERM: graceful shutdown.
-        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
-        // SAFETY: signals a child this test started and has not reaped.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        signal(self.pid(), libc::SIGTERM);
         let status = self.child.wait().unwrap();
         assert!(
             status.success(),
@@ -100,10 +98,8 @@ impl Broker {
     /// Stops the broker process (SIGSTOP) until the returned guard is dropped (SIGCONT):
     /// its sockets stay open and nothing answers. Returns once every thread is stopped.
     fn pause(&self) -> Paused {
-        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
-        // SAFETY: signals a child this test started and has not reaped.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let pid = self.pid();
+        signal(pid, libc::SIGSTOP);
         let all_stopped = || {
             std::fs::read_dir(format!("/proc/{pid}/task"))
                 .unwrap()
@@ -116,17 +112,24 @@ impl Broker {
                     })
                 })
         };
-        while !all_stopped() {
-            assert!(Instant::now() < deadline, "the broker did not stop");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_until("the broker stopped", all_stopped);
         Paused(pid)
+    }
+
+    fn pid(&self) -> libc::pid_t {
+        libc::pid_t::try_from(self.child.id()).unwrap()
     }
 
     fn kill_9(mut self) {
         self.child.kill().unwrap(); // SIGKILL
         self.child.wait().unwrap();
     }
+}
+
+/// Sends `signal` to the broker process `pid`, which must take it.
+fn signal(pid: libc::pid_t, signal: libc::c_int) {
+    // SAFETY: signals a child the test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
 }
 
 /// A stopped broker process, continued (SIGCONT) when dropped.
